@@ -1,0 +1,206 @@
+"""The guider contract: per step, which predictions are needed, and how they combine into a guided step.
+
+A :class:`Guider` is asked for its :class:`Pass` es at each step (the conditional one, the unconditional
+one, extra guide models) and gets them back as :class:`Predictions`, convertible to any space. It
+returns a :class:`GuidedStep`: a clean estimate ``x0_hat`` to denoise with and a noise estimate
+``eps_hat`` to renoise with. Every sampler consumes that pair, so CFG (both guided), CFG++ (ε̂
+unconditional) and thresholding (x0̂ clipped) need no sampler special cases.
+
+A guider that needs only the conditional prediction at a step must return only the conditional pass
+then, so that the step costs one network evaluation.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from guidelab.models.base import Denoiser
+from guidelab.paths import SPACES, NoisePath, PathCoefficients, convert, to_x0_eps
+
+__all__ = [
+    "COND",
+    "UNCOND",
+    "GuidedStep",
+    "Guider",
+    "Pass",
+    "Predictions",
+    "Scale",
+    "StepContext",
+    "broadcast_scale",
+]
+
+Scale = float | Tensor
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Where a guider is called: step ``index`` of ``steps`` on ``grid``, evaluating at time ``t``.
+
+    ``t`` is ``grid[index]`` except at a solver's intermediate stage (Heun's corrector evaluates at
+    ``grid[index + 1]``, ``stage = 1``). ``lam`` is the noise level σ/α at ``t``.
+    """
+
+    index: int
+    steps: int
+    t: float
+    lam: float
+    grid: Tensor
+    path: NoisePath
+    stage: int = 0
+    evaluate: Callable[[Tensor, float, Tensor], Tensor] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def progress(self) -> float:
+        """p = i/(N − 1): 0 at the noisiest step, 1 at the last (0 when N = 1)."""
+        return self.index / (self.steps - 1) if self.steps > 1 else 0.0
+
+    @property
+    def t_next(self) -> float:
+        return float(self.grid[self.index + 1])
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One prediction a guider asks for: ``name``, with the sample's condition or the null one, from the
+    main denoiser (``model=None``) or another one (a weaker guide model)."""
+
+    name: str
+    cond: Literal["cond", "null"] = "cond"
+    model: Denoiser | None = field(default=None, compare=False)
+
+
+COND = Pass("cond", "cond")
+UNCOND = Pass("uncond", "null")
+
+
+class Predictions:
+    """The predictions of one step, by pass name, each convertible to any space (cached).
+
+    Args:
+        raw: name -> (prediction tensor (batch, ...), its space).
+        x_t: the current state (batch, ...).
+        coefficients: the path's coefficients at the evaluation time, broadcastable to ``x_t``.
+    """
+
+    def __init__(self, raw: dict[str, tuple[Tensor, str]], x_t: Tensor, coefficients: PathCoefficients):
+        self._raw = raw
+        self.x_t = x_t
+        self.coefficients = coefficients
+        self._cache: dict[tuple[str, str], Tensor] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._raw
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._raw)
+
+    def get(self, name: str, space: str) -> Tensor:
+        """Prediction ``name`` in ``space``."""
+        key = (name, space)
+        if key not in self._cache:
+            if name not in self._raw:
+                raise KeyError(f"prediction {name!r} was not requested; have {', '.join(self._raw)}")
+            pred, src = self._raw[name]
+            self._cache[key] = convert(pred, src, space, self.x_t, self.coefficients)
+        return self._cache[key]
+
+    def to_step(self, pred: Tensor, space: str) -> GuidedStep:
+        """The consistent (x0̂, ε̂) pair of a combined prediction in ``space``."""
+        x0_hat, eps_hat = to_x0_eps(pred, space, self.x_t, self.coefficients)
+        return GuidedStep(x0_hat, eps_hat)
+
+
+@dataclass
+class GuidedStep:
+    """A guided step: ``x0_hat`` to denoise with, ``eps_hat`` to renoise with (both (batch, ...))."""
+
+    x0_hat: Tensor
+    eps_hat: Tensor
+
+
+def broadcast_scale(scale: Scale, like: Tensor) -> Tensor | float:
+    """A scalar stays a float; a per-sample tensor (batch,) is reshaped to (batch, 1, ..., 1)."""
+    if isinstance(scale, Tensor):
+        if scale.ndim == 0:
+            return float(scale)
+        return scale.to(like).reshape(scale.shape[0], *([1] * (like.ndim - 1)))
+    return scale
+
+
+def is_neutral(scale: Scale, neutral: float = 1.0) -> bool:
+    """True where a scale equals its neutral value for every sample (the unconditional pass can be skipped)."""
+    if isinstance(scale, Tensor):
+        return bool((scale == neutral).all())
+    return scale == neutral
+
+
+class Guider(ABC):
+    """Base of every guidance method.
+
+    Subclasses set ``name`` (registry key), ``space`` (the prediction space they combine in) and
+    ``source`` (arXiv id or reference), implement :meth:`passes` and :meth:`guide`, and list their
+    constructor parameters in :meth:`config` so that ``build_guider(**guider.config())`` rebuilds them.
+    """
+
+    name: ClassVar[str]
+    space: ClassVar[str] = "x0"
+    source: ClassVar[str] = ""
+
+    def reset(self, batch: int) -> None:  # noqa: B027 - stateless guiders need no reset
+        """Clear per-trajectory state before sampling a batch of ``batch`` trajectories."""
+
+    @abstractmethod
+    def passes(self, ctx: StepContext) -> tuple[Pass, ...]:
+        """The predictions needed at ``ctx``; only ``(COND,)`` where the unconditional one is not used."""
+
+    @abstractmethod
+    def guide(self, preds: Predictions, ctx: StepContext) -> GuidedStep:
+        """Combine the requested predictions into the guided (x0̂, ε̂) pair."""
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable parameters, including ``name``."""
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({params})"
+
+
+def check_space(space: str) -> None:
+    if space not in SPACES:
+        raise ValueError(f"space: unknown prediction space {space!r}; accepted: {', '.join(SPACES)}")
+
+
+def scale_to_config(scale: Scale) -> float | list[float]:
+    """A scale as plain JSON (per-sample tensors become lists)."""
+    if isinstance(scale, Tensor):
+        return scale.tolist() if scale.ndim else float(scale)
+    return float(scale)
+
+
+def scale_from_config(scale: Any, field_name: str = "scale") -> Scale:
+    """Parse a scale: a number or a list of per-sample numbers (→ float64 tensor)."""
+    if isinstance(scale, Tensor):
+        if not torch.isfinite(scale).all():
+            raise ValueError(f"{field_name}: must be finite, got {scale}")
+        return scale
+    if isinstance(scale, list | tuple):
+        try:
+            return torch.tensor([float(s) for s in scale], dtype=torch.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{field_name}: expected a number or a list of numbers, got {scale!r}") from None
+    if isinstance(scale, bool):
+        raise ValueError(f"{field_name}: expected a number, got {scale!r}")
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"{field_name}: expected a number, got {scale!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{field_name}: must be finite, got {scale!r}")
+    return value

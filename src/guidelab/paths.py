@@ -1,0 +1,315 @@
+"""Noise paths ``x_t = α_t·x0 + σ_t·ε`` on ``t ∈ [0, 1]`` (t = 1 noise, t = 0 data) and exact
+conversions between the prediction spaces x0, ε, velocity and score.
+
+Every path gives its coefficients at once (:class:`PathCoefficients`, derivatives included), its noise
+level ``λ = σ/α`` (the EDM σ) and the inverse ``t(λ)``, so settings given in λ (interval bounds, EDM
+grids) transfer between paths. All paths reach the data at t = 0 (``σ_0 = 0``, ``λ_0 = 0``).
+
+Conversions (given the path and ``x_t``; ``v = dx_t/dt = α'·x0 + σ'·ε``)::
+
+    ε = (x_t − α·x0)/σ          x0 = (x_t − σ·ε)/α           score = −ε/σ
+    x0 = (σ·v − σ'·x_t)/(σ·α' − σ'·α)     ε = (α·v − α'·x_t)/(α·σ' − α'·σ)
+
+For rectified flow (α = 1 − t, σ = t) these reduce to ``v = ε − x0``, ``x0 = x_t − t·v``,
+``ε = x_t + (1 − t)·v``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "PATHS",
+    "SPACES",
+    "NoisePath",
+    "OrnsteinUhlenbeckPath",
+    "PathCoefficients",
+    "PredictionSpace",
+    "RectifiedFlowPath",
+    "VPCosinePath",
+    "VPLinearPath",
+    "VarianceExplodingPath",
+    "convert",
+    "eps_to_score",
+    "eps_to_x0",
+    "get_path",
+    "score_to_eps",
+    "to_x0_eps",
+    "velocity_from_x0_eps",
+    "x0_to_eps",
+]
+
+PredictionSpace = Literal["x0", "eps", "velocity", "score"]
+SPACES: tuple[str, ...] = ("x0", "eps", "velocity", "score")
+
+
+@dataclass(frozen=True)
+class PathCoefficients:
+    """α_t, σ_t and their t-derivatives, shaped to broadcast against ``x_t`` (batch, 1, ..., 1)."""
+
+    alpha: Tensor
+    sigma: Tensor
+    d_alpha: Tensor
+    d_sigma: Tensor
+
+    @property
+    def lam(self) -> Tensor:
+        """Noise level λ = σ/α (∞ where α = 0)."""
+        return self.sigma / self.alpha
+
+    def expand_as(self, x: Tensor) -> PathCoefficients:
+        """Reshape per-sample (batch,) or scalar coefficients to broadcast against ``x`` (batch, ...)."""
+
+        def shape(c: Tensor) -> Tensor:
+            c = c.to(dtype=x.dtype, device=x.device)
+            if c.ndim == 0:
+                return c
+            return c.reshape(c.shape[0], *([1] * (x.ndim - 1)))
+
+        return PathCoefficients(shape(self.alpha), shape(self.sigma), shape(self.d_alpha), shape(self.d_sigma))
+
+
+class NoisePath(ABC):
+    """A Gaussian noise path ``x_t = α_t·x0 + σ_t·ε`` with t = 0 data and t = 1 noise."""
+
+    name: str
+
+    @abstractmethod
+    def coefficients(self, t: Tensor) -> PathCoefficients:
+        """α, σ, dα/dt, dσ/dt at ``t`` (any shape; float tensor)."""
+
+    @abstractmethod
+    def t_of_lam(self, lam: Tensor) -> Tensor:
+        """Inverse of the noise level: the t at which σ_t/α_t = λ (λ ≥ 0; may be ∞)."""
+
+    def lam(self, t: Tensor) -> Tensor:
+        """Noise level λ = σ_t/α_t."""
+        c = self.coefficients(t)
+        return c.sigma / c.alpha
+
+    def diffusion_sq(self, t: Tensor) -> Tensor:
+        """g(t)² of the forward SDE ``dx = (α'/α)·x dt + g dW``: ``g² = 2σσ' − 2(α'/α)σ²``."""
+        c = self.coefficients(t)
+        return 2 * c.sigma * c.d_sigma - 2 * (c.d_alpha / c.alpha) * c.sigma**2
+
+    def config(self) -> dict:
+        """Parameters that rebuild this path with :func:`get_path`."""
+        return {"name": self.name}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+
+def _as_tensor(t: Tensor | float) -> Tensor:
+    if isinstance(t, Tensor):
+        return t if t.is_floating_point() else t.double()
+    return torch.tensor(float(t), dtype=torch.float64)
+
+
+class RectifiedFlowPath(NoisePath):
+    """Rectified flow / linear interpolant: α = 1 − t, σ = t; velocity ``v = ε − x0``."""
+
+    name = "rf"
+
+    def coefficients(self, t: Tensor) -> PathCoefficients:
+        t = _as_tensor(t)
+        return PathCoefficients(1 - t, t, -torch.ones_like(t), torch.ones_like(t))
+
+    def t_of_lam(self, lam: Tensor) -> Tensor:
+        lam = _as_tensor(lam)
+        return torch.where(torch.isinf(lam), torch.ones_like(lam), lam / (1 + lam))
+
+
+class VPCosinePath(NoisePath):
+    """Variance-preserving cosine path: α = cos(πt/2), σ = sin(πt/2), λ = tan(πt/2)."""
+
+    name = "vp-cosine"
+
+    def coefficients(self, t: Tensor) -> PathCoefficients:
+        t = _as_tensor(t)
+        h = 0.5 * math.pi
+        # cos(π/2) is 6e-17 in float64: pin α(1) = 0 exactly so that λ(1) = ∞ as in theory.
+        alpha = torch.where(t >= 1, torch.zeros_like(t), torch.cos(h * t))
+        return PathCoefficients(alpha, torch.sin(h * t), -h * torch.sin(h * t), h * torch.cos(h * t))
+
+    def t_of_lam(self, lam: Tensor) -> Tensor:
+        return torch.atan(_as_tensor(lam)) / (0.5 * math.pi)
+
+
+class VPLinearPath(NoisePath):
+    """DDPM's variance-preserving path with linear β(t) = β_min + t(β_max − β_min):
+    ``log α = −(β_min·t/2 + (β_max − β_min)·t²/4)``, σ = √(1 − α²) (Song et al. 2021, arXiv 2011.13456).
+    """
+
+    name = "vp-linear"
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
+        if not 0 < beta_min < beta_max:
+            raise ValueError(f"vp-linear: need 0 < beta_min < beta_max, got beta_min={beta_min}, beta_max={beta_max}")
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+
+    def _log_alpha(self, t: Tensor) -> Tensor:
+        return -(0.5 * self.beta_min * t + 0.25 * (self.beta_max - self.beta_min) * t**2)
+
+    def coefficients(self, t: Tensor) -> PathCoefficients:
+        t = _as_tensor(t)
+        log_alpha = self._log_alpha(t)
+        alpha = torch.exp(log_alpha)
+        sigma = torch.sqrt(-torch.expm1(2 * log_alpha))
+        d_log_alpha = -(0.5 * self.beta_min + 0.5 * (self.beta_max - self.beta_min) * t)
+        d_alpha = alpha * d_log_alpha
+        d_sigma = -(alpha**2) * d_log_alpha / sigma  # d√(1−α²)/dt = −α·α'/σ
+        return PathCoefficients(alpha, sigma, d_alpha, d_sigma)
+
+    def t_of_lam(self, lam: Tensor) -> Tensor:
+        # −2 log α = log(1 + λ²) = β_min·t + (β_max − β_min)·t²/2: the positive root.
+        lam = _as_tensor(lam)
+        c = torch.log1p(lam**2)
+        a = 0.5 * (self.beta_max - self.beta_min)
+        b = self.beta_min
+        return 2 * c / (b + torch.sqrt(b * b + 4 * a * c))
+
+    def config(self) -> dict:
+        return {"name": self.name, "beta_min": self.beta_min, "beta_max": self.beta_max}
+
+
+class VarianceExplodingPath(NoisePath):
+    """Variance-exploding (EDM) path: α = 1, σ = λ = σ_max·t (EDM's σ(t) = t, rescaled to t ∈ [0, 1]);
+    Karras et al. 2022, arXiv 2206.00364. The smallest σ used is the grid's t_min."""
+
+    name = "ve"
+
+    def __init__(self, sigma_max: float = 80.0):
+        if not sigma_max > 0:
+            raise ValueError(f"ve: sigma_max must be > 0, got {sigma_max}")
+        self.sigma_max = float(sigma_max)
+
+    def coefficients(self, t: Tensor) -> PathCoefficients:
+        t = _as_tensor(t)
+        one = torch.ones_like(t)
+        return PathCoefficients(one, self.sigma_max * t, torch.zeros_like(t), self.sigma_max * one)
+
+    def t_of_lam(self, lam: Tensor) -> Tensor:
+        return _as_tensor(lam) / self.sigma_max
+
+    def config(self) -> dict:
+        return {"name": self.name, "sigma_max": self.sigma_max}
+
+
+class OrnsteinUhlenbeckPath(NoisePath):
+    """The OU process of Chidambaram et al. (arXiv 2409.13074): ``x_τ = e^{−τ}x0 + √(1 − e^{−2τ})ε``,
+    τ = T·t ∈ [0, T]. Forward SDE ``dx = −x dτ + √2 dW``, so ``g² = 2T`` per unit t."""
+
+    name = "ou"
+
+    def __init__(self, horizon: float = 10.0):
+        if not horizon > 0:
+            raise ValueError(f"ou: horizon T must be > 0, got {horizon}")
+        self.horizon = float(horizon)
+
+    def coefficients(self, t: Tensor) -> PathCoefficients:
+        t = _as_tensor(t)
+        T = self.horizon
+        alpha = torch.exp(-T * t)
+        sigma = torch.sqrt(-torch.expm1(-2 * T * t))
+        return PathCoefficients(alpha, sigma, -T * alpha, T * alpha**2 / sigma)
+
+    def t_of_lam(self, lam: Tensor) -> Tensor:
+        return torch.log1p(_as_tensor(lam) ** 2) / (2 * self.horizon)
+
+    def tau(self, t: Tensor) -> Tensor:
+        """The paper's time τ = T·t."""
+        return self.horizon * _as_tensor(t)
+
+    def config(self) -> dict:
+        return {"name": self.name, "horizon": self.horizon}
+
+
+PATHS: dict[str, type[NoisePath]] = {
+    p.name: p for p in (RectifiedFlowPath, VPCosinePath, VPLinearPath, VarianceExplodingPath, OrnsteinUhlenbeckPath)
+}
+
+
+def get_path(name: str | NoisePath, **params: float) -> NoisePath:
+    """Build a path by name (``rf``, ``vp-cosine``, ``vp-linear``, ``ve``, ``ou``) with its parameters."""
+    if isinstance(name, NoisePath):
+        return name
+    if name not in PATHS:
+        raise ValueError(f"path: unknown name {name!r}; accepted: {', '.join(PATHS)}")
+    try:
+        return PATHS[name](**params)
+    except TypeError as err:
+        raise ValueError(f"path {name!r}: bad parameters {params}: {err}") from None
+
+
+# --- conversions between prediction spaces (all exact given the path and x_t) ---------------------
+
+
+def x0_to_eps(x0: Tensor, x_t: Tensor, c: PathCoefficients) -> Tensor:
+    """ε = (x_t − α·x0)/σ."""
+    return (x_t - c.alpha * x0) / c.sigma
+
+
+def eps_to_x0(eps: Tensor, x_t: Tensor, c: PathCoefficients) -> Tensor:
+    """x0 = (x_t − σ·ε)/α."""
+    return (x_t - c.sigma * eps) / c.alpha
+
+
+def eps_to_score(eps: Tensor, c: PathCoefficients) -> Tensor:
+    """∇log p_t = −ε/σ."""
+    return -eps / c.sigma
+
+
+def score_to_eps(score: Tensor, c: PathCoefficients) -> Tensor:
+    """ε = −σ·∇log p_t."""
+    return -c.sigma * score
+
+
+def velocity_from_x0_eps(x0: Tensor, eps: Tensor, c: PathCoefficients) -> Tensor:
+    """v = dx_t/dt = α'·x0 + σ'·ε."""
+    return c.d_alpha * x0 + c.d_sigma * eps
+
+
+def _velocity_to_x0(v: Tensor, x_t: Tensor, c: PathCoefficients) -> Tensor:
+    return (c.sigma * v - c.d_sigma * x_t) / (c.sigma * c.d_alpha - c.d_sigma * c.alpha)
+
+
+def _velocity_to_eps(v: Tensor, x_t: Tensor, c: PathCoefficients) -> Tensor:
+    return (c.alpha * v - c.d_alpha * x_t) / (c.alpha * c.d_sigma - c.d_alpha * c.sigma)
+
+
+def to_x0_eps(pred: Tensor, space: str, x_t: Tensor, c: PathCoefficients) -> tuple[Tensor, Tensor]:
+    """The (x0̂, ε̂) pair implied by a prediction in ``space``; each formula divides only where needed."""
+    if space == "x0":
+        return pred, x0_to_eps(pred, x_t, c)
+    if space == "eps":
+        return eps_to_x0(pred, x_t, c), pred
+    if space == "velocity":
+        return _velocity_to_x0(pred, x_t, c), _velocity_to_eps(pred, x_t, c)
+    if space == "score":
+        eps = score_to_eps(pred, c)
+        return eps_to_x0(eps, x_t, c), eps
+    raise ValueError(f"space: unknown prediction space {space!r}; accepted: {', '.join(SPACES)}")
+
+
+def convert(pred: Tensor, src: str, dst: str, x_t: Tensor, c: PathCoefficients) -> Tensor:
+    """Convert a prediction from space ``src`` to space ``dst`` with ``x_t`` fixed."""
+    if src == dst:
+        return pred
+    x0, eps = to_x0_eps(pred, src, x_t, c)
+    if dst == "x0":
+        return x0
+    if dst == "eps":
+        return eps
+    if dst == "score":
+        return eps_to_score(eps, c)
+    if dst == "velocity":
+        return velocity_from_x0_eps(x0, eps, c)
+    raise ValueError(f"space: unknown prediction space {dst!r}; accepted: {', '.join(SPACES)}")

@@ -1,0 +1,99 @@
+"""Paths: coefficient identities, derivatives against autograd, λ inverse, exact space conversions."""
+
+import itertools
+
+import pytest
+import torch
+
+from guidelab.paths import PATHS, SPACES, convert, get_path, to_x0_eps, velocity_from_x0_eps
+
+ALL_PATHS = [get_path(name) for name in PATHS]
+T_INTERIOR = torch.tensor([1e-4, 1e-2, 0.1, 0.37, 0.5, 0.8, 0.99], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("path", ALL_PATHS, ids=lambda p: p.name)
+def test_derivatives_match_autograd(path):
+    t = T_INTERIOR.clone().requires_grad_(True)
+    c = path.coefficients(t)
+    (d_alpha,) = torch.autograd.grad((c.alpha + 0 * t).sum(), t, retain_graph=True)
+    (d_sigma,) = torch.autograd.grad((c.sigma + 0 * t).sum(), t)
+    torch.testing.assert_close(c.d_alpha, d_alpha, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(c.d_sigma, d_sigma, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", ALL_PATHS, ids=lambda p: p.name)
+def test_data_at_zero_and_lambda_inverse(path):
+    c0 = path.coefficients(torch.tensor(0.0, dtype=torch.float64))
+    assert float(c0.alpha) == 1.0
+    assert float(c0.sigma) == 0.0
+    lam = path.lam(T_INTERIOR)
+    assert bool((lam[1:] > lam[:-1]).all()), "λ must increase with t"
+    torch.testing.assert_close(path.t_of_lam(lam), T_INTERIOR, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["vp-cosine", "vp-linear", "ou"])
+def test_variance_preserving(name):
+    c = get_path(name).coefficients(T_INTERIOR)
+    torch.testing.assert_close(c.alpha**2 + c.sigma**2, torch.ones_like(T_INTERIOR))
+
+
+def test_closed_forms():
+    t = T_INTERIOR
+    rf = get_path("rf").coefficients(t)
+    torch.testing.assert_close(rf.alpha, 1 - t)
+    torch.testing.assert_close(rf.sigma, t)
+    assert torch.isinf(get_path("rf").lam(torch.tensor(1.0))).item()
+    # RF: t(λ) = λ/(1 + λ) (METHODS.md §0)
+    torch.testing.assert_close(get_path("rf").t_of_lam(torch.tensor(3.0, dtype=torch.float64)).double(),
+                               torch.tensor(0.75, dtype=torch.float64))
+    ou = get_path("ou", horizon=10.0)
+    tau = 10.0 * t
+    c = ou.coefficients(t)
+    torch.testing.assert_close(c.alpha, torch.exp(-tau))
+    torch.testing.assert_close(c.sigma, torch.sqrt(1 - torch.exp(-2 * tau)))
+    # OU forward SDE dx = −x dτ + √2 dW: g² = 2 per unit τ, 2T per unit t.
+    torch.testing.assert_close(ou.diffusion_sq(t), torch.full_like(t, 20.0))
+    ve = get_path("ve", sigma_max=80.0)
+    torch.testing.assert_close(ve.lam(t), 80.0 * t)
+
+
+@pytest.mark.parametrize(("path", "src", "dst"), [
+    (p, a, b) for p, (a, b) in itertools.product(ALL_PATHS, itertools.permutations(SPACES, 2))
+], ids=lambda v: getattr(v, "name", v))
+def test_conversion_round_trip_float64(path, src, dst):
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(7, 3, generator=gen, dtype=torch.float64)
+    eps = torch.randn(7, 3, generator=gen, dtype=torch.float64)
+    t = T_INTERIOR.reshape(7)
+    c = path.coefficients(t).expand_as(x0)
+    x_t = c.alpha * x0 + c.sigma * eps
+    truth = {"x0": x0, "eps": eps, "score": -eps / c.sigma, "velocity": c.d_alpha * x0 + c.d_sigma * eps}
+    out = convert(truth[src], src, dst, x_t, c)
+    torch.testing.assert_close(out, truth[dst], rtol=1e-7, atol=1e-9)
+    back = convert(out, dst, src, x_t, c)
+    torch.testing.assert_close(back, truth[src], rtol=1e-7, atol=1e-9)
+
+
+def test_rf_velocity_identities_hold_at_pure_noise():
+    """v = ε − x0; x0 = x_t − t·v and ε = x_t + (1 − t)·v, finite even at t = 1 (α = 0)."""
+    path = get_path("rf")
+    gen = torch.Generator().manual_seed(1)
+    x0, eps = torch.randn(2, 5, 4, generator=gen, dtype=torch.float64)
+    for t in (0.3, 1.0):
+        c = path.coefficients(torch.tensor(t, dtype=torch.float64))
+        x_t = c.alpha * x0 + c.sigma * eps
+        v = velocity_from_x0_eps(x0, eps, c)
+        torch.testing.assert_close(v, eps - x0)
+        x0_back, eps_back = to_x0_eps(v, "velocity", x_t, c)
+        torch.testing.assert_close(x0_back, x_t - t * v)
+        torch.testing.assert_close(eps_back, x_t + (1 - t) * v)
+        torch.testing.assert_close(x0_back, x0)
+
+
+def test_bad_names_are_clear():
+    with pytest.raises(ValueError, match="path: unknown name 'nope'"):
+        get_path("nope")
+    with pytest.raises(ValueError, match="sigma_max"):
+        get_path("ve", sigma_max=-1.0)
+    with pytest.raises(ValueError, match="space"):
+        convert(torch.zeros(1), "x0", "logits", torch.zeros(1), get_path("rf").coefficients(torch.tensor(0.5)))
