@@ -57,15 +57,18 @@ def test_geometric_is_uniform_in_log_lambda_and_caps_infinity():
     assert float(grid[-3]) < 0.1 * float(make_grid("uniform", 12, path, t_min=1e-3)[-3])
 
 
-@pytest.mark.parametrize(("kwargs", "field"), [
-    ({"kind": "cosine", "steps": 5}, "grid"),
-    ({"kind": "uniform", "steps": 0}, "steps"),
-    ({"kind": "uniform", "steps": -3}, "steps"),
-    ({"kind": "uniform", "steps": 5, "t_max": 1.5}, "t_max"),
-    ({"kind": "uniform", "steps": 5, "t_min": 0.0}, "t_min"),
-    ({"kind": "uniform", "steps": 5, "t_min": 0.5, "t_max": 0.4}, "t_min"),
-    ({"kind": "edm", "steps": 5, "rho": -1.0}, "rho"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"kind": "cosine", "steps": 5}, "grid"),
+        ({"kind": "uniform", "steps": 0}, "steps"),
+        ({"kind": "uniform", "steps": -3}, "steps"),
+        ({"kind": "uniform", "steps": 5, "t_max": 1.5}, "t_max"),
+        ({"kind": "uniform", "steps": 5, "t_min": 0.0}, "t_min"),
+        ({"kind": "uniform", "steps": 5, "t_min": 0.5, "t_max": 0.4}, "t_min"),
+        ({"kind": "edm", "steps": 5, "rho": -1.0}, "rho"),
+    ],
+)
 def test_bad_input_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=rf"^{field}:"):
         make_grid(path=get_path("rf"), **kwargs)

@@ -44,8 +44,10 @@ def test_closed_forms():
     torch.testing.assert_close(rf.sigma, t)
     assert torch.isinf(get_path("rf").lam(torch.tensor(1.0))).item()
     # RF: t(λ) = λ/(1 + λ) (METHODS.md §0)
-    torch.testing.assert_close(get_path("rf").t_of_lam(torch.tensor(3.0, dtype=torch.float64)).double(),
-                               torch.tensor(0.75, dtype=torch.float64))
+    torch.testing.assert_close(
+        get_path("rf").t_of_lam(torch.tensor(3.0, dtype=torch.float64)).double(),
+        torch.tensor(0.75, dtype=torch.float64),
+    )
     ou = get_path("ou", horizon=10.0)
     tau = 10.0 * t
     c = ou.coefficients(t)
@@ -57,9 +59,11 @@ def test_closed_forms():
     torch.testing.assert_close(ve.lam(t), 80.0 * t)
 
 
-@pytest.mark.parametrize(("path", "src", "dst"), [
-    (p, a, b) for p, (a, b) in itertools.product(ALL_PATHS, itertools.permutations(SPACES, 2))
-], ids=lambda v: getattr(v, "name", v))
+@pytest.mark.parametrize(
+    ("path", "src", "dst"),
+    [(p, a, b) for p, (a, b) in itertools.product(ALL_PATHS, itertools.permutations(SPACES, 2))],
+    ids=lambda v: getattr(v, "name", v),
+)
 def test_conversion_round_trip_float64(path, src, dst):
     gen = torch.Generator().manual_seed(0)
     x0 = torch.randn(7, 3, generator=gen, dtype=torch.float64)

@@ -339,7 +339,7 @@ def sample(
     cond: Tensor | int | None = None,
     solver: str = "euler",
     seed: int = 0,
-    eta: float = 1.0,
+    eta: float = 0.0,
     x_init: Tensor | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
