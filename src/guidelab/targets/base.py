@@ -10,14 +10,16 @@ means unconditional, a single int, or ``None`` (all unconditional).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from guidelab.models.base import NULL_COND, ExactDenoiser, as_cond
 from guidelab.paths import NoisePath
 
-__all__ = ["Target"]
+__all__ = ["PathTime", "Target", "as_float_array", "init_classes", "path_time"]
 
 
 class Target(ABC):
@@ -33,6 +35,7 @@ class Target(ABC):
     class_prior: Tensor
     component_class: Tensor
     log_component_weight: Tensor
+    name: str = ""
     description: str = ""
 
     @property
@@ -58,25 +61,32 @@ class Target(ABC):
             raise ValueError(f"cond: unknown class {name!r}; accepted: {', '.join(self.class_names)} or null")
         return self.class_names.index(name)
 
-    def log_mixture_weights(self, cond: Tensor | int | None, batch: int) -> Tensor:
-        """Log weight of every component under each sample's condition, (batch, K); −∞ outside the class.
-
-        Unconditional rows use ``log π_c + log w_k``.
-        """
-        cond = as_cond(cond, batch, self.class_prior.device)
-        if (cond >= self.num_classes).any() or (cond < NULL_COND).any():
+    def cond_rows(self, cond: Tensor | int | None, batch: int, device: torch.device | str | None = None) -> Tensor:
+        """Each sample's condition as a row of :meth:`log_weight_table`: the class index, or C for null."""
+        cond = as_cond(cond, batch, device)
+        if cond.numel() and (bool((cond >= self.num_classes).any()) or bool((cond < NULL_COND).any())):
             raise ValueError(f"cond: labels must lie in [-1, {self.num_classes - 1}], got {cond.unique().tolist()}")
+        return torch.where(cond == NULL_COND, self.num_classes, cond)
+
+    def log_weight_table(self) -> Tensor:
+        """(C + 1, K): row c holds log w_k within class c (−∞ outside it); the last row, for the null
+        condition, holds ``log π_c + log w_k``."""
         log_prior = torch.log(self.class_prior)
         uncond = log_prior[self.component_class] + self.log_component_weight  # (K,)
         neg_inf = torch.tensor(float("-inf"), dtype=uncond.dtype, device=uncond.device)
-        # (C + 1, K) table; the last row is the null condition.
         table = torch.where(
             self.component_class[None, :] == torch.arange(self.num_classes, device=uncond.device)[:, None],
             self.log_component_weight[None, :],
             neg_inf,
         )
-        table = torch.cat([table, uncond[None, :]], dim=0)
-        return table[torch.where(cond == NULL_COND, self.num_classes, cond)]
+        return torch.cat([table, uncond[None, :]], dim=0)
+
+    def log_mixture_weights(self, cond: Tensor | int | None, batch: int) -> Tensor:
+        """Log weight of every component under each sample's condition, (batch, K); −∞ outside the class.
+
+        Unconditional rows use ``log π_c + log w_k``.
+        """
+        return self.log_weight_table()[self.cond_rows(cond, batch, self.class_prior.device)]
 
     # --- exact quantities, implemented per family -------------------------------------------------------
 
@@ -94,18 +104,154 @@ class Target(ABC):
 
     def log_prob_t(self, x_t: Tensor, t: Tensor, path: NoisePath, cond: Tensor | int | None = None) -> Tensor:
         """log p_t(x_t | cond), (batch,)."""
-        log_w = self.log_mixture_weights(cond, x_t.shape[0]).to(x_t.dtype)
+        log_w = self.log_mixture_weights(cond, x_t.shape[0]).to(device=x_t.device, dtype=x_t.dtype)
         return torch.logsumexp(log_w + self.component_log_prob_t(x_t, t, path), dim=-1)
 
     def class_log_posterior(self, x_t: Tensor, t: Tensor, path: NoisePath) -> Tensor:
         """log p(c | x_t) for every class, (batch, C)."""
-        log_w = self.log_mixture_weights(None, x_t.shape[0]).to(x_t.dtype)
+        log_w = self.log_mixture_weights(None, x_t.shape[0]).to(device=x_t.device, dtype=x_t.dtype)
         joint = log_w + self.component_log_prob_t(x_t, t, path)  # (batch, K)
-        per_class = torch.stack(
-            [torch.logsumexp(joint[:, self.component_class == c], dim=-1) for c in range(self.num_classes)], dim=-1
-        )
+        # (C, K) mask: 0 where component k belongs to class c, −∞ elsewhere; one logsumexp for all classes.
+        classes = torch.arange(self.num_classes, device=x_t.device)
+        member = self.component_class.to(x_t.device)[None, :] == classes[:, None]
+        mask = torch.zeros(member.shape, dtype=x_t.dtype, device=x_t.device).masked_fill_(~member, float("-inf"))
+        per_class = torch.logsumexp(joint[:, None, :] + mask, dim=-1)  # (batch, C)
         return per_class - torch.logsumexp(per_class, dim=-1, keepdim=True)
+
+    def score(self, x_t: Tensor, t: Tensor | float, path: NoisePath, cond: Tensor | int | None = None) -> Tensor:
+        """∇log p_t(x_t | cond) by Tweedie's formula: ``(α·E[x0 | x_t, c] − x_t)/σ²`` (needs σ > 0)."""
+        time = path_time(path, t, x_t)
+        alpha, sigma = time.alpha[:, None], time.sigma[:, None]
+        return (alpha * self.posterior_mean(x_t, t, path, cond) - x_t) / sigma**2
+
+    def config(self) -> dict:
+        """A dict that identifies this target (and rebuilds it with ``guidelab.targets.get_target``)."""
+        return dict(self._config) if getattr(self, "_config", None) else {"name": self.name}
+
+    def check_input(self, x_t: Tensor) -> None:
+        """Raise a ValueError naming ``x_t`` unless it is a floating tensor (batch, dim)."""
+        if not isinstance(x_t, Tensor) or not x_t.is_floating_point():
+            raise ValueError(f"x_t: expected a floating-point tensor (batch, {self.dim}), got {type(x_t).__name__}")
+        if x_t.ndim != 2 or x_t.shape[1] != self.dim:
+            raise ValueError(f"x_t: expected shape (batch, {self.dim}), got {tuple(x_t.shape)}")
+
+    def __repr__(self) -> str:
+        classes = ", ".join(
+            f"{name}: {int((self.component_class == c).sum())}" for c, name in enumerate(self.class_names[:8])
+        )
+        more = ", ..." if self.num_classes > 8 else ""
+        return (
+            f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, components={self.num_components}, "
+            f"classes={{{classes}{more}}})"
+        )
 
     def denoiser(self, path: NoisePath) -> ExactDenoiser:
         """The exact denoiser of this target on ``path`` (prediction space x0)."""
         return ExactDenoiser(self, path)
+
+
+@dataclass(frozen=True)
+class PathTime:
+    """α_t and σ_t of one call, (batch,) in the dtype and device of ``x_t``.
+
+    ``shared`` is true when every sample has the same t; then ``alpha0``/``sigma0`` hold it as floats so
+    per-time quantities can be folded into matrices once per call.
+    """
+
+    alpha: Tensor
+    sigma: Tensor
+    shared: bool
+    alpha0: float = float("nan")
+    sigma0: float = float("nan")
+
+
+def path_time(path: NoisePath, t: Tensor | float, x_t: Tensor) -> PathTime:
+    """Evaluate the path at ``t`` (a float, a 0-d tensor or one time per sample) in float64, then cast.
+
+    Raises a ValueError naming ``t`` when its size matches neither 1 nor the batch.
+    """
+    batch = x_t.shape[0]
+    wide = torch.float64 if x_t.device.type != "mps" else torch.float32
+    t = t.to(device=x_t.device) if isinstance(t, Tensor) else torch.tensor(t, dtype=wide, device=x_t.device)
+    t = t.to(wide)
+    if t.numel() not in (1, batch):
+        raise ValueError(f"t: expected a scalar or {batch} times (one per sample), got shape {tuple(t.shape)}")
+    t = t.reshape(-1)
+    if t.numel() == 1 or batch == 0 or bool((t == t[0]).all()):
+        c = path.coefficients(t[:1].cpu().double())
+        alpha0, sigma0 = float(c.alpha.reshape(-1)[0]), float(c.sigma.reshape(-1)[0])
+        alpha = torch.full((batch,), alpha0, dtype=x_t.dtype, device=x_t.device)
+        sigma = torch.full((batch,), sigma0, dtype=x_t.dtype, device=x_t.device)
+        return PathTime(alpha, sigma, True, alpha0, sigma0)
+    c = path.coefficients(t)
+    return PathTime(c.alpha.to(x_t.dtype), c.sigma.to(x_t.dtype), False)
+
+
+def as_float_array(value: object, field: str, ndim: int | None = None) -> np.ndarray:
+    """``value`` as a finite float64 numpy array, else a ValueError naming ``field``."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().double().numpy()
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{field}: expected numbers, got {type(value).__name__} ({err})") from None
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{field}: expected a {ndim}-d array, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{field}: contains non-finite values")
+    return arr
+
+
+def init_classes(
+    target: Target,
+    num_components: int,
+    weights: object | None,
+    component_class: object | None,
+    class_names: list[str] | None,
+    class_prior: object | None,
+) -> None:
+    """Validate and set ``class_names``, ``class_prior`` (normalized), ``component_class`` and
+    ``log_component_weight`` (log of each weight normalized within its class) on ``target``."""
+    K = num_components
+    if component_class is None:
+        comp = np.zeros(K, dtype=np.int64)
+    else:
+        raw = np.asarray(component_class.cpu() if isinstance(component_class, Tensor) else component_class)
+        if raw.shape != (K,) or not (np.issubdtype(raw.dtype, np.integer) or (raw == np.round(raw)).all()):
+            raise ValueError(f"component_class: expected {K} integer class indices, got shape {raw.shape}")
+        comp = raw.astype(np.int64)
+    num_classes = len(class_names) if class_names is not None else int(comp.max(initial=-1)) + 1
+    if num_classes < 1:
+        raise ValueError("component_class: need at least one class")
+    if (comp < 0).any() or (comp >= num_classes).any():
+        raise ValueError(f"component_class: indices must lie in [0, {num_classes - 1}], got {sorted(set(comp))}")
+    names = [str(n) for n in class_names] if class_names is not None else [str(c) for c in range(num_classes)]
+    if len(set(names)) != len(names):
+        raise ValueError(f"class_names: names must be unique, got {names}")
+    for c, name in enumerate(names):
+        if not (comp == c).any():
+            raise ValueError(f"component_class: class {name!r} (index {c}) has no component")
+    w = np.ones(K) if weights is None else as_float_array(weights, "weights", 1)
+    if w.shape != (K,):
+        raise ValueError(f"weights: expected {K} values (one per component), got {w.shape[0]}")
+    if (w < 0).any():
+        raise ValueError(f"weights[{int(np.argmin(w))}]: must be >= 0, got {w.min()}")
+    totals = np.bincount(comp, weights=w, minlength=num_classes)
+    for c, name in enumerate(names):
+        if not totals[c] > 0:
+            raise ValueError(f"weights: the components of class {name!r} have total weight 0")
+    prior = (
+        np.full(num_classes, 1.0 / num_classes)
+        if class_prior is None
+        else as_float_array(class_prior, "class_prior", 1)
+    )
+    if prior.shape != (num_classes,):
+        raise ValueError(f"class_prior: expected {num_classes} values (one per class), got {prior.shape[0]}")
+    if (prior < 0).any() or not prior.sum() > 0:
+        raise ValueError(f"class_prior: must be >= 0 with a positive sum, got {prior.tolist()}")
+    with np.errstate(divide="ignore"):
+        log_w = np.log(w / totals[comp])
+    target.class_names = names
+    target.class_prior = torch.from_numpy(prior / prior.sum())
+    target.component_class = torch.from_numpy(comp)
+    target.log_component_weight = torch.from_numpy(log_w)
