@@ -1,0 +1,224 @@
+"""The ``guidelab`` command. Bad input prints one ``error: field: message`` line per problem and exits 2."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from pydantic import ValidationError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Guidance for diffusion and flow-matching models, measured on exact targets.",
+)
+
+
+def _cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn input errors into one clear line each and exit code 2, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from guidelab.recipe import config_error_message
+
+        try:
+            return fn(*args, **kwargs)
+        except ValidationError as err:
+            for line in config_error_message(err).splitlines():
+                typer.echo(f"error: {line}", err=True)
+        except (ValueError, FileNotFoundError) as err:
+            for line in str(err).splitlines():
+                typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(2)
+
+    return wrapper
+
+
+def parse_params(items: list[str] | None, option: str = "--param") -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values are read as YAML scalars or lists (``3``, ``0.5``, ``true``, ``[1, 2]``)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{option}: expected KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError(f"{option} {key}: cannot read value {value!r}") from None
+    return out
+
+
+Param = Annotated[list[str] | None, typer.Option("--param", "-p", help="guider/schedule parameter KEY=VALUE")]
+
+
+@app.command()
+@_cli_errors
+def sample(
+    target: Annotated[str, typer.Option(help="built-in target name or YAML/JSON target file")],
+    out: Annotated[Path, typer.Option(help="samples .npy; a sidecar .json is written beside it")],
+    cond: Annotated[str, typer.Option(help="class name or index; 'null' for unconditional")] = "0",
+    path: Annotated[str, typer.Option(help="rf, vp-cosine, vp-linear, ve, ou")] = "rf",
+    path_param: Annotated[list[str] | None, typer.Option(help="path parameter KEY=VALUE")] = None,
+    grid: Annotated[str, typer.Option(help="uniform, shifted, geometric, edm")] = "uniform",
+    steps: Annotated[int, typer.Option(help="number of steps")] = 50,
+    t_min: Annotated[float | None, typer.Option(help="last evaluation time")] = None,
+    t_max: Annotated[float, typer.Option(help="first time")] = 1.0,
+    grid_param: Annotated[list[str] | None, typer.Option(help="grid parameter KEY=VALUE (rho, shift, lam_cap)")] = None,
+    solver: Annotated[str, typer.Option(help="euler, heun, ddim, euler-maruyama, dpm++2m")] = "euler",
+    eta: Annotated[float, typer.Option(help="DDIM churn in [0, 1]")] = 0.0,
+    guider: Annotated[str, typer.Option(help="guider name (see `guidelab methods`)")] = "cfg",
+    param: Param = None,
+    n: Annotated[int, typer.Option(help="number of samples")] = 1000,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
+) -> None:
+    """Sample a target's exact denoiser under a guider; write samples and a JSON sidecar."""
+    from guidelab.io import write_json_atomic, write_npy_atomic
+    from guidelab.recipe import SampleConfig, run_sample
+
+    if out.suffix != ".npy":
+        raise ValueError(f"out: must end in .npy, got {str(out)!r}")
+    config = SampleConfig(
+        target=target,
+        cond=cond,
+        path=path,
+        path_params=parse_params(path_param, "--path-param"),
+        grid=grid,
+        steps=steps,
+        t_min=t_min,
+        t_max=t_max,
+        grid_params=parse_params(grid_param, "--grid-param"),
+        solver=solver,
+        eta=eta,
+        guider=guider,
+        params=parse_params(param),
+        n=n,
+        seed=seed,
+        dtype=dtype,
+    )
+    outcome = run_sample(config, progress=sys.stderr.isatty())
+    result = outcome.result
+    write_npy_atomic(out, result.x.cpu().numpy())
+    sidecar = {
+        "samples": str(out),
+        "nfe": result.nfe,
+        "calls": result.calls,
+        "diverged": result.num_diverged,
+        "wall_time_s": result.wall_time,
+        "config": outcome.resolved,
+    }
+    write_json_atomic(out.with_suffix(".json"), sidecar)
+    typer.echo(
+        f"wrote {n} samples to {out} (nfe {result.nfe}, diverged {result.num_diverged}, {result.wall_time:.2f} s)"
+    )
+
+
+@app.command()
+@_cli_errors
+def targets() -> None:
+    """List the built-in targets."""
+    from guidelab.targets import list_targets
+
+    for name, description in list_targets().items():
+        typer.echo(f"{name:<26} {description}")
+
+
+@app.command()
+@_cli_errors
+def methods(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """List every guider with its parameters, defaults, prediction space and source."""
+    from guidelab.guiders.describe import describe_guiders
+
+    rows = describe_guiders()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for row in rows:
+        typer.echo(f"{row['name']}  [space: {row['space']}; source: {row['source']}]")
+        typer.echo(f"    {row['summary']}")
+        params = ", ".join(f"{k}={v!r}" for k, v in row["parameters"].items())
+        typer.echo(f"    parameters: {params or 'none'}")
+
+
+@app.command()
+@_cli_errors
+def schedule(
+    guider: Annotated[str, typer.Option(help="guider name")] = "cfg",
+    param: Param = None,
+    path: Annotated[str, typer.Option(help="noise path")] = "rf",
+    grid: Annotated[str, typer.Option(help="grid kind")] = "uniform",
+    steps: Annotated[int, typer.Option(help="number of steps")] = 20,
+    t_min: Annotated[float | None, typer.Option(help="last evaluation time")] = None,
+    t_max: Annotated[float, typer.Option(help="first time")] = 1.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of CSV")] = False,
+) -> None:
+    """Print a guider's per-step table (step, t, λ, γ, passes) as CSV or JSON."""
+    import csv
+
+    from guidelab.grids import make_grid
+    from guidelab.guiders import build_guider
+    from guidelab.guiders.describe import schedule_table
+    from guidelab.paths import get_path
+
+    noise_path = get_path(path)
+    times = make_grid(grid, steps, noise_path, t_min=t_min, t_max=t_max)
+    rows = schedule_table(build_guider(guider, **parse_params(param)), noise_path, times)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+@app.command()
+@_cli_errors
+def run(
+    config: Annotated[Path, typer.Argument(help="sweep file (YAML)")],
+    out: Annotated[Path, typer.Option(help="output folder (results.sqlite, runs/)")],
+    workers: Annotated[int, typer.Option(help="local worker processes")] = 1,
+    executor: Annotated[str, typer.Option(help="local or ray")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (with --executor ray)")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads per run")] = None,
+) -> None:
+    """Run a sweep; restarting the same command resumes it without repeating finished runs."""
+    from guidelab.experiments.config import load_sweep
+    from guidelab.experiments.runner import run_sweep
+
+    sweep = load_sweep(config)
+    summary = run_sweep(
+        sweep, out, workers=workers, executor=executor, address=address, threads=threads, progress=sys.stderr.isatty()
+    )
+    typer.echo(
+        f"{summary.total} runs: {summary.skipped} already done, {summary.ran} ran, {summary.failed} failed; "
+        f"results in {summary.out / 'results.sqlite'}"
+    )
+
+
+@app.command()
+@_cli_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("guidelab-demo"),
+    n: Annotated[int, typer.Option(help="samples per run")] = 2000,
+) -> None:
+    """Sample built-in targets under several guidance scales and print what each scale samples."""
+    from guidelab.demo import run_demo
+
+    run_demo(out, n=n)
+
+
+def main() -> None:
+    """Entry point of the ``guidelab`` script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The results store: one SQLite row per finished run, written in one transaction.
+
+Why SQLite: it ships with Python, a committed transaction survives ``kill -9`` (the journal rolls back a
+half-written one), the primary key on the configuration hash makes a rerun replace rather than duplicate,
+and pandas reads it directly (``pandas.read_sql``). Parquet would need a file per run or a rewrite per
+row to stay atomic; DuckDB adds a dependency for no gain at this size. Only the sweep's main process
+writes, so there is never write contention.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ResultStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    hash TEXT PRIMARY KEY,
+    sweep TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'error')),
+    error TEXT,
+    target TEXT, cond TEXT, path TEXT, grid TEXT, steps INTEGER, solver TEXT,
+    guider TEXT, label TEXT, seed INTEGER, n INTEGER,
+    nfe INTEGER, diverged INTEGER, wall_time_s REAL,
+    params TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    config TEXT NOT NULL,
+    finished_at TEXT NOT NULL DEFAULT (datetime('now'))
+)
+"""
+_COLUMNS = (
+    "hash",
+    "sweep",
+    "status",
+    "error",
+    "target",
+    "cond",
+    "path",
+    "grid",
+    "steps",
+    "solver",
+    "guider",
+    "label",
+    "seed",
+    "n",
+    "nfe",
+    "diverged",
+    "wall_time_s",
+    "params",
+    "metrics",
+    "config",
+)
+_JSON_COLUMNS = ("params", "metrics", "config")
+
+
+class ResultStore:
+    """Rows of finished runs in ``path`` (SQLite); ``put`` is atomic, ``frame`` gives a flat DataFrame."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=60)
+        try:
+            with db:  # one transaction: commit on success, roll back on error
+                yield db
+        finally:
+            db.close()
+
+    def put(self, row: dict[str, Any]) -> None:
+        """Insert or replace one run's row (keyed by its configuration hash) in one transaction."""
+        values = [json.dumps(row.get(c, {}), sort_keys=True) if c in _JSON_COLUMNS else row.get(c) for c in _COLUMNS]
+        placeholders = ", ".join("?" for _ in _COLUMNS)
+        with self._connect() as db:
+            db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(_COLUMNS)}) VALUES ({placeholders})", values)
+
+    def finished(self) -> set[str]:
+        """Hashes of every recorded run (ok or error)."""
+        with self._connect() as db:
+            return {h for (h,) in db.execute("SELECT hash FROM runs")}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """All rows as dicts with the JSON columns decoded, in insertion order."""
+        with self._connect() as db:
+            db.row_factory = sqlite3.Row
+            out = []
+            for r in db.execute("SELECT * FROM runs ORDER BY rowid"):
+                row = dict(r)
+                for c in _JSON_COLUMNS:
+                    row[c] = json.loads(row[c])
+                out.append(row)
+            return out
+
+    def frame(self) -> Any:
+        """A pandas DataFrame with one column per parameter (``param.*``) and metric (``metric.*``)."""
+        import pandas as pd
+
+        flat = []
+        for row in self.rows():
+            entry = {k: v for k, v in row.items() if k not in _JSON_COLUMNS}
+            entry.update({f"param.{k}": _plain(v) for k, v in row["params"].items()})
+            entry.update({f"metric.{k}": v for k, v in row["metrics"].items()})
+            flat.append(entry)
+        return pd.DataFrame(flat)
+
+
+def _plain(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, list | dict) else value

@@ -1,0 +1,112 @@
+"""The command-line contract: files written, sidecar content, one-line errors with exit code 2."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from guidelab.cli import app
+
+runner = CliRunner()
+
+
+def test_sample_writes_samples_and_sidecar(tmp_path):
+    out = tmp_path / "s.npy"
+    args = [
+        "sample",
+        "--target",
+        "chidambaram-gauss-1d",
+        "--cond",
+        "pos",
+        "--path",
+        "vp-cosine",
+        "--grid",
+        "edm",
+        "--steps",
+        "12",
+        "--solver",
+        "heun",
+        "--guider",
+        "cfg",
+        "--param",
+        "scale=2.5",
+        "--n",
+        "64",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    x = np.load(out)
+    assert x.shape == (64, 1)
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["nfe"] == 2 * (2 * 12 - 1)  # Heun: 23 evaluations, cond + uncond each
+    assert sidecar["diverged"] == 0
+    assert sidecar["wall_time_s"] > 0
+    config = sidecar["config"]
+    assert config["guider_config"]["scale"] == 2.5
+    assert config["cond_index"] == 0
+    assert len(config["grid_times"]) == 13
+    again = runner.invoke(app, [*args[:-1], str(tmp_path / "t.npy")])
+    assert again.exit_code == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "t.npy"), x)  # same seed, same numbers
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--target", "nope"], "target"),
+        (["--target", "multimodal-2d", "--cond", "zebra"], "cond"),
+        (["--target", "multimodal-2d", "--steps", "-2"], "steps"),
+        (["--target", "multimodal-2d", "--n", "0"], "n"),
+        (["--target", "multimodal-2d", "--path", "warp"], "path"),
+        (["--target", "multimodal-2d", "--grid", "log"], "grid"),
+        (["--target", "multimodal-2d", "--solver", "rk4"], "solver"),
+        (["--target", "multimodal-2d", "--guider", "magic"], "guider"),
+        (["--target", "multimodal-2d", "--param", "scael=2"], "guider 'cfg'"),
+        (["--target", "multimodal-2d", "--param", "scale"], "--param"),
+        (["--target", "multimodal-2d", "--t-max", "1.5"], "t_max"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path, args, field):
+    result = subprocess.run(
+        [sys.executable, "-m", "guidelab.cli", "sample", *args, "--out", str(tmp_path / "x.npy")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and field in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "x.npy").exists()
+
+
+def test_bad_target_file_names_the_field(tmp_path):
+    bad = tmp_path / "t.yaml"
+    bad.write_text(
+        "kind: gaussian-mixture\ndim: 2\nclasses:\n  - name: a\n    components:\n"
+        "      - {weight: 1, mean: [0, 0], cov: [[1, 2], [2, 1]]}\n"
+    )
+    result = runner.invoke(app, ["sample", "--target", str(bad), "--out", str(tmp_path / "x.npy")])
+    assert result.exit_code == 2
+    assert "cov" in result.output
+    assert "positive definite" in result.output
+
+
+def test_targets_lists_builtins():
+    result = runner.invoke(app, ["targets"])
+    assert result.exit_code == 0
+    for name in (
+        "chidambaram-uniform-1d",
+        "chidambaram-uniform-2d",
+        "chidambaram-gauss-1d",
+        "multimodal-2d",
+        "gmm-highdim",
+    ):
+        assert name in result.output

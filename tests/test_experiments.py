@@ -1,0 +1,157 @@
+"""Sweeps: validation before running, one row per configuration, errors recorded, kill -9 and resume."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from guidelab.experiments.config import load_sweep
+from guidelab.experiments.runner import run_sweep
+from guidelab.experiments.store import ResultStore
+
+SWEEP = """
+name: tiny
+targets:
+  - {target: multimodal-2d, conds: [a, b]}
+  - {target: chidambaram-uniform-1d, conds: [pos]}
+grids: [{kind: uniform, steps: 6}]
+solvers: [euler]
+guiders:
+  - {name: cfg, params: {scale: [1.0, 3.0]}}
+  - {name: cfg, label: cfg-interval, params: {schedule: interval, scale: 3.0, lam_lo: 0.2, lam_hi: 2.0}}
+seeds: [0, 1]
+n: 64
+metrics: [energy_distance, class_fidelity]
+"""
+
+
+def write(tmp_path, text, name="sweep.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def metrics_by_hash(out):
+    return {r["hash"]: (r["status"], r["metrics"], r["nfe"]) for r in ResultStore(out / "results.sqlite").rows()}
+
+
+def test_sweep_runs_each_configuration_once_and_resumes(tmp_path):
+    config = load_sweep(write(tmp_path, SWEEP))
+    runs = config.runs()
+    assert len(runs) == 3 * 2 * 3  # (2 + 1 conditions) × 2 seeds × (2 scales + 1 interval)
+    first = run_sweep(config, tmp_path / "out")
+    assert (first.total, first.ran, first.failed) == (18, 18, 0)
+    rows = ResultStore(tmp_path / "out" / "results.sqlite").rows()
+    assert len(rows) == 18
+    assert len({r["hash"] for r in rows}) == 18
+    again = run_sweep(config, tmp_path / "out")
+    assert (again.skipped, again.ran) == (18, 0)
+    frame = ResultStore(tmp_path / "out" / "results.sqlite").frame()
+    assert {"metric.energy_distance", "metric.class_fidelity", "param.scale", "nfe"} <= set(frame.columns)
+    # γ = 1 needs the conditional pass only: half the NFE of guided runs
+    cfg = frame[frame.label == "cfg"]
+    assert set(cfg[cfg["param.scale"] == 1.0].nfe) == {6}
+    assert set(cfg[cfg["param.scale"] == 3.0].nfe) == {12}
+    assert all((tmp_path / "out" / "runs" / h / "samples.npy").exists() for h in frame.hash)
+
+
+def test_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+    text = SWEEP.replace("n: 64", "n: 64\nsave_samples: false").replace(
+        "solvers: [euler]", "solvers: [euler, euler-maruyama]"
+    )  # EM is singular at t = 1 on rf: an error
+    summary = run_sweep(load_sweep(write(tmp_path, text)), tmp_path / "out")
+    rows = ResultStore(tmp_path / "out" / "results.sqlite").rows()
+    assert summary.failed == 18
+    assert summary.ran == 36
+    errors = [r for r in rows if r["status"] == "error"]
+    assert len(errors) == 18
+    assert all("t_max" in r["error"] for r in errors)
+    assert all(r["solver"] == "euler-maruyama" for r in errors)
+
+
+@pytest.mark.parametrize(
+    ("patch", "expect"),
+    [
+        ("{name: cfg, params: {scale: [1.0, 3.0]}}", None),
+        ("{name: magic, params: {}}", "guiders[0]: guider: unknown name 'magic'"),
+        ("{name: cfg, params: {scale: fast}}", "guiders[0]: scale: expected a number"),
+        ("{name: cfg, params: {scale: 2, beta: 0.1}}", "guiders[0]: guider 'cfg': unknown parameter 'beta'"),
+    ],
+)
+def test_guider_mistakes_are_one_line_each(tmp_path, patch, expect):
+    text = SWEEP.replace("{name: cfg, params: {scale: [1.0, 3.0]}}", patch)
+    if expect is None:
+        load_sweep(write(tmp_path, text))
+        return
+    with pytest.raises(ValueError, match=expect.replace("[", r"\[").replace("]", r"\]")):
+        load_sweep(write(tmp_path, text))
+
+
+def test_config_with_every_kind_of_mistake_lists_each(tmp_path):
+    text = """
+    targets:
+      - {target: missing-file.yaml}
+    grids: [{kind: uniform, steps: 0}]
+    solvers: [rk4]
+    guiders:
+      - {name: magic}
+    n: -5
+    metrics: [happiness]
+    """
+    result = subprocess.run(
+        [sys.executable, "-m", "guidelab.cli", "run", str(write(tmp_path, text)), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    for field in ("grids[0].steps", "n", "metrics"):
+        assert any(line.startswith(f"error: {field}") for line in lines), result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_target_and_solver_mistakes_are_named(tmp_path):
+    text = SWEEP.replace("target: chidambaram-uniform-1d", "target: missing-file.yaml").replace(
+        "solvers: [euler]", "solvers: [rk4]"
+    )
+    with pytest.raises(ValueError, match="targets") as err:
+        load_sweep(write(tmp_path, text))
+    message = str(err.value)
+    assert "targets[1].target" in message
+    assert "solvers[0]" in message
+
+
+def test_kill_minus_nine_and_resume_gives_the_uninterrupted_store(tmp_path):
+    sweep = write(tmp_path, SWEEP.replace("n: 64", "n: 256").replace("steps: 6", "steps: 24"))
+    reference = tmp_path / "reference"
+    run_sweep(load_sweep(sweep), reference, threads=1)
+    expected = metrics_by_hash(reference)
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "guidelab.cli", "run", str(sweep), "--out", str(out), "--threads", "1"]
+    rng = random.Random(0)
+    kills = 0
+    for _attempt in range(6):
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(rng.uniform(1.0, 4.0))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        if out.exists() and len(metrics_by_hash(out)) == len(expected):
+            break
+    assert kills >= 1, "the sweep finished before any kill; make it longer"
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    assert metrics_by_hash(out) == expected
+
+
+def test_local_workers_give_the_same_rows(tmp_path):
+    config = load_sweep(write(tmp_path, SWEEP))
+    run_sweep(config, tmp_path / "one", threads=1)
+    run_sweep(config, tmp_path / "two", workers=2, threads=1)
+    assert metrics_by_hash(tmp_path / "one") == metrics_by_hash(tmp_path / "two")
