@@ -155,3 +155,15 @@ def test_local_workers_give_the_same_rows(tmp_path):
     run_sweep(config, tmp_path / "one", threads=1)
     run_sweep(config, tmp_path / "two", workers=2, threads=1)
     assert metrics_by_hash(tmp_path / "one") == metrics_by_hash(tmp_path / "two")
+
+
+def test_ray_executor_gives_the_same_rows_as_local(tmp_path):
+    import ray
+    config = load_sweep(write(tmp_path, SWEEP))
+    run_sweep(config, tmp_path / "local", threads=1)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        run_sweep(config, tmp_path / "ray", executor="ray", address=ray.get_runtime_context().gcs_address, threads=1)
+    finally:
+        ray.shutdown()
+    assert metrics_by_hash(tmp_path / "ray") == metrics_by_hash(tmp_path / "local")

@@ -205,6 +205,46 @@ def run(
 
 @app.command()
 @_cli_errors
+def report(
+    folder: Annotated[Path, typer.Argument(help="a sweep or reproduction output folder")],
+    out: Annotated[Path | None, typer.Option(help="HTML file (default: FOLDER/report.html)")] = None,
+) -> None:
+    """Write the self-contained HTML report of a sweep folder (and of any reproduction run into it)."""
+    from guidelab.report import write_report
+
+    if not folder.is_dir():
+        raise ValueError(f"folder: no such directory {str(folder)!r}")
+    typer.echo(f"report written to {write_report(folder, out)}")
+
+
+@app.command()
+@_cli_errors
+def reproduce(
+    name: Annotated[str, typer.Argument(help="reproduction name (see --help of `guidelab reproduce list`)")],
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("guidelab-reproductions"),
+    size: Annotated[str, typer.Option(help="ci (seconds) or paper (minutes)")] = "ci",
+) -> None:
+    """Run a named reproduction of a seed paper's claim (or `list` them) and write its report."""
+    from guidelab.experiments.reproductions import REPRODUCTIONS
+    from guidelab.report import write_report
+
+    if name == "list":
+        for key in REPRODUCTIONS:
+            typer.echo(key)
+        return
+    if name not in REPRODUCTIONS:
+        raise ValueError(f"name: unknown reproduction {name!r}; accepted: {', '.join(REPRODUCTIONS)}")
+    if size not in ("ci", "paper"):
+        raise ValueError(f"size: must be ci or paper, got {size!r}")
+    result = REPRODUCTIONS[name](size, out)
+    claims = result.get("claims", {})
+    for claim, ok in claims.items():
+        typer.echo(f"{'PASS' if ok else 'FAIL'}  {claim}")
+    typer.echo(f"numbers and figures in {out}; report written to {write_report(out)}")
+
+
+@app.command()
+@_cli_errors
 def demo(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("guidelab-demo"),
     n: Annotated[int, typer.Option(help="samples per run")] = 2000,
