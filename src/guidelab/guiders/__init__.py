@@ -1,25 +1,78 @@
-"""Guiders: one module per method family, all behind the contract of :mod:`guidelab.guiders.base`."""
+"""Guiders: one module per method family, all behind the contract of :mod:`guidelab.guiders.base`.
 
+Every guider is registered by name (``build_guider(name, **params)``); every combiner whose rule has a scale
+takes a ``schedule`` (:mod:`guidelab.guiders.schedules`). :func:`describe_guiders` lists them all.
+"""
+
+from guidelab.guiders import learned  # noqa: F401 - registers the learned guider (arXiv 2510.00815)
+from guidelab.guiders.adamag import AdaMaG
+from guidelab.guiders.adg import ADG
+from guidelab.guiders.apg import APG
 from guidelab.guiders.base import COND, UNCOND, GuidedStep, Guider, Pass, Predictions, StepContext
+from guidelab.guiders.beta_cfg import BetaCFG
 from guidelab.guiders.cfg import CFG
+from guidelab.guiders.cfg_pp import CFGPlusPlus
+from guidelab.guiders.cfg_zero import CFGZeroStar
+from guidelab.guiders.describe import describe_guiders, describe_schedules, schedule_table
+from guidelab.guiders.mambo import MamboG
 from guidelab.guiders.registry import GUIDERS, build_guider, guider_parameters, register_guider
-from guidelab.guiders.schedules import SCHEDULES, ConstantSchedule, Schedule, register_schedule
+from guidelab.guiders.rescale import GuidanceRescale
+from guidelab.guiders.scales import extra_to_ho, ho_to_extra
+from guidelab.guiders.schedules import (
+    SCHEDULES,
+    ConstantSchedule,
+    IntervalSchedule,
+    NegativeSwitchSchedule,
+    NegativeWindowSchedule,
+    Schedule,
+    StepDownSchedule,
+    StepUpSchedule,
+    TVCFGSchedule,
+    WangSchedule,
+    register_schedule,
+)
+from guidelab.guiders.tangential import TangentialCFG
+from guidelab.guiders.thresholding import DynamicThresholding
+from guidelab.guiders.weak_model import WeakModelGuidance
 
 __all__ = [
+    "ADG",
+    "APG",
     "CFG",
     "COND",
     "GUIDERS",
     "SCHEDULES",
     "UNCOND",
+    "AdaMaG",
+    "BetaCFG",
+    "CFGPlusPlus",
+    "CFGZeroStar",
     "ConstantSchedule",
+    "DynamicThresholding",
+    "GuidanceRescale",
     "GuidedStep",
     "Guider",
+    "IntervalSchedule",
+    "MamboG",
+    "NegativeSwitchSchedule",
+    "NegativeWindowSchedule",
     "Pass",
     "Predictions",
     "Schedule",
     "StepContext",
+    "StepDownSchedule",
+    "StepUpSchedule",
+    "TVCFGSchedule",
+    "TangentialCFG",
+    "WangSchedule",
+    "WeakModelGuidance",
     "build_guider",
+    "describe_guiders",
+    "describe_schedules",
+    "extra_to_ho",
     "guider_parameters",
+    "ho_to_extra",
     "register_guider",
     "register_schedule",
+    "schedule_table",
 ]

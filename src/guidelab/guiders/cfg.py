@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from guidelab.guiders._common import linear_step
 from guidelab.guiders.base import (
     COND,
     UNCOND,
@@ -15,7 +16,6 @@ from guidelab.guiders.base import (
     Pass,
     Predictions,
     StepContext,
-    broadcast_scale,
     is_neutral,
 )
 from guidelab.guiders.registry import register_guider
@@ -43,12 +43,10 @@ class CFG(Guider):
         return (COND,) if is_neutral(self.schedule(ctx)) else (COND, UNCOND)
 
     def guide(self, preds: Predictions, ctx: StepContext) -> GuidedStep:
-        cond = preds.get("cond", self.space)
         if "uncond" not in preds:
-            return preds.to_step(cond, self.space)
-        uncond = preds.get("uncond", self.space)
-        gamma = broadcast_scale(self.schedule(ctx), cond)
-        return preds.to_step(uncond + gamma * (cond - uncond), self.space)
+            return preds.to_step(preds.get("cond", self.space), self.space)
+        # linear, so formed in the models' own space with scalar coefficients (same result in every space)
+        return linear_step(preds, ctx, self.schedule(ctx))
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "schedule": self.schedule.name, **self.schedule.config()}

@@ -1,15 +1,56 @@
 """Guidance-weight schedules γ(step): a schedule maps a :class:`StepContext` to the scale γ (Ho form,
 ``guided = u + γ·(c − u)``; γ = 1 is the conditional model). See METHODS.md §1.
+
+Every combiner whose rule has a scale takes a ``schedule`` (TV-CFG weights inside APG, an interval around
+AdaMaG, …). Where a schedule gives γ = 1 for every sample, the guider asks only for the conditional pass. No
+schedule is clamped at γ ≥ 1: the negative window needs γ < 1. Scales may be per-sample tensors (batch,).
+
+========================  ===============================================================================
+name                      rule
+========================  ===============================================================================
+``constant``              γ
+``interval``              γ if λ_lo < λ_i ≤ λ_hi else 1 (λ at the step's grid point)
+``wang``                  unit-mean shapes in p (linear, cosine, mirrors, V, Λ), extra or Ho reading
+``tv-cfg``                triangle peaking at N//2, rescaled so Σ γ_i·Δt_i = γ̄ on the actual grid
+``step-up``/``step-down`` low then high (or high then low) around p_switch
+``negative-window``       1 + w₀ + ω·t (below 1 near the data)
+``negative-switch``       γ_high for p < p_switch, then scale_late (0 = unconditional)
+========================  ===============================================================================
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar
 
-from guidelab.guiders.base import Scale, StepContext, scale_from_config, scale_to_config
+import torch
+from torch import Tensor
 
-__all__ = ["SCHEDULES", "ConstantSchedule", "Schedule", "register_schedule"]
+from guidelab.guiders._checks import check_choice, check_number
+from guidelab.guiders.base import Scale, StepContext, scale_from_config, scale_to_config
+from guidelab.guiders.scales import extra_to_ho, ho_to_extra
+from guidelab.paths import NoisePath
+
+__all__ = [
+    "SCHEDULES",
+    "WANG_SHAPES",
+    "ConstantSchedule",
+    "IntervalSchedule",
+    "NegativeSwitchSchedule",
+    "NegativeWindowSchedule",
+    "Schedule",
+    "StepDownSchedule",
+    "StepUpSchedule",
+    "TVCFGSchedule",
+    "WangSchedule",
+    "normalized_dt",
+    "register_schedule",
+    "step_lam",
+    "triangle",
+    "tv_cfg_weights",
+]
 
 SCHEDULES: dict[str, type[Schedule]] = {}
 
@@ -54,3 +95,353 @@ class ConstantSchedule(Schedule):
 
     def config(self) -> dict[str, Any]:
         return {"scale": scale_to_config(self.scale)}
+
+
+# --- helpers --------------------------------------------------------------------------------------------
+
+
+def _maximum(value: Scale, floor: float) -> Scale:
+    """max(value, floor) for a number or elementwise for a per-sample tensor."""
+    if isinstance(value, Tensor):
+        return torch.clamp_min(value, floor)
+    return max(value, floor)
+
+
+def _check_scale(field: str, scale: Scale, *, lo: float | None = None) -> None:
+    if lo is None:
+        return
+    low = float(scale.min()) if isinstance(scale, Tensor) else scale
+    if low < lo:
+        raise ValueError(f"{field}: must be ≥ {lo:g} (every sample), got {scale_to_config(scale)!r}")
+
+
+class _PerGrid:
+    """One quantity computed per (grid, path), recomputed only when either object changes."""
+
+    def __init__(self, fn: Callable[[Tensor, NoisePath], Any]):
+        self.fn = fn
+        self._key: tuple[Tensor, NoisePath] | None = None
+        self._value: Any = None
+
+    def __call__(self, ctx: StepContext) -> Any:
+        if self._key is None or self._key[0] is not ctx.grid or self._key[1] is not ctx.path:
+            self._value = self.fn(ctx.grid, ctx.path)
+            self._key = (ctx.grid, ctx.path)
+        return self._value
+
+
+def step_lam(ctx: StepContext) -> float:
+    """λ_i of the step's own grid point t_i (the same for every stage of the step)."""
+    if ctx.stage == 0:
+        return ctx.lam
+    return float(ctx.path.lam(torch.as_tensor(ctx.grid[ctx.index], dtype=torch.float64)))
+
+
+# --- interval -------------------------------------------------------------------------------------------
+
+
+@register_schedule
+class IntervalSchedule(Schedule):
+    """Guidance in a noise-level interval: γ where ``λ_lo < λ_i ≤ λ_hi``, 1 elsewhere.
+
+    Kynkäänniemi et al. 2024, arXiv 2404.07724 (EDM2-XXL: FID 1.81 → 1.40 at γ = 2.0, λ ∈ (0.19, 1.61], the
+    defaults). Bounds are noise levels λ = σ/α (the EDM σ), so a setting transfers between paths. The decision
+    is snapped to step edges: it is made from λ_i at the step's grid point t_i, so every evaluation of a step
+    (Heun's corrector included) uses the same γ, and steps outside the interval skip the unconditional pass.
+    The interval is half-open as in EDM2.
+
+    Args:
+        scale: γ inside the interval (a number or a per-sample list).
+        lam_lo: lower bound (excluded), ≥ 0.
+        lam_hi: upper bound (included), > lam_lo; ``None`` (or ``inf``) for none: (0, ∞] is plain CFG.
+    """
+
+    name = "interval"
+    source = "arXiv 2404.07724"
+
+    def __init__(self, scale: Scale = 2.0, lam_lo: float = 0.19, lam_hi: float | None = 1.61):
+        self.scale = scale_from_config(scale)
+        self.lam_lo = check_number("lam_lo", lam_lo, lo=0.0)
+        if lam_hi is None or (isinstance(lam_hi, int | float) and lam_hi == math.inf):
+            self.lam_hi = math.inf
+        else:
+            self.lam_hi = check_number("lam_hi", lam_hi, lo=self.lam_lo, lo_open=True)
+        if not self.lam_hi > self.lam_lo:
+            raise ValueError(f"lam_hi: must exceed lam_lo={self.lam_lo}, got {lam_hi}")
+
+    def inside(self, ctx: StepContext) -> bool:
+        """Whether the step's grid point lies in (λ_lo, λ_hi]."""
+        return self.lam_lo < step_lam(ctx) <= self.lam_hi
+
+    def __call__(self, ctx: StepContext) -> Scale:
+        return self.scale if self.inside(ctx) else 1.0
+
+    def config(self) -> dict[str, Any]:
+        lam_hi = None if math.isinf(self.lam_hi) else self.lam_hi
+        return {"scale": scale_to_config(self.scale), "lam_lo": self.lam_lo, "lam_hi": lam_hi}
+
+
+# --- Wang et al. shapes ---------------------------------------------------------------------------------
+
+WANG_SHAPES: tuple[str, ...] = ("linear", "cosine", "linear-down", "cosine-down", "v", "lambda")
+CONVENTIONS: tuple[str, ...] = ("extra", "ho")
+
+
+def wang_profile(shape: str, p: float) -> float:
+    """The unit-mean profile f(p) on p ∈ [0, 1] (0 = noisiest step) of each shape."""
+    if shape == "linear":
+        return 2 * p
+    if shape == "cosine":
+        return 1 - math.cos(math.pi * p)
+    if shape == "linear-down":
+        return 2 * (1 - p)
+    if shape == "cosine-down":
+        return 1 + math.cos(math.pi * p)
+    if shape == "v":
+        return 2 * abs(2 * p - 1)
+    if shape == "lambda":
+        return 2 * (1 - abs(2 * p - 1))
+    raise ValueError(f"shape: got {shape!r}; accepted: {', '.join(WANG_SHAPES)}")
+
+
+@register_schedule
+class WangSchedule(Schedule):
+    """Monotone and V/Λ weight shapes in the progress p = i/(N − 1) (Wang et al. 2024, arXiv 2404.13040).
+
+    Each shape is a unit-mean profile f(p): ``linear`` 2p, ``cosine`` 1 − cos πp, their decreasing mirrors
+    ``linear-down`` 2(1 − p) and ``cosine-down`` 1 + cos πp, ``v`` 2|2p − 1| and ``lambda`` 2(1 − |2p − 1|).
+    The paper's scale convention is uncertain, so both readings are offered, neither guessed:
+
+    - ``convention="extra"`` (METHODS.md §1): the paper's weight is the extra-form w, so with w̄ = γ̄ − 1
+      (:func:`~guidelab.guiders.scales.ho_to_extra`) ``γ(p) = 1 + max(w̄·f(p), floor)``; linear gives
+      ``1 + 2w̄p``, and ``floor=1`` the teaser rule ``w = max(1, 2w̄p)``.
+    - ``convention="ho"``: the paper's weight is γ itself, ``γ(p) = max(γ̄·f(p), floor)``.
+
+    ``floor`` is in the convention's own units; ``None`` for no clamp. The unclamped mean over p is γ̄.
+
+    Args:
+        scale: γ̄, the mean scale in Ho form (a number or a per-sample list).
+        shape: one of ``linear``, ``cosine``, ``linear-down``, ``cosine-down``, ``v``, ``lambda``.
+        convention: ``extra`` or ``ho``, how the paper's weight is read (see above).
+        floor: optional clamp floor, in the convention's units.
+    """
+
+    name = "wang"
+    source = "arXiv 2404.13040"
+
+    def __init__(
+        self, scale: Scale = 2.0, shape: str = "linear", convention: str = "extra", floor: float | None = None
+    ):
+        self.scale = scale_from_config(scale)
+        check_choice("shape", shape, WANG_SHAPES)
+        check_choice("convention", convention, CONVENTIONS)
+        self.shape = shape
+        self.convention = convention
+        self.floor = None if floor is None else check_number("floor", floor)
+
+    def __call__(self, ctx: StepContext) -> Scale:
+        f = wang_profile(self.shape, ctx.progress)
+        if self.convention == "extra":
+            w = ho_to_extra(self.scale) * f
+            return extra_to_ho(w if self.floor is None else _maximum(w, self.floor))
+        gamma = self.scale * f
+        return gamma if self.floor is None else _maximum(gamma, self.floor)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "scale": scale_to_config(self.scale),
+            "shape": self.shape,
+            "convention": self.convention,
+            "floor": self.floor,
+        }
+
+
+# --- TV-CFG ---------------------------------------------------------------------------------------------
+
+
+def triangle(steps: int) -> Tensor:
+    """The TV-CFG triangle fraction f_i ∈ [0, 1] over step indices: 0 at i = 0, rising linearly to 1 at the
+    peak i = N//2, falling linearly to 0 at i = N − 1 (as ``symmetric`` in the official code)."""
+    i = torch.arange(steps, dtype=torch.float64)
+    peak = steps // 2
+    up = i / peak if peak > 0 else torch.zeros_like(i)
+    down_len = steps - 1 - peak
+    down = (steps - 1 - i) / down_len if down_len > 0 else torch.ones_like(i)
+    return torch.where(i <= peak, up, down)
+
+
+def normalized_dt(grid: Tensor) -> Tensor:
+    """Δt_i of the grid normalized so that t_0 = 1 and t_N = 0 (they sum to 1): (N,) float64."""
+    grid = torch.as_tensor(grid, dtype=torch.float64)
+    return (grid[:-1] - grid[1:]) / (grid[0] - grid[-1])
+
+
+def tv_cfg_weights(grid: Tensor, scale: Scale) -> Tensor:
+    """TV-CFG's per-step scales on ``grid``: (N,) for a scalar γ̄, (N, batch) for a per-sample one.
+
+    Triangle from 1 to 2γ̄ − 1 and back (peak at N//2), then multiplied by γ̄/Σ_i γ_i·Δt_i so that the
+    Δt-weighted mean over the grid's own normalized steps is exactly γ̄; γ̄ = 1 gives 1 at every step.
+    """
+    f = triangle(len(grid) - 1)
+    dt = normalized_dt(grid)
+    gbar = scale.to(torch.float64).reshape(1, -1) if isinstance(scale, Tensor) else torch.tensor(float(scale))
+    f = f.reshape(-1, 1) if isinstance(scale, Tensor) else f
+    dt = dt.reshape(-1, 1) if isinstance(scale, Tensor) else dt
+    raw = 1 + (2 * gbar - 2) * f  # low = 1, high = 2γ̄ − 1
+    gamma = raw * gbar / (raw * dt).sum(dim=0)
+    return torch.where(gbar == 1, torch.ones_like(gamma), gamma)
+
+
+@register_schedule
+class TVCFGSchedule(Schedule):
+    """TV-CFG, the stage-wise time-varying scale (Jin, Shi, Gu 2025, arXiv 2509.22007, official code).
+
+    A triangle in the step index rising linearly from 1 to 2γ̄ − 1 (peak at i = N//2) and back down, then
+    rescaled so that ``Σ_i γ_i·Δt_i = γ̄`` with Δt over the actual grid normalized to t_0 = 1, t_N = 0: the
+    same guidance budget as constant γ̄ on that grid, moved to the middle stage. Reported on SD3.5 at NFE 10,
+    γ̄ = 9: FID 38.99 → 30.26 against constant. Every evaluation of step i uses γ_i.
+
+    Args:
+        scale: γ̄, the Δt-weighted mean scale (a number or a per-sample list), ≥ 0.5 so the triangle stays ≥ 0.
+    """
+
+    name = "tv-cfg"
+    source = "arXiv 2509.22007"
+
+    def __init__(self, scale: Scale = 2.0):
+        self.scale = scale_from_config(scale)
+        _check_scale("scale", self.scale, lo=0.5)
+        self._weights = _PerGrid(lambda grid, path: tv_cfg_weights(grid, self.scale))
+
+    def __call__(self, ctx: StepContext) -> Scale:
+        if len(ctx.grid) - 1 != ctx.steps:
+            raise ValueError(f"grid: has {len(ctx.grid) - 1} steps but the context says {ctx.steps}")
+        gamma = self._weights(ctx)[ctx.index]
+        return gamma if isinstance(self.scale, Tensor) else float(gamma)
+
+    def config(self) -> dict[str, Any]:
+        return {"scale": scale_to_config(self.scale)}
+
+
+# --- step probes ----------------------------------------------------------------------------------------
+
+
+class _StepProbe(Schedule):
+    early_high: bool
+
+    def __init__(self, scale: Scale = 2.0, scale_low: Scale | None = None, p_switch: float = 0.25):
+        self.scale = scale_from_config(scale)
+        self.scale_low = None if scale_low is None else scale_from_config(scale_low, "scale_low")
+        self.p_switch = check_number("p_switch", p_switch, lo=0.0, hi=1.0)
+
+    @property
+    def low(self) -> Scale:
+        """The low scale: ``scale_low``, or scale/3 as in the official code."""
+        return self.scale / 3 if self.scale_low is None else self.scale_low
+
+    def __call__(self, ctx: StepContext) -> Scale:
+        early = ctx.progress < self.p_switch
+        return self.scale if early == self.early_high else self.low
+
+    def config(self) -> dict[str, Any]:
+        low = None if self.scale_low is None else scale_to_config(self.scale_low)
+        return {"scale": scale_to_config(self.scale), "scale_low": low, "p_switch": self.p_switch}
+
+
+@register_schedule
+class StepUpSchedule(_StepProbe):
+    """Stage probe: low scale for the first steps (progress p < p_switch), then high (arXiv 2509.22007, official
+    code: low = γ/3 for the first 25% of steps). Early strong guidance kills global diversity; this keeps it.
+
+    Args:
+        scale: the high scale γ (a number or a per-sample list).
+        scale_low: the low scale; ``None`` for γ/3 as in the official code.
+        p_switch: progress p = i/(N − 1) at which the scale switches (p < p_switch is early).
+    """
+
+    name = "step-up"
+    source = "arXiv 2509.22007"
+    early_high = False
+
+
+@register_schedule
+class StepDownSchedule(_StepProbe):
+    """Stage probe: high scale for the first steps (progress p < p_switch), then low (arXiv 2509.22007, official
+    code: low = γ/3 after the first 25% of steps). Late strong guidance kills fine variation; this keeps it.
+
+    Args:
+        scale: the high scale γ (a number or a per-sample list).
+        scale_low: the low scale; ``None`` for γ/3 as in the official code.
+        p_switch: progress p = i/(N − 1) at which the scale switches (p < p_switch is early).
+    """
+
+    name = "step-down"
+    source = "arXiv 2509.22007"
+    early_high = True
+
+
+# --- negative window ------------------------------------------------------------------------------------
+
+
+@register_schedule
+class NegativeWindowSchedule(Schedule):
+    """Negative guidance window, continuous form: ``γ(τ) = 1 + w₀ + ω·τ`` (Ventura et al. 2026, arXiv 2602.00716).
+
+    τ is the forward time normalized to [0, 1] with 0 = data, i.e. guidelab's t, taken at the step's grid point
+    t_i (so a solver's corrector evaluation of the step uses the step's γ, as with every schedule here). With
+    w₀ < 0 < ω the scale is above 1 early (noisy) and below 1 late, toward the unconditional model.
+    The form comes from a secondary reading and the paper gives no defaults: the defaults here (w₀ = −0.5,
+    ω = 2, so γ runs from 2.5 at noise to 0.5 at the data) are placeholders to tune. w₀ = ω = 0 is the
+    conditional model.
+
+    Args:
+        w0: offset w₀ ≥ −1 (γ ≥ 0 at the data).
+        omega: slope ω ≥ 0.
+    """
+
+    name = "negative-window"
+    source = "arXiv 2602.00716"
+
+    def __init__(self, w0: Scale = -0.5, omega: Scale = 2.0):
+        self.w0 = scale_from_config(w0, "w0")
+        self.omega = scale_from_config(omega, "omega")
+        _check_scale("w0", self.w0, lo=-1.0)
+        _check_scale("omega", self.omega, lo=0.0)
+
+    def __call__(self, ctx: StepContext) -> Scale:
+        tau = ctx.t if ctx.stage == 0 else float(ctx.grid[ctx.index])
+        return 1 + self.w0 + self.omega * tau
+
+    def config(self) -> dict[str, Any]:
+        return {"w0": scale_to_config(self.w0), "omega": scale_to_config(self.omega)}
+
+
+@register_schedule
+class NegativeSwitchSchedule(Schedule):
+    """Negative guidance window, practical switch form: γ_high while the progress p < p_switch, then
+    ``scale_late`` (0 = the unconditional model) (Ventura et al. 2026, arXiv 2602.00716; p_switch of 0.5–0.7
+    reported, default 0.6; no default γ_high is given, 2.0 is a placeholder).
+
+    Args:
+        scale: γ_high, the early scale (a number or a per-sample list).
+        p_switch: progress p = i/(N − 1) at which the scale switches.
+        scale_late: the late scale (0 = unconditional; below 1 is allowed).
+    """
+
+    name = "negative-switch"
+    source = "arXiv 2602.00716"
+
+    def __init__(self, scale: Scale = 2.0, p_switch: float = 0.6, scale_late: Scale = 0.0):
+        self.scale = scale_from_config(scale)
+        self.p_switch = check_number("p_switch", p_switch, lo=0.0, hi=1.0)
+        self.scale_late = scale_from_config(scale_late, "scale_late")
+
+    def __call__(self, ctx: StepContext) -> Scale:
+        return self.scale if ctx.progress < self.p_switch else self.scale_late
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "scale": scale_to_config(self.scale),
+            "p_switch": self.p_switch,
+            "scale_late": scale_to_config(self.scale_late),
+        }

@@ -111,6 +111,16 @@ class ScoreErrorDenoiser:
         c = self.path.coefficients(torch.as_tensor(t, dtype=torch.float64)).expand_as(x_t)
         return pred + score_delta_in_space(err, self.prediction, c).to(pred.dtype)
 
+    def config(self) -> dict:
+        """The error's parameters (the wrapped denoiser is not included)."""
+        return {
+            "delta": self.delta,
+            "seed": self.seed,
+            "num_features": self.num_features,
+            "frequency_scale": self.frequency_scale,
+            "time_frequency": self.time_frequency,
+        }
+
     def __repr__(self) -> str:
         return (
             f"ScoreErrorDenoiser({self.base!r}, delta={self.delta}, seed={self.seed}, "

@@ -1,0 +1,64 @@
+"""Parameter checks shared by guiders and schedules: a ValueError that names the field and what is accepted."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from guidelab.guiders.base import check_space
+
+__all__ = ["check_choice", "check_flag", "check_guider_space", "check_int", "check_number"]
+
+
+def check_choice(field: str, value: Any, accepted: tuple[Any, ...]) -> None:
+    if value not in accepted:
+        raise ValueError(f"{field}: got {value!r}; accepted: {', '.join(map(str, accepted))}")
+
+
+def check_number(
+    field: str,
+    value: Any,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> float:
+    """A finite number within [lo, hi] (ends open where asked), or a ValueError naming the field and the range."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{field}: expected a number, got {value!r}")
+    value = float(value)
+    bad = not math.isfinite(value)
+    if lo is not None:
+        bad = bad or (value <= lo if lo_open else value < lo)
+    if hi is not None:
+        bad = bad or (value >= hi if hi_open else value > hi)
+    if bad:
+        left = "(-inf" if lo is None else f"{'(' if lo_open else '['}{lo:g}"
+        right = "inf)" if hi is None else f"{hi:g}{')' if hi_open else ']'}"
+        raise ValueError(f"{field}: must be a finite number in {left}, {right}, got {value!r}")
+    return value
+
+
+def check_guider_space(space: str) -> str:
+    check_space(space)
+    return space
+
+
+def check_int(field: str, value: Any, *, lo: int = 0) -> int:
+    """An integer ≥ lo, or a ValueError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f"{field}: expected an integer, got {value!r}")
+    if value < lo:
+        raise ValueError(f"{field}: must be an integer ≥ {lo}, got {value}")
+    return value
+
+
+def check_flag(field: str, value: Any) -> bool:
+    """A boolean, or a ValueError naming the field."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{field}: expected true or false, got {value!r}")
+    return value

@@ -1,0 +1,70 @@
+"""CFG-Zero* (Fan et al. 2025, arXiv 2503.18886; METHODS.md §6): an optimized scale on the unconditional
+velocity, and zero velocity for the first steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from guidelab.guiders._checks import check_flag, check_int
+from guidelab.guiders._common import EPS, ScheduledGuider, Step, as_batch, dot, per_sample, sq_norm
+from guidelab.guiders.base import COND, UNCOND, GuidedStep, Pass, Predictions, Scale, StepContext, is_neutral
+from guidelab.guiders.registry import register_guider
+from guidelab.guiders.schedules import Schedule
+
+__all__ = ["CFGZeroStar"]
+
+
+@register_guider
+class CFGZeroStar(ScheduledGuider):
+    """CFG-Zero*, in flow-velocity space::
+
+        s* = <v_c, v_u>/||v_u||²                      (per sample)
+        v̂  = s*·v_u + γ·(v_c − s*·v_u)
+
+    and ``v̂ = 0`` at the first ``zero_init_steps`` steps (step index i < K, every stage of the step). A
+    zero-init step needs no prediction at all, so it asks for no pass (zero network evaluations). With the
+    scale fixed to s* = 1 (``optimized_scale=False``) and ``zero_init_steps=0`` it is CFG. Default K = 1 as in
+    the official code.
+
+    Args:
+        schedule: the scale γ(step); a number means constant.
+        optimized_scale: use s*; ``False`` fixes s* = 1.
+        zero_init_steps: number K ≥ 0 of initial steps with zero velocity.
+    """
+
+    name = "cfg-zero-star"
+    space = "velocity"
+    source = "arXiv 2503.18886"
+
+    def __init__(self, schedule: Schedule | Scale = 1.0, optimized_scale: bool = True, zero_init_steps: int = 1):
+        super().__init__(schedule)
+        self.optimized_scale = check_flag("optimized_scale", optimized_scale)
+        self.zero_init_steps = check_int("zero_init_steps", zero_init_steps)
+
+    def passes(self, ctx: StepContext) -> tuple[Pass, ...]:
+        if ctx.index < self.zero_init_steps:
+            return ()
+        return (COND,) if is_neutral(self.schedule(ctx)) else (COND, UNCOND)
+
+    def guide(self, preds: Predictions, ctx: StepContext) -> GuidedStep:
+        if ctx.index < self.zero_init_steps:
+            return Step(preds, ctx).pair(torch.zeros_like(preds.x_t), self.space)
+        return super().guide(preds, ctx)
+
+    def combine(self, step: Step, ctx: StepContext, gamma: Scale) -> GuidedStep:
+        v_c, v_u = step.get("cond", "velocity"), step.get("uncond", "velocity")
+        g = as_batch(gamma, v_c)
+        if not self.optimized_scale:
+            return step.pair(torch.lerp(v_u, v_c, per_sample(g, v_c)), self.space)
+        s_star = dot(v_c, v_u).div_(sq_norm(v_u).add_(EPS))  # <v_c, v_u>/||v_u||²  (batch,) float64
+        # v̂ = γ·v_c + (1 − γ)·s*·v_u
+        if isinstance(g, float):
+            v_hat = torch.addcmul(v_c * g, per_sample(s_star, v_u), v_u, value=1 - g)
+        else:
+            v_hat = torch.addcmul(v_c * per_sample(g, v_c), per_sample(s_star.mul_(1 - g), v_u), v_u)
+        return step.pair(v_hat, self.space)
+
+    def params(self) -> dict[str, Any]:
+        return {"optimized_scale": self.optimized_scale, "zero_init_steps": self.zero_init_steps}

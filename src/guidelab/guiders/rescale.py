@@ -1,0 +1,61 @@
+"""Guidance rescale (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps Are Flawed",
+arXiv 2305.08891, §3.4; METHODS.md §6)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from guidelab.guiders._checks import check_guider_space, check_number
+from guidelab.guiders._common import EPS, ScheduledGuider, Step, as_batch, eps_space_step, per_sample, std
+from guidelab.guiders.base import GuidedStep, Scale, StepContext
+from guidelab.guiders.registry import register_guider
+from guidelab.guiders.schedules import Schedule
+
+__all__ = ["GuidanceRescale"]
+
+
+@register_guider
+class GuidanceRescale(ScheduledGuider):
+    """CFG followed by rescaling the guided prediction's per-sample standard deviation toward the conditional one::
+
+        x = u + γ·(c − u)
+        x ← φ·x·std(c)/std(x) + (1 − φ)·x
+
+    φ = 0 is CFG. The paper works with v-prediction; ``space="velocity"`` (the default) is exactly that on every
+    variance-preserving path, where guidelab's dx/dt is a per-time multiple of α·ε − σ·x0 and the std ratio is
+    scale-free. ``space`` declares where it runs (diffusers applies it to whatever the model predicts). Ratios
+    use (std(c) + ε)/(std(x) + ε).
+
+    Args:
+        schedule: the scale γ(step); a number means constant.
+        phi: rescale strength φ ∈ [0, 1].
+        space: prediction space the rule works in: ``x0``, ``eps``, ``velocity`` or ``score``.
+    """
+
+    name = "rescale"
+    space = "velocity"
+    source = "arXiv 2305.08891"
+
+    def __init__(self, schedule: Schedule | Scale = 1.0, phi: float = 0.7, space: str = "velocity"):
+        super().__init__(schedule)
+        self.phi = check_number("phi", phi, lo=0.0, hi=1.0)
+        self.space = check_guider_space(space)
+
+    def _rule(self, step: Step, gamma: Scale, space: str) -> Tensor:
+        c, u = step.get("cond", space), step.get("uncond", space)
+        x = torch.lerp(u, c, per_sample(as_batch(gamma, c), c))
+        if self.phi == 0:
+            return x
+        # φ·std(c)/std(x) + (1 − φ), population stds: only their ratio over the same entries enters
+        factor = std(c).add_(EPS).div_(std(x).add_(EPS)).mul_(self.phi).add_(1 - self.phi)  # (batch,) float64
+        return x * per_sample(factor, x)
+
+    def combine(self, step: Step, ctx: StepContext, gamma: Scale) -> GuidedStep:
+        pred = self._rule(step, gamma, self.space)
+        return eps_space_step(step, pred, self.space, lambda: self._rule(step, gamma, "x0"))
+
+    def params(self) -> dict[str, Any]:
+        return {"phi": self.phi, "space": self.space}

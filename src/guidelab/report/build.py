@@ -1,0 +1,425 @@
+"""``write_report``: read a results folder, draw every figure, write one self-contained HTML page.
+
+The folder holds a sweep's output (``results.sqlite``, ``runs/<hash>/samples.npy``), or several sweeps
+below it, and/or reproduction outputs (a JSON object with ``claims`` and PNGs beside it), at any depth.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from guidelab.report import figures
+from guidelab.report.data import (
+    Catalog,
+    Point,
+    Reproduction,
+    aggregate,
+    find_reproductions,
+    find_stores,
+    gamma_of,
+    gamma_sort,
+    gamma_text,
+    load_runs,
+    metric_names,
+    params_text,
+)
+from guidelab.report.html import PNG_SIGNATURE, Section, figure, note, page
+from guidelab.report.tables import best_table, claim_items, claims_table, fmt, runs_table
+
+__all__ = ["build_report", "write_report"]
+
+_DISTANCES = ("energy_distance", "w2", "mmd2")
+_FIDELITIES = ("class_fidelity", "class_accuracy", "in_support")
+_MAX_SAMPLE_PANELS = 15
+_MAX_CURVES_PER_METHOD = 12
+
+_INTRO = """
+<div class="intro"><p>Every number compares a guided sampler with the <em>exact</em> conditional p(x | c) of an
+analytic target. A method keeps its colour in every figure; labels on points give the guidance scale γ; with several
+seeds, points are means with ±1 std bars.</p><dl>
+<dt>Fidelity vs distance to the truth</dt><dd>x: energy distance to exact samples of p(x | c); y: class fidelity, the
+mean exact p(c | x). <strong>Up-left is better</strong>; ringed points on the grey line are the Pareto front. CFG
+usually buys fidelity with distance as γ grows.</dd>
+<dt>Diversity vs fidelity</dt><dd>Vendi score and within-mode variance ratio (or what was measured); the dashed line
+is the value of exact samples, and guidance that shrinks variance or drops modes falls below it.</dd>
+<dt>Samples</dt><dd>A few runs per method (lowest γ, best distance, highest γ) in colour over exact samples in
+grey.</dd>
+<dt>Cost · Schedules</dt><dd>Network evaluations per sample; the γ each configuration applies per step, noise to data
+(hollow markers: one pass only).</dd>
+<dt>All runs · Reproductions</dt><dd>Every run, failures with their error, sortable by clicking a header (↓/↑: which
+way is better); reproduction claims (✓ holds, ✗ fails) with their figures.</dd>
+</dl></div>
+"""
+
+
+def write_report(dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the HTML report of the results under ``dir`` to ``out`` (default ``dir/report.html``); return its path.
+
+    Raises:
+        ValueError: ``dir`` is not a folder, or holds neither a results store nor a reproduction.
+    """
+    root = Path(dir)
+    if not root.is_dir():
+        raise ValueError(f"dir: no such folder {str(root)!r}")
+    stores = find_stores(root)
+    rows = load_runs(stores)
+    repros = find_reproductions(root)
+    if not rows and not repros:
+        raise ValueError(
+            f"dir: {str(root)!r} holds no runs (results.sqlite) and no reproduction output (a JSON with 'claims')"
+        )
+    target = Path(out) if out is not None else root / "report.html"
+    text = build_report(root, rows, repros)
+    _write_atomic(target, text)
+    return target
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write beside ``path`` then rename over it, so a reader never sees half a page (mode as for a new file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def build_report(root: Path, rows: Sequence[dict[str, Any]], repros: Sequence[Reproduction]) -> str:
+    """The report page as a string (see :func:`write_report`)."""
+    from guidelab import __version__
+
+    catalog = Catalog(rows)
+    metrics = metric_names(rows)
+    sections: list[Section] = []
+    if rows:
+        sections.append(_overview(rows, catalog))
+        for i, ((target, cond), group) in enumerate(_groups(rows).items()):
+            sections.append(_group_section(i, target, cond, group, catalog))
+        sections.append(_cost_section(rows, catalog))
+        sections.append(_schedule_section(rows, catalog))
+        sections.append(Section("runs", f"All runs ({len(rows)})", runs_table(rows, catalog, metrics)))
+    if repros:
+        sections.append(_reproduction_section(root, repros))
+    sweeps = sorted({str(r.get("sweep")) for r in rows if r.get("sweep")})
+    title = "guidelab report" + (f": {', '.join(sweeps)}" if sweeps else "")
+    failed = sum(r["status"] != "ok" for r in rows)
+    meta = (
+        f"{len(rows)} runs ({len(rows) - failed} ok, {failed} failed), "
+        f"{len(repros)} reproduction{'' if len(repros) == 1 else 's'}; "
+        f"folder {root}; generated {time.strftime('%Y-%m-%d %H:%M')} by guidelab {__version__}"
+    )
+    return page(title, meta, _INTRO, sections, expect_table=bool(rows))
+
+
+# --- sections ----------------------------------------------------------------------------------------------
+
+
+def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Runs by (target, condition), in the order of their first run."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((str(r["target"]), str(r["cond"])), []).append(r)
+    return groups
+
+
+def _overview(rows: Sequence[dict[str, Any]], catalog: Catalog) -> Section:
+    groups = _groups(rows)
+    body = [
+        "<table class='best'><thead><tr><th>target</th><th>c</th><th>runs</th><th>ok</th><th>failed</th>"
+        "<th>methods</th></tr></thead><tbody>"
+    ]
+    for i, ((target, cond), group) in enumerate(groups.items()):
+        ok = sum(r["status"] == "ok" for r in group)
+        labels = list(dict.fromkeys(r["label"] for r in group))
+        methods = " ".join(
+            f'<span class="swatch" style="background:{catalog.colors[lab]}"></span>{escape(lab)}' for lab in labels
+        )
+        body.append(
+            f'<tr><td><a href="#{_anchor(i)}">{escape(target)}</a></td><td>{escape(cond)}</td>'
+            f"<td class='num'>{len(group)}</td><td class='num'>{ok}</td><td class='num'>{len(group) - ok}</td>"
+            f"<td>{methods}</td></tr>"
+        )
+    body.append("</tbody></table>")
+    errors = [r for r in rows if r["status"] != "ok"]
+    if errors:
+        kinds = list(dict.fromkeys(str(r.get("error") or "unknown error") for r in errors))
+        shown = "; ".join(kinds[:3]) + (f"; and {len(kinds) - 3} other messages" if len(kinds) > 3 else "")
+        body.append(note(f"{len(errors)} of {len(rows)} runs failed (see the run table): {shown}", bad=True))
+    if catalog.varying:
+        body.append(note(f"Run settings that vary across the sweep and name the lines: {', '.join(catalog.varying)}."))
+    return Section("overview", "Overview", "".join(body))
+
+
+def _anchor(i: int) -> str:
+    return f"group-{i}"
+
+
+def _first_metric(points: Sequence[Point], names: Sequence[str]) -> str | None:
+    for name in names:
+        if any(math.isfinite(p.mean(name)) for p in points):
+            return name
+    return None
+
+
+def _group_section(i: int, target: str, cond: str, group: list[dict[str, Any]], catalog: Catalog) -> Section:
+    title = f"{target} · c = {cond}"
+    key = f"{target}|{cond}"
+    ok = [r for r in group if r["status"] == "ok"]
+    parts = [f"<p class='muted'>{len(group)} runs, {len(ok)} ok.</p>"]
+    if not ok:
+        first = next((r.get("error") for r in group if r.get("error")), "unknown error")
+        parts.append(note(f"All {len(group)} runs of {title} failed; nothing to plot. First error: {first}", bad=True))
+        return Section(_anchor(i), title, "".join(parts))
+    points = aggregate(ok, catalog)
+    x_metric = _first_metric(points, _DISTANCES)
+    y_metric = _first_metric(points, _FIDELITIES)
+    parts.append(f"<h3>Fidelity vs distance to the truth{'' if x_metric and y_metric else ' (not drawn)'}</h3>")
+    if x_metric and y_metric:
+        png = figures.pareto_figure(points, f"{title}: {y_metric} vs {x_metric}", x_metric, y_metric)
+        parts.append(
+            figure(
+                png,
+                f"{y_metric} against {x_metric} per method and guidance scale, {title}",
+                "Up-left is better. Labels give γ; ringed points joined by the grey line are the Pareto front.",
+                "pareto",
+                key,
+            )
+        )
+    else:
+        missing = [name for name, m in (("a distance", x_metric), ("a fidelity", y_metric)) if m is None]
+        parts.append(
+            note(
+                f"No fidelity/distance plot: the runs have no finite {' or '.join(missing)} metric "
+                f"(distances: {', '.join(_DISTANCES)}; fidelities: {', '.join(_FIDELITIES)})."
+            )
+        )
+    if x_metric:
+        parts.append(best_table(points, x_metric, [m for m in (y_metric, "vendi", "within_mode_variance_ratio") if m]))
+    diversity = [m for m in figures.DIVERSITY if any(math.isfinite(p.mean(m)) for p in points)][:2]
+    against = y_metric or x_metric
+    parts.append("<h3>Diversity vs fidelity</h3>")
+    if diversity and against:
+        png = figures.diversity_figure(points, f"{title}: diversity vs {against}", diversity, against)
+        parts.append(
+            figure(
+                png,
+                f"{', '.join(diversity)} against {against}, {title}",
+                "Dashed: the value of exact samples of p(x | c). Below it: guidance shrinks variance or drops modes.",
+                "diversity",
+                key,
+            )
+        )
+    else:
+        parts.append(
+            note(
+                f"No diversity plot: the runs measured none of {', '.join(figures.DIVERSITY)} (add the 'vendi' "
+                "or 'within_mode_variance' metrics to the sweep)."
+            )
+        )
+    parts.append("<h3>Samples</h3>")
+    parts.append(_samples(target, cond, title, key, points))
+    return Section(_anchor(i), title, "".join(parts))
+
+
+def _selected(points: Sequence[Point]) -> list[Point]:
+    """Per line: the lowest γ, the best energy distance and the highest γ (at most three, in γ order)."""
+    lines: dict[str, list[Point]] = {}
+    for p in points:
+        lines.setdefault(p.line.key, []).append(p)
+    chosen: list[list[Point]] = []
+    for pts in lines.values():
+        pts = sorted(pts, key=lambda p: gamma_sort(p.gamma))
+        finite = [p for p in pts if math.isfinite(p.mean("energy_distance"))]
+        pick = [pts[0], pts[-1]]
+        if finite:
+            pick.append(min(finite, key=lambda p: p.mean("energy_distance")))
+        chosen.append(sorted({id(p): p for p in pick}.values(), key=lambda p: gamma_sort(p.gamma)))
+    if sum(len(c) for c in chosen) > _MAX_SAMPLE_PANELS:  # too many: the best run per line only
+        chosen = [[min(c, key=lambda p: _nan_last(p.mean("energy_distance")))] for c in chosen]
+    return [p for c in chosen for p in c][:_MAX_SAMPLE_PANELS]
+
+
+def _nan_last(value: float) -> float:
+    return value if math.isfinite(value) else math.inf
+
+
+def _samples(target_name: str, cond: str, title: str, key: str, points: Sequence[Point]) -> str:
+    rows: dict[str, list[figures.SampleImage]] = {}
+    missing = 0
+    for p in _selected(points):
+        runs = sorted(p.rows, key=lambda r: (r.get("seed") is None, r.get("seed") or 0))
+        file = next((Path(r["root"]) / "runs" / r["hash"] / "samples.npy" for r in runs if _has_samples(r)), None)
+        try:
+            x = np.load(file, allow_pickle=False) if file is not None else None
+        except (OSError, ValueError):
+            x = None
+        if x is None or x.size == 0:
+            missing += 1
+            continue
+        x = x.reshape(x.shape[0], -1)
+        bad = int((~np.isfinite(x).all(axis=1)).sum())
+        ed = p.mean("energy_distance")
+        label = p.line.name + (f", γ={gamma_text(p.gamma)}" if gamma_text(p.gamma) else "")
+        label += f"\nED {fmt(ed)}" if math.isfinite(ed) else ""
+        label += f", {bad} non-finite" if bad else ""
+        rows.setdefault(p.line.key, []).append(figures.SampleImage(label, p.line.color, x))
+    if not rows:
+        return note("No sample plot: no saved samples (runs/<hash>/samples.npy) for these runs.")
+    exact, why = _exact_samples(target_name, cond)
+    png = figures.samples_figure(exact, list(rows.values()), title)
+    out = figure(
+        png,
+        f"samples of selected runs over exact samples, {title}",
+        f"At most {figures.MAX_POINTS} points per panel; seed: the lowest of each configuration.",
+        "samples",
+        key,
+    )
+    if why:
+        out += note(f"Exact samples not drawn: {why}")
+    if missing:
+        out += note(f"{missing} selected configurations have no saved samples.")
+    return out
+
+
+def _has_samples(row: dict[str, Any]) -> bool:
+    return (Path(row["root"]) / "runs" / row["hash"] / "samples.npy").is_file()
+
+
+def _exact_samples(target_name: str, cond: str) -> tuple[np.ndarray | None, str]:
+    from guidelab.experiments.measures import reference_samples
+    from guidelab.targets import get_target
+
+    try:
+        target = get_target(target_name)
+        return reference_samples(target, target.class_index(cond), figures.MAX_POINTS).numpy(), ""
+    except Exception as err:  # a target file that moved: plot the runs alone
+        return None, f"{type(err).__name__}: {err}"
+
+
+def _cost_section(rows: Sequence[dict[str, Any]], catalog: Catalog) -> Section:
+    points = [p for p in aggregate(rows, catalog) if any(r.get("nfe") is not None for r in p.rows)]
+    if not points:
+        return Section("cost", "Cost", note("No NFE recorded: no run finished."))
+    png = figures.nfe_figure(points, catalog.lines)
+    return Section(
+        "cost",
+        "Cost",
+        figure(
+            png,
+            "network evaluations per sample for each method and guidance scale",
+            "All targets and conditions together; labels give γ.",
+            "nfe",
+            "all",
+        ),
+    )
+
+
+def _schedule_section(rows: Sequence[dict[str, Any]], catalog: Catalog) -> Section:
+    from guidelab.grids import make_grid
+    from guidelab.guiders import build_guider
+    from guidelab.guiders.describe import schedule_table
+    from guidelab.paths import get_path
+
+    curves: list[figures.ScheduleCurve] = []
+    problems: dict[str, str] = {}
+    seen: set[str] = set()
+    per_label: dict[str, int] = {}
+    dropped = 0
+    keys = ("guider", "params", "path", "path_params", "grid", "steps", "t_min", "t_max", "grid_params")
+    for r in sorted(rows, key=lambda r: (catalog.labels.index(r["label"]), gamma_sort(gamma_of(r["params"])))):
+        cfg = r["config"]
+        ident = repr([r["label"], *(_stable(cfg.get(k, r.get(k))) for k in keys)])
+        if ident in seen:
+            continue
+        seen.add(ident)
+        if per_label.get(r["label"], 0) >= _MAX_CURVES_PER_METHOD:
+            dropped += 1
+            continue
+        try:
+            path = get_path(cfg.get("path", r["path"]), **(cfg.get("path_params") or {}))
+            grid = make_grid(
+                cfg.get("grid", r["grid"]),
+                int(cfg.get("steps", r["steps"])),
+                path,
+                t_min=cfg.get("t_min"),
+                t_max=cfg.get("t_max", 1.0),
+                **(cfg.get("grid_params") or {}),
+            )
+            table = schedule_table(build_guider(cfg.get("guider", r["guider"]), **dict(r["params"])), path, grid)
+        except Exception as err:  # an unbuildable configuration is a note, never a failed report
+            problems.setdefault(r["label"], f"{type(err).__name__}: {err}")
+            continue
+        if not table or all(row["gamma"] == "n/a" for row in table):
+            problems.setdefault(r["label"], "the guider has no guidance-scale schedule")
+            continue
+        name = f"γ={gamma_text(gamma_of(r['params'])) or 'default'}"
+        others = params_text(r["params"], skip=("scale",))
+        name += f"; {others}" if others else ""
+        if catalog.varying:
+            name += f"; {catalog.settings_text(r)}"
+        curves.append(figures.ScheduleCurve(catalog.line(r), name, table, float(grid[-1])))
+        per_label[r["label"]] = per_label.get(r["label"], 0) + 1
+    parts = []
+    if curves:
+        parts.append(
+            figure(
+                figures.schedule_figure(curves),
+                "guidance scale per step for each distinct guider configuration",
+                "γ is piecewise constant over each step; per-sample scales show their mean.",
+                "schedule",
+                "all",
+            )
+        )
+    else:
+        parts.append(note("No schedule plot: no guider configuration could be tabulated."))
+    for label, why in problems.items():
+        parts.append(note(f"{label}: schedule not drawn ({why})."))
+    if dropped:
+        parts.append(note(f"{dropped} further configurations not drawn (at most {_MAX_CURVES_PER_METHOD} per method)."))
+    return Section("schedules", "Guidance schedules", "".join(parts))
+
+
+def _stable(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _reproduction_section(root: Path, repros: Sequence[Reproduction]) -> Section:
+    parts = []
+    for k, rep in enumerate(repros):
+        data = rep.data
+        facts = [f"{'folder' if rep.path.is_dir() else 'file'} {os.path.relpath(rep.path, root)}"]
+        for field in ("source", "size", "target", "path"):
+            if isinstance(data.get(field), str | int | float):
+                facts.append(f"{field} {data[field]}")
+        if isinstance(data.get("wall_time_s"), int | float):
+            facts.append(f"{fmt(float(data['wall_time_s']))} s")
+        claims = data["claims"]
+        checks = [ok for _, ok, _ in claim_items(claims) if ok is not None]
+        summary = f"{sum(checks)} of {len(checks)} checks hold" if checks else ("no pass/fail checks" if claims else "")
+        parts.append(
+            f'<h3 id="repro-{k}">{escape(rep.title)}</h3><p class="muted">{escape("; ".join(facts))}. '
+            f"{escape(summary)}{'.' if summary else ''}</p>"
+        )
+        if claims:
+            parts.append(claims_table(claims))
+        for png_path in rep.figures:
+            try:
+                png = png_path.read_bytes()
+            except OSError as err:
+                parts.append(note(f"{png_path.name}: cannot read ({err})"))
+                continue
+            if not png.startswith(PNG_SIGNATURE):
+                parts.append(note(f"{png_path.name}: not a PNG file; skipped"))
+                continue
+            parts.append(figure(png, f"{rep.title}: {png_path.stem}", png_path.name, "reproduction", rep.title))
+    return Section("reproductions", f"Reproductions ({len(repros)})", "".join(parts))

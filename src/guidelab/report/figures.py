@@ -1,0 +1,407 @@
+"""The report's figures: one function per figure, each returning PNG bytes.
+
+Figures are drawn on :class:`matplotlib.figure.Figure` objects with the Agg canvas, never through pyplot,
+so nothing global (backend, open-figure registry) is touched and a figure is freed when its function
+returns. Colours and markers come from the report's :class:`~guidelab.report.data.Catalog`: a method keeps
+its colour in every figure.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from guidelab.report.data import BETTER, Line, Point, gamma_sort, gamma_text, pareto_front
+
+__all__ = [
+    "MAX_POINTS",
+    "SampleImage",
+    "ScheduleCurve",
+    "axis_label",
+    "diversity_figure",
+    "nfe_figure",
+    "pareto_figure",
+    "samples_figure",
+    "schedule_figure",
+]
+
+DPI = 100
+MAX_POINTS = 2000  # samples drawn per panel
+_GREY = "#9a9a9a"
+_LABELS = {
+    "energy_distance": "energy distance to exact p(x | c)",
+    "class_fidelity": "class fidelity: mean exact p(c | x)",
+    "class_accuracy": "class accuracy",
+    "w2": "W2 distance to exact p(x | c)",
+    "mmd2": "MMD² to exact p(x | c)",
+    "vendi": "Vendi score (effective number of samples)",
+    "within_mode_variance_ratio": "within-mode variance / exact",
+    "weak_mode_weight": "share of samples in the weakest mode",
+    "mode_weight_tv": "mode-weight TV distance",
+    "mode_coverage": "mode coverage",
+    "in_support": "fraction in the class support",
+    "prdc.recall": "recall (PRDC)",
+    "prdc.coverage": "coverage (PRDC)",
+}
+# diversity metrics (first found first) and the value exact samples have: a metric name, a number or None
+DIVERSITY = {
+    "vendi": "vendi_true",
+    "within_mode_variance_ratio": 1.0,
+    "weak_mode_weight": "weak_mode_weight_true",
+    "prdc.recall": None,
+    "prdc.coverage": None,
+}
+
+
+def _require() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ValueError("report: needs matplotlib (pip install 'guidelab[plot]')") from None
+
+
+def _figure(width: float, height: float) -> Any:
+    _require()
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    fig.set_facecolor("white")
+    return fig
+
+
+def _png(fig: Any) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=DPI)
+    finally:
+        fig.clear()
+    return buf.getvalue()
+
+
+def axis_label(metric: str, axis: str = "y") -> str:
+    """A metric's axis label with the direction that is better: ``energy distance … (← better)``."""
+    text = _LABELS.get(metric, metric.replace("_", " "))
+    better = BETTER.get(metric)
+    if better is None:
+        return text
+    if axis == "x":
+        return f"{text}  ({'← lower' if better == '↓' else '→ higher'} is better)"
+    return f"{text}  ({better} better)"
+
+
+def _legend_outside(ax: Any, handles: list[Any] | None = None, labels: list[str] | None = None, **kw: Any) -> None:
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8, **kw)
+
+
+def _by_line(points: Sequence[Point]) -> dict[str, list[Point]]:
+    out: dict[str, list[Point]] = {}
+    for p in points:
+        out.setdefault(p.line.key, []).append(p)
+    return out
+
+
+def _draw_lines(ax: Any, points: Sequence[Point], x_metric: str, y_metric: str) -> list[tuple[float, float]]:
+    """Each line's points (mean over seeds, ±1 std error bars), joined in γ order and labelled with γ."""
+    drawn: list[tuple[float, float]] = []
+    for line_points in _by_line(points).values():
+        line = line_points[0].line
+        pts = sorted(line_points, key=lambda p: gamma_sort(p.gamma))
+        xy = [(p.mean(x_metric), p.mean(y_metric), p) for p in pts]
+        xy = [(x, y, p) for x, y, p in xy if math.isfinite(x) and math.isfinite(y)]
+        if not xy:
+            continue
+        xs, ys = [x for x, _, _ in xy], [y for _, y, _ in xy]
+        ax.plot(xs, ys, color=line.color, linestyle=line.linestyle, linewidth=1.4, alpha=0.8, zorder=2)
+        ax.scatter(xs, ys, color=line.color, marker=line.marker, s=42, zorder=3, label=line.name)
+        xerr = [p.std(x_metric) for _, _, p in xy]
+        yerr = [p.std(y_metric) for _, _, p in xy]
+        if any(xerr) or any(yerr):
+            ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="none", ecolor=line.color, alpha=0.5, zorder=2)
+        for x, y, p in xy:
+            text = gamma_text(p.gamma)
+            if text:
+                ax.annotate(
+                    f"γ={text}",
+                    (x, y),
+                    xytext=(4, 5),
+                    textcoords="offset points",
+                    fontsize=7.5,
+                    color=line.color,
+                    zorder=4,
+                )
+        drawn.extend((x, y) for x, y, _ in xy)
+    return drawn
+
+
+def _scale_axes(ax: Any, xs: list[float], ys: list[float], y_unit: bool = False) -> None:
+    if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    if y_unit and ys:  # a fraction in [0, 1]: never zoom below a span of 0.02 (saturated fidelities)
+        lo, hi = min(ys), max(ys)
+        if hi - lo < 0.02:
+            mid = min(max((lo + hi) / 2, 0.01), 0.99)
+            ax.set_ylim(mid - 0.012, mid + 0.012)
+    if ax.get_yscale() == "linear":
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+
+
+def pareto_figure(
+    points: Sequence[Point], title: str, x_metric: str = "energy_distance", y_metric: str = "class_fidelity"
+) -> bytes:
+    """Fidelity against distance to the true conditional, one line per method, γ on each point; the Pareto
+    front (lower distance, higher fidelity) is the thick grey line with ringed points."""
+    fig = _figure(8.6, 4.8)
+    ax = fig.add_subplot()
+    drawn = _draw_lines(ax, points, x_metric, y_metric)
+    if drawn:
+        front = [drawn[i] for i in pareto_front(drawn)]
+        fx, fy = [x for x, _ in front], [y for _, y in front]
+        ax.step(fx, fy, where="post", color="black", linewidth=7, alpha=0.12, zorder=1, solid_capstyle="round")
+        ax.scatter(fx, fy, s=150, facecolors="none", edgecolors="black", linewidths=1.2, zorder=5, label="Pareto front")
+    _scale_axes(ax, [x for x, _ in drawn], [y for _, y in drawn], y_unit=True)
+    ax.set_xlabel(axis_label(x_metric, "x"))
+    ax.set_ylabel(axis_label(y_metric, "y"))
+    ax.set_title(title, fontsize=11, loc="left")
+    ax.set_title("↖ better", fontsize=9, loc="right", color="#555")
+    ax.grid(True, alpha=0.3)
+    _legend_outside(ax)
+    return _png(fig)
+
+
+def diversity_figure(points: Sequence[Point], title: str, metrics: Sequence[str], x_metric: str) -> bytes:
+    """One panel per diversity metric against ``x_metric`` (class fidelity where measured); a dashed line
+    marks the value of exact samples of the true conditional."""
+    fig = _figure(4.2 * len(metrics) + 2.4, 4.2)
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics, strict=True):
+        drawn = _draw_lines(ax, points, x_metric, metric)
+        truth = DIVERSITY.get(metric)
+        if isinstance(truth, str):
+            values = [p.mean(truth) for p in points]
+            values = [v for v in values if math.isfinite(v)]
+            truth = sum(values) / len(values) if values else None
+        if isinstance(truth, float) and math.isfinite(truth):
+            ax.axhline(truth, color="black", linestyle="--", linewidth=1.0, alpha=0.7, label="exact samples")
+        _scale_axes(ax, [x for x, _ in drawn], [], y_unit=False)
+        if x_metric == "class_fidelity" and drawn:
+            lo, hi = min(x for x, _ in drawn), max(x for x, _ in drawn)
+            if hi - lo < 0.02:
+                mid = min(max((lo + hi) / 2, 0.01), 0.99)
+                ax.set_xlim(mid - 0.012, mid + 0.012)
+            ax.ticklabel_format(axis="x", useOffset=False, style="plain")
+        ax.set_xlabel(axis_label(x_metric, "x"), fontsize=9)
+        ax.set_ylabel(axis_label(metric, "y").replace("(", "\n(", 1) if len(metric) > 20 else axis_label(metric))
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(title, fontsize=11, x=0.0, ha="left")
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    _legend_outside(axes[-1], handles, labels)
+    return _png(fig)
+
+
+def nfe_figure(points: Sequence[Point], lines: Sequence[Line]) -> bytes:
+    """Network evaluations per sample for every method and γ (one row per line)."""
+    rows: list[tuple[Line, dict[float, list[str]]]] = []
+    for line in lines:
+        by_nfe: dict[float, list[str]] = {}
+        for p in sorted((p for p in points if p.line.key == line.key), key=lambda p: gamma_sort(p.gamma)):
+            for nfe in sorted({float(r["nfe"]) for r in p.rows if r.get("nfe") is not None}):
+                by_nfe.setdefault(nfe, []).append(gamma_text(p.gamma))
+        if by_nfe:
+            rows.append((line, by_nfe))
+    fig = _figure(8.6, 1.2 + 0.42 * max(len(rows), 1))
+    ax = fig.add_subplot()
+    for i, (line, by_nfe) in enumerate(rows):
+        xs = list(by_nfe)
+        ax.plot(xs, [i] * len(xs), color=line.color, linewidth=1.0, alpha=0.5)
+        ax.scatter(xs, [i] * len(xs), color=line.color, marker=line.marker, s=48, zorder=3)
+        for x, gammas in by_nfe.items():
+            text = ", ".join(g for g in gammas if g)
+            if text:
+                ax.annotate(f"γ={text}", (x, i), xytext=(0, 7), textcoords="offset points", ha="center", fontsize=7.5)
+    ax.set_yticks(range(len(rows)), [line.name for line, _ in rows])
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.invert_yaxis()
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("network evaluations per sample, NFE  (← fewer is cheaper)")
+    ax.set_title("cost: NFE per method and γ", fontsize=11, loc="left")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.margins(x=0.12)
+    return _png(fig)
+
+
+@dataclass
+class ScheduleCurve:
+    """One guider configuration's per-step plan (``schedule_table`` rows) and the grid's last time."""
+
+    line: Line
+    name: str
+    table: list[dict[str, Any]]
+    t_end: float
+
+
+def schedule_figure(curves: Sequence[ScheduleCurve]) -> bytes:
+    """γ per step against time for each distinct guider configuration, one panel per method; filled markers
+    evaluate both passes at that step, hollow ones the conditional pass only."""
+    panels: dict[str, list[ScheduleCurve]] = {}
+    for c in curves:
+        panels.setdefault(c.line.label, []).append(c)
+    fig = _figure(8.6, 0.5 + 1.8 * len(panels))
+    axes = fig.subplots(len(panels), 1, squeeze=False, sharex=True, sharey=True)[:, 0]
+    for ax, (label, group) in zip(axes, panels.items(), strict=True):
+        for k, c in enumerate(group):
+            t = [row["t"] for row in c.table] + [c.t_end]
+            gamma = [_mean_gamma(row["gamma"]) for row in c.table]
+            style = ("-", "--", ":", "-.")[k % 4]
+            ax.step(t, [*gamma, gamma[-1]], where="post", color=c.line.color, linestyle=style, label=c.name, lw=1.6)
+            passes = [len(row["passes"].split("+")) if row["passes"] != "none" else 0 for row in c.table]
+            two = [i for i, n in enumerate(passes) if n >= 2]
+            one = [i for i, n in enumerate(passes) if n == 1]
+            ax.scatter([t[i] for i in two], [gamma[i] for i in two], color=c.line.color, s=16, zorder=3)
+            ax.scatter(
+                [t[i] for i in one],
+                [gamma[i] for i in one],
+                facecolors="white",
+                edgecolors=c.line.color,
+                s=16,
+                zorder=3,
+            )
+        ax.set_ylabel("γ")
+        ax.set_title(label, fontsize=10, loc="left")
+        ax.grid(True, alpha=0.3)
+        _legend_outside(ax)
+    axes[0].set_xlim(max(1.0, *(c.table[0]["t"] for c in curves)), min(0.0, *(c.t_end for c in curves)))
+    values = [_mean_gamma(row["gamma"]) for c in curves for row in c.table]
+    values = [v for v in values if math.isfinite(v)]
+    if values:  # one γ axis for all methods, from 0 (or below) to the largest scale
+        lo, hi = min(0.0, *values), max(1.0, *values)
+        axes[0].set_ylim(lo - 0.06 * (hi - lo), hi + 0.1 * (hi - lo))
+    axes[-1].set_xlabel("time t  (noise → data; filled: conditional + unconditional pass, hollow: one pass)")
+    return _png(fig)
+
+
+def _mean_gamma(gamma: Any) -> float:
+    if isinstance(gamma, list):
+        values = [float(g) for g in gamma]
+        return sum(values) / len(values) if values else math.nan
+    try:
+        return float(gamma)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+@dataclass
+class SampleImage:
+    """One panel of a sample plot: a run's samples (n, D) and its title and colour."""
+
+    title: str
+    color: str
+    x: np.ndarray
+
+
+def _subsample(x: np.ndarray, k: int = MAX_POINTS) -> np.ndarray:
+    x = x[np.isfinite(x).all(axis=1)]
+    if x.shape[0] <= k:
+        return x
+    idx = np.random.default_rng(0).choice(x.shape[0], size=k, replace=False)
+    return x[np.sort(idx)]
+
+
+def _view(arrays: Sequence[np.ndarray], dims: int) -> list[tuple[float, float]]:
+    stacked = np.concatenate([a[:, :dims] for a in arrays if a.size], axis=0)
+    if stacked.size == 0:
+        return [(-1.0, 1.0)] * dims
+    lo, hi = np.quantile(stacked, 0.005, axis=0), np.quantile(stacked, 0.995, axis=0)
+    pad = 0.08 * np.maximum(hi - lo, 1e-3)
+    return [(float(a - p), float(b + p)) for a, b, p in zip(lo, hi, pad, strict=True)]
+
+
+def samples_figure(exact: np.ndarray | None, rows: Sequence[Sequence[SampleImage]], title: str) -> bytes:
+    """Samples of selected runs (colour) over exact samples of the true conditional (grey), one row of panels
+    per method line (a single wrapped row when every line shows one run): histograms for 1-D targets,
+    scatter plots of the first two coordinates otherwise; at most ``MAX_POINTS`` points per panel."""
+    runs = [
+        [SampleImage(p.title, p.color, _subsample(np.asarray(p.x, dtype=np.float64).reshape(len(p.x), -1))) for p in r]
+        for r in rows
+        if r
+    ]
+    flat = [p for r in runs for p in r]
+    if not flat:
+        raise ValueError("samples_figure: no runs to draw")
+    ref = None if exact is None else _subsample(np.asarray(exact, dtype=np.float64).reshape(len(exact), -1))
+    dim = (ref if ref is not None else flat[0].x).shape[1]
+    dims = 1 if dim == 1 else 2
+    head: list[SampleImage | None] = [None] if ref is not None else []
+    if max(len(r) for r in runs) == 1 or len(flat) <= 3:  # wrap: exact, then every run
+        items = head + flat
+        ncols = min(4, len(items))
+        layout = [items[i : i + ncols] for i in range(0, len(items), ncols)]
+    else:  # exact alone in the first column of the first row; a method per row
+        ncols = len(head) + max(len(r) for r in runs)
+        layout = [(head if i == 0 else [False] * len(head)) + list(r) for i, r in enumerate(runs)]
+    nrows = len(layout)
+    fig = _figure(2.7 * ncols, 2.45 * nrows + 0.4)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=dims == 2)
+    view = _view(([ref] if ref is not None else []) + [r.x for r in flat], dims)
+    smallest = min(r.x.shape[0] for r in flat)
+    bins = np.linspace(view[0][0], view[0][1], int(np.clip(2 * math.sqrt(max(smallest, 1)), 12, 40)) + 1)
+    for i, j in np.ndindex(nrows, ncols):
+        ax = axes[i, j]
+        item = layout[i][j] if j < len(layout[i]) else False
+        if item is False:
+            ax.set_visible(False)
+            continue
+        if dims == 1:
+            if ref is not None:
+                ax.hist(ref[:, 0], bins=bins, density=True, color=_GREY, alpha=0.45)
+            if item is not None:
+                ax.hist(item.x[:, 0], bins=bins, density=True, histtype="stepfilled", color=item.color, alpha=0.25)
+                ax.hist(item.x[:, 0], bins=bins, density=True, histtype="step", color=item.color, linewidth=1.5)
+            ax.set_yticks([])
+        else:
+            if ref is not None:
+                ax.scatter(ref[:, 0], ref[:, 1], s=3, color=_GREY, alpha=0.35 if item is not None else 0.8, lw=0)
+            if item is not None:
+                ax.scatter(item.x[:, 0], item.x[:, 1], s=4, color=item.color, alpha=0.7, lw=0)
+            ax.set_ylim(*view[1])
+        ax.set_xlim(*view[0])
+        if item is None:
+            ax.set_title(f"exact p(x | c), {len(ref)} samples", fontsize=8.5, color="#333")
+        else:
+            outside = _outside(item.x, view, dims)
+            note = f"; {outside} outside view" if outside else ""
+            ax.set_title(f"{item.title}{note}", fontsize=8.5, color=item.color)
+        ax.tick_params(labelsize=7, labelbottom=True)
+    coords = "x" if dims == 1 else "x₁ (x), x₂ (y)"
+    extra = f"; first two of {dim} coordinates" if dim > 2 else ""
+    fig.suptitle(f"{title}  —  grey: exact samples; colour: run  [{coords}{extra}]", fontsize=10, x=0.0, ha="left")
+    return _png(fig)
+
+
+def _outside(x: np.ndarray, view: list[tuple[float, float]], dims: int) -> int:
+    inside = np.ones(x.shape[0], dtype=bool)
+    for d in range(dims):
+        inside &= (x[:, d] >= view[d][0]) & (x[:, d] <= view[d][1])
+    return int((~inside).sum())
