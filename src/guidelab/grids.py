@@ -51,8 +51,8 @@ def make_grid(
         kind: one of ``uniform``, ``shifted``, ``geometric``, ``edm``.
         steps: number of steps N ≥ 1.
         path: the noise path (λ-based grids convert through ``path.t_of_lam``).
-        t_min: last evaluation time, ``0 < t_min ≤ t_max``. Default: ``t_max/N`` for uniform (SD3's u_max/N before the shift for shifted),
-            λ = 0.002 for geometric and edm.
+        t_min: last evaluation time, ``0 < t_min ≤ t_max``. Default: ``t_max/N`` for uniform, SD3's
+            ``u_max/N`` before the shift for shifted, λ = 0.002 for geometric and edm.
         t_max: first time, ``0 < t_max ≤ 1``.
         rho: EDM ρ (edm only).
         shift: SD3 shift s > 0 (shifted only).
