@@ -136,3 +136,23 @@ def test_bad_parameters_name_the_field():
         ScoreErrorDenoiser(base, 1.0, frequency_scale=0.0)
     with pytest.raises(ValueError, match="base: a Denoiser needs attribute 'path'"):
         ScoreErrorDenoiser(object(), 1.0)  # type: ignore[arg-type]
+
+
+def test_x0_space_error_is_bounded_at_pure_noise_and_consistent():
+    """error_space='x0': ‖Δx0̂‖ < δ at every t, α = 0 included; the ε change is −α·Δx0/σ."""
+    import torch
+
+    from guidelab.paths import get_path
+    from guidelab.targets import ScoreErrorDenoiser, get_target
+
+    target, path = get_target("multimodal-2d"), get_path("rf")
+    exact = target.denoiser(path)
+    noisy = ScoreErrorDenoiser(exact, 0.3, seed=7, error_space="x0")
+    x = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cond = torch.zeros(256, dtype=torch.long)
+    for t in (1.0, 0.5, 1e-3):
+        tt = torch.full((256,), t, dtype=torch.float64)
+        d_x0 = noisy(x, tt, cond) - exact(x, tt, cond)
+        assert torch.isfinite(d_x0).all()
+        assert float(d_x0.norm(dim=1).max()) < 0.3
+        assert float(d_x0.norm(dim=1).max()) > 0.01

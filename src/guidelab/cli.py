@@ -247,12 +247,13 @@ def reproduce(
 @_cli_errors
 def demo(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("guidelab-demo"),
-    n: Annotated[int, typer.Option(help="samples per run")] = 2000,
+    workers: Annotated[int | None, typer.Option(help="worker processes (default: the cores, at most 4)")] = None,
 ) -> None:
-    """Sample built-in targets under several guidance scales and print what each scale samples."""
+    """Run every guider over a range of scales on two exact targets and write the HTML report."""
     from guidelab.demo import run_demo
 
-    run_demo(out, n=n)
+    _, report_path = run_demo(out, workers=workers, progress=sys.stderr.isatty())
+    typer.echo(f"report written to {report_path}")
 
 
 def main() -> None:

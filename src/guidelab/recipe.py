@@ -11,19 +11,45 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from guidelab import __version__
 from guidelab.grids import GRIDS, make_grid
 from guidelab.guiders import Guider, build_guider
-from guidelab.models.base import NULL_COND
+from guidelab.guiders.registry import guider_accepts
+from guidelab.models.base import NULL_COND, Denoiser
 from guidelab.paths import PATHS, NoisePath, get_path
 from guidelab.sampling import SOLVERS, SampleResult, sample
 from guidelab.targets import Target, get_target
 
-__all__ = ["SampleConfig", "SampleOutcome", "config_error_message", "run_sample"]
+__all__ = ["ModelSpec", "SampleConfig", "SampleOutcome", "config_error_message", "run_sample"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class ModelSpec(BaseModel):
+    """A denoiser for the target: the exact one, or the exact one with a seeded score error of size δ
+    (an imperfect model, e.g. a weaker guide for autoguidance; see ``ScoreErrorDenoiser``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["exact", "score-error"] = "exact"
+    delta: float = Field(0.0, ge=0)
+    seed: int = Field(0, ge=0)
+    frequency_scale: float = Field(1.0, gt=0)
+    error_space: Literal["score", "x0"] = "score"
+
+    def build(self, target: Target, path: NoisePath) -> Denoiser:
+        exact = target.denoiser(path)
+        if self.kind == "exact":
+            return exact
+        from guidelab.targets import ScoreErrorDenoiser
+
+        return ScoreErrorDenoiser(
+            exact, self.delta, seed=self.seed, frequency_scale=self.frequency_scale, error_space=self.error_space
+        )
 
 
 class SampleConfig(BaseModel):
@@ -44,6 +70,8 @@ class SampleConfig(BaseModel):
     eta: float = Field(0.0, ge=0, le=1)
     guider: str = "cfg"
     params: dict[str, Any] = Field(default_factory=dict)
+    model: ModelSpec = Field(default_factory=ModelSpec, description="the main denoiser")
+    models: dict[str, ModelSpec] = Field(default_factory=dict, description="named guide models (weak-model)")
     n: int = Field(1000, ge=1)
     seed: int = Field(0, ge=0)
     dtype: str = "float32"
@@ -112,21 +140,24 @@ class SampleOutcome:
     resolved: dict[str, Any]
 
 
-def resolve(config: SampleConfig) -> tuple[Target, int, NoisePath, torch.Tensor, Guider]:
+def resolve(config: SampleConfig) -> tuple[Target, int, NoisePath, torch.Tensor, Guider, Denoiser]:
     """Build the objects a config names; errors name the field."""
     target = get_target(config.target)
     cond = target.class_index(config.cond)
     path = get_path(config.path, **config.path_params)
     grid = make_grid(config.grid, config.steps, path, t_min=config.t_min, t_max=config.t_max, **config.grid_params)
-    guider = build_guider(config.guider, **dict(config.params))
-    return target, cond, path, grid, guider
+    params = dict(config.params)
+    if config.models and guider_accepts(config.guider, "models"):
+        params["models"] = {name: spec.build(target, path) for name, spec in config.models.items()}
+    guider = build_guider(config.guider, **params)
+    return target, cond, path, grid, guider, config.model.build(target, path)
 
 
 def run_sample(config: SampleConfig, *, progress: bool = False) -> SampleOutcome:
     """Sample the target's exact denoiser under the configured guider."""
-    target, cond, path, grid, guider = resolve(config)
+    target, cond, path, grid, guider, denoiser = resolve(config)
     result = sample(
-        target.denoiser(path),
+        denoiser,
         guider,
         grid=grid,
         n=config.n,

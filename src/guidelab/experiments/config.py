@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from guidelab.recipe import SampleConfig
+from guidelab.recipe import ModelSpec, SampleConfig
 
 __all__ = ["GridSpec", "GuiderSweep", "RunSpec", "SweepConfig", "TargetSweep", "load_sweep", "run_hash"]
 
@@ -90,6 +90,8 @@ class SweepConfig(BaseModel):
     dtype: str = "float32"
     metrics: list[str] = Field(default_factory=lambda: ["energy_distance", "class_fidelity"])
     reference_n: int | None = Field(None, ge=2, description="exact samples per condition for the distances")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="the main denoiser of every run")
+    models: dict[str, ModelSpec] = Field(default_factory=dict, description="named guide models (weak-model)")
     save_samples: bool = True
 
     @field_validator("metrics")
@@ -126,6 +128,8 @@ class SweepConfig(BaseModel):
                         n=self.n,
                         seed=seed,
                         dtype=self.dtype,
+                        model=self.model,
+                        models=self.models,
                     )
                     out.append(
                         RunSpec(
@@ -208,6 +212,7 @@ def _check_buildable(data: dict[str, Any]) -> list[str]:
     """Build every target, condition, grid, solver and guider the raw config names; one line per mistake."""
     from guidelab.grids import make_grid
     from guidelab.guiders import build_guider
+    from guidelab.guiders.registry import guider_accepts
     from guidelab.paths import get_path
     from guidelab.sampling import SOLVERS
     from guidelab.targets import get_target
@@ -219,11 +224,13 @@ def _check_buildable(data: dict[str, Any]) -> list[str]:
         return list(enumerate(value)) if isinstance(value, list) else []
 
     errors: list[str] = []
+    first_target = None
     for i, tgt in items("targets"):
         if not isinstance(tgt, dict) or not isinstance(tgt.get("target"), str):
             continue
         try:
             target = get_target(tgt["target"])
+            first_target = first_target or target
         except ValueError as err:
             errors.append(f"targets[{i}].target: {err}")
             continue
@@ -249,6 +256,13 @@ def _check_buildable(data: dict[str, Any]) -> list[str]:
     for i, solver in items("solvers"):
         if solver not in SOLVERS:
             errors.append(f"solvers[{i}]: unknown solver {solver!r}; accepted: {', '.join(SOLVERS)}")
+    models: dict[str, Any] = {}
+    if first_target is not None and isinstance(data.get("models"), dict):
+        try:
+            specs = {k: ModelSpec.model_validate(v) for k, v in data["models"].items()}
+            models = {k: spec.build(first_target, get_path("rf")) for k, spec in specs.items()}
+        except (ValidationError, ValueError):
+            pass  # reported by the schema
     for i, guider in items("guiders"):
         try:
             sweep = GuiderSweep.model_validate(guider)
@@ -256,7 +270,8 @@ def _check_buildable(data: dict[str, Any]) -> list[str]:
             continue  # reported by the schema
         for params in sweep.expand():
             try:
-                build_guider(sweep.name, **dict(params))
+                extra = {"models": models} if models and guider_accepts(sweep.name, "models") else {}
+                build_guider(sweep.name, **dict(params), **extra)
             except ValueError as err:
                 errors.append(f"guiders[{i}]: {err}")
                 break

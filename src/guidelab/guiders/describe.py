@@ -18,7 +18,9 @@ __all__ = ["describe_guiders", "describe_schedules", "schedule_table"]
 
 def _summary(cls: type) -> str:
     doc = inspect.getdoc(cls) or ""
-    return doc.split("\n\n", 1)[0].replace("\n", " ").strip()
+    summary = doc.split("\n\n", 1)[0].replace("\n", " ").strip()
+    return summary[:-1] if summary.endswith("::") else summary  # a reST literal-block marker reads as ':'
+
 
 
 def _plain(value: Any) -> Any:

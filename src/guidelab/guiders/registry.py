@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from guidelab.guiders.base import Guider
 
-__all__ = ["GUIDERS", "build_guider", "guider_parameters", "register_guider"]
+__all__ = ["GUIDERS", "build_guider", "guider_accepts", "guider_parameters", "register_guider"]
 
 GUIDERS: dict[str, type[Guider]] = {}
 
@@ -45,6 +45,11 @@ def guider_parameters(name: str, schedule: str | None = None) -> dict[str, Any]:
         else:
             out[key] = None if p.default is inspect.Parameter.empty else p.default
     return out
+
+
+def guider_accepts(name: str, parameter: str) -> bool:
+    """Whether guider ``name``'s constructor takes ``parameter`` (e.g. ``models`` for guide networks)."""
+    return parameter in _signature_params(_lookup(name))
 
 
 def _lookup(name: str) -> type[Guider]:

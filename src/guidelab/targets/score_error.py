@@ -12,6 +12,9 @@ independent, so a guided score ``γ·ŝ_c + (1 − γ)·ŝ_u`` carries an error 
 
 The error is added in score space and carried exactly to the model's space with x_t fixed:
 ``Δε = −σ·Δs``, ``Δx0 = σ²·Δs/α``, ``Δv = α'·Δx0 + σ'·Δε`` (no division by σ, so t → 0 is safe).
+A fixed score error is an unbounded x0 error where α → 0 (pure noise on rf and vp-cosine), so for a
+degraded model used on the whole path (a weak guide for autoguidance) put the error on x0 instead
+(``error_space="x0"``: ``Δx0 = δ·h``, ``Δε = −α·Δx0/σ``), bounded at every t > 0.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class ScoreErrorDenoiser:
         frequency_scale: ν, the standard deviation of the spatial frequencies (default 1.0).
         time_frequency: ν_t, the standard deviation of the frequencies in t (default 0: the error does not
             depend on t).
+        error_space: ``"score"`` (default; Chidambaram's setting) or ``"x0"`` (bounded where α = 0).
     """
 
     def __init__(
@@ -49,6 +53,7 @@ class ScoreErrorDenoiser:
         num_features: int = 16,
         frequency_scale: float = 1.0,
         time_frequency: float = 0.0,
+        error_space: str = "score",
     ):
         for attr in ("path", "prediction"):
             if not hasattr(base, attr):
@@ -61,6 +66,9 @@ class ScoreErrorDenoiser:
             raise ValueError(f"frequency_scale: must be > 0, got {frequency_scale}")
         if not (math.isfinite(time_frequency) and time_frequency >= 0):
             raise ValueError(f"time_frequency: must be >= 0, got {time_frequency}")
+        if error_space not in ("score", "x0"):
+            raise ValueError(f"error_space: must be 'score' or 'x0', got {error_space!r}")
+        self.error_space = error_space
         self.base = base
         self.path = base.path
         self.prediction = base.prediction
@@ -109,7 +117,8 @@ class ScoreErrorDenoiser:
             return pred
         err = self.error(x_t, t, cond)
         c = self.path.coefficients(torch.as_tensor(t, dtype=torch.float64)).expand_as(x_t)
-        return pred + score_delta_in_space(err, self.prediction, c).to(pred.dtype)
+        to_space = score_delta_in_space if self.error_space == "score" else x0_delta_in_space
+        return pred + to_space(err, self.prediction, c).to(pred.dtype)
 
     def config(self) -> dict:
         """The error's parameters (the wrapped denoiser is not included)."""
@@ -119,13 +128,14 @@ class ScoreErrorDenoiser:
             "num_features": self.num_features,
             "frequency_scale": self.frequency_scale,
             "time_frequency": self.time_frequency,
+            "error_space": self.error_space,
         }
 
     def __repr__(self) -> str:
         return (
             f"ScoreErrorDenoiser({self.base!r}, delta={self.delta}, seed={self.seed}, "
             f"num_features={self.num_features}, frequency_scale={self.frequency_scale}, "
-            f"time_frequency={self.time_frequency})"
+            f"time_frequency={self.time_frequency}, error_space={self.error_space!r})"
         )
 
 
@@ -143,6 +153,24 @@ def score_delta_in_space(d_score: Tensor, space: str, c: PathCoefficients) -> Te
     d_x0 = c.sigma**2 * d_score / c.alpha
     if space == "x0":
         return d_x0
+    if space == "velocity":
+        return c.d_alpha * d_x0 + c.d_sigma * d_eps
+    raise ValueError(f"prediction: unknown space {space!r}; accepted: x0, eps, velocity, score")
+
+
+def x0_delta_in_space(d_x0: Tensor, space: str, c: PathCoefficients) -> Tensor:
+    """The change of a prediction in ``space`` when its x0 changes by ``d_x0`` with x_t fixed.
+
+    ``Δε = −α·Δx0/σ``, ``Δs = −Δε/σ``, ``Δv = α'·Δx0 + σ'·Δε`` (METHODS.md §0 conversions).
+    """
+    d_x0 = d_x0.to(torch.promote_types(d_x0.dtype, c.alpha.dtype))
+    if space == "x0":
+        return d_x0
+    d_eps = -c.alpha * d_x0 / c.sigma
+    if space == "eps":
+        return d_eps
+    if space == "score":
+        return -d_eps / c.sigma
     if space == "velocity":
         return c.d_alpha * d_x0 + c.d_sigma * d_eps
     raise ValueError(f"prediction: unknown space {space!r}; accepted: x0, eps, velocity, score")
