@@ -58,17 +58,15 @@ def _print_best(console: object, out: Path) -> None:
             table.add_column(col, justify="left" if col == "method" else "right")
         best = rows.loc[rows.groupby("label")["metric.energy_distance"].idxmin()]
         for _, row in best.sort_values("metric.energy_distance").iterrows():
-
-            def cell(key: str) -> str:
-                value = row.get(key)
-                return "-" if value is None or value != value else f"{value:.4g}"
-
-            table.add_row(
-                str(row["label"]),
-                cell("param.scale"),
-                cell("metric.energy_distance"),
-                cell("metric.class_fidelity"),
-                cell("metric.within_mode_variance_ratio"),
-                str(int(row["nfe"])),
+            keys = (
+                "param.scale",
+                "metric.energy_distance",
+                "metric.class_fidelity",
+                "metric.within_mode_variance_ratio",
             )
+            table.add_row(str(row["label"]), *(_cell(row.get(k)) for k in keys), str(int(row["nfe"])))
         console.print(table)  # type: ignore[attr-defined]
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None or value != value else f"{value:.4g}"

@@ -8,11 +8,9 @@ configuration (``resolved``) is written beside results so a run can be repeated 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from guidelab import __version__

@@ -6,11 +6,13 @@ Per dimension, a uniform on [a, b] under ``x_t = α·x0 + σ·ε`` has
     p_t(x) = [Φ(u) − Φ(w)] / (α(b − a)),   u = (x − αa)/σ,  w = (x − αb)/σ,
     E[x0 | x_t] = x/α − (σ/α)·E[z],  z ~ N(0, 1) truncated to [w, u],
 
-and a box is the product over dimensions. Writing ``m = (u + w)/2``, ``h = (u − w)/2 = α(b − a)/(2σ)``:
-``Φ(u) − Φ(w) = φ(m)·2h·S(m, h)`` and ``E[z] = sign(m)·φ(|m| − h)(1 − e^{−2|m|h})/(Φ(u) − Φ(w))``, both free of
-cancellation; ``log(Φ(u) − Φ(w))`` uses ``log_ndtr`` on the side where both arguments are negative
-(METHODS.md §3). When ``h`` and ``|m|h`` are small (α → 0) a Hermite series in h is used instead, so the
-density tends to N(0, σ²) and the mean to the box centre exactly as α → 0.
+and a box is the product over dimensions. With ``m = (u + w)/2`` and ``h = (u − w)/2 = α(b − a)/(2σ)`` the
+log-mass ``log(Φ(u) − Φ(w))`` and ``E[z]`` are computed without cancellation (METHODS.md §3 asks for stable
+log-differences of normal CDFs): outside the box (|m| ≥ h, both ends in one tail) from erfcx-scaled tails,
+inside from ``1 − (two tail masses)`` with ``log_ndtr``; ``φ(w) − φ(u) = sign(m)·φ(h − |m|)(1 − e^{−2|m|h})``.
+When h and |m|·h are small (α → 0) a Hermite series in h replaces both, so the density tends to N(0, σ²)
+and the mean to the box centre, exactly at α = 0. At σ = 0 (t = 0) the density is the uniform itself and
+the mean is x/α. Gradients of the log-density use the closed-form derivatives (``_LogMass``).
 """
 
 from __future__ import annotations
