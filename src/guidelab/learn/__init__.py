@@ -1,0 +1,20 @@
+"""Learned guidance weights ω_φ(c, s, t) by self-consistency (Learn to Guide, Galashov et al., arXiv 2510.00815)."""
+
+from guidelab.learn.losses import energy_distance_loss, guided_ddim_step, sample_time_pairs
+from guidelab.learn.trainer import LearnConfig, LearnResult, build_denoiser, learn, target_data
+from guidelab.learn.weights import GuidanceWeights, load_weights, log_noise_level, save_weights
+
+__all__ = [
+    "GuidanceWeights",
+    "LearnConfig",
+    "LearnResult",
+    "build_denoiser",
+    "energy_distance_loss",
+    "guided_ddim_step",
+    "learn",
+    "load_weights",
+    "log_noise_level",
+    "sample_time_pairs",
+    "save_weights",
+    "target_data",
+]
