@@ -110,3 +110,87 @@ def test_targets_lists_builtins():
         "gmm-highdim",
     ):
         assert name in result.output
+
+
+def test_methods_lists_every_registered_guider_with_its_source():
+    from guidelab.guiders import GUIDERS
+
+    result = runner.invoke(app, ["methods", "--json"])
+    assert result.exit_code == 0
+    rows = json.loads(result.output)
+    assert {r["name"] for r in rows} == set(GUIDERS)
+    assert all(r["source"] and r["space"] for r in rows)
+
+
+def test_schedule_prints_interval_steps_with_one_pass_outside(tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "schedule",
+            "--guider",
+            "cfg",
+            "--param",
+            "schedule=interval",
+            "--param",
+            "scale=2",
+            "--param",
+            "lam_lo=0.19",
+            "--param",
+            "lam_hi=1.61",
+            "--path",
+            "rf",
+            "--steps",
+            "8",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert len(rows) == 8
+    for row in rows:
+        inside = 0.19 < row["lam"] <= 1.61
+        assert row["passes"] == ("cond+uncond" if inside else "cond")
+        assert row["gamma"] == (2.0 if inside else 1.0)
+
+
+def test_train_then_learn_then_print_the_learned_schedule(tmp_path):
+    model = tmp_path / "mlp.pt"
+    assert (
+        runner.invoke(app, ["train", "--target", "multimodal-2d", "--out", str(model), "--steps", "20"]).exit_code == 0
+    )
+    learned = runner.invoke(
+        app,
+        [
+            "learn",
+            "--denoiser",
+            "mlp",
+            "--model",
+            str(model),
+            "--out",
+            str(tmp_path / "w"),
+            "--steps",
+            "20",
+            "--set",
+            "eval_every=10",
+        ],
+    )
+    assert learned.exit_code == 0, learned.output
+    assert (tmp_path / "w" / "weights.pt").exists()
+    table = runner.invoke(
+        app,
+        [
+            "schedule",
+            "--guider",
+            "learned",
+            "--param",
+            f"checkpoint={tmp_path / 'w'}",
+            "--steps",
+            "5",
+            "--plot",
+            str(tmp_path / "omega.png"),
+        ],
+    )
+    assert table.exit_code == 0, table.output
+    header = table.output.splitlines()[0].split(",")
+    assert "omega[a]" in header and "omega[b]" in header
+    assert (tmp_path / "omega.png").stat().st_size > 1000

@@ -159,8 +159,9 @@ def schedule(
     t_min: Annotated[float | None, typer.Option(help="last evaluation time")] = None,
     t_max: Annotated[float, typer.Option(help="first time")] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of CSV")] = False,
+    plot: Annotated[Path | None, typer.Option(help="also plot a learned guider's ω per class to this PNG")] = None,
 ) -> None:
-    """Print a guider's per-step table (step, t, λ, γ, passes) as CSV or JSON."""
+    """Print a guider's per-step table (step, t, λ, γ, passes) as CSV or JSON; a learned guider's ω per class."""
     import csv
 
     from guidelab.grids import make_grid
@@ -170,9 +171,17 @@ def schedule(
 
     noise_path = get_path(path)
     times = make_grid(grid, steps, noise_path, t_min=t_min, t_max=t_max)
-    rows = schedule_table(build_guider(guider, **parse_params(param)), noise_path, times)
+    built = build_guider(guider, **parse_params(param))
+    rows = built.schedule_rows(noise_path, times) if hasattr(built, "schedule_rows") else None
+    rows = rows or schedule_table(built, noise_path, times)
+    if plot is not None:
+        if not hasattr(built, "schedule_rows"):
+            raise ValueError(f"plot: only a learned guider's schedule can be plotted, not {guider!r}")
+        from guidelab.learn.reproduction import plot_learned_schedule
+
+        plot_learned_schedule(built, noise_path, times, plot)
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps(rows, indent=2, default=str))
         return
     writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -241,6 +250,86 @@ def reproduce(
     for claim, ok in claims.items():
         typer.echo(f"{'PASS' if ok else 'FAIL'}  {claim}")
     typer.echo(f"numbers and figures in {out}; report written to {write_report(out)}")
+
+
+@app.command()
+@_cli_errors
+def learn(
+    out: Annotated[Path, typer.Option(help="output folder (checkpoint.pt, weights.pt)")],
+    target: Annotated[str | None, typer.Option(help="target to learn on (not needed for an mlp denoiser)")] = None,
+    denoiser: Annotated[str, typer.Option(help="exact, score-error or mlp")] = "exact",
+    model: Annotated[Path | None, typer.Option(help="the mlp denoiser checkpoint (from `guidelab train`)")] = None,
+    score_error: Annotated[float, typer.Option(help="δ of the score-error denoiser")] = 0.5,
+    path: Annotated[str, typer.Option(help="noise path")] = "rf",
+    steps: Annotated[int, typer.Option(help="optimisation steps")] = 1000,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    resume: Annotated[bool, typer.Option(help="resume from OUT/checkpoint.pt when present")] = True,
+    config: Annotated[Path | None, typer.Option(help="YAML file of any LearnConfig fields")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="any LearnConfig field KEY=VALUE")] = None,
+) -> None:
+    """Learn guidance weights ω(c, s, t) by self-consistency (arXiv 2510.00815); resumable, early stopping."""
+    from guidelab.learn import LearnConfig
+    from guidelab.learn import learn as run_learn
+
+    fields: dict[str, Any] = yaml.safe_load(config.read_text()) if config is not None else {}
+    if not isinstance(fields, dict):
+        raise ValueError(f"config: {config} must hold a mapping of LearnConfig fields")
+    fields.update(
+        target=target if target is not None else fields.get("target"),
+        denoiser=denoiser,
+        model=str(model) if model else fields.get("model"),
+        score_error=score_error,
+        path=path,
+        steps=steps,
+        seed=seed,
+        resume=resume,
+        out_dir=str(out),
+    )
+    fields.update(parse_params(set_, "--set"))
+    result = run_learn(LearnConfig(**fields), progress=sys.stderr.isatty())
+    typer.echo(
+        f"weights written to {result.weights_path} (best step {result.best_step}, held-out loss "
+        f"{result.best_holdout:.4g}, {'stopped early' if result.stopped_early else 'ran all steps'}, "
+        f"{result.wall_time:.1f} s)"
+    )
+
+
+@app.command()
+@_cli_errors
+def train(
+    target: Annotated[str, typer.Option(help="target whose samples are the data")],
+    out: Annotated[Path, typer.Option(help="checkpoint file (.pt)")],
+    path: Annotated[str, typer.Option(help="noise path")] = "rf",
+    steps: Annotated[int, typer.Option(help="Adam steps (few = deliberately under-trained)")] = 2000,
+    batch_size: Annotated[int, typer.Option(help="samples per step")] = 256,
+    lr: Annotated[float, typer.Option(help="learning rate")] = 2e-3,
+    hidden: Annotated[int, typer.Option(help="hidden width")] = 128,
+    depth: Annotated[int, typer.Option(help="hidden layers")] = 3,
+    p_uncond: Annotated[float, typer.Option(help="probability of dropping the label (CFG training)")] = 0.1,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    threads: Annotated[int, typer.Option(help="torch threads")] = 1,
+) -> None:
+    """Train a small conditional MLP denoiser on a target's exact samples (for learned guidance and tests)."""
+    from guidelab.paths import get_path
+    from guidelab.targets import get_target
+    from guidelab.train import train_denoiser
+
+    result = train_denoiser(
+        get_target(target),
+        get_path(path),
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        hidden=hidden,
+        depth=depth,
+        p_uncond=p_uncond,
+        seed=seed,
+        out=out,
+        progress=sys.stderr.isatty(),
+        threads=threads,
+    )
+    final = f", final loss {result.losses[-1]:.4g}" if result.losses else ""
+    typer.echo(f"denoiser written to {out} ({steps} steps{final}, {result.wall_time:.1f} s)")
 
 
 @app.command()

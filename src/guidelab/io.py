@@ -10,12 +10,38 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["write_json_atomic", "write_npy_atomic"]
+__all__ = ["save_figure_atomic", "torch_save_atomic", "write_atomic", "write_json_atomic", "write_npy_atomic"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: str | Path, write: Any, mode: str = "wb") -> None:
+    """Call ``write(handle)`` on a temporary file beside ``path``, fsync, then rename it onto ``path``."""
+    _atomic(Path(path), write, mode)
+
+
+def torch_save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj, path)``, atomically."""
+    import torch
+
+    _atomic(Path(path), lambda h: torch.save(obj, h), "wb")
+
+
+def save_figure_atomic(fig: Any, path: str | Path, **savefig_kwargs: Any) -> None:
+    """``fig.savefig(path)`` (format from the suffix), atomically."""
+    path = Path(path)
+    fmt = savefig_kwargs.pop("format", path.suffix.lstrip(".") or "png")
+    _atomic(path, lambda h: fig.savefig(h, format=fmt, **savefig_kwargs), "wb")
 
 
 def _atomic(path: Path, write: Any, mode: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the permissions open() would
     try:
         with os.fdopen(fd, mode) as handle:
             write(handle)

@@ -88,7 +88,7 @@ class GuidedModel:
     def context(self, i: int, t: float | None = None, stage: int = 0) -> StepContext:
         t = self.t(i) if t is None else t
         lam = float(self.path.lam(torch.tensor(t, dtype=torch.float64)))
-        return StepContext(i, self.steps, t, lam, self.grid, self.path, stage, evaluate=self.predict)
+        return StepContext(i, self.steps, t, lam, self.grid, self.path, stage, cond=self.cond, evaluate=self.predict)
 
     def predict(self, passes: tuple[Pass, ...], x_t: Tensor, t: float) -> Predictions:
         """Evaluate ``passes`` at (x_t, t); passes of the same model run as one batched call."""

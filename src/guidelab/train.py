@@ -18,8 +18,6 @@ Checkpoints are a ``torch.save`` of ``{"config", "state_dict"}`` written atomica
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from guidelab.io import write_json_atomic
+from guidelab.io import torch_save_atomic, write_json_atomic
 from guidelab.models.mlp import MLPDenoiser
 from guidelab.paths import NoisePath, get_path
 
@@ -39,27 +37,10 @@ __all__ = [
     "load_denoiser",
     "sample_data",
     "save_denoiser",
-    "torch_save_atomic",
     "train_denoiser",
 ]
 
 _FORMAT = "guidelab-mlp-denoiser/1"
-
-
-def torch_save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj)`` to a temporary file in the same folder, then ``os.replace`` onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def sample_data(target: Any, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:

@@ -43,7 +43,8 @@ class StepContext:
     """Where a guider is called: step ``index`` of ``steps`` on ``grid``, evaluating at time ``t``.
 
     ``t`` is ``grid[index]`` except at a solver's intermediate stage (Heun's corrector evaluates at
-    ``grid[index + 1]``, ``stage = 1``). ``lam`` is the noise level σ/α at ``t``.
+    ``grid[index + 1]``, ``stage = 1``). ``lam`` is the noise level σ/α at ``t``. ``cond`` holds the
+    samples' class labels (batch,) (``NULL_COND`` = unconditional), for guiders whose rule depends on the class.
     """
 
     index: int
@@ -53,6 +54,7 @@ class StepContext:
     grid: Tensor
     path: NoisePath
     stage: int = 0
+    cond: Tensor | None = field(default=None, repr=False, compare=False)
     evaluate: Callable[[Tensor, float, Tensor], Tensor] | None = field(default=None, repr=False, compare=False)
 
     @property

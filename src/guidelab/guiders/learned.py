@@ -32,8 +32,7 @@ class LearnedGuider(Guider):
         checkpoint: a ``weights.pt`` written by :func:`guidelab.learn.learn` (``guidelab learn``), a training
             ``checkpoint.pt`` (its best weights so far) or the output folder holding them.
 
-    The class labels of the samples come from the step context (``ctx.cond``, or the sampling loop that
-    built it).
+    The class labels of the samples come from the step context (``ctx.cond``).
     """
 
     name = "learned"
@@ -70,10 +69,7 @@ class LearnedGuider(Guider):
         self._grid_table = None
 
     def _labels(self, ctx: StepContext) -> Tensor | None:
-        cond = getattr(ctx, "cond", None)
-        if cond is None:  # the sampling loop that built the context holds the labels
-            cond = getattr(getattr(ctx.evaluate, "__self__", None), "cond", None)
-        return None if cond is None else torch.as_tensor(cond).long().reshape(-1)
+        return None if ctx.cond is None else torch.as_tensor(ctx.cond).long().reshape(-1)
 
     def _table_for(self, ctx: StepContext) -> Tensor:
         """ω for every class and step of ``ctx.grid`` (C, N), computed in one network call per grid."""

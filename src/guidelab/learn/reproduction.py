@@ -35,6 +35,7 @@ from torch import Tensor
 
 from guidelab.grids import make_grid
 from guidelab.guiders import Guider, build_guider
+from guidelab.io import save_figure_atomic
 from guidelab.learn.trainer import LearnConfig, learn, target_data
 from guidelab.metrics.distances import energy_distance
 from guidelab.models.base import NULL_COND, Denoiser, as_cond
@@ -199,8 +200,6 @@ def _baselines(denoiser: Denoiser, target: Any, grid: Tensor, size: dict[str, An
 def plot_omega(schedules: dict[str, dict[str, Any]], file: str | Path, title: str = "learned guidance weights") -> None:
     """Plot ω per class against t, one panel per entry of ``schedules`` (``{"t": [...], "omega": {class:
     [...]}, "ideal": {class: [...]}?}``), with matplotlib's Agg backend; written atomically."""
-    import os
-    import tempfile
 
     import matplotlib
 
@@ -226,16 +225,10 @@ def plot_omega(schedules: dict[str, dict[str, Any]], file: str | Path, title: st
             ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    file = Path(file)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, file)
+        save_figure_atomic(fig, file, dpi=110)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
 
 
 def plot_learned_schedule(

@@ -546,7 +546,7 @@ def _save(
     state: dict[str, Any],
     meta: dict[str, Any],
 ) -> None:
-    from guidelab.train import torch_save_atomic
+    from guidelab.io import torch_save_atomic
 
     torch_save_atomic(
         {

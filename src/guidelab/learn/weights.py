@@ -169,7 +169,7 @@ def save_weights(weights: GuidanceWeights, path: str | Path, meta: dict[str, Any
     ``meta`` (plain JSON) records how the weights were learned: the noise path, the class names, the
     learning configuration and the held-out loss.
     """
-    from guidelab.train import torch_save_atomic
+    from guidelab.io import torch_save_atomic
 
     torch_save_atomic(
         {"format": WEIGHTS_FORMAT, "config": weights.config(), "state_dict": weights.state_dict(), "meta": meta or {}},
