@@ -87,16 +87,21 @@ def _peak_child(dim: int, components: int, particles: int, steps: int, queue: ob
     target = random_mixture(dim, components, classes=4)
     path = get_path("rf")
     grid = make_grid("uniform", steps, path)
-    x = torch.randn(particles, dim)  # the state itself is not "extra"
-    target.posterior_mean(x[:2], torch.full((2,), 0.5), path, None)  # build caches
+    del grid, steps
+    x = torch.randn(2 * particles, dim)  # one cond + uncond batch; it and the output are not "extra"
+    t = torch.full((2 * particles,), 0.5)
+    cond = torch.cat([torch.ones(particles, dtype=torch.long), torch.full((particles,), -1)])
+    out = torch.empty_like(x)
+    target.posterior_mean(x[:2], t[:2], path, cond[:2])  # build caches
     before = _vm_kb("VmRSS:")
     Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
-    sample(target.denoiser(path), CFG(3.0), grid=grid, x_init=x, cond=1)
-    queue.put((_vm_kb("VmHWM:") - before) / 1024)  # type: ignore[attr-defined]
+    out.copy_(target.posterior_mean(x, t, path, cond))
+    queue.put((_vm_kb("VmHWM:") - before) / 1024 - out.numel() * 4 / 2**20)  # type: ignore[attr-defined]
 
 
 def peak_extra_mb(dim: int, components: int, particles: int, steps: int) -> float:
-    """Peak resident memory added by sampling, measured in a fresh process (Linux VmHWM)."""
+    """Peak resident memory the denoiser adds beyond its input and output for one cond + uncond batch of
+    ``particles``, measured in a fresh process (Linux VmHWM)."""
     import multiprocessing
 
     if not Path("/proc/self/clear_refs").exists():
