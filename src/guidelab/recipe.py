@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from guidelab import __version__
 from guidelab.grids import GRIDS, make_grid
@@ -76,32 +76,12 @@ class SampleConfig(BaseModel):
     divergence_bound: float = Field(1e6, gt=0)
     record_every: int | None = Field(None, ge=1)
 
-    @field_validator("path")
+    @field_validator("path", "grid", "solver", "dtype")
     @classmethod
-    def _path(cls, v: str) -> str:
-        if v not in PATHS:
-            raise ValueError(f"unknown path {v!r}; accepted: {', '.join(PATHS)}")
-        return v
-
-    @field_validator("grid")
-    @classmethod
-    def _grid(cls, v: str) -> str:
-        if v not in GRIDS:
-            raise ValueError(f"unknown grid {v!r}; accepted: {', '.join(GRIDS)}")
-        return v
-
-    @field_validator("solver")
-    @classmethod
-    def _solver(cls, v: str) -> str:
-        if v not in SOLVERS:
-            raise ValueError(f"unknown solver {v!r}; accepted: {', '.join(SOLVERS)}")
-        return v
-
-    @field_validator("dtype")
-    @classmethod
-    def _dtype(cls, v: str) -> str:
-        if v not in _DTYPES:
-            raise ValueError(f"unknown dtype {v!r}; accepted: {', '.join(_DTYPES)}")
+    def _known_name(cls, v: str, info: ValidationInfo) -> str:
+        accepted = {"path": PATHS, "grid": GRIDS, "solver": SOLVERS, "dtype": _DTYPES}[info.field_name]
+        if v not in accepted:
+            raise ValueError(f"unknown {info.field_name} {v!r}; accepted: {', '.join(accepted)}")
         return v
 
     @field_validator("grid_params")

@@ -19,7 +19,7 @@ from torch import Tensor
 from guidelab.models.base import NULL_COND, ExactDenoiser, as_cond
 from guidelab.paths import NoisePath
 
-__all__ = ["PathTime", "Target", "as_float_array", "init_classes", "path_time"]
+__all__ = ["FusedTarget", "PathTime", "Target", "as_float_array", "init_classes", "path_time"]
 
 
 class Target(ABC):
@@ -117,6 +117,15 @@ class Target(ABC):
         mask = torch.zeros(member.shape, dtype=x_t.dtype, device=x_t.device).masked_fill_(~member, float("-inf"))
         per_class = torch.logsumexp(joint[:, None, :] + mask, dim=-1)  # (batch, C)
         return per_class - torch.logsumexp(per_class, dim=-1, keepdim=True)
+
+    def draw_components(self, n: int, cond: int | str | None, generator: torch.Generator | None) -> Tensor:
+        """Component indices (n,) drawn from the weights of ``cond`` (``None``: the unconditional mixture)."""
+        c = NULL_COND if cond is None else self.class_index(cond)
+        device = generator.device if generator is not None else torch.device("cpu")
+        probs = torch.exp(self.log_weight_table().to(device=device, dtype=torch.float64)[c % (self.num_classes + 1)])
+        if n == 0:
+            return torch.zeros(0, dtype=torch.long, device=device)
+        return torch.multinomial(probs, n, replacement=True, generator=generator)
 
     def score(self, x_t: Tensor, t: Tensor | float, path: NoisePath, cond: Tensor | int | None = None) -> Tensor:
         """∇log p_t(x_t | cond) by Tweedie's formula: ``(α·E[x0 | x_t, c] − x_t)/σ²`` (needs σ > 0)."""
@@ -255,3 +264,32 @@ def init_classes(
     target.class_prior = torch.from_numpy(prior / prior.sum())
     target.component_class = torch.from_numpy(comp)
     target.log_component_weight = torch.from_numpy(log_w)
+
+
+class FusedTarget(Target):
+    """A target whose exact quantities all come from one fused pass, :meth:`_evaluate`."""
+
+    @abstractmethod
+    def _evaluate(
+        self, x_t: Tensor, t: Tensor | float, path: NoisePath, cond: Tensor | int | None, want_mean: bool
+    ) -> tuple[Tensor | None, Tensor]:
+        """E[x0 | x_t, c] (or None) and log p_t(x_t | c) (batch,); per-component log p_t (batch, K) when
+        ``cond`` is None and no mean is wanted."""
+
+    def component_log_prob_t(self, x_t: Tensor, t: Tensor | float, path: NoisePath) -> Tensor:
+        """log p_t(x_t | k) for every component, (batch, K)."""
+        return self._evaluate(x_t, t, path, None, want_mean=False)[1]
+
+    def log_prob_t(self, x_t: Tensor, t: Tensor | float, path: NoisePath, cond: Tensor | int | None = None) -> Tensor:
+        """log p_t(x_t | c) = logsumexp_k(log w_k^{(c)} + log p_t(x_t | k)), (batch,)."""
+        return self._evaluate(x_t, t, path, NULL_COND if cond is None else cond, want_mean=False)[1]
+
+    def posterior_mean(self, x_t: Tensor, t: Tensor | float, path: NoisePath, cond: Tensor | int | None) -> Tensor:
+        """E[x0 | x_t, c] = Σ_k r_k^{(c)} E[x0 | x_t, k], (batch, D)."""
+        return self._evaluate(x_t, t, path, cond, want_mean=True)[0]
+
+    def posterior_mean_and_log_prob(
+        self, x_t: Tensor, t: Tensor | float, path: NoisePath, cond: Tensor | int | None
+    ) -> tuple[Tensor, Tensor]:
+        """E[x0 | x_t, c] (batch, D) and log p_t(x_t | c) (batch,) from one pass."""
+        return self._evaluate(x_t, t, path, cond, want_mean=True)

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from guidelab.models.base import NULL_COND
 from guidelab.paths import NoisePath
-from guidelab.targets.base import Target, as_float_array, init_classes, path_time
+from guidelab.targets.base import FusedTarget, as_float_array, init_classes, path_time
 
 __all__ = ["BoxMixture"]
 
@@ -162,7 +162,7 @@ class _Params:
     log_weights: Tensor  # (C + 1, K)
 
 
-class BoxMixture(Target):
+class BoxMixture(FusedTarget):
     """A class-conditional mixture of uniform densities on boxes ``p(x | c) = Σ_{k ∈ c} w_k U(x; [a_k, b_k])``.
 
     Args:
@@ -270,24 +270,6 @@ class BoxMixture(Target):
 
     # --- the Target interface -----------------------------------------------------------------------
 
-    def component_log_prob_t(self, x_t: Tensor, t: Tensor | float, path: NoisePath) -> Tensor:
-        """log p_t(x_t | box k) = Σ_d log([Φ(u_d) − Φ(w_d)]/(α(b_d − a_d))), (batch, K)."""
-        return self._evaluate(x_t, t, path, None, want_mean=False)[1]
-
-    def log_prob_t(self, x_t: Tensor, t: Tensor | float, path: NoisePath, cond: Tensor | int | None = None) -> Tensor:
-        """log p_t(x_t | c) = logsumexp_k(log w_k^{(c)} + log p_t(x_t | k)), (batch,)."""
-        return self._evaluate(x_t, t, path, NULL_COND if cond is None else cond, want_mean=False)[1]
-
-    def posterior_mean(self, x_t: Tensor, t: Tensor | float, path: NoisePath, cond: Tensor | int | None) -> Tensor:
-        """E[x0 | x_t, c] = Σ_k r_k E[x0 | x_t, k], per dimension the truncated-normal mean, (batch, D)."""
-        return self._evaluate(x_t, t, path, cond, want_mean=True)[0]
-
-    def posterior_mean_and_log_prob(
-        self, x_t: Tensor, t: Tensor | float, path: NoisePath, cond: Tensor | int | None
-    ) -> tuple[Tensor, Tensor]:
-        """E[x0 | x_t, c] (batch, D) and log p_t(x_t | c) (batch,) from one pass."""
-        return self._evaluate(x_t, t, path, cond, want_mean=True)
-
     def sample(
         self,
         n: int,
@@ -298,11 +280,9 @@ class BoxMixture(Target):
         device: torch.device | str | None = None,
     ) -> Tensor:
         """Exact samples (n, D) of p(x | c): k ~ w^{(c)}, then x = a_k + (b_k − a_k)·U, U ~ U[0, 1]^D."""
-        c = NULL_COND if cond is None else self.class_index(cond)
-        gen_device = generator.device if generator is not None else torch.device("cpu")
+        k = self.draw_components(n, cond, generator)
+        gen_device = k.device
         p = self._params(torch.float64, gen_device)
-        probs = torch.exp(p.log_weights[c if c != NULL_COND else self.num_classes])
-        k = torch.multinomial(probs, n, replacement=True, generator=generator) if n > 0 else probs.new_zeros(0).long()
         u = torch.rand(n, self.dim, generator=generator, dtype=torch.float64, device=gen_device)
         x = p.low[k] + (p.high[k] - p.low[k]) * u
         return x.to(dtype=dtype, device=device if device is not None else gen_device)

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from guidelab.models.base import NULL_COND
 from guidelab.paths import NoisePath
-from guidelab.targets.base import Target, as_float_array, init_classes, path_time
+from guidelab.targets.base import FusedTarget, as_float_array, init_classes, path_time
 
 __all__ = ["GaussianMixture"]
 
@@ -48,7 +48,7 @@ def _sq_norm(z: Tensor, fast: bool) -> Tensor:
     return torch.linalg.vector_norm(z, dim=-1).square_() if fast else (z * z).sum(-1)
 
 
-class GaussianMixture(Target):
+class GaussianMixture(FusedTarget):
     """A class-conditional mixture of full-covariance Gaussians ``p(x | c) = Σ_{k ∈ c} w_k N(x; μ_k, Σ_k)``.
 
     Args:
@@ -208,24 +208,6 @@ class GaussianMixture(Target):
 
     # --- the Target interface -----------------------------------------------------------------------
 
-    def component_log_prob_t(self, x_t: Tensor, t: Tensor | float, path: NoisePath) -> Tensor:
-        """log N(x_t; α·μ_k, α²Σ_k + σ²I) for every component, (batch, K)."""
-        return self._evaluate(x_t, t, path, None, want_mean=False)[1]
-
-    def log_prob_t(self, x_t: Tensor, t: Tensor | float, path: NoisePath, cond: Tensor | int | None = None) -> Tensor:
-        """log p_t(x_t | c) = logsumexp_k(log w_k^{(c)} + log p_t(x_t | k)), (batch,)."""
-        return self._evaluate(x_t, t, path, NULL_COND if cond is None else cond, want_mean=False)[1]
-
-    def posterior_mean(self, x_t: Tensor, t: Tensor | float, path: NoisePath, cond: Tensor | int | None) -> Tensor:
-        """E[x0 | x_t, c] = Σ_k r_k (μ_k + α Σ_k (α²Σ_k + σ²I)⁻¹ (x_t − α μ_k)), (batch, D)."""
-        return self._evaluate(x_t, t, path, cond, want_mean=True)[0]
-
-    def posterior_mean_and_log_prob(
-        self, x_t: Tensor, t: Tensor | float, path: NoisePath, cond: Tensor | int | None
-    ) -> tuple[Tensor, Tensor]:
-        """E[x0 | x_t, c] (batch, D) and log p_t(x_t | c) (batch,) from one pass."""
-        return self._evaluate(x_t, t, path, cond, want_mean=True)
-
     def sample(
         self,
         n: int,
@@ -236,11 +218,9 @@ class GaussianMixture(Target):
         device: torch.device | str | None = None,
     ) -> Tensor:
         """Exact samples (n, D) of p(x | c): k ~ w^{(c)}, then ``x = μ_k + U_k diag(√s_k) ξ``, ξ ~ N(0, I)."""
-        c = NULL_COND if cond is None else self.class_index(cond)
-        gen_device = generator.device if generator is not None else torch.device("cpu")
+        k = self.draw_components(n, cond, generator)
+        gen_device = k.device
         p = self._params(torch.float64, gen_device)
-        probs = torch.exp(p.log_weights[c if c != NULL_COND else self.num_classes])
-        k = torch.multinomial(probs, n, replacement=True, generator=generator) if n > 0 else probs.new_zeros(0).long()
         xi = torch.randn(n, self.dim, generator=generator, dtype=torch.float64, device=gen_device)
         x = torch.empty_like(xi)
         step = max(1, self.max_chunk_bytes // (8 * self.dim * self.dim))
