@@ -164,6 +164,7 @@ def test_local_workers_give_the_same_rows(tmp_path):
 
 def test_ray_executor_gives_the_same_rows_as_local(tmp_path):
     import ray
+
     config = load_sweep(write(tmp_path, SWEEP))
     run_sweep(config, tmp_path / "local", threads=1)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

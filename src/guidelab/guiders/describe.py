@@ -22,7 +22,6 @@ def _summary(cls: type) -> str:
     return summary[:-1] if summary.endswith("::") else summary  # a reST literal-block marker reads as ':'
 
 
-
 def _plain(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
