@@ -80,3 +80,14 @@ def test_geometric_on_ou_refines_near_data():
     lam = path.lam(grid[:-1])
     ratios = lam[1:] / lam[:-1]
     torch.testing.assert_close(ratios, torch.full_like(ratios, float(ratios.mean())), rtol=1e-8, atol=0)
+
+
+def test_default_caps_keep_a_finite_ou_range_for_geometric_but_edm_uses_sigma_max():
+    path = get_path("ou")
+    geometric = make_grid("geometric", 20, path, t_min=1e-4)
+    lam = path.lam(geometric[:-1])
+    assert float(geometric[0]) == 1.0
+    ratios = lam[1:] / lam[:-1]
+    torch.testing.assert_close(ratios, torch.full_like(ratios, float(ratios.mean())), rtol=1e-8, atol=0)
+    edm = make_grid("edm", 20, path, t_min=1e-4)
+    assert float(path.lam(edm[1])) == pytest.approx(80.0, rel=1e-9)  # first finite point at σ_max

@@ -120,6 +120,7 @@ def test_posterior_mean_is_tweedie_of_log_prob(dim, path):
 def test_truncated_normal_against_high_precision():
     """All regimes (far tails, tiny σ, tiny α, near the series/closed-form switch) vs 50-digit mpmath."""
     import mpmath as mp  # a dependency of torch (through sympy)
+
     mp.mp.dps = 50
 
     def reference(x, a, s, lo, hi):

@@ -11,7 +11,9 @@
   (arXiv 2206.00364, Eq. 5), ρ = 7.
 
 For the λ-based kinds, where λ(t_max) exceeds ``lam_cap`` (e.g. ∞ for rf or vp-cosine at t = 1) the grid
-starts at t_max and its next point is λ = lam_cap.
+starts at t_max and its next point is λ = lam_cap. By default the edm grid caps at EDM's σ_max = 80 and the
+geometric grid caps only an infinite λ(t_max), at 80 (a finite one, e.g. λ(1) ≈ 2·10⁴ on the OU path, is kept,
+so that the first step is not a jump across most of the noise range).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = ["GRIDS", "make_grid"]
 
 GRIDS: tuple[str, ...] = ("uniform", "shifted", "geometric", "edm")
 _DEFAULT_LAM_MIN = 0.002  # EDM's σ_min
+_DEFAULT_LAM_CAP = 80.0  # EDM's σ_max
 
 
 def _check(name: str, ok: bool, message: str) -> None:
@@ -43,7 +46,7 @@ def make_grid(
     t_max: float = 1.0,
     rho: float = 7.0,
     shift: float = 3.0,
-    lam_cap: float = 80.0,
+    lam_cap: float | None = None,
 ) -> Tensor:
     """The N + 1 times (float64) of an N-step grid of ``kind`` on ``path``.
 
@@ -56,7 +59,7 @@ def make_grid(
         t_max: first time, ``0 < t_max ≤ 1``.
         rho: EDM ρ (edm only).
         shift: SD3 shift s > 0 (shifted only).
-        lam_cap: largest finite noise level of λ-based grids.
+        lam_cap: largest finite noise level of λ-based grids (default: see the module docstring).
     """
     _check("grid", kind in GRIDS, f"unknown kind {kind!r}; accepted: {', '.join(GRIDS)}")
     _check(
@@ -77,6 +80,9 @@ def make_grid(
     _check("t_min", steps == 1 or t_min < t_max, f"must be < t_max={t_max} for {steps} steps, got {t_min}")
     _check("rho", rho > 0, f"must be > 0, got {rho}")
     _check("shift", shift > 0, f"must be > 0, got {shift}")
+    if lam_cap is None:
+        lam_top = float(path.lam(torch.tensor(t_max, dtype=torch.float64)))
+        lam_cap = lam_top if kind == "geometric" and math.isfinite(lam_top) else _DEFAULT_LAM_CAP
     _check("lam_cap", lam_cap > 0, f"must be > 0, got {lam_cap}")
 
     n = steps  # evaluation times t_0 … t_{N−1}; t_N = 0 is appended
