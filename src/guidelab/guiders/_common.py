@@ -180,7 +180,7 @@ def _affine(m: float, pred: Tensor, k: float, x_t: Tensor) -> Tensor:
 
 def raw_space(preds: Predictions, name: str) -> str:
     """The space the model predicted ``name`` in (read from the predictions' raw store)."""
-    return preds._raw[name][1]
+    return preds.raw(name)[1]
 
 
 class Step:
@@ -201,7 +201,7 @@ class Step:
         key = (name, space)
         out = self._cache.get(key)
         if out is None:
-            raw, src = self.preds._raw[name] if name in self.preds else (None, None)
+            raw, src = self.preds.raw(name) if name in self.preds else (None, None)
             out = None
             if raw is not None and src == space:
                 out = raw
@@ -256,8 +256,8 @@ def affine_pair(step: Step, weight: Scale | Tensor, base: str = "uncond") -> Gui
 def linear_step(preds: Predictions, ctx: StepContext, weight: Scale, base: str = "uncond") -> GuidedStep:
     """:func:`affine_pair` on the predictions of a step: CFG's ``u + γ·(c − u)`` as one fused kernel in the models'
     own space plus the conversion to the pair (two kernels on rf)."""
-    cond, src = preds._raw["cond"]
-    other, src_other = preds._raw[base]
+    cond, src = preds.raw("cond")
+    other, src_other = preds.raw(base)
     sc = _scalars(preds, ctx) if src == src_other and not isinstance(weight, Tensor) else None
     coefs = None if sc is None else _to_pair(src, sc)
     if coefs is None:

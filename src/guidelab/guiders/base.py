@@ -102,6 +102,12 @@ class Predictions:
     def names(self) -> tuple[str, ...]:
         return tuple(self._raw)
 
+    def raw(self, name: str) -> tuple[Tensor, str]:
+        """Prediction ``name`` as the model gave it, with its space (no conversion)."""
+        if name not in self._raw:
+            raise KeyError(f"prediction {name!r} was not requested; have {', '.join(self._raw)}")
+        return self._raw[name]
+
     def get(self, name: str, space: str) -> Tensor:
         """Prediction ``name`` in ``space``."""
         key = (name, space)
