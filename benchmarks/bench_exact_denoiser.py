@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from _timing import timed
 from guidelab.grids import make_grid
 from guidelab.guiders import CFG
 from guidelab.paths import get_path
@@ -41,16 +39,6 @@ def random_mixture(dim: int, components: int, classes: int, seed: int = 0) -> Ga
     eig = rng.uniform(0.1, 1.0, size=(components, dim))
     covs = np.einsum("kij,kj,klj->kil", q, eig, q)
     return GaussianMixture(means, covs, component_class=np.arange(components) % classes)
-
-
-def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float, float]:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times), max(times)
 
 
 def matmul_gflops(repeats: int) -> float:

@@ -23,14 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from _timing import timed
 from guidelab.grids import make_grid
 from guidelab.guiders.base import COND, UNCOND
 from guidelab.guiders.learned import LearnedGuider
@@ -40,17 +38,6 @@ from guidelab.paths import get_path
 from guidelab.sampling import GuidedModel
 from guidelab.targets import get_target
 from guidelab.train import train_denoiser
-
-
-def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, float, float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times), max(times)
 
 
 def fmt(t: tuple[float, float, float], unit: float = 1.0, suffix: str = "s") -> str:

@@ -10,7 +10,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["save_figure_atomic", "torch_save_atomic", "write_atomic", "write_json_atomic", "write_npy_atomic"]
+__all__ = [
+    "save_figure_atomic",
+    "torch_load_checked",
+    "torch_save_atomic",
+    "write_atomic",
+    "write_json_atomic",
+    "write_npy_atomic",
+]
 
 
 def _umask() -> int:
@@ -29,6 +36,20 @@ def torch_save_atomic(obj: Any, path: str | Path) -> None:
     import torch
 
     _atomic(Path(path), lambda h: torch.save(obj, h), "wb")
+
+
+def torch_load_checked(path: str | Path) -> Any:
+    """``torch.load`` of tensors and plain containers only (no pickled code), on the CPU; a missing file or
+    one that cannot be read raises an error naming the checkpoint."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: no such file {str(path)!r}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file
+        raise ValueError(f"checkpoint: cannot read {str(path)!r}: {err}") from None
 
 
 def save_figure_atomic(fig: Any, path: str | Path, **savefig_kwargs: Any) -> None:

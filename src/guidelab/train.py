@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from guidelab.io import torch_save_atomic, write_json_atomic
+from guidelab.io import torch_load_checked, torch_save_atomic, write_json_atomic
 from guidelab.models.mlp import MLPDenoiser
 from guidelab.paths import NoisePath, get_path
 
@@ -237,13 +237,7 @@ def save_denoiser(model: MLPDenoiser, path: str | Path, extra: dict[str, Any] | 
 
 def load_denoiser(path: str | Path) -> MLPDenoiser:
     """Load a denoiser written by :func:`save_denoiser` (weights only, no pickled code), in eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: no such file {str(path)!r}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file
-        raise ValueError(f"checkpoint: cannot read {str(path)!r}: {err}") from None
+    blob = torch_load_checked(path)
     if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
         raise ValueError(f"checkpoint: {str(path)!r} is not a guidelab MLP denoiser checkpoint")
     model = MLPDenoiser.from_config(blob["config"])

@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor
 
-from guidelab.io import write_json_atomic
+from guidelab.io import torch_load_checked, torch_save_atomic, write_json_atomic
 from guidelab.learn.losses import energy_distance_loss, guided_ddim_step, sample_time_pairs
 from guidelab.learn.weights import CHECKPOINT_FORMAT, GuidanceWeights, log_noise_level, save_weights
 from guidelab.models.base import NULL_COND, Denoiser
@@ -546,8 +546,6 @@ def _save(
     state: dict[str, Any],
     meta: dict[str, Any],
 ) -> None:
-    from guidelab.io import torch_save_atomic
-
     torch_save_atomic(
         {
             "format": CHECKPOINT_FORMAT,
@@ -572,10 +570,7 @@ def _restore(
     generator: torch.Generator,
 ) -> dict[str, Any]:
     """Load a checkpoint into φ, the optimiser and the generator; return the loop state."""
-    try:
-        blob = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"checkpoint: cannot read {str(file)!r}: {err}") from None
+    blob = torch_load_checked(file)
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint: {str(file)!r} is not a guidelab learning checkpoint")
     stored, current = blob["result_fields"], config.result_fields()

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from guidelab.io import torch_load_checked, torch_save_atomic
 from guidelab.models.base import NULL_COND
 from guidelab.paths import NoisePath
 
@@ -169,8 +170,6 @@ def save_weights(weights: GuidanceWeights, path: str | Path, meta: dict[str, Any
     ``meta`` (plain JSON) records how the weights were learned: the noise path, the class names, the
     learning configuration and the held-out loss.
     """
-    from guidelab.io import torch_save_atomic
-
     torch_save_atomic(
         {"format": WEIGHTS_FORMAT, "config": weights.config(), "state_dict": weights.state_dict(), "meta": meta or {}},
         path,
@@ -190,12 +189,7 @@ def load_weights(path: str | Path) -> tuple[GuidanceWeights, dict[str, Any]]:
         if found is None:
             raise FileNotFoundError(f"checkpoint: folder {str(path)!r} holds neither weights.pt nor checkpoint.pt")
         path = found
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: no such file {str(path)!r}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file
-        raise ValueError(f"checkpoint: cannot read {str(path)!r}: {err}") from None
+    blob = torch_load_checked(path)
     kind = blob.get("format") if isinstance(blob, dict) else None
     if kind == WEIGHTS_FORMAT:
         config, state, meta = blob["config"], blob["state_dict"], dict(blob.get("meta") or {})
