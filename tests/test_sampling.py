@@ -65,6 +65,11 @@ def test_rf_euler_equals_ddim():
         ("euler-maruyama", "vp-linear", 1.0),
         ("euler", "ve", 1.0),
         ("heun", "rf", 1.0),
+        ("euler-ancestral", "vp-cosine", 1.0),
+        ("euler-ancestral", "ve", 1.0),
+        ("dpm++2s-ancestral", "rf", 1.0),
+        ("dpm++2s-ancestral", "vp-linear", 1.0),
+        ("dpm++2m", "ou", 1.0),
     ],
 )
 def test_unguided_sampling_reproduces_the_gaussian(solver, path_name, t_max):
@@ -72,7 +77,17 @@ def test_unguided_sampling_reproduces_the_gaussian(solver, path_name, t_max):
     den = GaussianDenoiser(path, MEAN, STD)
     kind = "uniform" if path_name in ("rf", "vp-cosine") else "geometric"
     grid = make_grid(kind, 200, path, t_max=t_max, t_min=1e-4)
-    out = sample(den, None, grid=grid, n=40_000, shape=(1,), solver=solver, seed=3, eta=1.0, dtype=torch.float64)
+    out = sample(
+        den,
+        None,
+        grid=grid,
+        n=40_000,
+        shape=(1,),
+        solver=solver,
+        seed=3,
+        eta=1.0 if solver == "ddim" else None,
+        dtype=torch.float64,
+    )
     se_mean = STD / math.sqrt(40_000)
     assert float(out.x.mean()) == pytest.approx(MEAN, abs=5 * se_mean + 0.01 * STD)
     assert float(out.x.std()) == pytest.approx(STD, rel=0.03)
@@ -94,7 +109,8 @@ def test_same_seed_same_numbers_and_different_seed_differs():
 def test_nfe_one_pass_when_conditional_only_two_when_guided(solver):
     path = get_path("vp-linear")
     grid = make_grid("uniform", 10, path, t_max=0.99)
-    evaluations = {"heun": 2 * 10 - 1}.get(solver, 10)  # Heun: no corrector on the final step
+    # Heun and DPM++(2S): two evaluations per step, one on the final step (onto t = 0)
+    evaluations = {"heun": 2 * 10 - 1, "dpm++2s-ancestral": 2 * 10 - 1}.get(solver, 10)
     for gamma, passes in ((1.0, 1), (3.0, 2)):
         den = GaussianDenoiser(path)
         out = sample(den, CFG(gamma), grid=grid, n=8, shape=(2,), solver=solver, cond=0)

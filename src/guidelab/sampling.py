@@ -4,17 +4,27 @@
 ``(x_t, step) -> GuidedStep`` (the guided pair x0̂, ε̂): it asks the guider which passes the step needs,
 runs every pass of one model as **one batched call**, counts network evaluations, and converts.
 
+Every solver is written on the guided pair (METHODS.md §0). A guider's pair need not be consistent with the
+state (``x_t = α·x0̂ + σ·ε̂`` fails for CFG++, which renoises with the unconditional ε̂, and for thresholding
+without renoising): wherever a solver formula reads the state it reads the pair's **implied state**
+``x̂ = α_t·x0̂ + σ_t·ε̂``, and multistep history stores the clean estimate that ε̂ renoises from,
+``(x_t − σ_t·ε̂)/α_t``. For a consistent pair x̂ = x_t and the history is x0̂, so nothing changes; for CFG++
+every solver then gives the official CFG++ update (Chung et al. 2024, arXiv 2406.08070, code
+CFGpp-diffusion/CFGpp ``latent_diffusion.py``): on VE, Euler is ``x = D_λ + σ_next·(x − D_u)/σ``.
+
 Each sampler is a plain function ``sample_<name>(model, x, *, monitor, ...) -> x`` whose loop reads like
-its algorithm; all consume only the guided pair. The :class:`Monitor` flags a sample whose state turns
-non-finite or leaves ``|x| ≤ bound`` as diverged, freezes it at its last good state and counts it, and
-records subsampled trajectories. :func:`sample` is the driver that wires them together.
+its algorithm. The :class:`Monitor` flags a sample whose state turns non-finite or leaves the divergence
+bound, freezes it at its last good state and counts it, and records subsampled trajectories. :func:`sample`
+is the driver that wires them together.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,31 +33,31 @@ from torch import Tensor
 from guidelab.guiders.base import GuidedStep, Guider, Pass, Predictions, StepContext
 from guidelab.guiders.cfg import CFG
 from guidelab.models.base import NULL_COND, Denoiser, as_cond
-from guidelab.paths import NoisePath, PathCoefficients, velocity_from_x0_eps
+from guidelab.noise import NoiseSource
+from guidelab.paths import NoisePath, PathCoefficients
 
 __all__ = [
     "SOLVERS",
+    "STOCHASTIC_SOLVERS",
     "GuidedModel",
     "Monitor",
     "NoiseSource",
     "SampleResult",
+    "ancestral_step",
     "sample",
     "sample_ddim",
     "sample_dpmpp_2m",
+    "sample_dpmpp_2s_ancestral",
     "sample_euler",
+    "sample_euler_ancestral",
     "sample_euler_maruyama",
     "sample_heun",
 ]
 
-
-class NoiseSource:
-    """Standard normal noise from one seeded generator: same seed, same numbers."""
-
-    def __init__(self, seed: int = 0, device: torch.device | str = "cpu"):
-        self.generator = torch.Generator(device=device).manual_seed(int(seed))
-
-    def __call__(self, like: Tensor) -> Tensor:
-        return torch.randn(like.shape, generator=self.generator, dtype=like.dtype, device=like.device)
+# Prediction spaces from which x0̂ = (x_t − σ·ε̂)/α is undefined where α = 0 (t = 1 on rf and vp-cosine).
+SINGULAR_AT_PURE_NOISE = ("eps", "score")
+DEFAULT_DIVERGENCE_FACTOR = 100.0
+_START_LAM = 80.0  # EDM's σ_max: where an ε-model starts when the grid starts at α = 0
 
 
 class GuidedModel:
@@ -114,30 +124,85 @@ class GuidedModel:
         preds = self.predict(self.guider.passes(ctx), x_t, ctx.t)
         return self.guider.guide(preds, ctx)
 
+    def scalars(self, t: float) -> tuple[float, float, float, float]:
+        """(α, σ, α', σ') at ``t`` as Python floats (computed in float64, cached per path and time)."""
+        return _path_scalars(self.path, float(t))
+
+    def lam(self, t: float) -> float:
+        """Noise level λ = σ/α at ``t`` (∞ where α = 0, 0 at t = 0)."""
+        a, s, _, _ = self.scalars(t)
+        return math.inf if a == 0 else s / a
+
     def velocity(self, out: GuidedStep, t: float) -> Tensor:
         """Probability-flow velocity of the guided pair, ``dx/dt = α'·x0̂ + σ'·ε̂``."""
-        return velocity_from_x0_eps(out.x0_hat, out.eps_hat, self.coefficients(t, out.x0_hat))
+        _, _, da, ds = self.scalars(t)
+        return _combine(da, out.x0_hat, ds, out.eps_hat)
+
+    def implied_state(self, out: GuidedStep, t: float) -> Tensor:
+        """The state the pair stands for, ``x̂ = α_t·x0̂ + σ_t·ε̂`` (x_t itself for a consistent pair)."""
+        a, s, _, _ = self.scalars(t)
+        return _combine(a, out.x0_hat, s, out.eps_hat)
+
+    def history(self, out: GuidedStep, x: Tensor, t: float) -> Tensor:
+        """The clean estimate that ε̂ renoises from, ``(x_t − σ_t·ε̂)/α_t`` (x0̂ for a consistent pair; the
+        unconditional x0̂ for CFG++). Where α = 0 it is undefined and x0̂ stands in (it carries no weight
+        there: the multistep correction after a step from λ = ∞ vanishes)."""
+        a, s, _, _ = self.scalars(t)
+        if a == 0:
+            return out.x0_hat
+        return torch.add(x, out.eps_hat, alpha=-s).div_(a)
+
+
+@functools.lru_cache(maxsize=8192)
+def _path_scalars(path: NoisePath, t: float) -> tuple[float, float, float, float]:
+    c = path.coefficients(torch.tensor(t, dtype=torch.float64))
+    return float(c.alpha), float(c.sigma), float(c.d_alpha), float(c.d_sigma)
+
+
+def _combine(a: float, x: Tensor, b: float, y: Tensor) -> Tensor:
+    """a·x + b·y with Python-float weights, skipping zero terms (σ = 0 at t = 0, α = 0 at pure noise)."""
+    if a == 0:
+        return y * b
+    if b == 0:
+        return x * a
+    return torch.add(x * a, y, alpha=b)
 
 
 class Monitor:
     """Per-step bookkeeping shared by every sampler: divergence freezing, trajectory recording, callback.
 
-    A sample whose next state is non-finite or has a coordinate beyond ``bound`` is flagged as diverged
-    and frozen at its last good state; it is never propagated as NaN.
+    A sample whose next state is non-finite or has a coordinate beyond the bound at the next time is flagged
+    as diverged and frozen at its last good state; it is never propagated as NaN. The bound at time t is
+    ``factor·(α_t·data_scale + σ_t)`` (a multiple of the state's natural scale: the data scale near t = 0, the
+    noise level near t = 1), or a fixed ``bound`` when one is given.
+
+    Args:
+        batch: number of samples.
+        bound: a fixed bound on |x| (every time), overriding the relative one.
+        factor: the relative bound's multiple (default 100).
+        data_scale: the data's coordinate scale (largest typical |x0| coordinate; default 1).
     """
 
     def __init__(
         self,
         batch: int,
         *,
-        bound: float = 1e6,
+        bound: float | None = None,
+        factor: float = DEFAULT_DIVERGENCE_FACTOR,
+        data_scale: float = 1.0,
         record_every: int | None = None,
         callback: Callable[[dict[str, Any]], None] | None = None,
         progress: Callable[[], None] | None = None,
     ):
         if record_every is not None and record_every < 1:
             raise ValueError(f"record_every: must be ≥ 1, got {record_every}")
-        self.bound = bound
+        if bound is not None and not bound > 0:
+            raise ValueError(f"divergence_bound: must be > 0, got {bound}")
+        if not factor > 0:
+            raise ValueError(f"divergence_factor: must be > 0, got {factor}")
+        if not (data_scale > 0 and math.isfinite(data_scale)):
+            raise ValueError(f"data_scale: must be a finite number > 0, got {data_scale}")
+        self.bound, self.factor, self.data_scale = bound, factor, data_scale
         self.record_every = record_every
         self.callback = callback
         self.progress = progress
@@ -146,10 +211,17 @@ class Monitor:
         self.states: list[Tensor] = []
         self.x0_hats: list[Tensor] = []
 
+    def bound_at(self, path: NoisePath, t: float) -> float:
+        """The bound on |x| coordinates at time ``t`` of ``path``."""
+        if self.bound is not None:
+            return self.bound
+        a, s, _, _ = _path_scalars(path, float(t))
+        return self.factor * (a * self.data_scale + s)
+
     def update(self, model: GuidedModel, i: int, x: Tensor, x_next: Tensor, out: GuidedStep) -> Tensor:
         """The state after step ``i`` with diverged samples frozen."""
         flat = x_next.reshape(x_next.shape[0], -1)
-        bad = ~torch.isfinite(flat).all(dim=1) | (flat.abs() > self.bound).any(dim=1)
+        bad = ~torch.isfinite(flat).all(dim=1) | (flat.abs() > self.bound_at(model.path, model.t(i + 1))).any(dim=1)
         self.diverged = self.diverged.to(bad.device) | bad
         x_next = torch.where(self.diverged.reshape(-1, *([1] * (x.ndim - 1))), x, x_next)
         if self.record_every is not None and i % self.record_every == 0:
@@ -179,28 +251,35 @@ class Monitor:
 
 
 # --- samplers -----------------------------------------------------------------------------------------
+#
+# Every sampler reads the guided pair (x0̂, ε̂) and, where its formula needs the state, the pair's implied
+# state x̂ = α_t·x0̂ + σ_t·ε̂ (see the module docstring). The last step lands on t = 0, where x = x0̂.
 
 
 def sample_euler(model: GuidedModel, x: Tensor, *, monitor: Monitor) -> Tensor:
-    """Euler on the probability-flow ODE ``dx/dt = α'·x0̂ + σ'·ε̂`` (first order)."""
+    """Euler on the probability-flow ODE, from the implied state: ``x_next = x̂ + (t_next − t)·(α'·x0̂ + σ'·ε̂)``
+    (first order). On paths affine in t (rf, ve) this equals DDIM (η = 0) for every guider."""
     for i in range(model.steps):
         t, t_next = model.t(i), model.t(i + 1)
         out = model(x, i)
-        x = monitor.update(model, i, x, x + (t_next - t) * model.velocity(out, t), out)
+        x_hat = model.implied_state(out, t)
+        x = monitor.update(model, i, x, x_hat + (t_next - t) * model.velocity(out, t), out)
     return x
 
 
 def sample_heun(model: GuidedModel, x: Tensor, *, monitor: Monitor) -> Tensor:
-    """Heun's second-order method on the probability-flow ODE (Karras et al. 2022, arXiv 2206.00364,
-    Alg. 1); the last step, which lands on t = 0, is an Euler step."""
+    """Heun's second-order method on the probability-flow ODE (Karras et al. 2022, arXiv 2206.00364, Alg. 1)
+    from the implied state: ``x' = x̂ + Δt·d``, ``x_next = x̂ + Δt·(d + d')/2`` with d' the velocity of the
+    pair at (x', t_next); the last step, which lands on t = 0, is an Euler step."""
     for i in range(model.steps):
         t, t_next = model.t(i), model.t(i + 1)
         out = model(x, i)
+        x_hat = model.implied_state(out, t)
         d_cur = model.velocity(out, t)
-        x_next = x + (t_next - t) * d_cur
+        x_next = x_hat + (t_next - t) * d_cur
         if t_next > 0:
             d_next = model.velocity(model(x_next, i, t=t_next, stage=1), t_next)
-            x_next = x + (t_next - t) * 0.5 * (d_cur + d_next)
+            x_next = x_hat + (t_next - t) * 0.5 * (d_cur + d_next)
         x = monitor.update(model, i, x, x_next, out)
     return x
 
@@ -211,23 +290,93 @@ def sample_ddim(
     """DDIM with churn η ∈ [0, 1] (Song et al. 2021, arXiv 2010.02502; parametrized as in arXiv 2510.00815):
     ``κ = 1 − η²(1 − α_t σ_s/(α_s σ_t))``, ``x_s = α_s x0̂ + σ_s(κ ε̂ + √(1 − κ²) ξ)``.
 
-    η = 0 is deterministic DDIM, η = 1 the ancestral (DDPM posterior) step.
+    η = 0 is deterministic DDIM, η = 1 the ancestral (DDPM posterior) step. The step reads only the pair.
     """
-    if not 0 <= eta <= 1:
-        raise ValueError(f"eta: churn must lie in [0, 1], got {eta}")
-    if eta > 0 and noise is None:
-        raise ValueError("noise: a NoiseSource is required when eta > 0")
+    _check_eta(eta, noise)
     for i in range(model.steps):
         t, t_next = model.t(i), model.t(i + 1)
         out = model(x, i)
-        c_t, c_s = model.coefficients(t, x), model.coefficients(t_next, x)
-        x_next = c_s.alpha * out.x0_hat
-        if t_next > 0:
-            kappa = 1 - eta**2 * (1 - c_t.alpha * c_s.sigma / (c_s.alpha * c_t.sigma))
-            direction = kappa * out.eps_hat
-            if eta > 0:
-                direction = direction + torch.sqrt(torch.clamp(1 - kappa**2, min=0)) * noise(x)
-            x_next = x_next + c_s.sigma * direction
+        ratio = _lam_ratio(model, t, t_next)
+        kappa = 1 - eta**2 * (1 - ratio)
+        x = monitor.update(
+            model, i, x, _renoise(model, out, t_next, kappa, math.sqrt(max(1 - kappa**2, 0)), noise), out
+        )
+    return x
+
+
+def ancestral_step(lam_from: float, lam_to: float, eta: float = 1.0) -> tuple[float, float]:
+    """k-diffusion's ancestral split of a step from noise level λ_from to λ_to (VE-cast noise levels):
+    ``λ_up = min(λ_to, η·λ_to·√(1 − λ_to²/λ_from²))``, ``λ_down = √(λ_to² − λ_up²)`` (Crowson, k-diffusion
+    ``sampling.py`` ``get_ancestral_step``; the same in CFGpp-diffusion/CFGpp). λ_from = ∞ is allowed."""
+    if eta == 0 or lam_to == 0:
+        return lam_to, 0.0
+    ratio = 0.0 if math.isinf(lam_from) else lam_to / lam_from
+    lam_up = min(lam_to, eta * lam_to * math.sqrt(max(1 - ratio * ratio, 0.0)))
+    return math.sqrt(max(lam_to * lam_to - lam_up * lam_up, 0.0)), lam_up
+
+
+def sample_euler_ancestral(
+    model: GuidedModel, x: Tensor, *, monitor: Monitor, eta: float = 1.0, noise: NoiseSource | None = None
+) -> Tensor:
+    """Euler ancestral (k-diffusion ``sample_euler_ancestral``) on the VE-cast state x/α with noise levels λ,
+    written on the pair: ``x_s/α_s = x0̂ + λ_down·ε̂ + λ_up·ξ`` with (λ_down, λ_up) = :func:`ancestral_step`.
+
+    With CFG++'s pair on VE this is the official ``euler_a_cfg++`` step ``x = D_λ + σ_down·(x − D_u)/σ +
+    σ_up·ξ``. ``eta`` is k-diffusion's (1 = full ancestral noise, 0 = Euler/DDIM); at η = 1 the step equals
+    DDIM with churn 1.
+    """
+    _check_eta(eta, noise)
+    for i in range(model.steps):
+        t, t_next = model.t(i), model.t(i + 1)
+        out = model(x, i)
+        lam_s = model.lam(t_next)
+        lam_down, lam_up = ancestral_step(model.lam(t), lam_s, eta)
+        kappa, nu = (lam_down / lam_s, lam_up / lam_s) if lam_s > 0 else (0.0, 0.0)
+        x = monitor.update(model, i, x, _renoise(model, out, t_next, kappa, nu, noise), out)
+    return x
+
+
+def sample_dpmpp_2s_ancestral(
+    model: GuidedModel, x: Tensor, *, monitor: Monitor, eta: float = 1.0, noise: NoiseSource | None = None
+) -> Tensor:
+    """DPM-Solver++(2S) ancestral (Lu et al. 2022, arXiv 2211.01095; k-diffusion ``sample_dpmpp_2s_ancestral``)
+    on the VE-cast state x̃ = x/α with noise levels λ, written on the pair.
+
+    Per step from λ_t: (λ_down, λ_up) = :func:`ancestral_step`; the midpoint λ_m = √(λ_t·λ_down) (half the
+    step in log λ); from the implied state x̃̂ = x0̂ + λ_t·ε̂::
+
+        x̃_m    = (λ_m/λ_t)·x̃̂ + (1 − λ_m/λ_t)·x0̂              (evaluated: pair x0̂_m, ε̂_m)
+        x̃_next = (λ_down/λ_t)·x̃̂ + (1 − λ_down/λ_t)·x0̂_m + λ_up·ξ
+
+    a first-order step where λ_down = 0 (the last step, or a step from λ = ∞). Two evaluations per step. With
+    CFG++'s pair this is ComfyUI's ``sample_dpmpp_2s_ancestral_cfg_pp`` (which feeds ``x + D_λ − D_u``, the
+    implied state); CFGpp-diffusion/CFGpp's ``dpm++_2s_a_cfg++`` differs: it steps to the midpoint with the
+    unconditional pair and renoises from x with the midpoint's unconditional x0̂.
+    """
+    _check_eta(eta, noise)
+    for i in range(model.steps):
+        t, t_next = model.t(i), model.t(i + 1)
+        out = model(x, i)
+        lam_t, lam_s = model.lam(t), model.lam(t_next)
+        lam_down, lam_up = ancestral_step(lam_t, lam_s, eta)
+        if lam_down == 0 or math.isinf(lam_t):
+            kappa, nu = (lam_down / lam_s, lam_up / lam_s) if lam_s > 0 else (0.0, 0.0)
+            x_next = _renoise(model, out, t_next, kappa, nu, noise)
+        else:
+            lam_m = math.sqrt(lam_t * lam_down)
+            t_m = float(model.path.t_of_lam(torch.tensor(lam_m, dtype=torch.float64)))
+            a_m = model.scalars(t_m)[0]
+            # x̃_m = x0̂ + λ_m·ε̂ (the pair's DDIM step to λ_m), on the path: x_m = α_m·x̃_m
+            x_m = _combine(a_m, out.x0_hat, a_m * lam_m, out.eps_hat)
+            out_m = model(x_m, i, t=t_m, stage=1)
+            r = lam_down / lam_t
+            a_s = model.scalars(t_next)[0]
+            # x̃_next = r·x0̂ + λ_down·ε̂ + (1 − r)·x0̂_m  (+ λ_up·ξ)
+            x_next = torch.add(
+                _combine(r * a_s, out.x0_hat, lam_down * a_s, out.eps_hat), out_m.x0_hat, alpha=(1 - r) * a_s
+            )
+            if lam_up > 0:
+                x_next = x_next + (lam_up * a_s) * noise(x)
         x = monitor.update(model, i, x, x_next, out)
     return x
 
@@ -236,8 +385,9 @@ def sample_euler_maruyama(
     model: GuidedModel, x: Tensor, *, monitor: Monitor, noise: NoiseSource | None = None
 ) -> Tensor:
     """Euler–Maruyama on the reverse SDE ``dx = [f·x − g²·∇log p_t] dt + g dW̄`` with ``f = α'/α``,
-    ``g² = 2σσ' − 2fσ²`` and ``∇log p_t = −ε̂/σ`` (Song et al. 2021, arXiv 2011.13456). The last step,
-    onto t = 0, takes the drift without noise."""
+    ``g² = 2σσ' − 2fσ²`` and ``∇log p_t = −ε̂/σ`` (Song et al. 2021, arXiv 2011.13456), from the implied
+    state: ``x_next = x̂ + Δt·(f·x̂ + g²·ε̂/σ) + √(g²·|Δt|)·ξ``. The last step, onto t = 0, takes the drift
+    without noise."""
     if noise is None:
         raise ValueError("noise: euler-maruyama needs a NoiseSource")
     t0 = torch.tensor(model.t(0), dtype=torch.float64)
@@ -250,44 +400,75 @@ def sample_euler_maruyama(
     for i in range(model.steps):
         t, t_next = model.t(i), model.t(i + 1)
         out = model(x, i)
-        c = model.coefficients(t, x)
-        f = c.d_alpha / c.alpha
-        g_sq = 2 * c.sigma * c.d_sigma - 2 * f * c.sigma**2
-        drift = f * x + g_sq * out.eps_hat / c.sigma  # f·x − g²·score, score = −ε̂/σ
-        x_next = x + (t_next - t) * drift
+        a, s, da, ds = model.scalars(t)
+        f = da / a
+        g_sq = 2 * s * ds - 2 * f * s * s
+        x_hat = model.implied_state(out, t)
+        drift = _combine(f, x_hat, g_sq / s, out.eps_hat)  # f·x̂ − g²·score, score = −ε̂/σ
+        x_next = x_hat + (t_next - t) * drift
         if t_next > 0:
-            x_next = x_next + torch.sqrt(g_sq * (t - t_next)) * noise(x)
+            x_next = x_next + math.sqrt(g_sq * (t - t_next)) * noise(x)
         x = monitor.update(model, i, x, x_next, out)
     return x
 
 
 def sample_dpmpp_2m(model: GuidedModel, x: Tensor, *, monitor: Monitor) -> Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095, Alg. 2) in data prediction, written on the
-    guided pair: with ``h = log(α_s/σ_s) − log(α_t/σ_t)`` and ``D = (1 + 1/2r)·x0̂_i − (1/2r)·x0̂_{i−1}``,
-    ``x_s = σ_s·ε̂ + α_s·[e^{−h}·x0̂ + (1 − e^{−h})·D]``; first order on the first and the last step."""
-    x0_prev: Tensor | None = None
+    """DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095, Alg. 2) in data prediction, written on the pair:
+    with ``h = log(α_s/σ_s) − log(α_t/σ_t)``, r = h_prev/h and the history D̃ = (x_t − σ_t·ε̂)/α_t,
+    ``x_s = (σ_s/σ_t)·x̂ + α_s(1 − e^{−h})·[x0̂ + (D̃_i − D̃_{i−1})/(2r)]``, i.e.
+    ``x_s = σ_s·ε̂ + α_s·[e^{−h}·x0̂ + (1 − e^{−h})·(x0̂ + (D̃_i − D̃_{i−1})/(2r))]``. First order on the first
+    and the last step. For a consistent pair D̃ = x0̂ (the textbook solver); for CFG++ D̃ is the unconditional
+    x0̂, as in CFGpp-diffusion/CFGpp's ``dpm++_2m_cfg++``."""
+    hist_prev: Tensor | None = None
     h_prev: float | None = None
     for i in range(model.steps):
         t, t_next = model.t(i), model.t(i + 1)
         out = model(x, i)
-        cf_t = model.path.coefficients(torch.tensor(t, dtype=torch.float64))
-        cf_s = model.path.coefficients(torch.tensor(t_next, dtype=torch.float64))
+        hist = model.history(out, x, t)
+        a_t, s_t, _, _ = model.scalars(t)
+        a_s, s_s, _, _ = model.scalars(t_next)
         if t_next == 0:
-            x_next = cf_s.alpha.to(x) * out.x0_hat
+            x_next = a_s * out.x0_hat
         else:
-            exp_neg_h = float(cf_t.alpha * cf_s.sigma / (cf_s.alpha * cf_t.sigma))  # e^{−h}
-            h = float(torch.log(cf_s.alpha / cf_s.sigma) - torch.log(cf_t.alpha / cf_t.sigma))
+            exp_neg_h = a_t * s_s / (a_s * s_t)  # e^{−h}
+            h = math.log(a_s / s_s) - (math.log(a_t / s_t) if a_t > 0 else -math.inf)
             denoised = out.x0_hat
-            if x0_prev is not None and h_prev is not None:
+            if hist_prev is not None and h_prev is not None and math.isfinite(h_prev):
                 half_inv_r = h / (2 * h_prev)  # 1/(2r), r = h_prev/h
-                denoised = (1 + half_inv_r) * out.x0_hat - half_inv_r * x0_prev
-            x_next = float(cf_s.sigma) * out.eps_hat + float(cf_s.alpha) * (
-                exp_neg_h * out.x0_hat + (1 - exp_neg_h) * denoised
+                denoised = torch.add(denoised, hist - hist_prev, alpha=half_inv_r)
+            x_next = torch.add(
+                _combine(s_s, out.eps_hat, a_s * exp_neg_h, out.x0_hat), denoised, alpha=a_s * (1 - exp_neg_h)
             )
             h_prev = h
-        x0_prev = out.x0_hat
+        hist_prev = hist
         x = monitor.update(model, i, x, x_next, out)
     return x
+
+
+def _lam_ratio(model: GuidedModel, t: float, t_next: float) -> float:
+    """λ_s/λ_t = α_t σ_s/(α_s σ_t) for a step t → s (0 from λ_t = ∞ or to s = 0)."""
+    a_t, s_t, _, _ = model.scalars(t)
+    a_s, s_s, _, _ = model.scalars(t_next)
+    return a_t * s_s / (a_s * s_t)
+
+
+def _renoise(
+    model: GuidedModel, out: GuidedStep, t_next: float, kappa: float, nu: float, noise: NoiseSource | None
+) -> Tensor:
+    """The DDIM-family step ``α_s·x0̂ + σ_s·(κ·ε̂ + ν·ξ)`` (ν = 0: deterministic)."""
+    a_s, s_s, _, _ = model.scalars(t_next)
+    x_next = _combine(a_s, out.x0_hat, s_s * kappa, out.eps_hat)
+    if nu > 0 and s_s > 0:
+        assert noise is not None
+        x_next = x_next + (s_s * nu) * noise(out.x0_hat)
+    return x_next
+
+
+def _check_eta(eta: float, noise: NoiseSource | None) -> None:
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta: churn must lie in [0, 1], got {eta}")
+    if eta > 0 and noise is None:
+        raise ValueError("noise: a NoiseSource is required when eta > 0")
 
 
 SOLVERS: dict[str, Callable[..., Tensor]] = {
@@ -296,8 +477,12 @@ SOLVERS: dict[str, Callable[..., Tensor]] = {
     "ddim": sample_ddim,
     "euler-maruyama": sample_euler_maruyama,
     "dpm++2m": sample_dpmpp_2m,
+    "euler-ancestral": sample_euler_ancestral,
+    "dpm++2s-ancestral": sample_dpmpp_2s_ancestral,
 }
-_STOCHASTIC = {"ddim", "euler-maruyama"}
+STOCHASTIC_SOLVERS = ("ddim", "euler-maruyama", "euler-ancestral", "dpm++2s-ancestral")
+_ETA_SOLVERS = ("ddim", "euler-ancestral", "dpm++2s-ancestral")
+_ETA_DEFAULT = {"ddim": 0.0, "euler-ancestral": 1.0, "dpm++2s-ancestral": 1.0}
 
 
 @dataclass
@@ -310,6 +495,8 @@ class SampleResult:
         nfe: network evaluations per sample (a batched cond + uncond call counts 2).
         calls: forward calls made.
         wall_time: seconds.
+        grid: the times actually used (N + 1,), float64: the given grid unless the start was moved.
+        notes: what the sampler changed or decided on the user's behalf (e.g. a moved start), one line each.
         times: recorded times (R,), when recording.
         trajectory: states at ``times`` (R, n, ...), when recording.
         x0_trajectory: guided x0̂ at ``times`` (R, n, ...) (the last entry is the final state).
@@ -320,6 +507,8 @@ class SampleResult:
     nfe: int
     calls: int
     wall_time: float
+    grid: Tensor | None = None
+    notes: list[str] = field(default_factory=list)
     times: Tensor | None = None
     trajectory: Tensor | None = None
     x0_trajectory: Tensor | None = None
@@ -327,6 +516,36 @@ class SampleResult:
     @property
     def num_diverged(self) -> int:
         return int(self.diverged.sum())
+
+    @property
+    def diverged_indices(self) -> list[int]:
+        """Indices of the flagged samples, ascending."""
+        return torch.nonzero(self.diverged.cpu()).reshape(-1).tolist()
+
+
+def start_time(denoiser: Denoiser, grid: Tensor) -> tuple[Tensor, str | None]:
+    """The grid with a start where the main prediction is defined, and a note when it moved.
+
+    An ε- or score-predicting model cannot give x0̂ = (x_t − σ·ε̂)/α where α = 0 (t = 1 on rf and vp-cosine): at
+    pure noise ε̂ ≈ x_t carries no information on x0. There the first time moves to
+    ``max(t(λ = 80), (t_0 + t_1)/2)`` (EDM's σ_max, or halfway to the next grid time if that is higher), so the
+    grid stays strictly decreasing and the step count is unchanged.
+    """
+    path = denoiser.path
+    if getattr(denoiser, "prediction", None) not in SINGULAR_AT_PURE_NOISE:
+        return grid, None
+    if _path_scalars(path, float(grid[0]))[0] != 0:
+        return grid, None
+    t_cap = float(path.t_of_lam(torch.tensor(_START_LAM, dtype=torch.float64)))
+    t_start = max(t_cap, 0.5 * (float(grid[0]) + float(grid[1])))
+    moved = grid.clone()
+    moved[0] = t_start
+    lam = _path_scalars(path, t_start)
+    note = (
+        f"start moved from t={float(grid[0]):g} (α = 0, where a {denoiser.prediction!r} prediction gives no x0̂) "
+        f"to t={t_start:.6g} (λ = {lam[1] / lam[0]:.4g})"
+    )
+    return moved, note
 
 
 def sample(
@@ -339,20 +558,44 @@ def sample(
     cond: Tensor | int | None = None,
     solver: str = "euler",
     seed: int = 0,
-    eta: float = 0.0,
+    eta: float | None = None,
     x_init: Tensor | None = None,
+    noise_ids: Tensor | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     record_every: int | None = None,
-    divergence_bound: float = 1e6,
+    divergence_bound: float | None = None,
+    divergence_factor: float = DEFAULT_DIVERGENCE_FACTOR,
+    data_scale: float | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
 ) -> SampleResult:
     """Sample ``n`` points of shape ``shape`` from the guided model.
 
-    The start is ``x_init`` or ``σ(t_max)·ξ`` with ξ ~ N(0, I) from a generator seeded by ``seed`` (the
-    same generator then drives the stochastic solvers). ``eta`` is DDIM's churn. ``cond`` holds class
-    labels (an int for all samples, a tensor (n,), or ``None`` for the unconditional model).
+    Args:
+        denoiser: the main model; its path is the sampling path.
+        guider: the guidance method (``None``: the conditional model alone).
+        grid: N + 1 decreasing times in [0, 1] ending at 0 (:func:`guidelab.grids.make_grid`). Where the
+            main model predicts ε or the score and the grid starts at α = 0, the start moves
+            (:func:`start_time`) and ``result.notes`` says so.
+        n, shape: sample count and per-sample shape (or ``x_init``).
+        cond: class labels: an int for all samples, a tensor (n,), or ``None`` for the unconditional model.
+        solver: one of :data:`SOLVERS`.
+        seed: the noise seed. The start is ``x_init`` or ``σ(t_0)·ξ``; ξ and every stochastic solver's
+            noise come from a :class:`~guidelab.noise.NoiseSource`, so sample k's numbers do not depend on
+            n, the batch order or the dtype.
+        eta: DDIM's churn η ∈ [0, 1] (default 0) or the ancestral solvers' η (default 1).
+        noise_ids: stream index per sample (n,) (default 0..n−1): equal ids get equal noise (paired runs).
+        dtype, device: of the state.
+        record_every: record the state and x0̂ every that many steps.
+        divergence_bound: a fixed bound on |x|; by default the bound is relative,
+            ``divergence_factor·(α_t·data_scale + σ_t)``.
+        data_scale: the data's coordinate scale; default the denoiser's ``data_scale`` attribute, else 1.
+        callback: called after every step with a dict of the step's tensors.
+        progress: show a progress bar.
+
+    Raises:
+        ValueError: naming the field, for an unknown solver, a bad grid, counts or bounds.
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver: unknown name {solver!r}; accepted: {', '.join(SOLVERS)}")
@@ -361,28 +604,47 @@ def sample(
         raise ValueError("grid: must be a strictly decreasing 1-D tensor of at least 2 times")
     if float(grid[0]) > 1 or float(grid[-1]) < 0:
         raise ValueError(f"grid: times must lie in [0, 1], got [{float(grid[-1])}, {float(grid[0])}]")
-    noise = NoiseSource(seed, device)
+    if eta is not None and solver not in _ETA_SOLVERS and eta != 0:
+        raise ValueError(f"eta: solver {solver!r} has no churn; eta applies to {', '.join(_ETA_SOLVERS)}")
+    grid, note = start_time(denoiser, grid)
+    notes = [note] if note else []
     if x_init is None:
         if n is None or shape is None:
             raise ValueError("n, shape: give both (or x_init)")
         if n < 1:
             raise ValueError(f"n: sample count must be ≥ 1, got {n}")
-        sigma_max = float(denoiser.path.coefficients(grid[0]).sigma)
+    else:
+        x_init = x_init.to(device=device)
+        n = x_init.shape[0]
+    noise = NoiseSource(seed, device, noise_ids)
+    if noise_ids is not None and noise.ids is not None and noise.ids.numel() != n:
+        raise ValueError(f"noise_ids: expected {n} stream indices, got {noise.ids.numel()}")
+    if x_init is None:
+        assert shape is not None
+        sigma_max = _path_scalars(denoiser.path, float(grid[0]))[1]
         x = sigma_max * noise(torch.empty((n, *shape), dtype=dtype, device=device))
     else:
-        x = x_init.to(device=device)
-        n = x.shape[0]
+        x = x_init
+    scale = data_scale if data_scale is not None else float(getattr(denoiser, "data_scale", 1.0))
     labels = as_cond(cond, n, device)
     model = GuidedModel(denoiser, guider, labels, grid)
     model.guider.reset(n)
     options: dict[str, Any] = {}
-    if solver in _STOCHASTIC:
+    if solver in STOCHASTIC_SOLVERS:
         options["noise"] = noise
-    if solver == "ddim":
-        options["eta"] = eta
+    if solver in _ETA_SOLVERS:
+        options["eta"] = _ETA_DEFAULT[solver] if eta is None else eta
     start = time.perf_counter()
     with _progress_bar(progress, model.steps, solver) as advance:
-        monitor = Monitor(n, bound=divergence_bound, record_every=record_every, callback=callback, progress=advance)
+        monitor = Monitor(
+            n,
+            bound=divergence_bound,
+            factor=divergence_factor,
+            data_scale=scale,
+            record_every=record_every,
+            callback=callback,
+            progress=advance,
+        )
         with torch.no_grad():
             x = SOLVERS[solver](model, x, monitor=monitor, **options)
     wall = time.perf_counter() - start
@@ -393,6 +655,8 @@ def sample(
         nfe=model.nfe,
         calls=model.calls,
         wall_time=wall,
+        grid=grid,
+        notes=notes,
         times=torch.tensor(monitor.times, dtype=torch.float64) if recorded else None,
         trajectory=torch.stack(monitor.states) if recorded else None,
         x0_trajectory=torch.stack(monitor.x0_hats) if recorded else None,
