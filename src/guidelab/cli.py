@@ -72,8 +72,12 @@ def sample(
     t_min: Annotated[float | None, typer.Option(help="last evaluation time")] = None,
     t_max: Annotated[float, typer.Option(help="first time")] = 1.0,
     grid_param: Annotated[list[str] | None, typer.Option(help="grid parameter KEY=VALUE (rho, shift, lam_cap)")] = None,
-    solver: Annotated[str, typer.Option(help="euler, heun, ddim, euler-maruyama, dpm++2m")] = "euler",
-    eta: Annotated[float, typer.Option(help="DDIM churn in [0, 1]")] = 0.0,
+    solver: Annotated[
+        str, typer.Option(help="euler, heun, ddim, euler-maruyama, dpm++2m, euler-ancestral, dpm++2s-ancestral")
+    ] = "euler",
+    eta: Annotated[
+        float | None, typer.Option(help="churn in [0, 1]: ddim (default 0), ancestral solvers (default 1)")
+    ] = None,
     guider: Annotated[str, typer.Option(help="guider name (see `guidelab methods`)")] = "cfg",
     param: Param = None,
     n: Annotated[int, typer.Option(help="number of samples")] = 1000,
@@ -112,6 +116,8 @@ def sample(
         "nfe": result.nfe,
         "calls": result.calls,
         "diverged": result.num_diverged,
+        "diverged_indices": result.diverged_indices,
+        "notes": result.notes,
         "wall_time_s": result.wall_time,
         "config": outcome.resolved,
     }

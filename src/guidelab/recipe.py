@@ -65,7 +65,7 @@ class SampleConfig(BaseModel):
     t_max: float = Field(1.0, gt=0, le=1)
     grid_params: dict[str, float] = Field(default_factory=dict)
     solver: str = "euler"
-    eta: float = Field(0.0, ge=0, le=1)
+    eta: float | None = Field(None, ge=0, le=1)
     guider: str = "cfg"
     params: dict[str, Any] = Field(default_factory=dict)
     model: ModelSpec = Field(default_factory=ModelSpec, description="the main denoiser")
@@ -73,7 +73,8 @@ class SampleConfig(BaseModel):
     n: int = Field(1000, ge=1)
     seed: int = Field(0, ge=0)
     dtype: str = "float32"
-    divergence_bound: float = Field(1e6, gt=0)
+    divergence_bound: float | None = Field(None, gt=0, description="fixed bound on |x| (default: relative)")
+    divergence_factor: float = Field(100.0, gt=0, description="relative bound: factor·(α_t·data_scale + σ_t)")
     record_every: int | None = Field(None, ge=1)
 
     @field_validator("path", "grid", "solver", "dtype")
@@ -147,6 +148,7 @@ def run_sample(config: SampleConfig, *, progress: bool = False) -> SampleOutcome
         dtype=_DTYPES[config.dtype],
         record_every=config.record_every,
         divergence_bound=config.divergence_bound,
+        divergence_factor=config.divergence_factor,
         progress=progress,
     )
     resolved = {
@@ -156,7 +158,9 @@ def run_sample(config: SampleConfig, *, progress: bool = False) -> SampleOutcome
         "cond_name": "null" if cond == NULL_COND else target.class_names[cond],
         "path_config": path.config(),
         "guider_config": guider.config(),
-        "grid_times": grid.tolist(),
+        "grid_times": result.grid.tolist() if result.grid is not None else grid.tolist(),
+        "data_scale": float(getattr(denoiser, "data_scale", 1.0)),
+        "notes": list(result.notes),
         "guidelab_version": __version__,
         "torch_version": torch.__version__,
     }

@@ -37,6 +37,7 @@ from guidelab.noise import NoiseSource
 from guidelab.paths import NoisePath, PathCoefficients
 
 __all__ = [
+    "ETA_SOLVERS",
     "SOLVERS",
     "STOCHASTIC_SOLVERS",
     "GuidedModel",
@@ -481,7 +482,7 @@ SOLVERS: dict[str, Callable[..., Tensor]] = {
     "dpm++2s-ancestral": sample_dpmpp_2s_ancestral,
 }
 STOCHASTIC_SOLVERS = ("ddim", "euler-maruyama", "euler-ancestral", "dpm++2s-ancestral")
-_ETA_SOLVERS = ("ddim", "euler-ancestral", "dpm++2s-ancestral")
+ETA_SOLVERS = ("ddim", "euler-ancestral", "dpm++2s-ancestral")
 _ETA_DEFAULT = {"ddim": 0.0, "euler-ancestral": 1.0, "dpm++2s-ancestral": 1.0}
 
 
@@ -604,8 +605,8 @@ def sample(
         raise ValueError("grid: must be a strictly decreasing 1-D tensor of at least 2 times")
     if float(grid[0]) > 1 or float(grid[-1]) < 0:
         raise ValueError(f"grid: times must lie in [0, 1], got [{float(grid[-1])}, {float(grid[0])}]")
-    if eta is not None and solver not in _ETA_SOLVERS and eta != 0:
-        raise ValueError(f"eta: solver {solver!r} has no churn; eta applies to {', '.join(_ETA_SOLVERS)}")
+    if eta is not None and solver not in ETA_SOLVERS and eta != 0:
+        raise ValueError(f"eta: solver {solver!r} has no churn; eta applies to {', '.join(ETA_SOLVERS)}")
     grid, note = start_time(denoiser, grid)
     notes = [note] if note else []
     if x_init is None:
@@ -632,7 +633,7 @@ def sample(
     options: dict[str, Any] = {}
     if solver in STOCHASTIC_SOLVERS:
         options["noise"] = noise
-    if solver in _ETA_SOLVERS:
+    if solver in ETA_SOLVERS:
         options["eta"] = _ETA_DEFAULT[solver] if eta is None else eta
     start = time.perf_counter()
     with _progress_bar(progress, model.steps, solver) as advance:

@@ -83,7 +83,7 @@ class SweepConfig(BaseModel):
     paths: list[str] = Field(default_factory=lambda: ["rf"], min_length=1)
     grids: list[GridSpec] = Field(default_factory=lambda: [GridSpec()], min_length=1)
     solvers: list[str] = Field(default_factory=lambda: ["euler"], min_length=1)
-    eta: float = Field(0.0, ge=0, le=1)
+    eta: float | None = Field(None, ge=0, le=1, description="churn of the solvers that have one (ddim, ancestral)")
     guiders: list[GuiderSweep] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     n: int = Field(1000, ge=2)
@@ -106,6 +106,8 @@ class SweepConfig(BaseModel):
 
     def runs(self) -> list[RunSpec]:
         """All runs, in a stable order."""
+        from guidelab.sampling import ETA_SOLVERS
+
         out = []
         for tgt, path, grid, solver, guider, seed in itertools.product(
             self.targets, self.paths, self.grids, self.solvers, self.guiders, self.seeds
@@ -122,7 +124,7 @@ class SweepConfig(BaseModel):
                         t_max=grid.t_max,
                         grid_params=grid.params,
                         solver=solver,
-                        eta=self.eta,
+                        eta=self.eta if solver in ETA_SOLVERS else None,
                         guider=guider.name,
                         params=params,
                         n=self.n,

@@ -78,6 +78,7 @@ def execute_run(spec: RunSpec, out: str, threads: int | None = None) -> dict[str
             )
         else:
             row["metrics"] = {"diverged_fraction": result.num_diverged / cfg.n}
+        row["metrics"]["n_excluded"] = result.num_diverged  # diverged samples left out of every metric
         write_json_atomic(
             run_dir / "run.json", {"hash": spec.hash, "resolved": outcome.resolved, "metrics": row["metrics"]}
         )

@@ -66,6 +66,11 @@ class ExactDenoiser:
         self.target = target
         self.path = path
 
+    @property
+    def data_scale(self) -> float:
+        """The target's coordinate scale (sets the sampler's relative divergence bound)."""
+        return self.target.data_scale
+
     def __call__(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         return self.target.posterior_mean(x_t, t, self.path, cond)
 
