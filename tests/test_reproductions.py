@@ -172,13 +172,16 @@ def test_edge_gaussian_means_match_the_exact_ode():
     """The Gaussian case's guided ODE in u = e^{−τ} is ``dx/du = 1 + w(1 − tanh(ux))`` (closed-form scores): solve it
     with scipy from the reproduction's own starting points and compare the means."""
     from guidelab.experiments.reproductions import chidambaram_edge as edge
-    from guidelab.experiments.reproductions._common import paired_noise
+    from guidelab.noise import NoiseSource
     from guidelab.paths import get_path
 
     cfg = edge.SIZES["ci"]
     result = edge._gauss(cfg, get_path("ou", horizon=edge.HORIZON))
     path = get_path("ou", horizon=edge.HORIZON)
-    z = paired_noise(cfg.gauss_n, 1, (1,), path, edge.ou_grid("geometric", cfg.steps, path), cfg.seed)[:, 0].numpy()
+    t0 = edge.ou_grid("geometric", cfg.steps, path)[0]
+    # the sampler's start: σ(t_0)·ξ with ξ the first draw of the seed's noise streams
+    xi = NoiseSource(cfg.seed)(torch.empty(cfg.gauss_n, 1, dtype=torch.float64))
+    z = (float(path.coefficients(t0).sigma) * xi)[:, 0].numpy()
     for row in result["by_gamma"]:
         w = row["w"]
         sol = solve_ivp(lambda u, x, w=w: 1 + w * (1 - np.tanh(u * x)), (math.exp(-edge.HORIZON), 1.0), z, rtol=1e-9)

@@ -10,7 +10,6 @@ means unconditional, a single int, or ``None`` (all unconditional).
 from __future__ import annotations
 
 import functools
-
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 

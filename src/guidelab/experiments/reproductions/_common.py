@@ -1,4 +1,4 @@
-"""Shared plumbing of the reproductions: size lookup, one torch thread, paired initial noise, the result file."""
+"""Shared plumbing of the reproductions: size lookup, one torch thread, the result file."""
 
 from __future__ import annotations
 
@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from torch import Tensor
 
 from guidelab.io import write_json_atomic
-from guidelab.paths import NoisePath
 
-__all__ = ["Run", "config_for", "is_nondecreasing", "paired_noise", "rounded", "slope"]
+__all__ = ["Run", "config_for", "is_nondecreasing", "rounded", "slope"]
 
 C = TypeVar("C")
 
@@ -27,15 +25,6 @@ def config_for(name: str, size: str, sizes: Mapping[str, C]) -> C:
     if size not in sizes:
         raise ValueError(f"size: unknown size {size!r} for reproduction {name!r}; accepted: {', '.join(sizes)}")
     return sizes[size]
-
-
-def paired_noise(n: int, copies: int, shape: tuple[int, ...], path: NoisePath, grid: Tensor, seed: int) -> Tensor:
-    """``copies`` stacked copies of the same ``n`` starting points ``σ(t_0)·ξ`` (float64), so that every setting in a
-    batched run starts from the same noise (common random numbers: differences between settings are not noise)."""
-    gen = torch.Generator().manual_seed(int(seed))
-    sigma = float(path.coefficients(torch.as_tensor(grid[0], dtype=torch.float64)).sigma)
-    x = sigma * torch.randn((n, *shape), generator=gen, dtype=torch.float64)
-    return x.repeat(copies, *([1] * len(shape)))
 
 
 def is_nondecreasing(values: Sequence[float], tol: float = 0.0) -> bool:

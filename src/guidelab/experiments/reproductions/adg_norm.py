@@ -20,7 +20,7 @@ import torch
 
 from guidelab.diagnostics import norm_trajectory, per_sample_norms
 from guidelab.experiments.reproductions import _plots
-from guidelab.experiments.reproductions._common import Run, config_for, is_nondecreasing, paired_noise
+from guidelab.experiments.reproductions._common import Run, config_for, is_nondecreasing
 from guidelab.grids import make_grid
 from guidelab.guiders import build_guider
 from guidelab.paths import get_path
@@ -70,7 +70,11 @@ def _norms(name: str, target: Any, grid: torch.Tensor, cfg: ADGNormConfig) -> li
         target.denoiser(path),
         build_guider(name, scale=scale),
         grid=grid,
-        x_init=paired_noise(cfg.n, G, (target.dim,), path, grid, cfg.seed),
+        n=G * cfg.n,
+        shape=(target.dim,),
+        seed=cfg.seed,
+        noise_ids=torch.arange(cfg.n).repeat(G),  # every γ starts from the same noise
+        dtype=torch.float64,
         cond=labels.repeat(G),
         solver="euler",
         record_every=1,

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from guidelab.experiments.reproductions import _plots
-from guidelab.experiments.reproductions._common import Run, config_for, is_nondecreasing, paired_noise
+from guidelab.experiments.reproductions._common import Run, config_for, is_nondecreasing
 from guidelab.grids import make_grid
 from guidelab.guiders import build_guider
 from guidelab.metrics import class_far_edge, distance_to_far_edge, distance_to_support, in_support_fraction
@@ -97,14 +97,17 @@ def guided_samples(
     of diverged samples.
     """
     G = len(gammas)
-    x_init = paired_noise(n, G, (dim,), path, grid, seed)
     scale = torch.tensor(gammas, dtype=torch.float64).repeat_interleave(n)
     steps = grid.numel() - 1
     res = sample(
         denoiser,
         build_guider("cfg", scale=scale),
         grid=grid,
-        x_init=x_init,
+        n=G * n,
+        shape=(dim,),
+        seed=seed,
+        noise_ids=torch.arange(n).repeat(G),  # every γ starts from the same noise
+        dtype=torch.float64,
         cond=0,
         solver="euler",
         record_every=max(1, steps - 1),

@@ -25,7 +25,7 @@ import torch
 
 from guidelab.diagnostics import mode_posterior_mass
 from guidelab.experiments.reproductions import _plots
-from guidelab.experiments.reproductions._common import Run, config_for, paired_noise
+from guidelab.experiments.reproductions._common import Run, config_for
 from guidelab.grids import make_grid
 from guidelab.guiders import build_guider, schedule_table
 from guidelab.metrics import class_fidelity, mode_weights, within_mode_variance
@@ -69,8 +69,20 @@ SIZES = {
 # --- experiment -----------------------------------------------------------------------------------------------
 
 
-def _run(target: Any, denoiser: Any, guider: Any, grid: torch.Tensor, x_init: torch.Tensor) -> dict[str, Any]:
-    res = sample(denoiser, guider, grid=grid, x_init=x_init, cond=0, solver="euler", record_every=1)
+def _run(target: Any, denoiser: Any, guider: Any, grid: torch.Tensor, n: int, seed: int) -> dict[str, Any]:
+    """One setting from the common noise of ``seed``: sample k's noise depends only on (seed, k)."""
+    res = sample(
+        denoiser,
+        guider,
+        grid=grid,
+        n=n,
+        shape=(2,),
+        seed=seed,
+        dtype=torch.float64,
+        cond=0,
+        solver="euler",
+        record_every=1,
+    )
     x = res.x
     mw = mode_weights(x, target, 0)
     mv = within_mode_variance(x, target, 0)
@@ -87,13 +99,13 @@ def _run(target: Any, denoiser: Any, guider: Any, grid: torch.Tensor, x_init: to
     }
 
 
-def _stage_map(target: Any, denoiser: Any, gamma: float, grid: torch.Tensor, x_init: torch.Tensor) -> dict:
+def _stage_map(target: Any, denoiser: Any, gamma: float, grid: torch.Tensor, n: int, seed: int) -> dict:
     """γ in one stage only (an ``interval`` in λ = t/(1 − t)), 1 elsewhere: weak-mode weight, variance, fidelity."""
     out = {}
     for stage, (t_lo, t_hi) in STAGES.items():
         lam_hi = None if t_hi >= 1 else t_hi / (1 - t_hi)
         guider = build_guider("cfg", schedule="interval", scale=gamma, lam_lo=t_lo / (1 - t_lo), lam_hi=lam_hi)
-        r = _run(target, denoiser, guider, grid, x_init)
+        r = _run(target, denoiser, guider, grid, n, seed)
         out[stage] = {k: r[k] for k in ("weak_weight", "variance_ratio_mean", "class_fidelity")}
     return out
 
@@ -128,8 +140,7 @@ def stagewise(size: str = "ci", out_dir: str | Path = "stagewise") -> dict[str, 
     denoiser = target.denoiser(path)
     settings = {"target": "multimodal-2d", "cond": "a", "path": "rf", "grid": "uniform", "solver": "euler"}
     with Run(NAME, SOURCE, size, out_dir, cfg, settings) as run:
-        x_init = paired_noise(cfg.n, 1, (2,), path, grid, cfg.seed)
-        baseline = _run(target, denoiser, build_guider("cfg", scale=1.0), grid, x_init)
+        baseline = _run(target, denoiser, build_guider("cfg", scale=1.0), grid, cfg.n, cfg.seed)
         by_gamma: dict[str, dict[str, Any]] = {}
         schedules: dict[str, dict[str, list[float]]] = {}
         stage_map: dict[str, dict[str, dict[str, float]]] = {}
@@ -138,9 +149,9 @@ def stagewise(size: str = "ci", out_dir: str | Path = "stagewise") -> dict[str, 
             by_gamma[key], schedules[key] = {}, {}
             for name in SCHEDULES:
                 guider = build_guider("cfg", schedule=name, scale=gamma)
-                by_gamma[key][name] = _run(target, denoiser, guider, grid, x_init)
+                by_gamma[key][name] = _run(target, denoiser, guider, grid, cfg.n, cfg.seed)
                 schedules[key][name] = [r["gamma"] for r in schedule_table(guider, path, grid)]
-            stage_map[key] = _stage_map(target, denoiser, gamma, grid, x_init)
+            stage_map[key] = _stage_map(target, denoiser, gamma, grid, cfg.n, cfg.seed)
         claims = _claims(by_gamma, cfg.n)
         times = grid[:-1].tolist()
         _plot(by_gamma, baseline, schedules, times, cfg, run.figure_path("stages"))

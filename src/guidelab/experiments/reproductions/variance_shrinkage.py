@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from guidelab.experiments.reproductions import _plots
-from guidelab.experiments.reproductions._common import Run, config_for, paired_noise
+from guidelab.experiments.reproductions._common import Run, config_for
 from guidelab.grids import make_grid
 from guidelab.guiders import build_guider, schedule_table
 from guidelab.metrics import class_fidelity
@@ -106,7 +106,7 @@ class _Setup:
         self.classes = list(classes)
         self.labels = torch.tensor(self.classes).repeat_interleave(per_class)
         self.grid = grid
-        self.x_init = paired_noise(len(self.labels), 1, (self.target.dim,), self.path, grid, seed)
+        self.seed = seed
         cov = [self.target.covariance(c) for c in self.classes]
         self.true_trace = [float(torch.trace(s)) for s in cov]
         # standard error of the ratio for exact samples: Var(tr Ĉov) ≈ 2 tr(Σ²)/(n − 1) per class
@@ -121,7 +121,11 @@ class _Setup:
             self.denoiser,
             build_guider("cfg", **guider),
             grid=self.grid,
-            x_init=self.x_init.repeat(copies, 1),
+            n=copies * n,
+            shape=(self.target.dim,),
+            seed=self.seed,
+            noise_ids=torch.arange(n).repeat(copies),  # every setting starts from the same noise
+            dtype=torch.float64,
             cond=self.labels.repeat(copies),
             solver="dpm++2m",
         )
