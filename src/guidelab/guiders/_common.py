@@ -1,8 +1,11 @@
 """Shared pieces of the guider catalogue: per-sample reductions (METHODS.md §0) and the scheduled-guider base.
 
 Per-sample quantities (norms, dot products, standard deviations) are taken over all non-batch dimensions as one
-BLAS reduction each in the predictions' dtype; the ratios and angles built from them are float64, with an ε in
-every norm division; the final combination runs in the predictions' own dtype. No Python loop over samples, no
+BLAS reduction each in at least float32 (:func:`upcast`: float16 / bfloat16 are reduced in float32, float32 and
+float64 in their own dtype); the ratios and angles built from them are float64, with an ε in every norm division.
+A :class:`Step` hands the guiders half-precision predictions upcast to float32 and casts the guided pair back to
+the predictions' dtype, so that no intermediate product overflows float16 (max 65504) and every rule runs in at
+least float32; float32 and float64 predictions are used as they are (no copy). No Python loop over samples, no
 host sync on the hot path beyond what :func:`~guidelab.guiders.base.is_neutral` needs to decide whether a pass
 can be skipped.
 """
@@ -49,6 +52,8 @@ __all__ = [
     "raw_space",
     "sq_norm",
     "std",
+    "std_mean",
+    "upcast",
 ]
 
 EPS = 1e-12  # added to every per-sample norm (or squared norm) that divides
@@ -59,26 +64,47 @@ def flat(x: Tensor) -> Tensor:
     return x if x.ndim == 2 else x.reshape(x.shape[0], -1)
 
 
+def is_half(x: Tensor) -> bool:
+    """Whether ``x`` is a floating tensor narrower than float32 (float16, bfloat16, float8)."""
+    return x.dtype.is_floating_point and x.dtype.itemsize < 4
+
+
+def upcast(x: Tensor) -> Tensor:
+    """``x`` in at least float32: half types (float16, bfloat16) are upcast to float32; float32 and float64 are
+    returned as they are (no copy)."""
+    return x.float() if is_half(x) else x
+
+
 def dot(a: Tensor, b: Tensor) -> Tensor:
-    """<a, b> per sample over all non-batch dimensions (one BLAS reduction in the inputs' dtype), as float64 for
+    """<a, b> per sample over all non-batch dimensions (one BLAS reduction in at least float32), as float64 for
     the divisions that follow: (batch,)."""
-    return torch.linalg.vecdot(flat(a), flat(b)).to(torch.float64)
+    return torch.linalg.vecdot(flat(upcast(a)), flat(upcast(b))).to(torch.float64)
 
 
 def sq_norm(a: Tensor) -> Tensor:
-    """||a||² per sample, as float64: (batch,)."""
+    """||a||² per sample (in at least float32), as float64: (batch,)."""
     return dot(a, a)
 
 
 def norm(a: Tensor) -> Tensor:
-    """||a|| per sample (scaled, overflow-safe reduction in the inputs' dtype), as float64: (batch,)."""
-    return torch.linalg.vector_norm(flat(a), dim=1).to(torch.float64)
+    """||a|| per sample (reduced in at least float32), as float64: (batch,)."""
+    x = flat(a)
+    return torch.linalg.vector_norm(x, dim=1, dtype=torch.float32 if is_half(x) else None).to(torch.float64)
+
+
+def std_mean(a: Tensor) -> tuple[Tensor, Tensor]:
+    """Population standard deviation and mean per sample over all non-batch dimensions (two-pass, in at least
+    float32), as float64: two (batch,) tensors."""
+    x = flat(upcast(a))
+    mean = x.mean(dim=1, keepdim=True)
+    sd = torch.linalg.vector_norm(x - mean, dim=1) / math.sqrt(x.shape[1])
+    return sd.to(torch.float64), mean.reshape(-1).to(torch.float64)
 
 
 def std(a: Tensor) -> Tensor:
-    """Population standard deviation per sample over all non-batch dimensions (two-pass), as float64: (batch,)."""
-    x = flat(a)
-    return (torch.linalg.vector_norm(x - x.mean(dim=1, keepdim=True), dim=1) / math.sqrt(x.shape[1])).to(torch.float64)
+    """Population standard deviation per sample over all non-batch dimensions (two-pass, in at least float32), as
+    float64: (batch,)."""
+    return std_mean(a)[0]
 
 
 def as_batch(scale: Scale, like: Tensor) -> Tensor | float:
@@ -119,12 +145,13 @@ def _path_scalars(path: NoisePath, t: float) -> tuple[float, float, float, float
 
 
 def _scalars(preds: Predictions, ctx: StepContext) -> tuple[float, float, float, float] | None:
-    """(α, σ, α', σ') as floats, or None for per-sample coefficients. On an accelerator they come from the
-    context's path and time (computed on the host, no device sync); on the CPU from the coefficients."""
+    """(α, σ, α', σ') as floats, or None for per-sample coefficients. On an accelerator, or where the coefficients
+    were rounded to a half type, they come from the context's path and time in float64 (computed on the host, no
+    device sync); on the CPU from the coefficients."""
     c = preds.coefficients
     if not (isinstance(c.alpha, Tensor) and c.alpha.ndim == 0 and c.sigma.ndim == 0):
         return None
-    if c.alpha.device.type == "cpu":
+    if c.alpha.device.type == "cpu" and not is_half(c.alpha):
         return float(c.alpha), float(c.sigma), float(c.d_alpha), float(c.d_sigma)
     return _path_scalars(ctx.path, float(ctx.t))
 
@@ -186,13 +213,19 @@ def raw_space(preds: Predictions, name: str) -> str:
 class Step:
     """One guide call's view of the predictions: conversions and the final pair through the fast scalar path
     when the step has scalar coefficients, through :class:`Predictions` otherwise. Converted predictions are
-    cached for the call."""
+    cached for the call.
 
-    __slots__ = ("_cache", "preds", "sc", "x_t")
+    Predictions in a half type (float16, bfloat16) are handed out upcast to float32 (:func:`upcast`), so that every
+    rule runs, and every intermediate product is formed, in at least float32; :meth:`pair` and :meth:`cond_pair`
+    return the pair in the predictions' own dtype (``dtype``). float32 and float64 predictions are used as they are.
+    """
+
+    __slots__ = ("_cache", "dtype", "preds", "sc", "x_t")
 
     def __init__(self, preds: Predictions, ctx: StepContext):
         self.preds = preds
-        self.x_t = preds.x_t
+        self.dtype = preds.x_t.dtype
+        self.x_t = upcast(preds.x_t)
         self.sc = _scalars(preds, ctx)
         self._cache: dict[tuple[str, str], Tensor] = {}
 
@@ -202,13 +235,14 @@ class Step:
         out = self._cache.get(key)
         if out is None:
             raw, src = self.preds.raw(name) if name in self.preds else (None, None)
+            raw = None if raw is None else upcast(raw)
             out = None
             if raw is not None and src == space:
                 out = raw
             elif raw is not None and self.sc is not None:
                 out = self.convert(raw, src, space)
             if out is None:
-                out = self.preds.get(name, space)
+                out = upcast(self.preds.get(name, space))
             self._cache[key] = out
         return out
 
@@ -226,16 +260,24 @@ class Step:
         return _affine(a_ * p0 + b_ * p1, pred, a_ * q0 + b_ * q1, self.x_t)
 
     def pair(self, pred: Tensor, space: str) -> GuidedStep:
-        """The (x0̂, ε̂) pair of a combined prediction in ``space``."""
+        """The (x0̂, ε̂) pair of a combined prediction in ``space``, in the predictions' dtype."""
         coefs = None if self.sc is None else _to_pair(space, self.sc)
         if coefs is None:
-            return self.preds.to_step(pred, space)
-        p0, q0, p1, q1 = coefs
-        return GuidedStep(_affine(p0, pred, q0, self.x_t), _affine(p1, pred, q1, self.x_t))
+            out = self.preds.to_step(pred, space)
+        else:
+            p0, q0, p1, q1 = coefs
+            out = GuidedStep(_affine(p0, pred, q0, self.x_t), _affine(p1, pred, q1, self.x_t))
+        return self.cast(out)
+
+    def cast(self, out: GuidedStep) -> GuidedStep:
+        """``out`` in the predictions' dtype (no copy where it already is)."""
+        if out.x0_hat.dtype == self.dtype and out.eps_hat.dtype == self.dtype:
+            return out
+        return GuidedStep(out.x0_hat.to(self.dtype), out.eps_hat.to(self.dtype))
 
     def cond_pair(self) -> GuidedStep:
-        """The conditional model's own pair."""
-        return GuidedStep(self.get("cond", "x0"), self.get("cond", "eps"))
+        """The conditional model's own pair, in the predictions' dtype."""
+        return self.cast(GuidedStep(self.get("cond", "x0"), self.get("cond", "eps")))
 
     def alpha_is_zero(self) -> bool:
         if self.sc is not None:
@@ -255,10 +297,12 @@ def affine_pair(step: Step, weight: Scale | Tensor, base: str = "uncond") -> Gui
 
 def linear_step(preds: Predictions, ctx: StepContext, weight: Scale, base: str = "uncond") -> GuidedStep:
     """:func:`affine_pair` on the predictions of a step: CFG's ``u + γ·(c − u)`` as one fused kernel in the models'
-    own space plus the conversion to the pair (two kernels on rf)."""
+    own space plus the conversion to the pair (two kernels on rf). Half-precision predictions go through
+    :func:`affine_pair` (in float32, so that the conversion's products cannot overflow)."""
     cond, src = preds.raw("cond")
     other, src_other = preds.raw(base)
-    sc = _scalars(preds, ctx) if src == src_other and not isinstance(weight, Tensor) else None
+    fast = src == src_other and not isinstance(weight, Tensor) and not is_half(cond) and not is_half(other)
+    sc = _scalars(preds, ctx) if fast else None
     coefs = None if sc is None else _to_pair(src, sc)
     if coefs is None:
         return affine_pair(Step(preds, ctx), weight, base)
@@ -269,7 +313,9 @@ def linear_step(preds: Predictions, ctx: StepContext, weight: Scale, base: str =
 
 def keep_neutral(out: GuidedStep, step: Step, gamma: Scale, neutral: float = 1.0) -> GuidedStep:
     """Where a per-sample scale equals its neutral value, replace the guided pair by the conditional one, so a
-    sample's result does not depend on the scales of the other samples in its batch."""
+    sample's result does not depend on the scales of the other samples in its batch. The pair is returned in the
+    predictions' dtype (:meth:`Step.cast`)."""
+    out = step.cast(out)
     if not isinstance(gamma, Tensor) or gamma.ndim == 0:
         return out
     mask = (gamma == neutral).to(out.x0_hat.device).reshape(-1, *([1] * (out.x0_hat.ndim - 1)))
@@ -287,7 +333,7 @@ def eps_space_step(step: Step, pred: Tensor, space: str, x0_at_pure_noise: Calla
     if space in ("eps", "score") and step.alpha_is_zero():
         out = step.preds.to_step(pred, space)
         at_noise = step.preds.coefficients.alpha == 0
-        return GuidedStep(torch.where(at_noise, x0_at_pure_noise(), out.x0_hat), out.eps_hat)
+        return step.cast(GuidedStep(torch.where(at_noise, x0_at_pure_noise(), out.x0_hat), out.eps_hat))
     return step.pair(pred, space)
 
 

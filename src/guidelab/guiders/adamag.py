@@ -37,6 +37,8 @@ class AdaMaG(ScheduledGuider):
     the ε/score form of METHODS.md §2 wherever α > 0, and stays defined at pure noise (α = 0), where every
     ε̂ equals x_t. γ = 1 means unguided (the conditional pair, one evaluation), although the formula there
     would still damp g∥; κ = 4 and ω_min = 1 are uncertain in the source.
+    At n = 0 the projection on n is taken as 0 (g∥ = 0, v̂ = v_u + ω_t·g): there is no score direction to damp
+    (the ε in ||n||² + ε gives exactly this, and g∥ → 0 continuously once ||n||² ≪ ε).
 
     Args:
         schedule: the scale γ(step); a number means constant.

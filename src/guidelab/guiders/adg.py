@@ -34,7 +34,10 @@ class ADG(ScheduledGuider):
     so ``||x0̂||² = ||F||²(1 + sin 2a·sin θ)``: the norm is bounded, but this is not an exact rotation, and it
     is implemented as written. Where F⊥ vanishes (F and B parallel or antiparallel, sin θ = 0) the turn
     has no plane and x0̂ = F, the small-angle limit, which keeps the norm identity. The pair is then taken
-    back to (x0̂, ε̂) with x_t fixed. Ablations: ``norm_rescale`` rescales x0̂ to exactly ||F||;
+    back to (x0̂, ε̂) with x_t fixed. At F = 0, x0̂ = 0 (the limit: |x0̂| ≤ √2·|F|). At B = 0 the angle is
+    undefined; the ε in the cosine's denominator makes cos θ = 0, θ = π/2 and q = F, so x0̂ = (cos a + sin a)·F:
+    the limit along any B ⊥ F, reached continuously once ||F||·||B|| ≪ ε.
+    Ablations: ``norm_rescale`` rescales x0̂ to exactly ||F||;
     ``theta_max=None`` removes the angle cap.
 
     Args:

@@ -35,6 +35,8 @@ class APG(ScheduledGuider):
     ``stage > 0``, reads it without writing), and not for samples whose γ = 1 at that step (their
     unconditional pass may not even run). Defaults: η = 0 (METHODS.md), β_m = −0.5 and r = 15 (the values
     the paper's code and diffusers use with latent diffusion; r depends on the data scale).
+    Degenerate points: Δ̄ = 0 gives x0̂ = x0̂_c (no change; min(1, r/(||Δ̄|| + ε)) = 1, the continuous limit);
+    x0̂_c = 0 gives Δ∥ = 0 (a projection on the zero vector; then x0̂ = (γ − 1)·Δ, as CFG).
 
     Args:
         schedule: the scale γ(step); a number means constant.

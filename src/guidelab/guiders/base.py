@@ -163,6 +163,10 @@ class Guider(ABC):
     def reset(self, batch: int) -> None:  # noqa: B027 - stateless guiders need no reset
         """Clear per-trajectory state before sampling a batch of ``batch`` trajectories."""
 
+    def prepare(self, grid: Tensor, path: NoisePath) -> None:  # noqa: B027 - most guiders check nothing per grid
+        """Check the guider against the whole sampling ``grid`` on ``path`` before the first network evaluation
+        (a sampler calls it once per run, after :meth:`reset`); raises ValueError naming the offending field."""
+
     @abstractmethod
     def passes(self, ctx: StepContext) -> tuple[Pass, ...]:
         """The predictions needed at ``ctx``; only ``(COND,)`` where the unconditional one is not used."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 from guidelab.guiders._checks import check_number
 from guidelab.guiders._common import EPS, ScheduledGuider, Step, affine_pair, as_batch, norm
 from guidelab.guiders.base import COND, UNCOND, GuidedStep, Pass, Scale, StepContext, is_neutral
@@ -33,6 +35,8 @@ class BetaCFG(ScheduledGuider):
     per-sample affine combination of u and c (weights summing to 1), so once the weight is measured in ε it is
     formed in the model's own space and converted to the pair once (regular at pure noise, where x0̂ from ε̂
     alone is undefined); norms use max(||Δ||, ε).
+    At Δ = 0 the guidance term Δ/||Δ||^g is 0 for every g (the limit for g < 1; for g ≥ 1 there is none, and
+    0 keeps x̂ = ε̂_u = ε̂_c): the weight is set to 0 there, so ε^−g cannot overflow into inf·0.
 
     Args:
         schedule: ω(step); a number means constant.
@@ -66,7 +70,9 @@ class BetaCFG(ScheduledGuider):
         eps_c, eps_u = step.get("cond", "eps"), step.get("uncond", "eps")
         w = as_batch(self.weight(ctx), eps_c)
         if self.norm_power != 0:
-            w = w / norm(eps_c - eps_u).clamp_min_(EPS) ** self.norm_power  # ω·B(p)/||Δ||^g  (batch,) float64
+            n = norm(eps_c - eps_u)
+            w = w / n.clamp_min(EPS) ** self.norm_power  # ω·B(p)/||Δ||^g  (batch,) float64
+            w = torch.where(n > 0, w, 0.0)  # Δ = 0: no guidance term
         return affine_pair(step, w)
 
     def params(self) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from guidelab.guiders._common import linear_step
+from guidelab.guiders._common import Step, linear_step
 from guidelab.guiders.base import (
     COND,
     UNCOND,
@@ -44,7 +44,7 @@ class CFG(Guider):
 
     def guide(self, preds: Predictions, ctx: StepContext) -> GuidedStep:
         if "uncond" not in preds:
-            return preds.to_step(preds.get("cond", self.space), self.space)
+            return Step(preds, ctx).cond_pair()
         # linear, so formed in the models' own space with scalar coefficients (same result in every space)
         return linear_step(preds, ctx, self.schedule(ctx))
 

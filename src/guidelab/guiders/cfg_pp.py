@@ -9,17 +9,19 @@ import torch
 from torch import Tensor
 
 from guidelab.guiders._common import ScheduledGuider, Step, as_batch, keep_neutral, per_sample
-from guidelab.guiders.base import GuidedStep, Scale, StepContext
+from guidelab.guiders.base import GuidedStep, Pass, Scale, StepContext
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import ConstantSchedule, Schedule
+from guidelab.paths import NoisePath
 
 __all__ = ["CFGPlusPlus"]
 
 
-def _check_lam(value: Scale) -> None:
+def _check_lam(value: Scale, where: str = "") -> None:
     bad = bool(((value < 0) | (value > 1)).any()) if isinstance(value, Tensor) else not 0 <= value <= 1
     if bad:
-        raise ValueError(f"scale: CFG++'s λ must lie in [0, 1], got {value}")
+        got = value.tolist() if isinstance(value, Tensor) else value
+        raise ValueError(f"scale: CFG++'s λ must lie in [0, 1] for every sample, got {got}{where}")
 
 
 @register_guider
@@ -29,8 +31,10 @@ class CFGPlusPlus(ScheduledGuider):
     On a DDIM step this is exactly ``x_s = α_s·x0̂_λ + σ_s·ε̂_u`` (denoise guided, renoise unconditional);
     every other sampler consumes the same pair (Euler: v = α'·x0̂_λ + σ'·ε̂_u). λ is the schedule's scale; λ = 1
     means unguided here as for every guider (the conditional pair (x0̂_c, ε̂_c), one evaluation), not
-    (x0̂_c, ε̂_u); λ = 0 is the unconditional model. λ outside [0, 1] is an error (checked when the schedule
-    gives it, and at construction for a constant one).
+    (x0̂_c, ε̂_u); λ = 0 is the unconditional model. λ outside [0, 1], scalar or per sample, is a ValueError
+    naming ``scale``: at construction for a constant schedule; for any other one at every step of the grid
+    before the first network evaluation (:meth:`prepare`, also run by the first :meth:`passes` of a grid); and
+    again whenever a step is guided.
 
     Args:
         schedule: λ(step) ∈ [0, 1]; a number means constant.
@@ -44,10 +48,28 @@ class CFGPlusPlus(ScheduledGuider):
         super().__init__(schedule)
         if isinstance(self.schedule, ConstantSchedule):
             _check_lam(self.schedule.scale)
+        self._checked: tuple[Tensor, NoisePath] | None = None
+
+    def prepare(self, grid: Tensor, path: NoisePath) -> None:
+        """Check λ at every step of ``grid`` (N + 1 times) on ``path``: a ValueError naming ``scale`` and the step
+        where the schedule leaves [0, 1]."""
+        times = torch.as_tensor(grid, dtype=torch.float64)
+        steps = times.numel() - 1
+        for i in range(steps):
+            t = float(times[i])
+            lam = float(path.lam(torch.tensor(t, dtype=torch.float64)))
+            where = f" at step {i} of {steps} (t = {t:g}) from the {self.schedule.name} schedule"
+            _check_lam(self.schedule(StepContext(i, steps, t, lam, grid, path)), where)
+        self._checked = (grid, path)
+
+    def passes(self, ctx: StepContext) -> tuple[Pass, ...]:
+        checked = self._checked
+        if checked is None or checked[0] is not ctx.grid or checked[1] is not ctx.path:
+            self.prepare(ctx.grid, ctx.path)  # once per grid, before its first network evaluation
+        return super().passes(ctx)
 
     def combine(self, step: Step, ctx: StepContext, gamma: Scale) -> GuidedStep:
-        if not isinstance(gamma, Tensor):
-            _check_lam(gamma)
+        _check_lam(gamma)
         c, u = step.get("cond", "x0"), step.get("uncond", "x0")
         x0_hat = torch.lerp(u, c, per_sample(as_batch(gamma, c), c))
         return keep_neutral(GuidedStep(x0_hat, step.get("uncond", "eps")), step, gamma)

@@ -26,7 +26,8 @@ class CFGZeroStar(ScheduledGuider):
     and ``v̂ = 0`` at the first ``zero_init_steps`` steps (step index i < K, every stage of the step). A
     zero-init step needs no prediction at all, so it asks for no pass (zero network evaluations). With the
     scale fixed to s* = 1 (``optimized_scale=False``) and ``zero_init_steps=0`` it is CFG. Default K = 1 as in
-    the official code.
+    the official code. At v_u = 0, s* = 0 (v̂ = γ·v_c) as in the official code, whose ε in ||v_u||² + ε gives
+    s*·v_u → 0 once ||v_u||² ≪ ε (at exactly 0 the projection of v_c on v_u has no direction).
 
     Args:
         schedule: the scale γ(step); a number means constant.

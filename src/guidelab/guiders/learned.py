@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from guidelab.guiders._common import Step
 from guidelab.guiders.base import COND, UNCOND, GuidedStep, Guider, Pass, Predictions, StepContext
 from guidelab.guiders.registry import register_guider
 from guidelab.paths import NoisePath
@@ -108,13 +109,13 @@ class LearnedGuider(Guider):
         return (COND,) if bool((self.omega(ctx) == 0).all()) else (COND, UNCOND)
 
     def guide(self, preds: Predictions, ctx: StepContext) -> GuidedStep:
-        cond = preds.get("cond", self.space)
+        step = Step(preds, ctx)  # half-precision predictions are combined in float32, the pair cast back
         if "uncond" not in preds:
-            return preds.to_step(cond, self.space)
-        uncond = preds.get("uncond", self.space)
+            return step.cond_pair()
+        cond, uncond = step.get("cond", self.space), step.get("uncond", self.space)
         omega = self.omega(ctx).to(device=cond.device, dtype=cond.dtype)
         omega = omega.reshape(-1, *([1] * (cond.ndim - 1))) if omega.numel() > 1 else omega.reshape(())
-        return preds.to_step(cond + omega * (cond - uncond), self.space)
+        return step.pair(cond + omega * (cond - uncond), self.space)
 
     def table(self, path: NoisePath, grid: Tensor, classes: list[int] | None = None) -> Tensor:
         """ω per class and step, (C, N), at ``(t_{k+1}, t_k)`` of an N-step ``grid`` on ``path`` (one call)."""

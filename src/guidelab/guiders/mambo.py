@@ -25,6 +25,8 @@ class MamboG(ScheduledGuider):
     default space. The rule is a per-sample affine combination of u and c (weights summing to 1), so once γ' is
     known the combination is the same in every space: it is formed in the model's own space and converted to the
     pair once, regular wherever the model's own predictions are (also at pure noise for ``space="eps"``).
+    At u = 0 with c ≠ 0, r = ||c||/ε is huge and γ' = 1 (x̂ = c), the limit of r → ∞ as u → 0; at c = u = 0,
+    x̂ = 0.
 
     Args:
         schedule: the scale γ(step); a number means constant.

@@ -9,12 +9,14 @@ import torch
 from torch import Tensor
 
 from guidelab.guiders._checks import check_guider_space, check_number
-from guidelab.guiders._common import EPS, ScheduledGuider, Step, as_batch, eps_space_step, per_sample, std
+from guidelab.guiders._common import EPS, ScheduledGuider, Step, as_batch, eps_space_step, per_sample, std, std_mean
 from guidelab.guiders.base import GuidedStep, Scale, StepContext
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import Schedule
 
 __all__ = ["GuidanceRescale"]
+
+_CONSTANT_RTOL = 64  # std(x) ≤ 64·eps·|mean(x)| is a constant x (the two-pass std's rounding floor, D ≤ 2^64)
 
 
 @register_guider
@@ -28,6 +30,11 @@ class GuidanceRescale(ScheduledGuider):
     variance-preserving path, where guidelab's dx/dt is a per-time multiple of α·ε − σ·x0 and the std ratio is
     scale-free. ``space`` declares where it runs (diffusers applies it to whatever the model predicts). Ratios
     use (std(c) + ε)/(std(x) + ε).
+
+    A guided prediction with zero variance (x constant per sample, up to the rounding of its mean) is left
+    unchanged: no factor can give a constant x the standard deviation of c, and x·std(c)/std(x) has no limit as
+    std(x) → 0 (it diverges wherever mean(x) ≠ 0), so the rescale is skipped as for φ = 0. std(c) = 0 is regular:
+    x ← (1 − φ)·x, the limit of the rule.
 
     Args:
         schedule: the scale γ(step); a number means constant.
@@ -50,7 +57,11 @@ class GuidanceRescale(ScheduledGuider):
         if self.phi == 0:
             return x
         # φ·std(c)/std(x) + (1 − φ), population stds: only their ratio over the same entries enters
-        factor = std(c).add_(EPS).div_(std(x).add_(EPS)).mul_(self.phi).add_(1 - self.phi)  # (batch,) float64
+        std_x, mean_x = std_mean(x)
+        factor = std(c).add_(EPS).div_(std_x + EPS).mul_(self.phi).add_(1 - self.phi)  # (batch,) float64
+        # zero variance (a two-pass std of a constant row is |its mean's rounding error|, ≤ log2(D)·eps·|mean|)
+        constant = std_x <= _CONSTANT_RTOL * torch.finfo(x.dtype).eps * mean_x.abs()
+        factor = torch.where(constant, 1.0, factor)  # leave x unchanged
         return x * per_sample(factor, x)
 
     def combine(self, step: Step, ctx: StepContext, gamma: Scale) -> GuidedStep:

@@ -23,7 +23,8 @@ def top_singular_projection(c: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
     Closed form through the 2 × 2 Gram matrix G = M·Mᵀ = [[a, b], [b, d]]: its top eigenvector e = (e₀, e₁)
     gives v₁ = Mᵀe/√μ₁ and u·v₁ = √μ₁·e₁, hence (u·v₁)·v₁ = e₁·(e₀·c + e₁·u): three dot products instead of an
     SVD. When the top singular value is not unique (c ⊥ u with equal norms, or c = u = 0) v₁ is arbitrary; the
-    projection is then taken as 0.
+    projection is then taken as 0 (there is no limit at c ⊥ u, |c| = |u|: u' → 0 from |c| > |u|, → u from
+    |c| < |u|; at c = u = 0 it is the limit). u = 0 gives u' = 0 and c = 0 gives u' = u, the limits.
     """
     a, b, d = sq_norm(c), dot(c, u), sq_norm(u)
     mu = 0.5 * (a + d) + torch.hypot(0.5 * (a - d), b)  # top eigenvalue μ₁ of G
