@@ -161,9 +161,12 @@ def test_adamag_equals_its_eps_form_on_a_vp_path():
     gamma, beta = 3.0, 0.25
     g = e_c - e_u
     g_par = flat_dot(g, e_c) / flat_dot(e_c, e_c) * e_c
-    omega = max(1.0, gamma * 0.45**2.0)
+    alpha, sigma = math.cos(math.pi * 0.45 / 2), math.sin(math.pi * 0.45 / 2)
+    s = sigma / (alpha + sigma)  # the decay reads the rectified-flow time, not vp's t
+    omega = max(1.0, gamma * s**0.5)
+    assert omega > 1 and abs(omega - gamma * 0.45**0.5) > 1e-3
     eps_hat = e_u + omega * (g - g_par + beta * g_par)
-    out = build_guider("adamag", scale=gamma, beta=beta, kappa=2.0).guide(preds, ctx)
+    out = build_guider("adamag", scale=gamma, beta=beta, kappa=0.5).guide(preds, ctx)
     torch.testing.assert_close(out.eps_hat, eps_hat)
 
 
@@ -293,7 +296,8 @@ def test_dynamic_thresholding_clips_x0_and_keeps_the_unclipped_eps():
     preds = predictions(path, 0.4, x_t, cond=c, uncond=u)
     x0 = (u + 3.0 * (c - u)).numpy()
     s = np.maximum(np.percentile(np.abs(x0), 99.5, axis=1), 1.0)[:, None]
-    out = build_guider("dynamic-thresholding", scale=3.0).guide(preds, context(path, 0.4))
+    guider = build_guider("dynamic-thresholding", scale=3.0, use_clipped_model_output=False)
+    out = guider.guide(preds, context(path, 0.4))
     np.testing.assert_allclose(out.x0_hat.numpy(), np.clip(x0, -s, s) / s, rtol=1e-12)
     np.testing.assert_allclose(out.x0_hat[0].numpy(), x0[0])
     unclipped = CFG(3.0).guide(preds, context(path, 0.4))

@@ -101,3 +101,20 @@ def test_bad_names_are_clear():
         get_path("ve", sigma_max=-1.0)
     with pytest.raises(ValueError, match="space"):
         convert(torch.zeros(1), "x0", "logits", torch.zeros(1), get_path("rf").coefficients(torch.tensor(0.5)))
+
+
+@pytest.mark.parametrize("path", ALL_PATHS, ids=lambda p: p.name)
+def test_rf_time_is_lambda_over_one_plus_lambda(path):
+    lam = path.lam(T_INTERIOR)
+    torch.testing.assert_close(path.rf_time(T_INTERIOR), lam / (1 + lam), rtol=1e-13, atol=0)
+    assert float(path.rf_time(torch.tensor(0.0, dtype=torch.float64))) == 0.0  # σ = 0: the data
+    # the same noise level gives the same s on every path: rf's t at that λ
+    torch.testing.assert_close(path.rf_time(path.t_of_lam(lam)), get_path("rf").t_of_lam(lam), rtol=1e-12, atol=0)
+
+
+def test_rf_time_at_pure_noise_and_on_rf():
+    for name in ("rf", "vp-cosine"):  # α(1) = 0 exactly: s = 1
+        assert float(get_path(name).rf_time(torch.tensor(1.0, dtype=torch.float64))) == 1.0
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    assert torch.equal(get_path("rf").rf_time(t), t)  # s = t bit for bit on rf
+    assert get_path("rf").rf_time(0.3).dtype == torch.float64

@@ -9,6 +9,7 @@ import torch
 from guidelab.grids import make_grid
 from guidelab.guiders import (
     SCHEDULES,
+    Predictions,
     StepContext,
     build_guider,
     extra_to_ho,
@@ -26,6 +27,12 @@ def contexts(path, grid):
 
 def gammas(schedule, path, grid):
     return [schedule(ctx) for ctx in contexts(path, grid)]
+
+
+def rf_s(path, grid):
+    """The rectified-flow time λ/(1 + λ) of each grid point (1 where λ = ∞)."""
+    lam = path.lam(torch.as_tensor(grid, dtype=torch.float64))
+    return torch.where(torch.isinf(lam), torch.ones_like(lam), lam / (1 + lam))
 
 
 class LinearGaussian:
@@ -197,8 +204,9 @@ def test_tv_cfg_dt_weighted_mean_equals_gamma_bar(kind, path_name, options, gamm
     path = get_path(path_name)
     grid = make_grid(kind, 10, path, **options)
     g = torch.tensor(gammas(SCHEDULES["tv-cfg"](scale=gamma_bar), path, grid), dtype=torch.float64)
-    t = grid / grid[0]  # t_0 = 1, t_N = 0
-    dt = t[:-1] - t[1:]
+    s = rf_s(path, grid)  # Δ in rectified-flow time: Δt on rf, the same noise levels elsewhere
+    s = s / s[0]  # s_0 = 1, s_N = 0
+    dt = s[:-1] - s[1:]
     assert abs(float((g * dt).sum()) - gamma_bar) < 1e-12
     # the shape is the triangle from 1 to 2γ̄ − 1, up to one factor
     ratio = g / (1 + (2 * gamma_bar - 2) * triangle(10))
@@ -290,3 +298,183 @@ def test_every_schedule_round_trips_and_accepts_per_sample_scales(name):
             assert isinstance(value, float | torch.Tensor)
             if isinstance(value, torch.Tensor):
                 assert value.shape == (2,)
+
+
+# --- one clock for every path: the rectified-flow time s = λ/(1 + λ) (METHODS.md §0) ------------------------
+
+EDM_LAMS = torch.cat(
+    [
+        (80 ** (1 / 7) + torch.arange(32, dtype=torch.float64) / 31 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7,
+        torch.zeros(1, dtype=torch.float64),
+    ]
+)  # the 32 EDM noise levels and the data
+SAME_LEVEL_PATHS = [get_path("rf"), get_path("vp-cosine"), get_path("vp-linear"), get_path("ve"), get_path("ou")]
+TIME_SCHEDULES = [
+    ("constant", {"scale": 3.0}),
+    ("interval", {}),
+    ("wang", {"scale": 4.0, "shape": "cosine"}),
+    ("tv-cfg", {"scale": 5.0}),
+    ("tv-cfg", {"scale": 1.7, "low": 0.5, "high": 6.0, "normalize": True}),
+    ("tv-interval", {"scale": 5.0}),
+    ("step-up", {"scale": 6.0}),
+    ("step-down", {"scale": 6.0}),
+    ("negative-window", {"w0": -0.8, "omega": 3.0}),
+    ("negative-switch", {"scale": 4.0}),
+]
+TIME_IDS = [f"{n}-{i}" for i, (n, _) in enumerate(TIME_SCHEDULES)]
+
+
+def level_contexts(path):
+    """Contexts of the 32-step grid through the EDM noise levels, on ``path``'s own times."""
+    grid = path.t_of_lam(EDM_LAMS)
+    return [StepContext(i, 32, float(grid[i]), float(EDM_LAMS[i]), grid, path) for i in range(32)]
+
+
+@pytest.mark.parametrize(("name", "params"), TIME_SCHEDULES, ids=TIME_IDS)
+def test_every_schedule_gives_the_same_weights_at_the_same_noise_levels_on_every_path(name, params):
+    reference = [SCHEDULES[name](**params)(ctx) for ctx in level_contexts(SAME_LEVEL_PATHS[0])]
+    assert len(set(reference)) > 1 or name == "constant"
+    for path in SAME_LEVEL_PATHS[1:]:
+        schedule = SCHEDULES[name](**params)  # a fresh one: no cache shared between paths
+        np.testing.assert_allclose([schedule(ctx) for ctx in level_contexts(path)], reference, rtol=0, atol=1e-12)
+
+
+def _tv_cfg_before(grid, gamma_bar):
+    """TV-CFG as written before the rectified-flow clock (Δt of the path's own grid, same operations), the
+    oracle on rf."""
+    steps = len(grid) - 1
+    i = torch.arange(steps, dtype=torch.float64)
+    peak = steps // 2
+    f = torch.where(i <= peak, i / peak, (steps - 1 - i) / (steps - 1 - peak))
+    dt = (grid[:-1] - grid[1:]) / (grid[0] - grid[-1])
+    gbar = torch.tensor(gamma_bar)  # float32 then; exact for the values tested
+    raw = 1 + (2 * gbar - 2) * f
+    return (raw * gbar / (raw * dt).sum(dim=0)).tolist()
+
+
+@pytest.mark.parametrize("kind", ["uniform", "shifted", "edm"])
+def test_rf_keeps_the_weights_of_its_own_time(kind):
+    path = get_path("rf")
+    grid = make_grid(kind, 12, path)
+    for gamma_bar in (2.0, 4.5, 9.0):
+        g = gammas(SCHEDULES["tv-cfg"](scale=gamma_bar), path, grid)
+        assert g == _tv_cfg_before(grid, gamma_bar)
+    g = gammas(SCHEDULES["negative-window"](w0=-0.8, omega=3.0), path, grid)
+    assert g == [1 + -0.8 + 3.0 * float(t) for t in grid[:-1]]
+
+
+def test_on_another_path_the_time_schedules_read_s_not_t():
+    path = get_path("ve")  # t = λ/80, s = λ/(1 + λ)
+    grid = make_grid("edm", 10, path)
+    s = (grid * 80 / (1 + grid * 80)).numpy()
+    g = gammas(SCHEDULES["negative-window"](w0=-0.8, omega=3.0), path, grid)
+    np.testing.assert_allclose(g, 1 - 0.8 + 3.0 * s[:-1], rtol=1e-14)
+    assert abs(g[-1] - (1 - 0.8 + 3.0 * float(grid[-2]))) > 1e-3  # t would give something else
+
+
+def test_adamag_omega_is_the_same_at_the_same_noise_levels_on_every_path():
+    """In ε space the AdaMaG rule has no path in it but ω: equal ε predictions must give equal guided ε̂."""
+    gen = torch.Generator().manual_seed(7)
+    x_t, e_c, e_u = (torch.randn(3, 5, generator=gen, dtype=torch.float64) for _ in range(3))
+    guider = build_guider("adamag", scale=6.0, beta=0.1, kappa=4.0, omega_min=1.0)
+    outputs = []
+    for path in SAME_LEVEL_PATHS:
+        rows = []
+        for ctx in level_contexts(path)[:-1]:
+            coefficients = path.coefficients(torch.tensor(ctx.t, dtype=torch.float64))
+            preds = Predictions({"cond": (e_c, "eps"), "uncond": (e_u, "eps")}, x_t, coefficients)
+            rows.append(guider.guide(preds, ctx).eps_hat)
+        outputs.append(torch.stack(rows))
+    for other in outputs[1:]:
+        torch.testing.assert_close(other, outputs[0], rtol=1e-9, atol=1e-12)
+    # and on rf it is today's rule in t: ω = max(1, 6·t⁴), ε̂ = ε_u + ω(g⊥ + 0.1·g∥)
+    g = e_c - e_u
+    par = (g * e_c).sum(1, keepdim=True) / (e_c * e_c).sum(1, keepdim=True) * e_c
+    for k, ctx in enumerate(level_contexts(SAME_LEVEL_PATHS[0])[:-1]):
+        omega = max(1.0, 6.0 * ctx.t**4)
+        torch.testing.assert_close(outputs[0][k], e_u + omega * (g - par + 0.1 * par), rtol=1e-9, atol=1e-12)
+
+
+# --- TV-CFG options against the official code (sqt24/tvcfg, guidance_schedulers.py) --------------------------
+
+
+def _official_schedules(grid_s, gamma_bar):
+    """A numpy transcription of the official ``GuidanceSchedulers``: SD3 timesteps (rectified-flow time × 1000,
+    the N evaluation times), normalized by their maximum, Δt with a final 0 appended."""
+    timesteps = 1000 * grid_s[:-1]
+    t = timesteps / timesteps.max()
+    dt = t - np.append(t[1:], 0.0)
+
+    def symmetric(low, high, normalize=True):
+        g = _official_symmetric(len(t), low, high)
+        return g * gamma_bar / np.sum(g * dt) if normalize else g
+
+    def interval(value, left=0.15, right=0.78, normalize=True):
+        mask = (left < t) & (t < right)
+        if normalize:
+            value = (gamma_bar - dt[~mask].sum()) / dt[mask].sum()
+        return np.where(mask, value, 1.0)
+
+    return symmetric, interval, dt
+
+
+@pytest.mark.parametrize(("kind", "path_name"), [("shifted", "rf"), ("uniform", "rf"), ("edm", "ve"), ("edm", "ou")])
+@pytest.mark.parametrize("steps", [7, 10])
+def test_tv_cfg_low_high_normalize_match_the_official_symmetric(kind, path_name, steps):
+    path = get_path(path_name)
+    grid = make_grid(kind, steps, path)
+    symmetric, _, _ = _official_schedules(rf_s(path, grid).numpy(), 4.0)
+    cases = [({}, (1.0, 7.0, True)), ({"low": 0.5, "high": 9.0}, (0.5, 9.0, True))]
+    cases += [({"normalize": False}, (1.0, 7.0, False))]
+    cases += [({"low": 2.0, "high": 3.0, "normalize": False}, (2.0, 3.0, False))]
+    for params, (low, high, normalize) in cases:
+        g = gammas(SCHEDULES["tv-cfg"](scale=4.0, **params), path, grid)
+        np.testing.assert_allclose(g, symmetric(low, high, normalize), rtol=1e-13, atol=1e-13)
+
+
+def test_tv_cfg_keeps_the_mean_scale_in_float64():
+    path = get_path("rf")
+    grid = make_grid("shifted", 10, path)
+    g = np.array(gammas(SCHEDULES["tv-cfg"](scale=1.7), path, grid))
+    _, _, dt = _official_schedules(grid.numpy(), 1.7)
+    assert abs(float((g * dt).sum()) - 1.7) < 1e-14  # float32 would leave 4.8e-8
+    assert g.max() == pytest.approx(1.7 / np.sum((1 + 1.4 * triangle(10).numpy()) * dt) * 2.4, rel=1e-14)
+
+
+@pytest.mark.parametrize(("kind", "path_name"), [("shifted", "rf"), ("uniform", "rf"), ("edm", "vp-cosine")])
+def test_tv_interval_matches_the_official_interval(kind, path_name):
+    path = get_path(path_name)
+    grid = make_grid(kind, 20, path)
+    _, interval, dt = _official_schedules(rf_s(path, grid).numpy(), 5.0)
+    g = gammas(SCHEDULES["tv-interval"](scale=5.0), path, grid)
+    np.testing.assert_allclose(g, interval(5.0), rtol=1e-13)
+    assert abs(float(np.sum(np.array(g) * dt)) - 5.0) < 1e-12
+    assert 1.0 in g and g[0] == 1.0  # outside the interval: unguided
+    g = gammas(SCHEDULES["tv-interval"](scale=3.0, s_lo=0.2, s_hi=0.6, normalize=False), path, grid)
+    np.testing.assert_allclose(g, interval(3.0, 0.2, 0.6, normalize=False), rtol=0)
+    per_sample = SCHEDULES["tv-interval"](scale=[1.0, 5.0])
+    values = [per_sample(ctx) for ctx in contexts(path, grid)]
+    assert all(float(v[0]) == 1.0 for v in values)
+    np.testing.assert_allclose([float(v[1]) for v in values], interval(5.0), rtol=1e-13)
+
+
+def test_tv_options_validation_names_the_field():
+    for params, field in [
+        ({"low": -1.0}, "low"),
+        ({"high": -0.5}, "high"),
+        ({"normalize": "yes"}, "normalize"),
+        ({"scale": 0.2}, "scale"),
+    ]:
+        with pytest.raises(ValueError, match=field):
+            SCHEDULES["tv-cfg"](**params)
+    SCHEDULES["tv-cfg"](scale=0.2, high=3.0)  # an explicit high needs no 2γ̄ − 1 ≥ 0
+    with pytest.raises(ValueError, match="low/high"):
+        gammas(SCHEDULES["tv-cfg"](low=0.0, high=0.0), get_path("rf"), make_grid("uniform", 4, get_path("rf")))
+    bad = [({"s_lo": 0.8, "s_hi": 0.5}, "s_hi"), ({"s_lo": -0.1}, "s_lo"), ({"normalize": 1}, "normalize")]
+    for params, field in bad:
+        with pytest.raises(ValueError, match=field):
+            SCHEDULES["tv-interval"](**params)
+    path = get_path("rf")
+    empty = SCHEDULES["tv-interval"](s_lo=0.51, s_hi=0.52)  # a 4-step uniform grid has τ = 1, 0.75, 0.5, 0.25
+    with pytest.raises(ValueError, match="s_lo/s_hi"):
+        gammas(empty, path, make_grid("uniform", 4, path))

@@ -93,6 +93,15 @@ class NoisePath(ABC):
         c = self.coefficients(t)
         return c.sigma / c.alpha
 
+    def rf_time(self, t: Tensor) -> Tensor:
+        """The rectified-flow time ``s = σ/(α + σ) = λ/(1 + λ)`` ∈ [0, 1] at ``t`` (float64, any shape).
+
+        The path-independent clock of schedules written in time (METHODS.md §0): two paths at the same noise
+        level λ have the same s, and on ``rf`` s = t exactly. α = 0 (pure noise) gives s = 1, σ = 0 (data) s = 0.
+        """
+        c = self.coefficients(_as_tensor(t).to(torch.float64))
+        return c.sigma / (c.alpha + c.sigma)
+
     def diffusion_sq(self, t: Tensor) -> Tensor:
         """g(t)² of the forward SDE ``dx = (α'/α)·x dt + g dW``: ``g² = 2σσ' − 2(α'/α)σ²``."""
         c = self.coefficients(t)
@@ -125,6 +134,10 @@ class RectifiedFlowPath(NoisePath):
     def t_of_lam(self, lam: Tensor) -> Tensor:
         lam = _as_tensor(lam)
         return torch.where(torch.isinf(lam), torch.ones_like(lam), lam / (1 + lam))
+
+    def rf_time(self, t: Tensor) -> Tensor:
+        """s = t exactly (σ/(α + σ) would round (1 − t) + t)."""
+        return _as_tensor(t).to(torch.float64).clone()
 
 
 class VPCosinePath(NoisePath):

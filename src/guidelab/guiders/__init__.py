@@ -28,6 +28,7 @@ from guidelab.guiders.schedules import (
     StepDownSchedule,
     StepUpSchedule,
     TVCFGSchedule,
+    TVIntervalSchedule,
     WangSchedule,
     register_schedule,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "StepDownSchedule",
     "StepUpSchedule",
     "TVCFGSchedule",
+    "TVIntervalSchedule",
     "TangentialCFG",
     "WangSchedule",
     "WeakModelGuidance",

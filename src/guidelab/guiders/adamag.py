@@ -7,6 +7,7 @@ decays the scale late and damps the score-parallel part of the guidance residual
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -16,8 +17,15 @@ from guidelab.guiders._common import EPS, ScheduledGuider, Step, as_batch, dot, 
 from guidelab.guiders.base import GuidedStep, Scale, StepContext
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import Schedule
+from guidelab.paths import NoisePath
 
 __all__ = ["AdaMaG"]
+
+
+@functools.lru_cache(maxsize=4096)
+def _rf_time(path: NoisePath, t: float) -> float:
+    """s = σ/(α + σ) at t on ``path`` (computed once per (path, t), on the host)."""
+    return float(path.rf_time(torch.tensor(t, dtype=torch.float64)))
 
 
 @register_guider
@@ -29,21 +37,23 @@ class AdaMaG(ScheduledGuider):
         g   = v_c − v_u
         n   = ε̂_c                                   (= x_t + (1 − t)·v_c on rf; parallel to the score)
         g∥  = (<g, n>/||n||²)·n,   g⊥ = g − g∥      (per sample)
-        ω_t = max(ω_min, γ·t^κ)                     (t = 1 noise)
-        v̂  = v_u + ω_t·(g⊥ + β·g∥)
+        ω_s = max(ω_min, γ·s^κ)                     (s = σ/(α + σ): 1 noise, 0 data)
+        v̂  = v_u + ω_s·(g⊥ + β·g∥)
 
     β = 1, κ = 0 (and γ ≥ ω_min) is exactly CFG. On other paths the rule is written with the same
     n = ε̂_c; since ε is an affine function of v at fixed x_t with one scalar per time, the velocity form equals
     the ε/score form of METHODS.md §2 wherever α > 0, and stays defined at pure noise (α = 0), where every
-    ε̂ equals x_t. γ = 1 means unguided (the conditional pair, one evaluation), although the formula there
-    would still damp g∥; κ = 4 and ω_min = 1 are uncertain in the source.
-    At n = 0 the projection on n is taken as 0 (g∥ = 0, v̂ = v_u + ω_t·g): there is no score direction to damp
+    ε̂ equals x_t. The decay reads the rectified-flow time s = σ/(α + σ) = λ/(1 + λ) of the evaluation point
+    (:meth:`~guidelab.paths.NoisePath.rf_time`; s = t on ``rf``, the sources' path), so the same noise level
+    gets the same ω on every path. γ = 1 means unguided (the conditional pair, one evaluation), although the
+    formula there would still damp g∥; κ = 4 and ω_min = 1 are uncertain in the source.
+    At n = 0 the projection on n is taken as 0 (g∥ = 0, v̂ = v_u + ω_s·g): there is no score direction to damp
     (the ε in ||n||² + ε gives exactly this, and g∥ → 0 continuously once ||n||² ≪ ε).
 
     Args:
         schedule: the scale γ(step); a number means constant.
         beta: damping β ≥ 0 of the score-parallel part (1 = none).
-        kappa: decay exponent κ ≥ 0 of t^κ.
+        kappa: decay exponent κ ≥ 0 of s^κ.
         omega_min: floor ω_min ≥ 0 of the effective scale ω_t.
     """
 
@@ -57,9 +67,9 @@ class AdaMaG(ScheduledGuider):
         self.kappa = check_number("kappa", kappa, lo=0.0)
         self.omega_min = check_number("omega_min", omega_min, lo=0.0)
 
-    def omega(self, gamma: Scale, t: float) -> Scale:
-        """ω_t = max(ω_min, γ·t^κ), a number or per-sample (batch,)."""
-        scaled = gamma * t**self.kappa
+    def omega(self, gamma: Scale, s: float) -> Scale:
+        """ω_s = max(ω_min, γ·s^κ) at rectified-flow time s, a number or per-sample (batch,)."""
+        scaled = gamma * s**self.kappa
         if isinstance(scaled, float):
             return max(self.omega_min, scaled)
         return scaled.clamp_min(self.omega_min)
@@ -68,7 +78,7 @@ class AdaMaG(ScheduledGuider):
         v_c, v_u = step.get("cond", "velocity"), step.get("uncond", "velocity")
         n = step.get("cond", "eps")
         g = v_c - v_u
-        omega = self.omega(as_batch(gamma, g), ctx.t)
+        omega = self.omega(as_batch(gamma, g), _rf_time(ctx.path, float(ctx.t)))
         k = dot(g, n).div_(sq_norm(n).add_(EPS))  # <g, n>/||n||²  (batch,) float64
         damp = k.mul_(omega * (1 - self.beta))  # v̂ = v_u + ω_t·g − ω_t(1 − β)k·n
         if isinstance(omega, float):

@@ -5,15 +5,22 @@ Every combiner whose rule has a scale takes a ``schedule`` (TV-CFG weights insid
 AdaMaG, …). Where a schedule gives γ = 1 for every sample, the guider asks only for the conditional pass. No
 schedule is clamped at γ ≥ 1: the negative window needs γ < 1. Scales may be per-sample tensors (batch,).
 
+Schedules written in time (TV-CFG's Δt, the TV-CFG interval baseline, the negative window's τ) read the
+rectified-flow time ``s = σ/(α + σ) = λ/(1 + λ)`` of the step's grid point (:meth:`NoisePath.rf_time
+<guidelab.paths.NoisePath.rf_time>`), not the path's own t, so a setting means the same noise levels on every
+path; on ``rf`` s = t and the values are those of the official code. λ-based bounds (``interval``) transfer
+already, and the step-index schedules (Wang, step probes, negative switch) read p = i/(N − 1).
+
 ========================  ===============================================================================
 name                      rule
 ========================  ===============================================================================
 ``constant``              γ
 ``interval``              γ if λ_lo < λ_i ≤ λ_hi else 1 (λ at the step's grid point)
 ``wang``                  unit-mean shapes in p (linear, cosine, mirrors, V, Λ), extra or Ho reading
-``tv-cfg``                triangle peaking at N//2, rescaled so Σ γ_i·Δt_i = γ̄ on the actual grid
+``tv-cfg``                triangle low → high → low peaking at N//2, rescaled so Σ γ_i·Δs_i = γ̄
+``tv-interval``           TV-CFG code's baseline: γ in s ∈ (s_lo, s_hi), 1 outside, Σ γ_i·Δs_i = γ̄
 ``step-up``/``step-down`` low then high (or high then low) around p_switch
-``negative-window``       1 + w₀ + ω·t (below 1 near the data)
+``negative-window``       1 + w₀ + ω·s (below 1 near the data)
 ``negative-switch``       γ_high for p < p_switch, then scale_late (0 = unconditional)
 ========================  ===============================================================================
 """
@@ -28,7 +35,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from guidelab.guiders._checks import check_choice, check_number
+from guidelab.guiders._checks import check_choice, check_flag, check_number
 from guidelab.guiders.base import Scale, StepContext, scale_from_config, scale_to_config
 from guidelab.guiders.scales import extra_to_ho, ho_to_extra
 from guidelab.paths import NoisePath
@@ -44,12 +51,15 @@ __all__ = [
     "StepDownSchedule",
     "StepUpSchedule",
     "TVCFGSchedule",
+    "TVIntervalSchedule",
     "WangSchedule",
     "normalized_dt",
     "register_schedule",
+    "rf_grid",
     "step_lam",
     "triangle",
     "tv_cfg_weights",
+    "tv_interval_weights",
 ]
 
 SCHEDULES: dict[str, type[Schedule]] = {}
@@ -128,6 +138,11 @@ class _PerGrid:
             self._value = self.fn(ctx.grid, ctx.path)
             self._key = (ctx.grid, ctx.path)
         return self._value
+
+
+def rf_grid(grid: Tensor, path: NoisePath) -> Tensor:
+    """The grid in rectified-flow time, s_i = σ_i/(α_i + σ_i) (float64; the grid itself on ``rf``)."""
+    return path.rf_time(torch.as_tensor(grid, dtype=torch.float64))
 
 
 def step_lam(ctx: StepContext) -> float:
@@ -276,51 +291,173 @@ def normalized_dt(grid: Tensor) -> Tensor:
     return (grid[:-1] - grid[1:]) / (grid[0] - grid[-1])
 
 
-def tv_cfg_weights(grid: Tensor, scale: Scale) -> Tensor:
+def _mean_scale(scale: Scale) -> tuple[Tensor, bool]:
+    """γ̄ as float64: a 0-d tensor, or (1, batch) for a per-sample scale; and whether it is per-sample."""
+    if isinstance(scale, Tensor) and scale.ndim > 0:
+        return scale.to(torch.float64).reshape(1, -1), True
+    return torch.tensor(float(scale), dtype=torch.float64), False  # float64: 1.7 stays 1.7
+
+
+def tv_cfg_weights(
+    grid: Tensor, scale: Scale, low: float = 1.0, high: float | None = None, normalize: bool = True
+) -> Tensor:
     """TV-CFG's per-step scales on ``grid``: (N,) for a scalar γ̄, (N, batch) for a per-sample one.
 
-    Triangle from 1 to 2γ̄ − 1 and back (peak at N//2), then multiplied by γ̄/Σ_i γ_i·Δt_i so that the
-    Δt-weighted mean over the grid's own normalized steps is exactly γ̄; γ̄ = 1 gives 1 at every step.
+    The official ``symmetric`` schedule: a triangle in the step index from ``low`` up to ``high`` (peak at
+    N//2) and back down, ``γ_i = low + (high − low)·f_i`` (:func:`triangle`); with ``normalize`` it is then
+    multiplied by ``γ̄/Σ_i γ_i·Δt_i`` so that its Δt-weighted mean over the grid's normalized steps
+    (:func:`normalized_dt`) is exactly γ̄. The official defaults are ``low = 1``, ``high = 2γ̄ − 1``
+    (``high=None``); γ̄ = 1 then gives exactly 1 at every step. ``grid`` is read as given: the schedule
+    passes the grid in rectified-flow time (:func:`rf_grid`), which on ``rf`` is the grid itself.
+
+    Raises:
+        ValueError: ``low``/``high`` make the triangle zero on every step (nothing to normalize).
     """
     f = triangle(len(grid) - 1)
     dt = normalized_dt(grid)
-    gbar = scale.to(torch.float64).reshape(1, -1) if isinstance(scale, Tensor) else torch.tensor(float(scale))
-    f = f.reshape(-1, 1) if isinstance(scale, Tensor) else f
-    dt = dt.reshape(-1, 1) if isinstance(scale, Tensor) else dt
-    raw = 1 + (2 * gbar - 2) * f  # low = 1, high = 2γ̄ − 1
-    gamma = raw * gbar / (raw * dt).sum(dim=0)
-    return torch.where(gbar == 1, torch.ones_like(gamma), gamma)
+    gbar, per_sample = _mean_scale(scale)
+    if per_sample:
+        f, dt = f.reshape(-1, 1), dt.reshape(-1, 1)
+    # high = 2γ̄ − 1 by default; written as 2γ̄ − (1 + low) so that low = 1 gives 1 + (2γ̄ − 2)·f exactly
+    slope = 2 * gbar - (1 + low) if high is None else torch.tensor(high - low, dtype=torch.float64)
+    raw = low + slope * f
+    if per_sample:
+        raw = torch.broadcast_to(raw, (raw.shape[0], gbar.shape[1]))
+    if not normalize:
+        return raw.clone()
+    total = (raw * dt).sum(dim=0)
+    if bool((total == 0).any()):
+        raise ValueError(f"low/high: the triangle from {low} to {high} is zero on every step; nothing to normalize")
+    gamma = raw * gbar / total
+    neutral = (raw == 1).all(dim=0) & (gbar == 1)  # the all-ones triangle at γ̄ = 1: exactly unguided
+    return torch.where(neutral, torch.ones_like(gamma), gamma)
 
 
 @register_schedule
 class TVCFGSchedule(Schedule):
-    """TV-CFG, the stage-wise time-varying scale (Jin, Shi, Gu 2025, arXiv 2509.22007, official code).
+    """TV-CFG, the stage-wise time-varying scale (Jin, Shi, Gu 2025, arXiv 2509.22007; official code
+    sqt24/tvcfg, ``guidance_schedulers.py``, ``symmetric``).
 
-    A triangle in the step index rising linearly from 1 to 2γ̄ − 1 (peak at i = N//2) and back down, then
-    rescaled so that ``Σ_i γ_i·Δt_i = γ̄`` with Δt over the actual grid normalized to t_0 = 1, t_N = 0: the
-    same guidance budget as constant γ̄ on that grid, moved to the middle stage. Reported on SD3.5 at NFE 10,
-    γ̄ = 9: FID 38.99 → 30.26 against constant. Every evaluation of step i uses γ_i.
+    A triangle in the step index rising linearly from ``low`` to ``high`` (peak at i = N//2) and back down,
+    ``γ_i = low + (high − low)·f_i``, then (``normalize``) rescaled so that ``Σ_i γ_i·Δs_i = γ̄`` with Δs the
+    steps of the grid in rectified-flow time ``s = σ/(α + σ)`` normalized to s_0 = 1, s_N = 0: the same
+    guidance budget as constant γ̄ on that grid, moved to the middle stage. The official run uses
+    ``low = 1``, ``high = 2γ̄ − 1`` (the defaults) with ``normalize``. The official code measures Δt in SD3's
+    time, which is s; so on ``rf`` these are its values, and on every other path the same noise levels get
+    the same weights. Reported on SD3.5 at NFE 10, γ̄ = 9: FID 38.99 → 30.26 against constant. Every
+    evaluation of step i uses γ_i.
 
     Args:
-        scale: γ̄, the Δt-weighted mean scale (a number or a per-sample list), ≥ 0.5 so the triangle stays ≥ 0.
+        scale: γ̄, the Δs-weighted mean scale (a number or a per-sample list), kept in float64; ≥ 0.5 when
+            ``high`` is None, so that the default triangle stays ≥ 0.
+        low: the triangle's value at the first and last steps, ≥ 0.
+        high: its value at the peak, ≥ 0; ``None`` for 2γ̄ − 1 (per sample).
+        normalize: rescale to the Δs-weighted mean γ̄ (official default); ``False`` uses the raw triangle,
+            which then does not depend on ``scale`` unless ``high`` is None.
     """
 
     name = "tv-cfg"
     source = "arXiv 2509.22007"
 
-    def __init__(self, scale: Scale = 2.0):
+    def __init__(self, scale: Scale = 2.0, low: float = 1.0, high: float | None = None, normalize: bool = True):
         self.scale = scale_from_config(scale)
-        _check_scale("scale", self.scale, lo=0.5)
-        self._weights = _PerGrid(lambda grid, path: tv_cfg_weights(grid, self.scale))
+        self.low = check_number("low", low, lo=0.0)
+        self.high = None if high is None else check_number("high", high, lo=0.0)
+        self.normalize = check_flag("normalize", normalize)
+        if self.high is None:
+            _check_scale("scale", self.scale, lo=0.5)
+        self._weights = _PerGrid(self.weights)
+
+    def weights(self, grid: Tensor, path: NoisePath) -> Tensor:
+        """The per-step scales on ``grid`` (times of ``path``): (N,) or (N, batch)."""
+        return tv_cfg_weights(rf_grid(grid, path), self.scale, self.low, self.high, self.normalize)
 
     def __call__(self, ctx: StepContext) -> Scale:
         if len(ctx.grid) - 1 != ctx.steps:
             raise ValueError(f"grid: has {len(ctx.grid) - 1} steps but the context says {ctx.steps}")
         gamma = self._weights(ctx)[ctx.index]
-        return gamma if isinstance(self.scale, Tensor) else float(gamma)
+        return gamma if gamma.ndim > 0 else float(gamma)
 
     def config(self) -> dict[str, Any]:
-        return {"scale": scale_to_config(self.scale)}
+        return {"scale": scale_to_config(self.scale), "low": self.low, "high": self.high, "normalize": self.normalize}
+
+
+def tv_interval_weights(
+    grid: Tensor, scale: Scale, s_lo: float = 0.15, s_hi: float = 0.78, normalize: bool = True
+) -> Tensor:
+    """The TV-CFG code's interval baseline on ``grid``: (N,) for a scalar γ̄, (N, batch) for a per-sample one.
+
+    With τ_i = (s_i − s_N)/(s_0 − s_N) the normalized time of step i's grid point (open interval, as the code's
+    ``left < t < right``): γ_i = v for s_lo < τ_i < s_hi, 1 elsewhere; with ``normalize``,
+    ``v = (γ̄ − Σ_out Δs)/Σ_in Δs`` so that Σ_i γ_i·Δs_i = γ̄ (:func:`normalized_dt`), without it v = γ̄.
+
+    Raises:
+        ValueError: ``normalize`` and no step of the grid inside the interval.
+    """
+    grid = torch.as_tensor(grid, dtype=torch.float64)
+    tau = (grid[:-1] - grid[-1]) / (grid[0] - grid[-1])
+    inside = (s_lo < tau) & (tau < s_hi)
+    dt = normalized_dt(grid)
+    gbar, per_sample = _mean_scale(scale)
+    if per_sample:
+        inside, dt = inside.reshape(-1, 1), dt.reshape(-1, 1)
+    value = gbar
+    if normalize:
+        dt_in = (dt * inside).sum(dim=0)
+        if float(dt_in.min()) == 0:
+            raise ValueError(f"s_lo/s_hi: no step of this {len(tau)}-step grid lies in ({s_lo}, {s_hi})")
+        value = torch.where(gbar == 1, torch.ones_like(gbar), (gbar - (dt * ~inside).sum(dim=0)) / dt_in)
+    gamma = torch.where(inside, value, torch.ones_like(value))
+    return gamma if not per_sample else torch.broadcast_to(gamma, (len(tau), gbar.shape[1])).clone()
+
+
+@register_schedule
+class TVIntervalSchedule(Schedule):
+    """The interval baseline of the TV-CFG code (arXiv 2509.22007; sqt24/tvcfg, ``guidance_schedulers.py``,
+    ``interval``): guidance only where the step's normalized rectified-flow time lies in (s_lo, s_hi), with its
+    value chosen so that the Δs-weighted mean scale over the whole grid is γ̄ (``normalize``, as the official
+    run), or equal to γ̄ inside (``normalize=False``). Unlike ``interval`` (bounds in λ, EDM2's half-open
+    rule, γ given), the bounds are in time and the budget is matched to constant γ̄.
+
+    τ_i = (s_i − s_N)/(s_0 − s_N) with s = σ/(α + σ) (the code divides SD3's timesteps by the first one; the
+    same on ``rf``, and the same noise levels on every path); outside the interval the step asks only for the
+    conditional pass.
+
+    Args:
+        scale: γ̄, the Δs-weighted mean (``normalize``) or the scale inside the interval (a number or a
+            per-sample list).
+        s_lo: lower bound (excluded) in normalized rectified-flow time, in [0, 1).
+        s_hi: upper bound (excluded), in (s_lo, 1].
+        normalize: choose the inside value so that the Δs-weighted mean is γ̄ (official default).
+    """
+
+    name = "tv-interval"
+    source = "arXiv 2509.22007"
+
+    def __init__(self, scale: Scale = 2.0, s_lo: float = 0.15, s_hi: float = 0.78, normalize: bool = True):
+        self.scale = scale_from_config(scale)
+        self.s_lo = check_number("s_lo", s_lo, lo=0.0, hi=1.0, hi_open=True)
+        self.s_hi = check_number("s_hi", s_hi, lo=self.s_lo, hi=1.0, lo_open=True)
+        self.normalize = check_flag("normalize", normalize)
+        self._weights = _PerGrid(self.weights)
+
+    def weights(self, grid: Tensor, path: NoisePath) -> Tensor:
+        """The per-step scales on ``grid`` (times of ``path``): (N,) or (N, batch)."""
+        return tv_interval_weights(rf_grid(grid, path), self.scale, self.s_lo, self.s_hi, self.normalize)
+
+    def __call__(self, ctx: StepContext) -> Scale:
+        if len(ctx.grid) - 1 != ctx.steps:
+            raise ValueError(f"grid: has {len(ctx.grid) - 1} steps but the context says {ctx.steps}")
+        gamma = self._weights(ctx)[ctx.index]
+        return gamma if gamma.ndim > 0 else float(gamma)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "scale": scale_to_config(self.scale),
+            "s_lo": self.s_lo,
+            "s_hi": self.s_hi,
+            "normalize": self.normalize,
+        }
 
 
 # --- step probes ----------------------------------------------------------------------------------------
@@ -387,9 +524,10 @@ class StepDownSchedule(_StepProbe):
 class NegativeWindowSchedule(Schedule):
     """Negative guidance window, continuous form: ``γ(τ) = 1 + w₀ + ω·τ`` (Ventura et al. 2026, arXiv 2602.00716).
 
-    τ is the forward time normalized to [0, 1] with 0 = data, i.e. guidelab's t, taken at the step's grid point
-    t_i (so a solver's corrector evaluation of the step uses the step's γ, as with every schedule here). With
-    w₀ < 0 < ω the scale is above 1 early (noisy) and below 1 late, toward the unconditional model.
+    τ is the forward time normalized to [0, 1] with 0 = data, read as the rectified-flow time
+    ``s = σ/(α + σ) = λ/(1 + λ)`` of the step's grid point t_i (= t_i on ``rf``; the same noise levels give the
+    same γ on every path; a solver's corrector evaluation of the step uses the step's γ, as with every schedule
+    here). With w₀ < 0 < ω the scale is above 1 early (noisy) and below 1 late, toward the unconditional model.
     The form comes from a secondary reading and the paper gives no defaults: the defaults here (w₀ = −0.5,
     ω = 2, so γ runs from 2.5 at noise to 0.5 at the data) are placeholders to tune. w₀ = ω = 0 is the
     conditional model.
@@ -407,9 +545,10 @@ class NegativeWindowSchedule(Schedule):
         self.omega = scale_from_config(omega, "omega")
         _check_scale("w0", self.w0, lo=-1.0)
         _check_scale("omega", self.omega, lo=0.0)
+        self._rf_grid = _PerGrid(rf_grid)
 
     def __call__(self, ctx: StepContext) -> Scale:
-        tau = ctx.t if ctx.stage == 0 else float(ctx.grid[ctx.index])
+        tau = float(self._rf_grid(ctx)[ctx.index])  # s of the step's grid point, every stage
         return 1 + self.w0 + self.omega * tau
 
     def config(self) -> dict[str, Any]:

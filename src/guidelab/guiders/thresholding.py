@@ -1,20 +1,24 @@
-"""Dynamic thresholding (Saharia et al. 2022, Imagen, arXiv 2205.11487 §2.3; METHODS.md §6)."""
+"""Dynamic and static thresholding (Saharia et al. 2022, Imagen, arXiv 2205.11487 §2.3; METHODS.md §6)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from guidelab.guiders._checks import check_number
-from guidelab.guiders._common import ScheduledGuider, Step, as_batch, flat, keep_neutral, per_sample
-from guidelab.guiders.base import GuidedStep, Scale, StepContext
+from guidelab.guiders._checks import check_choice, check_flag, check_number
+from guidelab.guiders._common import ScheduledGuider, Step, affine_pair, as_batch, flat, keep_neutral, per_sample
+from guidelab.guiders.base import GuidedStep, Predictions, Scale, StepContext
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import Schedule
+from guidelab.paths import x0_to_eps
 
-__all__ = ["DynamicThresholding"]
+__all__ = ["MODES", "DynamicThresholding"]
+
+MODES: tuple[str, ...] = ("dynamic", "static")
 
 
 def upper_quantile(x: Tensor, q: float) -> Tensor:
@@ -31,39 +35,149 @@ def upper_quantile(x: Tensor, q: float) -> Tensor:
     return torch.lerp(below, top[:, -2], frac)
 
 
+def _data_range(value: Any) -> tuple[float, float]:
+    if isinstance(value, str) or not isinstance(value, list | tuple) or len(value) != 2:
+        raise ValueError(f"data_range: expected a pair (low, high), got {value!r}")
+    low = check_number("data_range", value[0])
+    high = check_number("data_range", value[1])
+    if not low < high:
+        raise ValueError(f"data_range: need low < high, got {value!r}")
+    return low, high
+
+
 @register_guider
 class DynamicThresholding(ScheduledGuider):
-    """CFG in x0 space, then Imagen's dynamic thresholding of the guided clean estimate, per sample::
+    """CFG in x0 space, then Imagen's dynamic (or static) thresholding of the guided clean estimate, per sample.
+
+    With c, h the centre and half-width of ``data_range`` (c = 0, h = 1 for the default (−1, 1), where this is
+    exactly Imagen's rule and diffusers' ``_threshold_sample``)::
 
         x0̂ = x0̂_u + γ·(x0̂_c − x0̂_u)
-        s   = max(quantile(|x0̂|, p), 1)
-        x0̂ ← clip(x0̂, −s, s)/s
+        dynamic:  s = clamp(quantile(|x0̂ − c|/h, p), 1, sample_max_value)
+                  x0̂ ← c + clip(x0̂ − c, −s·h, s·h)/s                 (into [c − h, c + h])
+        static:   x0̂ ← clip(x0̂, c − h, c + h)                        (Imagen's static thresholding)
 
-    The sampler denoises with the clipped x0̂ and renoises with the ε̂ of the *unclipped* guided prediction
-    (the pair view), so only the clean estimate is thresholded. It assumes data in [−1, 1]. γ = 1 means
-    unguided: the conditional pair, not thresholded.
+    the quantile over all non-batch dimensions (linear interpolation, as numpy's percentile and
+    ``torch.quantile``). Static is dynamic with s ≡ 1 (diffusers: ``sample_max_value = 1``), so it is a
+    ``mode`` of this guider, sharing the renoising and unguided options, rather than a second guider.
+
+    Renoising: Imagen's sampler sees only the clipped clean estimate, so by default
+    (``use_clipped_model_output=True``) the pair is consistent, ``ε̂ = (x_t − α·x0̂)/σ`` with the clipped x0̂.
+    At pure noise (α = 0) that is x_t/σ, the only ε there, whatever x0̂ is. ``False`` keeps the ε̂ of the
+    unclipped guided prediction (diffusers' schedulers' default, guidelab's before): only the clean estimate is
+    thresholded. Where σ = 0 (the data end, where no solver renoises) ε cannot be recovered from x0̂, and the
+    unclipped guided ε̂ (CFG's, formed in the models' own space) is kept in both settings.
+
+    γ = 1 means unguided: one network evaluation, and by default the conditional pair untouched;
+    ``threshold_unguided=True`` still makes only the conditional pass but thresholds its x0̂ (and renoises as
+    above), so that the thresholding acts at every step. Shapes: predictions (batch, ...); the data range is
+    one pair for all samples.
+
+    Sources: arXiv 2205.11487 §2.3; diffusers ``schedulers/scheduling_ddpm.py`` (``_threshold_sample``,
+    ``dynamic_thresholding_ratio``, ``sample_max_value``, ``clip_sample``) and ``scheduling_ddim.py``
+    (``use_clipped_model_output``).
 
     Args:
         schedule: the scale γ(step); a number means constant.
-        percentile: the quantile p ∈ (0, 1] of |x0̂| (linear interpolation, as numpy's percentile).
+        percentile: the quantile p ∈ (0, 1] of |x0̂ − c|/h (diffusers' ``dynamic_thresholding_ratio``);
+            dynamic mode only.
+        mode: ``dynamic`` or ``static``.
+        sample_max_value: upper cap of s (≥ 1, in units of h); ``None`` for none, as Imagen. Dynamic only.
+        data_range: (low, high), the range of the data, low < high; default (−1, 1).
+        use_clipped_model_output: renoise with the ε̂ of the clipped x0̂ (Imagen); ``False`` with the unclipped
+            guided ε̂.
+        threshold_unguided: threshold the conditional x0̂ at γ = 1 too (still one pass).
+
+    Raises:
+        ValueError: a parameter outside its range, naming it.
     """
 
     name = "dynamic-thresholding"
     space = "x0"
     source = "arXiv 2205.11487"
 
-    def __init__(self, schedule: Schedule | Scale = 1.0, percentile: float = 0.995):
+    def __init__(
+        self,
+        schedule: Schedule | Scale = 1.0,
+        percentile: float = 0.995,
+        mode: str = "dynamic",
+        sample_max_value: float | None = None,
+        data_range: tuple[float, float] | list[float] = (-1.0, 1.0),
+        use_clipped_model_output: bool = True,
+        threshold_unguided: bool = False,
+    ):
         super().__init__(schedule)
         self.percentile = check_number("percentile", percentile, lo=0.0, hi=1.0, lo_open=True)
+        check_choice("mode", mode, MODES)
+        self.mode = mode
+        self.sample_max_value = (
+            None if sample_max_value is None else check_number("sample_max_value", sample_max_value, lo=1.0)
+        )
+        self.data_range = _data_range(data_range)
+        self.use_clipped_model_output = check_flag("use_clipped_model_output", use_clipped_model_output)
+        self.threshold_unguided = check_flag("threshold_unguided", threshold_unguided)
+
+    def threshold(self, x0: Tensor) -> Tensor:
+        """The thresholded clean estimate (batch, ...) of ``x0`` (batch, ...)."""
+        low, high = self.data_range
+        if self.mode == "static":
+            return torch.clamp(x0, low, high)
+        centre, half = (low + high) / 2, (high - low) / 2
+        plain = centre == 0 and half == 1  # (−1, 1): Imagen's rule exactly, no affine map
+        z = x0 if plain else (x0 - centre) / half
+        s = upper_quantile(flat(z).abs(), self.percentile).clamp_min_(1.0)  # (batch,)
+        if self.sample_max_value is not None:
+            s = s.clamp_max_(self.sample_max_value)
+        s = s.reshape(-1, *([1] * (x0.ndim - 1)))
+        z = torch.clamp(z, -s, s) / s
+        return z if plain else z * half + centre
+
+    def _renoise(self, step: Step, x0_hat: Tensor, unclipped: Callable[[], Tensor]) -> Tensor:
+        """ε̂ to renoise with: that of the clipped x0̂, or ``unclipped()`` (also where σ = 0)."""
+        if not self.use_clipped_model_output:
+            return unclipped()
+        if step.sc is not None:
+            return unclipped() if step.sc[1] == 0 else step.pair(x0_hat, self.space).eps_hat
+        coefficients = step.preds.coefficients
+        eps = x0_to_eps(x0_hat, step.x_t, coefficients)
+        at_data = coefficients.sigma == 0
+        return torch.where(at_data, unclipped(), eps) if bool(at_data.any()) else eps
+
+    def _thresholded_pair(self, step: Step, x0: Tensor, unclipped: Callable[[], Tensor]) -> GuidedStep:
+        x0_hat = self.threshold(x0)
+        return GuidedStep(x0_hat, self._renoise(step, x0_hat, unclipped))
+
+    def _conditional(self, step: Step) -> GuidedStep:
+        """The conditional pair, thresholded if ``threshold_unguided``."""
+        if not self.threshold_unguided:
+            return step.cond_pair()
+        return self._thresholded_pair(step, step.get("cond", "x0"), lambda: step.get("cond", "eps"))
+
+    def guide(self, preds: Predictions, ctx: StepContext) -> GuidedStep:
+        step = Step(preds, ctx)
+        if "uncond" not in preds:
+            return self._conditional(step)
+        return self.combine(step, ctx, self.schedule(ctx))
 
     def combine(self, step: Step, ctx: StepContext, gamma: Scale) -> GuidedStep:
         c, u = step.get("cond", "x0"), step.get("uncond", "x0")
         x0_guided = torch.lerp(u, c, per_sample(as_batch(gamma, c), c))
-        eps_hat = step.pair(x0_guided, self.space).eps_hat  # ε̂ of the unclipped guided prediction
-        s = upper_quantile(flat(x0_guided).abs(), self.percentile).clamp_min_(1.0)  # (batch,)
-        s = s.reshape(-1, *([1] * (c.ndim - 1)))
-        x0_hat = torch.clamp(x0_guided, -s, s) / s
-        return keep_neutral(GuidedStep(x0_hat, eps_hat), step, gamma)
+        out = self._thresholded_pair(step, x0_guided, lambda: affine_pair(step, gamma).eps_hat)  # unclipped: CFG's ε̂
+        if not self.threshold_unguided:
+            return keep_neutral(out, step, gamma)
+        if not isinstance(gamma, Tensor) or gamma.ndim == 0 or not bool((gamma == 1).any()):
+            return out
+        mask = (gamma == 1).to(c.device).reshape(-1, *([1] * (c.ndim - 1)))
+        neutral = self._conditional(step)
+        x0_hat = torch.where(mask, neutral.x0_hat, out.x0_hat)
+        return GuidedStep(x0_hat, torch.where(mask, neutral.eps_hat, out.eps_hat))
 
     def params(self) -> dict[str, Any]:
-        return {"percentile": self.percentile}
+        return {
+            "percentile": self.percentile,
+            "mode": self.mode,
+            "sample_max_value": self.sample_max_value,
+            "data_range": list(self.data_range),
+            "use_clipped_model_output": self.use_clipped_model_output,
+            "threshold_unguided": self.threshold_unguided,
+        }
