@@ -146,7 +146,8 @@ def pair_error(out, ref):
     def rows(a):
         return a.to(D64).reshape(a.shape[0], -1)
 
-    num = (rows(out.x0_hat) - rows(ref.x0_hat)).square().sum(1) + (rows(out.eps_hat) - rows(ref.eps_hat)).square().sum(1)
+    num = (rows(out.x0_hat) - rows(ref.x0_hat)).square().sum(1)
+    num = num + (rows(out.eps_hat) - rows(ref.eps_hat)).square().sum(1)
     den = rows(ref.x0_hat).square().sum(1) + rows(ref.eps_hat).square().sum(1)
     return (num / den).sqrt()
 
@@ -184,7 +185,9 @@ def test_reported_float16_cases_are_finite_and_accurate(name):
     x_t, c, u = (torch.randn(2, 16, 64, 64, generator=g, dtype=D64) for _ in range(3))
     u = c + 0.5 * u
     params = {"cfg-zero-star": {"zero_init_steps": 0}, "apg": {"norm_threshold": None}}.get(name, {})
-    half = run(build_guider(name, scale=4.0, **params), path, 0.6, x_t.half(), "velocity", cond=c.half(), uncond=u.half())
+    half = run(
+        build_guider(name, scale=4.0, **params), path, 0.6, x_t.half(), "velocity", cond=c.half(), uncond=u.half()
+    )
     ref = run(build_guider(name, scale=4.0, **params), path, 0.6, x_t.half().double(), "velocity",
               cond=c.half().double(), uncond=u.half().double())  # fmt: skip
     assert torch.isfinite(half.x0_hat).all()
