@@ -71,6 +71,10 @@ def test_sample_writes_samples_and_sidecar(tmp_path):
         (["--target", "multimodal-2d", "--param", "scael=2"], "guider 'cfg'"),
         (["--target", "multimodal-2d", "--param", "scale"], "--param"),
         (["--target", "multimodal-2d", "--t-max", "1.5"], "t_max"),
+        (["--target", "multimodal-2d", "--solver", "heun", "--eta", "0.5"], "eta"),
+        # CFG++'s λ leaves [0, 1] at the first step of the EDM grid: caught before sampling
+        (["--target", "multimodal-2d", "--guider", "cfg++", "--grid", "edm", "-p", "schedule=tv-cfg", "-p", "scale=0.8"],
+         "scale"),  # fmt: skip
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, args, field):
