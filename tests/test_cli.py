@@ -57,6 +57,9 @@ def test_sample_writes_samples_and_sidecar(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "t.npy"), x)  # same seed, same numbers
 
 
+CFG_PP_OUT_OF_RANGE = ["--grid", "edm", "-p", "schedule=tv-cfg", "-p", "scale=0.8"]  # λ = 1.14 at the first step
+
+
 @pytest.mark.parametrize(
     ("args", "field"),
     [
@@ -73,8 +76,7 @@ def test_sample_writes_samples_and_sidecar(tmp_path):
         (["--target", "multimodal-2d", "--t-max", "1.5"], "t_max"),
         (["--target", "multimodal-2d", "--solver", "heun", "--eta", "0.5"], "eta"),
         # CFG++'s λ leaves [0, 1] at the first step of the EDM grid: caught before sampling
-        (["--target", "multimodal-2d", "--guider", "cfg++", "--grid", "edm", "-p", "schedule=tv-cfg", "-p", "scale=0.8"],
-         "scale"),  # fmt: skip
+        (["--target", "multimodal-2d", "--guider", "cfg++", *CFG_PP_OUT_OF_RANGE], "scale"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, args, field):

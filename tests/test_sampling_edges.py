@@ -1,8 +1,10 @@
-"""Numerical edge cases that must not pass silently: ε-models at α = 0, the relative divergence bound."""
+"""Numerical edge cases that must not pass silently: ε-models at α = 0, the relative divergence bound, the data
+range of thresholding."""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -167,3 +169,38 @@ def test_eta_is_refused_where_the_solver_has_none(solver):
     else:
         with pytest.raises(ValueError, match="^eta:"):
             sample(GaussianDenoiser(path), None, **kw)
+
+
+# --- thresholding's data range (issue §6.4) ---------------------------------------------------------------------
+
+
+def test_a_box_targets_data_range_is_its_support():
+    low, high = get_target("chidambaram-uniform-2d").data_range  # uniform on [−2, 2] per coordinate
+    assert -2.0 <= low < -1.99 and 1.99 < high <= 2.0
+
+
+def test_thresholding_clips_into_the_targets_range_by_default():
+    target, path = get_target("chidambaram-uniform-2d"), get_path("rf")
+    den = target.denoiser(path)
+    kw = dict(grid=make_grid("uniform", 16, path), n=256, shape=(2,), cond=0, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the range is known: no warning
+        default = sample(den, build_guider("dynamic-thresholding", scale=4.0, percentile=0.9), **kw)
+        given = sample(
+            den, build_guider("dynamic-thresholding", scale=4.0, percentile=0.9, data_range=target.data_range), **kw
+        )
+    torch.testing.assert_close(default.x, given.x, rtol=0, atol=0)
+    low, high = target.data_range
+    assert float(default.x.min()) >= low - 1e-6 and float(default.x.max()) <= high + 1e-6
+    assert float(default.x.abs().max()) > 1.5  # not Imagen's (−1, 1)
+    with pytest.warns(UserWarning, match=r"data_range: \(-1, 1\) does not cover"):
+        narrow = sample(den, build_guider("dynamic-thresholding", scale=4.0, data_range=(-1, 1)), **kw)
+    assert float(narrow.x.abs().max()) <= 1.0 + 1e-6
+
+
+def test_thresholding_without_a_known_range_warns_and_uses_imagens():
+    path = get_path("rf")
+    kw = dict(grid=make_grid("uniform", 8, path), n=16, shape=(3,), cond=0)
+    with pytest.warns(UserWarning, match="declares no data_range"):
+        out = sample(EpsGaussian(path, mean=3.0), build_guider("dynamic-thresholding", scale=2.0), **kw)
+    assert float(out.x.abs().max()) <= 1.0 + 1e-6  # the data (mean 3) clipped into (−1, 1), as asked

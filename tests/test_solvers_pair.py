@@ -137,7 +137,7 @@ class Inconsistent:
 
 INCONSISTENT = {
     "cfg++": {"scale": 0.6},
-    "dynamic-thresholding": {"scale": 6.0, "percentile": 0.6},
+    "dynamic-thresholding": {"scale": 6.0, "percentile": 0.6, "data_range": (-1.0, 1.0)},
     "cfg": {"scale": 3.0},
 }
 

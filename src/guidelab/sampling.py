@@ -630,7 +630,7 @@ def sample(
     labels = as_cond(cond, n, device)
     model = GuidedModel(denoiser, guider, labels, grid)
     model.guider.reset(n)
-    model.guider.prepare(model.grid, denoiser.path)  # whole-grid checks (CFG++'s λ) before any evaluation
+    model.guider.prepare(model.grid, denoiser.path, denoiser)  # whole-grid checks before any evaluation
     options: dict[str, Any] = {}
     if solver in STOCHASTIC_SOLVERS:
         options["noise"] = noise

@@ -163,9 +163,10 @@ class Guider(ABC):
     def reset(self, batch: int) -> None:  # noqa: B027 - stateless guiders need no reset
         """Clear per-trajectory state before sampling a batch of ``batch`` trajectories."""
 
-    def prepare(self, grid: Tensor, path: NoisePath) -> None:  # noqa: B027 - most guiders check nothing per grid
-        """Check the guider against the whole sampling ``grid`` on ``path`` before the first network evaluation
-        (a sampler calls it once per run, after :meth:`reset`); raises ValueError naming the offending field."""
+    def prepare(self, grid: Tensor, path: NoisePath, denoiser: Any = None) -> None:  # noqa: B027 - most need none
+        """Check the guider against the whole sampling ``grid`` on ``path`` before the first network evaluation,
+        and read what it needs to know of the ``denoiser`` (e.g. its ``data_range``); a sampler calls it once per
+        run, after :meth:`reset`. Raises ValueError naming the offending field."""
 
     @abstractmethod
     def passes(self, ctx: StepContext) -> tuple[Pass, ...]:

@@ -50,7 +50,7 @@ class CFGPlusPlus(ScheduledGuider):
             _check_lam(self.schedule.scale)
         self._checked: tuple[Tensor, NoisePath] | None = None
 
-    def prepare(self, grid: Tensor, path: NoisePath) -> None:
+    def prepare(self, grid: Tensor, path: NoisePath, denoiser: Any = None) -> None:
         """Check λ at every step of ``grid`` (N + 1 times) on ``path``: a ValueError naming ``scale`` and the step
         where the schedule leaves [0, 1]."""
         times = torch.as_tensor(grid, dtype=torch.float64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -14,11 +15,12 @@ from guidelab.guiders._common import ScheduledGuider, Step, affine_pair, as_batc
 from guidelab.guiders.base import GuidedStep, Predictions, Scale, StepContext
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import Schedule
-from guidelab.paths import x0_to_eps
+from guidelab.paths import NoisePath, x0_to_eps
 
 __all__ = ["MODES", "DynamicThresholding"]
 
 MODES: tuple[str, ...] = ("dynamic", "static")
+IMAGEN_RANGE = (-1.0, 1.0)  # pixels, Imagen's (and diffusers') assumption
 
 
 def upper_quantile(x: Tensor, q: float) -> Tensor:
@@ -49,8 +51,8 @@ def _data_range(value: Any) -> tuple[float, float]:
 class DynamicThresholding(ScheduledGuider):
     """CFG in x0 space, then Imagen's dynamic (or static) thresholding of the guided clean estimate, per sample.
 
-    With c, h the centre and half-width of ``data_range`` (c = 0, h = 1 for the default (−1, 1), where this is
-    exactly Imagen's rule and diffusers' ``_threshold_sample``)::
+    With c, h the centre and half-width of the data range (c = 0, h = 1 for (−1, 1), where this is exactly
+    Imagen's rule and diffusers' ``_threshold_sample``)::
 
         x0̂ = x0̂_u + γ·(x0̂_c − x0̂_u)
         dynamic:  s = clamp(quantile(|x0̂ − c|/h, p), 1, sample_max_value)
@@ -73,6 +75,12 @@ class DynamicThresholding(ScheduledGuider):
     above), so that the thresholding acts at every step. Shapes: predictions (batch, ...); the data range is
     one pair for all samples.
 
+    Data range: by default (``data_range=None``) the range of the data the sampler's denoiser models, read from
+    its ``data_range`` attribute when the sampler calls :meth:`prepare` (a target's exact denoiser gives the
+    0.05%/99.95% quantiles of its coordinates); a denoiser without one gets Imagen's (−1, 1) with a warning, as
+    do direct :meth:`guide` calls before any :meth:`prepare`. A given ``data_range`` that does not cover the
+    denoiser's (by more than 1% of its width at either end) warns that the data itself will be clipped.
+
     Sources: arXiv 2205.11487 §2.3; diffusers ``schedulers/scheduling_ddpm.py`` (``_threshold_sample``,
     ``dynamic_thresholding_ratio``, ``sample_max_value``, ``clip_sample``) and ``scheduling_ddim.py``
     (``use_clipped_model_output``).
@@ -83,7 +91,8 @@ class DynamicThresholding(ScheduledGuider):
             dynamic mode only.
         mode: ``dynamic`` or ``static``.
         sample_max_value: upper cap of s (≥ 1, in units of h); ``None`` for none, as Imagen. Dynamic only.
-        data_range: (low, high), the range of the data, low < high; default (−1, 1).
+        data_range: (low, high), the range of the data, low < high; ``None`` (default) for the denoiser's
+            ``data_range``, else (−1, 1).
         use_clipped_model_output: renoise with the ε̂ of the clipped x0̂ (Imagen); ``False`` with the unclipped
             guided ε̂.
         threshold_unguided: threshold the conditional x0̂ at γ = 1 too (still one pass).
@@ -102,7 +111,7 @@ class DynamicThresholding(ScheduledGuider):
         percentile: float = 0.995,
         mode: str = "dynamic",
         sample_max_value: float | None = None,
-        data_range: tuple[float, float] | list[float] = (-1.0, 1.0),
+        data_range: tuple[float, float] | list[float] | None = None,
         use_clipped_model_output: bool = True,
         threshold_unguided: bool = False,
     ):
@@ -113,13 +122,40 @@ class DynamicThresholding(ScheduledGuider):
         self.sample_max_value = (
             None if sample_max_value is None else check_number("sample_max_value", sample_max_value, lo=1.0)
         )
-        self.data_range = _data_range(data_range)
+        self.data_range = None if data_range is None else _data_range(data_range)
+        self.range: tuple[float, float] = self.data_range or IMAGEN_RANGE  # the range in use
         self.use_clipped_model_output = check_flag("use_clipped_model_output", use_clipped_model_output)
         self.threshold_unguided = check_flag("threshold_unguided", threshold_unguided)
 
+    def prepare(self, grid: Tensor, path: NoisePath, denoiser: Any = None) -> None:
+        """Take the range to clip into: the given ``data_range``, else the denoiser's ``data_range``, else
+        (−1, 1); warn where the range in use does not fit the denoiser's data (see the class docstring)."""
+        known = getattr(denoiser, "data_range", None)
+        known = None if known is None else _data_range(list(known))
+        if self.data_range is None:
+            if known is None:
+                warnings.warn(
+                    "dynamic-thresholding: the denoiser declares no data_range; clipping x0̂ into Imagen's (-1, 1). "
+                    "Give data_range=(low, high) if the data (e.g. latents) lie elsewhere",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            self.range = known or IMAGEN_RANGE
+            return
+        self.range = self.data_range
+        if known is not None:
+            slack = 0.01 * (known[1] - known[0])
+            if known[0] < self.range[0] - slack or known[1] > self.range[1] + slack:
+                warnings.warn(
+                    f"data_range: ({self.range[0]:g}, {self.range[1]:g}) does not cover the data's range "
+                    f"({known[0]:.3g}, {known[1]:.3g}); thresholding will clip the data itself",
+                    UserWarning,
+                    stacklevel=3,
+                )
+
     def threshold(self, x0: Tensor) -> Tensor:
         """The thresholded clean estimate (batch, ...) of ``x0`` (batch, ...)."""
-        low, high = self.data_range
+        low, high = self.range
         if self.mode == "static":
             return torch.clamp(x0, low, high)
         centre, half = (low + high) / 2, (high - low) / 2
@@ -177,7 +213,7 @@ class DynamicThresholding(ScheduledGuider):
             "percentile": self.percentile,
             "mode": self.mode,
             "sample_max_value": self.sample_max_value,
-            "data_range": list(self.data_range),
+            "data_range": None if self.data_range is None else list(self.data_range),
             "use_clipped_model_output": self.use_clipped_model_output,
             "threshold_unguided": self.threshold_unguided,
         }

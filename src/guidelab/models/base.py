@@ -71,6 +71,11 @@ class ExactDenoiser:
         """The target's coordinate scale (sets the sampler's relative divergence bound)."""
         return self.target.data_scale
 
+    @property
+    def data_range(self) -> tuple[float, float]:
+        """The target's coordinate range (low, high) (the default range of thresholding guiders)."""
+        return self.target.data_range
+
     def __call__(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         return self.target.posterior_mean(x_t, t, self.path, cond)
 

@@ -48,11 +48,23 @@ class Target(ABC):
         return int(self.component_class.numel())
 
     @functools.cached_property
+    def _reference_coordinates(self) -> Tensor:
+        """The coordinates of 4096 exact samples (fixed seed 0, all classes), float64, flattened."""
+        return self.sample(4096, None, torch.Generator().manual_seed(0)).reshape(-1).double()
+
+    @functools.cached_property
     def data_scale(self) -> float:
         """The data's coordinate scale: the 0.999-quantile of |x0| over the coordinates of 4096 exact samples
         (fixed seed, all classes). Relative divergence bounds of the sampler are multiples of it."""
-        x = self.sample(4096, None, torch.Generator().manual_seed(0)).abs().reshape(-1).double()
-        return max(float(torch.quantile(x, 0.999)), 1e-12)
+        return max(float(torch.quantile(self._reference_coordinates.abs(), 0.999)), 1e-12)
+
+    @functools.cached_property
+    def data_range(self) -> tuple[float, float]:
+        """The data's coordinate range (low, high): the 0.0005- and 0.9995-quantiles of the coordinates of the
+        same 4096 exact samples (all of a bounded target's support up to sampling, 99.9% of an unbounded one's).
+        Thresholding guiders clip x0̂ into it by default."""
+        low, high = torch.quantile(self._reference_coordinates, torch.tensor([0.0005, 0.9995], dtype=torch.float64))
+        return float(low), max(float(high), float(low) + 1e-12)
 
     def class_index(self, name: str | int) -> int:
         """The index of a class given by name or index (``"null"``/``"none"``/−1 give ``NULL_COND``)."""
