@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from guidelab.models.base import NULL_COND, as_cond
+from guidelab.denoiser import NULL_COND, as_cond
 from guidelab.paths import NoisePath
 
 

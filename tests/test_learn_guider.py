@@ -10,7 +10,7 @@ from torch import Tensor
 from guidelab.grids import make_grid
 from guidelab.guiders import build_guider
 from guidelab.guiders.learned import LearnedGuider
-from guidelab.learn.weights import GuidanceWeights, log_noise_level, save_weights
+from guidelab.models.guidance_weights import GuidanceWeights, log_noise_level, save_weights
 from guidelab.paths import get_path
 from guidelab.sampling import sample
 from guidelab.targets import get_target

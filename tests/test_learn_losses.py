@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from guidelab.learn.losses import energy_distance_loss, guided_ddim_step, sample_time_pairs
-from guidelab.learn.weights import GuidanceWeights, log_noise_level
+from guidelab.models.guidance_weights import GuidanceWeights, log_noise_level
 from guidelab.paths import get_path
 
 

@@ -15,10 +15,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from guidelab.experiments.reproductions.learned_guidance import UnderConditionedDenoiser
 from guidelab.grids import make_grid
 from guidelab.guiders.learned import LearnedGuider
 from guidelab.learn import LearnConfig, learn, target_data
-from guidelab.learn.reproduction import UnderConditionedDenoiser
 from guidelab.paths import get_path
 from guidelab.targets import get_target
 from guidelab.train import train_denoiser

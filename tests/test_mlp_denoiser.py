@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from guidelab.denoiser import Denoiser
 from guidelab.grids import make_grid
 from guidelab.guiders import build_guider
-from guidelab.models.base import Denoiser
 from guidelab.models.mlp import MLPDenoiser
 from guidelab.paths import get_path
 from guidelab.sampling import sample

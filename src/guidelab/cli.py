@@ -108,7 +108,7 @@ def sample(
         seed=seed,
         dtype=dtype,
     )
-    outcome = run_sample(config, progress=sys.stderr.isatty())
+    outcome = run_sample(config, progress=True)
     result = outcome.result
     write_npy_atomic(out, result.x.cpu().numpy())
     sidecar = {
@@ -183,7 +183,7 @@ def schedule(
     if plot is not None:
         if not hasattr(built, "schedule_rows"):
             raise ValueError(f"plot: only a learned guider's schedule can be plotted, not {guider!r}")
-        from guidelab.learn.reproduction import plot_learned_schedule
+        from guidelab.learn.plots import plot_learned_schedule
 
         plot_learned_schedule(built, noise_path, times, plot)
     if as_json:
@@ -209,9 +209,7 @@ def run(
     from guidelab.experiments.runner import run_sweep
 
     sweep = load_sweep(config)
-    summary = run_sweep(
-        sweep, out, workers=workers, executor=executor, address=address, threads=threads, progress=sys.stderr.isatty()
-    )
+    summary = run_sweep(sweep, out, workers=workers, executor=executor, address=address, threads=threads, progress=True)
     typer.echo(
         f"{summary.total} runs: {summary.skipped} already done, {summary.ran} ran, {summary.failed} failed; "
         f"results in {summary.out / 'results.sqlite'}"
@@ -292,7 +290,7 @@ def learn(
         out_dir=str(out),
     )
     fields.update(parse_params(set_, "--set"))
-    result = run_learn(LearnConfig(**fields), progress=sys.stderr.isatty())
+    result = run_learn(LearnConfig(**fields), progress=True)
     typer.echo(
         f"weights written to {result.weights_path} (best step {result.best_step}, held-out loss "
         f"{result.best_holdout:.4g}, {'stopped early' if result.stopped_early else 'ran all steps'}, "
@@ -331,7 +329,7 @@ def train(
         p_uncond=p_uncond,
         seed=seed,
         out=out,
-        progress=sys.stderr.isatty(),
+        progress=True,
         threads=threads,
     )
     final = f", final loss {result.losses[-1]:.4g}" if result.losses else ""
@@ -347,7 +345,7 @@ def demo(
     """Run every guider over a range of scales on two exact targets and write the HTML report."""
     from guidelab.demo import run_demo
 
-    _, report_path = run_demo(out, workers=workers, progress=sys.stderr.isatty())
+    _, report_path = run_demo(out, workers=workers, progress=True)
     typer.echo(f"report written to {report_path}")
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "write_atomic",
     "write_json_atomic",
     "write_npy_atomic",
+    "write_text_atomic",
 ]
 
 
@@ -64,7 +65,7 @@ def _atomic(path: Path, write: Any, mode: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the permissions open() would
     try:
-        with os.fdopen(fd, mode) as handle:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -82,3 +83,8 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
 def write_npy_atomic(path: str | Path, array: np.ndarray) -> None:
     """Write ``array`` as ``.npy`` to ``path`` atomically."""
     _atomic(Path(path), lambda h: np.save(h, array, allow_pickle=False), "wb")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically: a reader never sees half a page."""
+    _atomic(Path(path), lambda h: h.write(text), "w")

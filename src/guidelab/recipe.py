@@ -14,17 +14,16 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from guidelab import __version__
+from guidelab.denoiser import NULL_COND, Denoiser
 from guidelab.grids import GRIDS, make_grid
 from guidelab.guiders import Guider, build_guider
 from guidelab.guiders.registry import guider_accepts
-from guidelab.models.base import NULL_COND, Denoiser
 from guidelab.paths import PATHS, NoisePath, get_path
 from guidelab.sampling import SOLVERS, SampleResult, sample
 from guidelab.targets import Target, get_target
+from guidelab.validation import DTYPES, error_lines
 
 __all__ = ["ModelSpec", "SampleConfig", "SampleOutcome", "config_error_message", "run_sample"]
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class ModelSpec(BaseModel):
@@ -80,7 +79,7 @@ class SampleConfig(BaseModel):
     @field_validator("path", "grid", "solver", "dtype")
     @classmethod
     def _known_name(cls, v: str, info: ValidationInfo) -> str:
-        accepted = {"path": PATHS, "grid": GRIDS, "solver": SOLVERS, "dtype": _DTYPES}[info.field_name]
+        accepted = {"path": PATHS, "grid": GRIDS, "solver": SOLVERS, "dtype": DTYPES}[info.field_name]
         if v not in accepted:
             raise ValueError(f"unknown {info.field_name} {v!r}; accepted: {', '.join(accepted)}")
         return v
@@ -97,13 +96,7 @@ class SampleConfig(BaseModel):
 
 def config_error_message(err: ValidationError) -> str:
     """Pydantic errors as one line each: ``field: message (got value)``."""
-    lines = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "config"
-        msg = e["msg"].removeprefix("Value error, ")
-        got = e.get("input")
-        lines.append(f"{where}: {msg}" + (f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""))
-    return "\n".join(lines)
+    return "\n".join(error_lines(err))
 
 
 @dataclass
@@ -145,7 +138,7 @@ def run_sample(config: SampleConfig, *, progress: bool = False) -> SampleOutcome
         solver=config.solver,
         seed=config.seed,
         eta=config.eta,
-        dtype=_DTYPES[config.dtype],
+        dtype=DTYPES[config.dtype],
         record_every=config.record_every,
         divergence_bound=config.divergence_bound,
         divergence_factor=config.divergence_factor,

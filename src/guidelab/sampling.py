@@ -30,11 +30,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from guidelab.denoiser import NULL_COND, Denoiser, as_cond
 from guidelab.guiders.base import GuidedStep, Guider, Pass, Predictions, StepContext
 from guidelab.guiders.cfg import CFG
-from guidelab.models.base import NULL_COND, Denoiser, as_cond
 from guidelab.noise import NoiseSource
 from guidelab.paths import NoisePath, PathCoefficients
+from guidelab.progress import ProgressBar
 
 __all__ = [
     "ETA_SOLVERS",
@@ -45,6 +46,7 @@ __all__ = [
     "NoiseSource",
     "SampleResult",
     "ancestral_step",
+    "ddim_kappa",
     "sample",
     "sample_ddim",
     "sample_dpmpp_2m",
@@ -285,6 +287,12 @@ def sample_heun(model: GuidedModel, x: Tensor, *, monitor: Monitor) -> Tensor:
     return x
 
 
+def ddim_kappa(eta: float, lam_ratio: float | Tensor) -> float | Tensor:
+    """The share κ of ε̂ a DDIM step t → s with churn η keeps: ``κ = 1 − η²(1 − λ_s/λ_t)``, λ = σ/α (floats or
+    broadcastable tensors; differentiable). The rest of the noise, ``√(1 − κ²)``, is fresh (arXiv 2510.00815)."""
+    return 1 - eta**2 * (1 - lam_ratio)
+
+
 def sample_ddim(
     model: GuidedModel, x: Tensor, *, monitor: Monitor, eta: float = 0.0, noise: NoiseSource | None = None
 ) -> Tensor:
@@ -297,8 +305,7 @@ def sample_ddim(
     for i in range(model.steps):
         t, t_next = model.t(i), model.t(i + 1)
         out = model(x, i)
-        ratio = _lam_ratio(model, t, t_next)
-        kappa = 1 - eta**2 * (1 - ratio)
+        kappa = float(ddim_kappa(eta, _lam_ratio(model, t, t_next)))
         x = monitor.update(
             model, i, x, _renoise(model, out, t_next, kappa, math.sqrt(max(1 - kappa**2, 0)), noise), out
         )
@@ -637,7 +644,7 @@ def sample(
     if solver in ETA_SOLVERS:
         options["eta"] = _ETA_DEFAULT[solver] if eta is None else eta
     start = time.perf_counter()
-    with _progress_bar(progress, model.steps, solver) as advance:
+    with ProgressBar(progress, model.steps, f"sampling ({solver})") as bar:
         monitor = Monitor(
             n,
             bound=divergence_bound,
@@ -645,7 +652,7 @@ def sample(
             data_scale=scale,
             record_every=record_every,
             callback=callback,
-            progress=advance,
+            progress=bar.advance if bar.enabled else None,
         )
         with torch.no_grad():
             x = SOLVERS[solver](model, x, monitor=monitor, **options)
@@ -663,25 +670,3 @@ def sample(
         trajectory=torch.stack(monitor.states) if recorded else None,
         x0_trajectory=torch.stack(monitor.x0_hats) if recorded else None,
     )
-
-
-class _progress_bar:
-    """A rich progress bar over steps, or nothing."""
-
-    def __init__(self, enabled: bool, total: int, label: str):
-        self.enabled, self.total, self.label = enabled, total, label
-        self._progress: Any = None
-
-    def __enter__(self) -> Callable[[], None] | None:
-        if not self.enabled:
-            return None
-        from rich.progress import Progress
-
-        self._progress = Progress(transient=True)
-        self._progress.start()
-        task = self._progress.add_task(f"sampling ({self.label})", total=self.total)
-        return lambda: self._progress.advance(task)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()

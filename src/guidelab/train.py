@@ -30,9 +30,9 @@ from torch import Tensor
 from guidelab.io import torch_load_checked, torch_save_atomic, write_json_atomic
 from guidelab.models.mlp import MLPDenoiser
 from guidelab.paths import NoisePath, get_path
+from guidelab.progress import ProgressBar
 
 __all__ = [
-    "StatusBar",
     "TrainResult",
     "load_denoiser",
     "sample_data",
@@ -197,7 +197,7 @@ def _train(
     }
     losses: list[float] = []
     start = time.perf_counter()
-    bar = StatusBar(progress, steps, "training denoiser")
+    bar = ProgressBar(progress, steps, "training denoiser")
     with bar:
         for step in range(steps):
             x0, labels = sample_data(target, batch_size, generator)
@@ -216,7 +216,7 @@ def _train(
             optimizer.step()
             scheduler.step()
             losses.append(float(loss.detach()))
-            bar.advance(f"loss {losses[-1]:.4f}")
+            bar.advance(status=f"loss {losses[-1]:.4f}")
             if callback is not None:
                 callback(step, losses[-1])
     model.eval()
@@ -245,36 +245,3 @@ def load_denoiser(path: str | Path) -> MLPDenoiser:
     model.eval()
     model.requires_grad_(False)
     return model
-
-
-class StatusBar:
-    """A rich progress bar with a status text, or nothing."""
-
-    def __init__(self, enabled: bool, total: int, label: str):
-        self.enabled, self.total, self.label = enabled, total, label
-        self._progress: Any = None
-        self._task: Any = None
-
-    def __enter__(self) -> StatusBar:
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[status]}"),
-                transient=True,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task(self.label, total=self.total, status="")
-        return self
-
-    def advance(self, status: str = "", steps: int = 1) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, advance=steps, status=status)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()

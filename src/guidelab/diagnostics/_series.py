@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from guidelab.metrics._common import DEFAULT_QUANTILES, Record, float_or_none, quantile_list
+from guidelab.metrics.base import DEFAULT_QUANTILES, Record, float_or_none, quantile_list
 
 __all__ = ["Series", "as_trajectory", "summarize"]
 

@@ -24,10 +24,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from guidelab.denoiser import NULL_COND, Denoiser, as_cond
 from guidelab.diagnostics._series import Series, as_trajectory, summarize
 from guidelab.guiders.base import Guider
-from guidelab.metrics._common import DEFAULT_QUANTILES, Record, seeded_generator
-from guidelab.models.base import NULL_COND, Denoiser, as_cond
+from guidelab.metrics.base import DEFAULT_QUANTILES, Record, seeded_generator
 from guidelab.sampling import GuidedModel
 
 __all__ = [

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from guidelab.diagnostics._series import Series, as_trajectory, summarize
-from guidelab.metrics._common import DEFAULT_QUANTILES
+from guidelab.metrics.base import DEFAULT_QUANTILES
 
 __all__ = ["norm_trajectory", "per_sample_norms"]
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from guidelab.diagnostics._series import as_trajectory
-from guidelab.metrics._common import Record
+from guidelab.metrics.base import Record
 
 __all__ = [
     "GammaSearch",

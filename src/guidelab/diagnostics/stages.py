@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from guidelab.denoiser import NULL_COND
 from guidelab.diagnostics._series import Series, as_trajectory, summarize
-from guidelab.metrics._common import (
+from guidelab.metrics.base import (
     DEFAULT_QUANTILES,
     Record,
     chunk_rows,
@@ -31,7 +32,6 @@ from guidelab.metrics._common import (
     seeded_generator,
 )
 from guidelab.metrics.classes import component_log_responsibilities
-from guidelab.models.base import NULL_COND
 from guidelab.paths import NoisePath
 
 __all__ = [

@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from guidelab.recipe import ModelSpec, SampleConfig
+from guidelab.validation import error_lines
 
 __all__ = ["GridSpec", "GuiderSweep", "RunSpec", "SweepConfig", "TargetSweep", "load_sweep", "run_hash"]
 
@@ -172,13 +173,6 @@ def run_hash(sample: SampleConfig, metrics: tuple[str, ...], reference_n: int | 
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _location(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "config"
-
-
 def load_sweep(path: str | Path) -> SweepConfig:
     """Read and validate a sweep file; every mistake is reported as one ``field: message`` line.
 
@@ -199,10 +193,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
     try:
         config = SweepConfig.model_validate(data)
     except ValidationError as err:
-        for e in err.errors():
-            got = e.get("input")
-            shown = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) else ""
-            errors.append(f"{_location(e['loc'])}: {e['msg'].removeprefix('Value error, ')}{shown}")
+        errors += error_lines(err)
     errors += _check_buildable(data)
     if errors:
         raise ValueError("\n".join(dict.fromkeys(errors)))

@@ -35,8 +35,7 @@ class MeasureInput:
 
 def reference_samples(target: Target, cond: int, n: int) -> Tensor:
     """Exact samples of p(x | cond) (or p(x) for the null condition) with a seed fixed per condition."""
-    generator = torch.Generator().manual_seed(_REFERENCE_SEED + 7919 * (cond + 1))
-    return target.sample(n, None if cond < 0 else cond, generator=generator).double()
+    return target.reference_samples(n, cond, _REFERENCE_SEED + 7919 * (cond + 1))
 
 
 def _num(value: Any) -> float:

@@ -25,6 +25,7 @@ from guidelab.experiments.config import RunSpec, SweepConfig
 from guidelab.experiments.measures import MeasureInput, measure, reference_samples
 from guidelab.experiments.store import ResultStore
 from guidelab.io import write_json_atomic, write_npy_atomic
+from guidelab.progress import ProgressBar
 
 __all__ = ["SweepSummary", "execute_run", "run_sweep"]
 
@@ -158,40 +159,14 @@ def run_sweep(
     else:
         rows = (execute_run(spec, str(out), threads) for spec in todo)
     failed = 0
-    with _Progress(progress, len(todo)) as advance:
+    with ProgressBar(progress, len(todo), "runs", transient=False) as bar:
         for row in rows:
             store.put(row)
             failed += row["status"] == "error"
             if on_row is not None:
                 on_row(row)
-            advance(row)
+            bar.advance(description=f"{row['label']} {row['target']} ({row['status']})")
     return SweepSummary(len(unique), len(unique) - len(todo), len(todo), failed, out)
-
-
-class _Progress:
-    """A rich progress bar over runs, or nothing."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total = enabled and total > 0, total
-        self._bar: Any = None
-
-    def __enter__(self) -> Callable[[dict[str, Any]], None]:
-        if not self.enabled:
-            return lambda row: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        self._bar.start()
-        task = self._bar.add_task("runs", total=self.total)
-
-        def advance(row: dict[str, Any]) -> None:
-            self._bar.update(task, advance=1, description=f"{row['label']} {row['target']} ({row['status']})")
-
-        return advance
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 def default_workers() -> int:

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from guidelab.models.base import Denoiser
+from guidelab.denoiser import Denoiser
 from guidelab.paths import SPACES, NoisePath, PathCoefficients, convert, to_x0_eps
 
 __all__ = [

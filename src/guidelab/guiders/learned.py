@@ -41,7 +41,7 @@ class LearnedGuider(Guider):
     source = "arXiv 2510.00815"
 
     def __init__(self, checkpoint: str):
-        from guidelab.learn.weights import load_weights
+        from guidelab.models.guidance_weights import load_weights
 
         if checkpoint is None or (isinstance(checkpoint, str) and not checkpoint.strip()):
             raise ValueError("checkpoint: give the path of learned weights (weights.pt or its folder)")
@@ -52,7 +52,7 @@ class LearnedGuider(Guider):
 
     @classmethod
     def from_weights(cls, weights: Any, meta: dict[str, Any] | None = None) -> LearnedGuider:
-        """A guider on an in-memory :class:`~guidelab.learn.weights.GuidanceWeights` (config has no checkpoint)."""
+        """A guider on in-memory :class:`~guidelab.models.guidance_weights.GuidanceWeights` (no checkpoint)."""
         guider = cls.__new__(cls)
         guider.checkpoint = None  # type: ignore[assignment]
         guider.weights, guider.meta = weights.eval(), dict(meta or {})

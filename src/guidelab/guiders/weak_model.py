@@ -7,12 +7,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from guidelab.denoiser import Denoiser
 from guidelab.guiders._checks import check_choice
 from guidelab.guiders._common import Step, affine_pair, as_batch, as_schedule, per_sample
 from guidelab.guiders.base import COND, GuidedStep, Guider, Pass, Predictions, Scale, StepContext, is_neutral
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import SCHEDULES, Schedule
-from guidelab.models.base import Denoiser
 
 __all__ = ["GuideSpec", "WeakModelGuidance"]
 

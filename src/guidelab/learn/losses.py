@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from guidelab.sampling import ddim_kappa
+
 __all__ = ["energy_distance_loss", "guided_ddim_step", "sample_time_pairs"]
 
 
@@ -101,7 +103,7 @@ def guided_ddim_step(
     """
     x0_hat = x0_cond + omega * (x0_cond - x0_uncond)
     eps_hat = (x_t - alpha_t * x0_hat) / sigma_t
-    kappa = 1 - eta**2 * (1 - alpha_t * sigma_s / (alpha_s * sigma_t))
+    kappa = ddim_kappa(eta, alpha_t * sigma_s / (alpha_s * sigma_t))
     x_s = alpha_s * x0_hat + sigma_s * (kappa * eps_hat + torch.sqrt(torch.clamp(1 - kappa**2, min=0)) * noise)
     return x_s, x0_hat
 

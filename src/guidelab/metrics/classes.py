@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from guidelab.metrics._common import Record, as_points, default_path, float_or_none, resolve_cond, seeded_generator
-from guidelab.models.base import NULL_COND
+from guidelab.denoiser import NULL_COND
+from guidelab.metrics.base import Record, as_points, default_path, float_or_none, resolve_cond, seeded_generator
 from guidelab.paths import NoisePath
 
 __all__ = [

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from guidelab.metrics._common import Record, as_points, chunk_rows, default_path, resolve_cond, seeded_generator
-from guidelab.models.base import NULL_COND
+from guidelab.denoiser import NULL_COND
+from guidelab.metrics.base import Record, as_points, chunk_rows, default_path, resolve_cond, seeded_generator
 from guidelab.paths import NoisePath
 
 __all__ = [

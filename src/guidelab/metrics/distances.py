@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from guidelab.metrics._common import as_points, check_same_dim, chunk_rows, seeded_generator
+from guidelab.metrics.base import as_points, check_same_dim, chunk_rows, seeded_generator
 
 __all__ = [
     "energy_distance",

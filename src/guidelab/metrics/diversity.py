@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from guidelab.metrics._common import as_points, seeded_generator
+from guidelab.metrics.base import as_points, seeded_generator
 from guidelab.metrics.distances import median_heuristic_bandwidth
 
 __all__ = ["vendi_score"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from guidelab.metrics._common import Record, as_points, check_same_dim, chunk_rows
+from guidelab.metrics.base import Record, as_points, check_same_dim, chunk_rows
 
 __all__ = ["PRDC", "knn_radii", "prdc"]
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from guidelab.metrics._common import DEFAULT_QUANTILES, Record, as_points, quantile_list, resolve_cond
-from guidelab.models.base import NULL_COND
+from guidelab.denoiser import NULL_COND
+from guidelab.metrics.base import DEFAULT_QUANTILES, Record, as_points, quantile_list, resolve_cond
 
 __all__ = [
     "EdgeConcentration",

@@ -19,9 +19,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from guidelab.metrics._common import as_points, default_path, resolve_cond, seeded_generator
+from guidelab.denoiser import NULL_COND
+from guidelab.metrics.base import as_points, default_path, resolve_cond, seeded_generator
 from guidelab.metrics.density import CellGrid, cell_masses
-from guidelab.models.base import NULL_COND
 from guidelab.paths import NoisePath
 
 __all__ = ["TiltedTarget"]

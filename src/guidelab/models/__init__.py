@@ -1,5 +1,7 @@
-"""Denoisers: the protocol every model implements, and adapters (exact targets, networks)."""
+"""Networks and adapters that meet the Denoiser contract (:mod:`guidelab.denoiser`): the small conditional MLP
+denoiser and the learned guidance-weight network."""
 
-from guidelab.models.base import NULL_COND, Denoiser, ExactDenoiser, as_cond
+from guidelab.models.guidance_weights import GuidanceWeights, load_weights, save_weights
+from guidelab.models.mlp import MLPDenoiser
 
-__all__ = ["NULL_COND", "Denoiser", "ExactDenoiser", "as_cond"]
+__all__ = ["GuidanceWeights", "MLPDenoiser", "load_weights", "save_weights"]

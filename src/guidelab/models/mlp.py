@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from guidelab.models.base import NULL_COND, as_cond
+from guidelab.denoiser import NULL_COND, as_cond
 from guidelab.paths import NoisePath, get_path
 
 __all__ = ["MLPDenoiser", "sinusoidal_embedding"]

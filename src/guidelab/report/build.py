@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from guidelab.io import write_text_atomic
 from guidelab.report import figures
 from guidelab.report.data import (
     Catalog,
@@ -79,19 +80,8 @@ def write_report(dir: str | Path, out: str | Path | None = None) -> Path:
         )
     target = Path(out) if out is not None else root / "report.html"
     text = build_report(root, rows, repros)
-    _write_atomic(target, text)
+    write_text_atomic(target, text)
     return target
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write beside ``path`` then rename over it, so a reader never sees half a page (mode as for a new file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def build_report(root: Path, rows: Sequence[dict[str, Any]], repros: Sequence[Reproduction]) -> str:

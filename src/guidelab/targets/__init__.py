@@ -1,7 +1,7 @@
 """Analytic targets with exact noisy densities and denoisers on any path: Gaussian and box mixtures with
 classes, a score-error wrapper, and the registry of named and file-defined targets."""
 
-from guidelab.targets.base import Target
+from guidelab.targets.base import ExactDenoiser, Target
 from guidelab.targets.box_mixture import BoxMixture
 from guidelab.targets.gaussian_mixture import GaussianMixture
 from guidelab.targets.registry import TargetSpec, get_target, list_targets, load_target_file
@@ -9,6 +9,7 @@ from guidelab.targets.score_error import ScoreErrorDenoiser
 
 __all__ = [
     "BoxMixture",
+    "ExactDenoiser",
     "GaussianMixture",
     "ScoreErrorDenoiser",
     "Target",

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from guidelab.models.base import NULL_COND, ExactDenoiser, as_cond
+from guidelab.denoiser import NULL_COND, as_cond
 from guidelab.paths import NoisePath
 
-__all__ = ["FusedTarget", "PathTime", "Target", "as_float_array", "init_classes", "path_time"]
+__all__ = ["ExactDenoiser", "FusedTarget", "PathTime", "Target", "as_float_array", "init_classes", "path_time"]
 
 
 class Target(ABC):
@@ -113,6 +113,12 @@ class Target(ABC):
     @abstractmethod
     def sample(self, n: int, cond: int | None = None, generator: torch.Generator | None = None) -> Tensor:
         """Exact samples (n, dim) of p(x | cond) (``cond=None``: of p(x))."""
+
+    def reference_samples(self, n: int, cond: int | None, seed: int) -> Tensor:
+        """Exact samples (n, dim), float64, of p(x | cond) (``cond`` None or ``NULL_COND``: of p(x)) from a
+        generator seeded with ``seed``: the reference sets metrics compare against, the same for every caller."""
+        cond = None if cond is None or cond == NULL_COND else cond
+        return self.sample(n, cond, generator=torch.Generator().manual_seed(seed)).double()
 
     @abstractmethod
     def component_log_prob_t(self, x_t: Tensor, t: Tensor, path: NoisePath) -> Tensor:
@@ -313,3 +319,32 @@ class FusedTarget(Target):
     ) -> tuple[Tensor, Tensor]:
         """E[x0 | x_t, c] (batch, D) and log p_t(x_t | c) (batch,) from one pass."""
         return self._evaluate(x_t, t, path, cond, want_mean=True)
+
+
+class ExactDenoiser:
+    """The exact posterior mean ``E[x0 | x_t, c]`` of an analytic target on a path (prediction ``x0``).
+
+    Swaps freely with a network: samplers and guiders run on ground truth through the same protocol.
+    """
+
+    prediction = "x0"
+
+    def __init__(self, target: Target, path: NoisePath):
+        self.target = target
+        self.path = path
+
+    @property
+    def data_scale(self) -> float:
+        """The target's coordinate scale (sets the sampler's relative divergence bound)."""
+        return self.target.data_scale
+
+    @property
+    def data_range(self) -> tuple[float, float]:
+        """The target's coordinate range (low, high) (the default range of thresholding guiders)."""
+        return self.target.data_range
+
+    def __call__(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        return self.target.posterior_mean(x_t, t, self.path, cond)
+
+    def __repr__(self) -> str:
+        return f"ExactDenoiser({self.target!r}, {self.path!r})"

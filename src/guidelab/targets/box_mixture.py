@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from guidelab.models.base import NULL_COND
+from guidelab.denoiser import NULL_COND
 from guidelab.paths import NoisePath
 from guidelab.targets.base import FusedTarget, as_float_array, init_classes, path_time
 

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from guidelab.targets.base import Target
 from guidelab.targets.box_mixture import BoxMixture
 from guidelab.targets.gaussian_mixture import GaussianMixture
+from guidelab.validation import error_lines
 
 __all__ = ["BUILTIN_TARGETS", "TargetSpec", "get_target", "list_targets", "load_target_file"]
 
@@ -206,25 +207,6 @@ class TargetSpec(BaseModel):
         return target
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _format_validation_error(err: ValidationError) -> str:
-    """The first error of a pydantic ValidationError as ``field.path: message`` (one line)."""
-    errors = err.errors(include_url=False)
-    first = errors[0]
-    msg = str(first["msg"]).removeprefix("Value error, ")
-    loc = _loc(tuple(first["loc"]))
-    if first["type"] != "value_error" and "input" in first and not isinstance(first["input"], dict | list):
-        msg += f", got {first['input']!r}"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return (f"{loc}: {msg}" if loc else msg) + more
-
-
 def spec_from_dict(data: Any, source: str = "target spec") -> TargetSpec:
     """Validate a plain dict as a :class:`TargetSpec`; errors become one-line ValueErrors naming the field."""
     if not isinstance(data, dict):
@@ -232,7 +214,9 @@ def spec_from_dict(data: Any, source: str = "target spec") -> TargetSpec:
     try:
         return TargetSpec.model_validate(data)
     except ValidationError as err:
-        raise ValueError(f"{source}: {_format_validation_error(err)}") from None
+        lines = error_lines(err)
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        raise ValueError(f"{source}: {lines[0]}{more}") from None
 
 
 def load_target_file(path: str | Path) -> Target:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from guidelab.models.base import NULL_COND, Denoiser, as_cond
+from guidelab.denoiser import NULL_COND, Denoiser, as_cond
 from guidelab.paths import PathCoefficients
 
 __all__ = ["ScoreErrorDenoiser"]

@@ -41,7 +41,7 @@ _TABLE: dict[str, tuple[str, str]] = {  # name -> (module, function)
     "variance-shrinkage": ("guidelab.experiments.reproductions.variance_shrinkage", "variance_shrinkage"),
     "conservation": ("guidelab.experiments.reproductions.conservation", "conservation"),
     "adg-norm": ("guidelab.experiments.reproductions.adg_norm", "adg_norm"),
-    "learned-guidance": ("guidelab.learn.reproduction", "learned_guidance"),
+    "learned-guidance": ("guidelab.experiments.reproductions.learned_guidance", "learned_guidance"),
 }
 
 

@@ -12,10 +12,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from torch import Tensor
 
+from guidelab.denoiser import Denoiser, as_cond
+from guidelab.guiders import Guider
 from guidelab.io import write_json_atomic
+from guidelab.sampling import SampleResult, sample
 
-__all__ = ["Run", "config_for", "is_nondecreasing", "rounded", "slope"]
+__all__ = ["Run", "config_for", "is_nondecreasing", "per_copy", "rounded", "sample_copies", "slope"]
 
 C = TypeVar("C")
 
@@ -25,6 +29,23 @@ def config_for(name: str, size: str, sizes: Mapping[str, C]) -> C:
     if size not in sizes:
         raise ValueError(f"size: unknown size {size!r} for reproduction {name!r}; accepted: {', '.join(sizes)}")
     return sizes[size]
+
+
+def per_copy(values: Sequence[float], n: int) -> Tensor:
+    """A per-sample parameter for :func:`sample_copies`: value k for the k-th block of n samples, float64 (k·n,)."""
+    return torch.tensor(values, dtype=torch.float64).repeat_interleave(n)
+
+
+def sample_copies(
+    denoiser: Denoiser, guider: Guider, copies: int, n: int, cond: Tensor | int, **options: Any
+) -> SampleResult:
+    """``copies`` settings of one guider in one float64 run of ``copies·n`` samples, copy-major (the settings as
+    per-sample parameters, e.g. :func:`per_copy` scales), every copy from the same noise: sample i of each copy
+    draws noise stream i, so settings differ by the setting alone. ``cond`` (an int or n labels) is repeated per
+    copy; ``options`` go to :func:`~guidelab.sampling.sample` (grid, shape, seed, solver, ...)."""
+    labels = as_cond(cond, n).repeat(copies)
+    ids = torch.arange(n).repeat(copies)
+    return sample(denoiser, guider, n=copies * n, cond=labels, noise_ids=ids, dtype=torch.float64, **options)
 
 
 def is_nondecreasing(values: Sequence[float], tol: float = 0.0) -> bool:

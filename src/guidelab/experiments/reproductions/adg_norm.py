@@ -20,11 +20,10 @@ import torch
 
 from guidelab.diagnostics import norm_trajectory, per_sample_norms
 from guidelab.experiments.reproductions import _plots
-from guidelab.experiments.reproductions._common import Run, config_for, is_nondecreasing
+from guidelab.experiments.reproductions._common import Run, config_for, is_nondecreasing, per_copy, sample_copies
 from guidelab.grids import make_grid
 from guidelab.guiders import build_guider
 from guidelab.paths import get_path
-from guidelab.sampling import sample
 from guidelab.targets import get_target
 
 __all__ = ["SIZES", "ADGNormConfig", "adg_norm"]
@@ -64,18 +63,16 @@ def _norms(name: str, target: Any, grid: torch.Tensor, cfg: ADGNormConfig) -> li
     """Per γ: the x0̂ norm along t (mean, sd), its peak and the final sample norm, from one batched run."""
     path = get_path("rf")
     G = len(cfg.gammas)
-    scale = torch.tensor(cfg.gammas, dtype=torch.float64).repeat_interleave(cfg.n)
     labels = torch.arange(cfg.n) % target.num_classes
-    res = sample(
+    res = sample_copies(
         target.denoiser(path),
-        build_guider(name, scale=scale),
+        build_guider(name, scale=per_copy(cfg.gammas, cfg.n)),
+        G,
+        cfg.n,
+        labels,
         grid=grid,
-        n=G * cfg.n,
         shape=(target.dim,),
         seed=cfg.seed,
-        noise_ids=torch.arange(cfg.n).repeat(G),  # every γ starts from the same noise
-        dtype=torch.float64,
-        cond=labels.repeat(G),
         solver="euler",
         record_every=1,
     )

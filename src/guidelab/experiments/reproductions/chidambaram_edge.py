@@ -30,14 +30,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from guidelab.denoiser import Denoiser
 from guidelab.experiments.reproductions import _plots
-from guidelab.experiments.reproductions._common import Run, config_for, is_nondecreasing
+from guidelab.experiments.reproductions._common import Run, config_for, is_nondecreasing, per_copy, sample_copies
 from guidelab.grids import make_grid
 from guidelab.guiders import build_guider
 from guidelab.metrics import class_far_edge, distance_to_far_edge, distance_to_support, in_support_fraction
-from guidelab.models.base import Denoiser
 from guidelab.paths import NoisePath, get_path
-from guidelab.sampling import sample
 from guidelab.targets import get_target
 
 __all__ = ["SIZES", "EdgeConfig", "chidambaram_edge", "guided_samples", "ou_grid"]
@@ -97,18 +96,16 @@ def guided_samples(
     of diverged samples.
     """
     G = len(gammas)
-    scale = torch.tensor(gammas, dtype=torch.float64).repeat_interleave(n)
     steps = grid.numel() - 1
-    res = sample(
+    res = sample_copies(
         denoiser,
-        build_guider("cfg", scale=scale),
+        build_guider("cfg", scale=per_copy(gammas, n)),
+        G,
+        n,
+        0,
         grid=grid,
-        n=G * n,
         shape=(dim,),
         seed=seed,
-        noise_ids=torch.arange(n).repeat(G),  # every γ starts from the same noise
-        dtype=torch.float64,
-        cond=0,
         solver="euler",
         record_every=max(1, steps - 1),
     )

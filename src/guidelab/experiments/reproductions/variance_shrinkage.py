@@ -32,12 +32,11 @@ import torch
 from torch import Tensor
 
 from guidelab.experiments.reproductions import _plots
-from guidelab.experiments.reproductions._common import Run, config_for
+from guidelab.experiments.reproductions._common import Run, config_for, sample_copies
 from guidelab.grids import make_grid
 from guidelab.guiders import build_guider, schedule_table
 from guidelab.metrics import class_fidelity
 from guidelab.paths import get_path
-from guidelab.sampling import sample
 from guidelab.targets import get_target
 
 __all__ = ["SIZES", "VarianceConfig", "variance_shrinkage"]
@@ -117,16 +116,15 @@ class _Setup:
     def measure(self, copies: int = 1, **guider: Any) -> list[dict[str, float]]:
         """Variance ratios and class fidelity of ``copies`` settings batched along per-sample scales."""
         n = len(self.labels)
-        res = sample(
+        res = sample_copies(
             self.denoiser,
             build_guider("cfg", **guider),
+            copies,
+            n,
+            self.labels,
             grid=self.grid,
-            n=copies * n,
             shape=(self.target.dim,),
             seed=self.seed,
-            noise_ids=torch.arange(n).repeat(copies),  # every setting starts from the same noise
-            dtype=torch.float64,
-            cond=self.labels.repeat(copies),
             solver="dpm++2m",
         )
         out = []

@@ -15,7 +15,7 @@ import json
 
 import pytest
 
-from guidelab.learn.reproduction import learned_guidance
+from guidelab.experiments.reproductions.learned_guidance import learned_guidance
 
 HOLDS = (
     "all_distances_finite",

@@ -1,7 +1,5 @@
-"""Shared helpers of the metrics and diagnostics: input checks, JSON-able records, chunking, quantiles.
-
-Not public API; import the metric functions from :mod:`guidelab.metrics` and the diagnostics from
-:mod:`guidelab.diagnostics`.
+"""The ground the metrics and diagnostics stand on: input checks, JSON-able records, chunking, quantiles,
+seeded generators and class resolution. Import the metric functions themselves from :mod:`guidelab.metrics`.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from guidelab.models.base import NULL_COND
+from guidelab.denoiser import NULL_COND
 from guidelab.paths import NoisePath, RectifiedFlowPath
 
 __all__ = [

@@ -33,16 +33,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from guidelab.denoiser import NULL_COND, Denoiser, as_cond
+from guidelab.experiments.reproductions._common import Run, per_copy
 from guidelab.grids import make_grid
 from guidelab.guiders import Guider, build_guider
-from guidelab.io import save_figure_atomic
-from guidelab.learn.trainer import LearnConfig, learn, target_data
+from guidelab.learn import LearnConfig, learn, target_data
+from guidelab.learn.plots import plot_omega
 from guidelab.metrics.distances import energy_distance
-from guidelab.models.base import NULL_COND, Denoiser, as_cond
 from guidelab.paths import NoisePath, get_path
 from guidelab.sampling import sample
 
-__all__ = ["SIZES", "UnderConditionedDenoiser", "learned_guidance", "plot_learned_schedule", "plot_omega"]
+__all__ = ["SIZES", "UnderConditionedDenoiser", "learned_guidance"]
 
 T_MAX = 0.99  # first time of the grid (and 1 − ζ of learning): the score error's x0̂ is infinite at α = 0
 SCORE_ERROR = 0.2  # δ of the injected score error
@@ -119,10 +120,7 @@ class UnderConditionedDenoiser:
 
 
 def _references(target: Any, n: int, seed: int) -> list[Tensor]:
-    return [
-        target.sample(n, c, generator=torch.Generator().manual_seed(10_000 * seed + c)).float()
-        for c in range(target.num_classes)
-    ]
+    return [target.reference_samples(n, c, 10_000 * seed + c).float() for c in range(target.num_classes)]
 
 
 def _energy(
@@ -165,22 +163,18 @@ def _per_class(denoiser: Denoiser, guider: Guider, target: Any, grid: Tensor, n:
     return totals
 
 
-def _scales(gammas: list[float], C: int, n: int) -> Tensor:
-    return torch.tensor(gammas, dtype=torch.float64).repeat_interleave(C * n)
-
-
 def _baselines(denoiser: Denoiser, target: Any, grid: Tensor, size: dict[str, Any]) -> dict[str, Any]:
     """γ = 1, the best constant γ and the best interval, selected on the selection seeds."""
     n, C, gammas = size["n_select"], target.num_classes, size["gammas"]
     sel = size["selection_seeds"]
-    constant = _energy(denoiser, build_guider("cfg", scale=_scales(gammas, C, n)), target, grid, n, sel, len(gammas))
+    constant = _energy(denoiser, build_guider("cfg", scale=per_copy(gammas, C * n)), target, grid, n, sel, len(gammas))
     best_gamma = gammas[int(torch.argmin(constant))]
     guided = [g for g in gammas if g != 1.0]
     best_interval: tuple[float, Any, Any] = (float("inf"), None, None)
     for lo, hi in itertools.combinations(size["lams"], 2):
         if lo == 0.0 and hi is None:
             continue  # (0, ∞] is constant guidance
-        guider = build_guider("cfg", schedule="interval", scale=_scales(guided, C, n), lam_lo=lo, lam_hi=hi)
+        guider = build_guider("cfg", schedule="interval", scale=per_copy(guided, C * n), lam_lo=lo, lam_hi=hi)
         values = _energy(denoiser, guider, target, grid, n, sel, len(guided))
         k = int(torch.argmin(values))
         if float(values[k]) < best_interval[0]:
@@ -197,59 +191,6 @@ def _baselines(denoiser: Denoiser, target: Any, grid: Tensor, size: dict[str, An
     }
 
 
-def plot_omega(schedules: dict[str, dict[str, Any]], file: str | Path, title: str = "learned guidance weights") -> None:
-    """Plot ω per class against t, one panel per entry of ``schedules`` (``{"t": [...], "omega": {class:
-    [...]}, "ideal": {class: [...]}?}``), with matplotlib's Agg backend; written atomically."""
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = list(schedules)
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
-    for ax, label in zip(axes[0], panels, strict=True):
-        entry = schedules[label]
-        for k, (name, values) in enumerate(entry["omega"].items()):
-            ax.plot(entry["t"], values, marker="o", ms=3, color=f"C{k}", label=f"learned ω, class {name}")
-            ideal = (entry.get("ideal") or {}).get(name)
-            if ideal is not None:
-                ax.plot(entry["t"], ideal, ls="--", color=f"C{k}", label=f"ideal ω*, class {name}")
-        ax.set_title(label, fontsize=10)
-        ax.set_xlabel("t (1 = noise)")
-        ax.invert_xaxis()
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(r"$\omega(c,\ t_{k+1},\ t_k)$")
-    for ax, label in zip(axes[0], panels, strict=True):
-        if ax is axes[0][0] or schedules[label].get("ideal"):
-            ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    try:
-        save_figure_atomic(fig, file, dpi=110)
-    finally:
-        plt.close(fig)
-
-
-def plot_learned_schedule(
-    guider: Any, path: NoisePath | str, grid: Tensor, file: str | Path, title: str | None = None
-) -> dict[str, Any]:
-    """Plot a learned guider's ω per class against t on ``grid`` (``guidelab schedule --plot``); returns the
-    plotted data. ``guider`` is a :class:`~guidelab.guiders.learned.LearnedGuider` or a checkpoint path."""
-    from guidelab.guiders.learned import LearnedGuider
-
-    if not isinstance(guider, LearnedGuider):
-        guider = LearnedGuider(str(guider))
-    path = get_path(path)
-    grid = torch.as_tensor(grid, dtype=torch.float64)
-    table = guider.table(path, grid)
-    names = guider.class_names if guider.weights.conditional else ["all"]
-    entry = {"t": grid[:-1].tolist(), "omega": {name: table[c].tolist() for c, name in enumerate(names)}}
-    label = Path(guider.checkpoint).name if guider.checkpoint else "learned"
-    plot_omega({label: entry}, file, title=title or f"learned ω per class ({path.name}, {grid.numel() - 1} steps)")
-    return entry
-
-
 def learned_guidance(size: str = "ci", out_dir: str | Path = "learned-guidance", *, progress: bool = False) -> dict:
     """Run the reproduction at ``size`` (``ci`` or ``paper``) into ``out_dir``: ``learned-guidance.json`` (the
     repository's reproduction record: settings, ``results``, boolean ``claims``, ``notes``, ``figures``) and
@@ -261,7 +202,6 @@ def learned_guidance(size: str = "ci", out_dir: str | Path = "learned-guidance",
     """
     if size not in SIZES:
         raise ValueError(f"size: unknown {size!r}; accepted: {', '.join(SIZES)}")
-    from guidelab.experiments.reproductions._common import Run
     from guidelab.guiders.learned import LearnedGuider
     from guidelab.targets import get_target
     from guidelab.targets.score_error import ScoreErrorDenoiser

@@ -1,7 +1,10 @@
-"""The Denoiser protocol: ``(x_t, t, cond) -> prediction`` in a declared space on a declared path.
+"""The contract every model meets: the Denoiser protocol ``(x_t, t, cond) -> prediction`` in a declared space
+on a declared path, the null condition and label handling.
 
 A condition is a class index; ``NULL_COND`` (−1) or ``cond=None`` is the unconditional model. One batch
 may mix conditions, the null one included, so that a guider's cond and uncond passes run as one call.
+
+This module is the ground floor: it imports nothing of guidelab at run time, and everything else may import it.
 """
 
 from __future__ import annotations
@@ -11,12 +14,10 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from guidelab.paths import NoisePath
-
 if TYPE_CHECKING:
-    from guidelab.targets.base import Target
+    from guidelab.paths import NoisePath
 
-__all__ = ["NULL_COND", "Denoiser", "ExactDenoiser", "as_cond"]
+__all__ = ["NULL_COND", "Denoiser", "as_cond"]
 
 NULL_COND = -1
 
@@ -52,32 +53,3 @@ def as_cond(cond: Tensor | int | None, batch: int, device: torch.device | str | 
     if cond.shape != (batch,):
         raise ValueError(f"cond: expected shape ({batch},), got {tuple(cond.shape)}")
     return cond.long()
-
-
-class ExactDenoiser:
-    """The exact posterior mean ``E[x0 | x_t, c]`` of an analytic target on a path (prediction ``x0``).
-
-    Swaps freely with a network: samplers and guiders run on ground truth through the same protocol.
-    """
-
-    prediction = "x0"
-
-    def __init__(self, target: Target, path: NoisePath):
-        self.target = target
-        self.path = path
-
-    @property
-    def data_scale(self) -> float:
-        """The target's coordinate scale (sets the sampler's relative divergence bound)."""
-        return self.target.data_scale
-
-    @property
-    def data_range(self) -> tuple[float, float]:
-        """The target's coordinate range (low, high) (the default range of thresholding guiders)."""
-        return self.target.data_range
-
-    def __call__(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
-        return self.target.posterior_mean(x_t, t, self.path, cond)
-
-    def __repr__(self) -> str:
-        return f"ExactDenoiser({self.target!r}, {self.path!r})"

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from guidelab.denoiser import NULL_COND
 from guidelab.io import torch_load_checked, torch_save_atomic
-from guidelab.models.base import NULL_COND
 from guidelab.paths import NoisePath
 
 __all__ = ["OUTPUTS", "GuidanceWeights", "load_weights", "log_noise_level", "save_weights"]

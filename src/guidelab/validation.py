@@ -1,0 +1,31 @@
+"""How configurations are checked and their mistakes told: the dtype names a configuration may use, and
+pydantic validation errors as one ``field: message`` line each (the CLI prints them and exits 2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+__all__ = ["DTYPES", "error_lines", "location"]
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+
+
+def location(loc: tuple[Any, ...] | list[Any], default: str = "config") -> str:
+    """A pydantic error location as a field path: ``("runs", 0, "guider")`` → ``runs[0].guider``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or default
+
+
+def error_lines(err: ValidationError) -> list[str]:
+    """One line per error: ``field.path: message (got value)``; the value is shown when it is a scalar."""
+    lines = []
+    for e in err.errors(include_url=False):
+        got = e.get("input")
+        shown = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) else ""
+        lines.append(f"{location(tuple(e['loc']))}: {str(e['msg']).removeprefix('Value error, ')}{shown}")
+    return lines
