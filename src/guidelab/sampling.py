@@ -9,8 +9,9 @@ state (``x_t = α·x0̂ + σ·ε̂`` fails for CFG++, which renoises with the un
 without renoising): wherever a solver formula reads the state it reads the pair's **implied state**
 ``x̂ = α_t·x0̂ + σ_t·ε̂``, and multistep history stores the clean estimate that ε̂ renoises from,
 ``(x_t − σ_t·ε̂)/α_t``. For a consistent pair x̂ = x_t and the history is x0̂, so nothing changes; for CFG++
-every solver then gives the official CFG++ update (Chung et al. 2024, arXiv 2406.08070, code
-CFGpp-diffusion/CFGpp ``latent_diffusion.py``): on VE, Euler is ``x = D_λ + σ_next·(x − D_u)/σ``.
+the solvers it shares with the official code give the official CFG++ update (Chung et al. 2024, arXiv 2406.08070,
+code CFGpp-diffusion/CFGpp ``latent_diffusion.py``; tests/test_solvers_official_cfgpp.py): on VE, Euler is
+``x = D_λ + σ_next·(x − D_u)/σ``.
 
 Each sampler is a plain function ``sample_<name>(model, x, *, monitor, ...) -> x`` whose loop reads like
 its algorithm. The :class:`Monitor` flags a sample whose state turns non-finite or leaves the divergence
@@ -357,9 +358,10 @@ def sample_dpmpp_2s_ancestral(
         x̃_next = (λ_down/λ_t)·x̃̂ + (1 − λ_down/λ_t)·x0̂_m + λ_up·ξ
 
     a first-order step where λ_down = 0 (the last step, or a step from λ = ∞). Two evaluations per step. With
-    CFG++'s pair this is ComfyUI's ``sample_dpmpp_2s_ancestral_cfg_pp`` (which feeds ``x + D_λ − D_u``, the
-    implied state); CFGpp-diffusion/CFGpp's ``dpm++_2s_a_cfg++`` differs: it steps to the midpoint with the
-    unconditional pair and renoises from x with the midpoint's unconditional x0̂.
+    CFG++'s pair this is ComfyUI's original ``sample_dpmpp_2s_ancestral_cfg_pp`` (which feeds ``x + D_λ − D_u``,
+    the implied state). Two other forms differ: CFGpp-diffusion/CFGpp's ``dpm++_2s_a_cfg++`` steps to the midpoint
+    with the unconditional pair and then ``x' = D_λ,m + (λ_down/λ_t)·(x − D_u,m)``; ComfyUI's later version (as at
+    commit 02159d8) takes the unconditional 2S step and adds the first point's ``D_λ − D_u``.
     """
     _check_eta(eta, noise)
     for i in range(model.steps):
@@ -423,10 +425,12 @@ def sample_euler_maruyama(
 def sample_dpmpp_2m(model: GuidedModel, x: Tensor, *, monitor: Monitor) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095, Alg. 2) in data prediction, written on the pair:
     with ``h = log(α_s/σ_s) − log(α_t/σ_t)``, r = h_prev/h and the history D̃ = (x_t − σ_t·ε̂)/α_t,
-    ``x_s = (σ_s/σ_t)·x̂ + α_s(1 − e^{−h})·[x0̂ + (D̃_i − D̃_{i−1})/(2r)]``, i.e.
-    ``x_s = σ_s·ε̂ + α_s·[e^{−h}·x0̂ + (1 − e^{−h})·(x0̂ + (D̃_i − D̃_{i−1})/(2r))]``. First order on the first
-    and the last step. For a consistent pair D̃ = x0̂ (the textbook solver); for CFG++ D̃ is the unconditional
-    x0̂, as in CFGpp-diffusion/CFGpp's ``dpm++_2m_cfg++``."""
+    ``x_s = (σ_s/σ_t)·x̂ + α_s(1 − e^{−h})·[x0̂ + (x0̂ − D̃_{i−1})/(2r)]``, i.e.
+    ``x_s = σ_s·ε̂ + α_s·[e^{−h}·x0̂ + (1 − e^{−h})·(x0̂ + (x0̂ − D̃_{i−1})/(2r))]``: the difference is the current
+    x0̂ minus the previous step's history. First order on the first and the last step. For a consistent pair
+    D̃ = x0̂ (the textbook solver); for CFG++ D̃ is the unconditional x0̂ and the difference is x0̂_λ,i − x0̂_u,i−1,
+    exactly as in CFGpp-diffusion/CFGpp's ``dpm++_2m_cfg++`` (and ComfyUI's ``sample_dpmpp_2m_cfg_pp``):
+    ``x = D_λ − e^{−h}·D_u + e^{−h}·x − expm1(−h)·(D_λ − D_u,prev)/(2r)`` on VE."""
     hist_prev: Tensor | None = None
     h_prev: float | None = None
     for i in range(model.steps):
@@ -443,7 +447,7 @@ def sample_dpmpp_2m(model: GuidedModel, x: Tensor, *, monitor: Monitor) -> Tenso
             denoised = out.x0_hat
             if hist_prev is not None and h_prev is not None and math.isfinite(h_prev):
                 half_inv_r = h / (2 * h_prev)  # 1/(2r), r = h_prev/h
-                denoised = torch.add(denoised, hist - hist_prev, alpha=half_inv_r)
+                denoised = torch.add(denoised, out.x0_hat - hist_prev, alpha=half_inv_r)
             x_next = torch.add(
                 _combine(s_s, out.eps_hat, a_s * exp_neg_h, out.x0_hat), denoised, alpha=a_s * (1 - exp_neg_h)
             )

@@ -29,8 +29,12 @@ class CFGPlusPlus(ScheduledGuider):
     """CFG++: the pair ``x0̂ = x0̂_u + λ·(x0̂_c − x0̂_u)``, ``ε̂ = ε̂_u``, λ ∈ [0, 1].
 
     On a DDIM step this is exactly ``x_s = α_s·x0̂_λ + σ_s·ε̂_u`` (denoise guided, renoise unconditional);
-    every other sampler consumes the same pair (Euler: v = α'·x0̂_λ + σ'·ε̂_u). λ is the schedule's scale; λ = 1
-    means unguided here as for every guider (the conditional pair (x0̂_c, ε̂_c), one evaluation), not
+    every other sampler consumes the same pair and, where it reads the state, the pair's implied state
+    ``x̂ = α_t·x0̂_λ + σ_t·ε̂_u`` rather than x_t (Euler steps ``x̂ + Δt·(α'·x0̂_λ + σ'·ε̂_u)``). So ddim, euler (on
+    paths affine in t), euler-ancestral and dpm++2m give CFGpp-diffusion/CFGpp's ``ddim_cfg++``, ``euler_cfg++``,
+    ``euler_a_cfg++`` and ``dpm++_2m_cfg++`` steps, and dpm++2s-ancestral ComfyUI's original
+    ``sample_dpmpp_2s_ancestral_cfg_pp`` (tests/test_solvers_official_cfgpp.py). λ is the schedule's scale; λ = 1
+    means unguided here as for every guider (the conditional pair (x0̂_c, ε̂_c), one evaluation), not the official
     (x0̂_c, ε̂_u); λ = 0 is the unconditional model. λ outside [0, 1], scalar or per sample, is a ValueError
     naming ``scale``: at construction for a constant schedule; for any other one at every step of the grid
     before the first network evaluation (:meth:`prepare`, also run by the first :meth:`passes` of a grid); and
