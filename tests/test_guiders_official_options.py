@@ -1,0 +1,188 @@
+"""The official codes' options, each pinned to the official update rule written out here in numpy from reading the
+official code: ADG's constants and per-pixel norm rescale (jinc7461/ADG ``method/ADG_SD3.py``), APG's norm
+dimensions, EMA momentum and APG-Mix (diffusers ``guiders/adaptive_projected_guidance{,_mix}.py``), CFG-Zero*'s
+inclusive ``zero_steps`` (WeichenFan/CFG-Zero-star ``models/sd/sd3_pipeline.py``) and β-CFG's normalized profile
+(gmum/beta-CFG ``latent_diffusion.py``).
+
+Inputs are random and inconsistent (x_t, cond and uncond drawn independently). float64 runs are held to ~1e-10;
+float16 runs to the float16 rounding of the result, against the float64 reference of the same rounded inputs."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from guidelab.guiders import ADG, COND, Predictions, StepContext, build_guider
+from guidelab.paths import get_path
+
+D64 = torch.float64
+SHAPE = (2, 4, 8, 8)  # (batch, C, H, W): latent-like, so per-pixel options have pixels and channels
+HALF_TOL = 2 * 2.0**-10  # float16: one rounding of each output entry (2^-11) plus float32 arithmetic, with room
+RTOL64 = 1e-10
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------
+
+
+def uniform_grid(steps, t_max=0.9):
+    return torch.linspace(t_max, 0.0, steps + 1, dtype=D64)
+
+
+def context(path, grid, index, stage=0):
+    t = float(grid[index])
+    return StepContext(index, len(grid) - 1, t, float(path.lam(torch.tensor(t, dtype=D64))), grid, path, stage)
+
+
+def guide(guider, path, grid, index, x_t, space, **raw):
+    """One guider call at step ``index`` with the predictions the guider asks for (as a sampler would)."""
+    ctx = context(path, grid, index)
+    names = {p.name for p in guider.passes(ctx)}
+    coefficients = path.coefficients(torch.tensor(ctx.t, dtype=D64)).expand_as(x_t)
+    preds = Predictions({k: (v, space) for k, v in raw.items() if k in names}, x_t, coefficients)
+    return guider.guide(preds, ctx)
+
+
+def randn(gen, shape=SHAPE):
+    return torch.randn(*shape, generator=gen, dtype=D64)
+
+
+def inputs(seed, correlated=0.6):
+    """Independent x_t and cond; uncond = cond + noise for sample 1 (a moderate angle), unrelated for sample 0."""
+    gen = torch.Generator().manual_seed(seed)
+    x_t, c, noise = randn(gen), randn(gen), randn(gen)
+    u = noise.clone()
+    u[1] = c[1] + correlated * noise[1]
+    return x_t, c, u
+
+
+def rounded(dtype, *tensors):
+    """The tensors in ``dtype`` (what a half-precision network gives) and their float64 values."""
+    low = [t.to(dtype) for t in tensors]
+    return low, [t.to(D64) for t in low]
+
+
+def assert_pair(out, x0_ref, eps_ref, dtype):
+    """The guided pair against the float64 reference: ~1e-10 in float64; the float16 rounding of the result,
+    per sample as a relative error of the pair, in float16."""
+    assert out.x0_hat.dtype == out.eps_hat.dtype == dtype
+    x0, eps = out.x0_hat.to(D64).numpy(), out.eps_hat.to(D64).numpy()
+    if dtype == D64:
+        for got, ref in ((x0, x0_ref), (eps, eps_ref)):
+            np.testing.assert_allclose(got, ref, rtol=RTOL64, atol=RTOL64 * np.abs(ref).max())
+        return
+    rows = [a.reshape(a.shape[0], -1) for a in (x0 - x0_ref, eps - eps_ref, x0_ref, eps_ref)]
+    err = np.sqrt(((rows[0] ** 2).sum(1) + (rows[1] ** 2).sum(1)) / ((rows[2] ** 2).sum(1) + (rows[3] ** 2).sum(1)))
+    assert err.max() <= HALF_TOL, f"relative error {err}"
+
+
+def rf_pair(x_t, v, t):
+    """The (x0, ε) pair of a velocity on rf at fixed x_t: x0 = x_t − t·v, ε = x_t + (1 − t)·v."""
+    return x_t - t * v, x_t + (1 - t) * v
+
+
+def round_trips(guider):
+    config = json.loads(json.dumps(guider.config(), allow_nan=False))
+    assert build_guider(**config).config() == config
+
+
+DTYPES = [torch.float64, torch.float16]
+
+
+# --- ADG: official constants and the per-pixel norm rescale (jinc7461/ADG method/ADG_SD3.py) -------------------
+
+
+def official_adg(x_t, v_c, v_u, sigma, gamma, angle=3.14 / 3, per_pixel_rescale=False):
+    """``ADG_SD3`` (``angle=None``: ``ADG_SD3_wo_clip``; ``per_pixel_rescale``: ``ADG_SD3_w_norm``) on an SD3-style
+    velocity model, one sample per call as the official code runs (its (n, 1) factors broadcast against
+    (n, C, H, W) only for n = 1). Returns the guided velocity (the official ``noise_pred``) and x0."""
+    x0_new, v_new = np.empty_like(x_t), np.empty_like(x_t)
+    weight = gamma - 1
+    weight = weight * (weight > 0) + 1e-3
+    for n in range(x_t.shape[0]):
+        text = x_t[n] - sigma * v_c[n]  # latent_hat_text
+        uncond = x_t[n] - sigma * v_u[n]  # latent_hat_uncond
+        f, b = text.ravel(), uncond.ravel()
+        cos = np.sum(f / np.linalg.norm(f) * (b / np.linalg.norm(b)))  # call_cos_tensor
+        theta = np.arccos(cos)
+        theta_new = weight * theta if angle is None else np.clip(weight * theta, -angle, angle)
+        diff = f - b  # compute_perpendicular_component(latent_diff, latent_hat_uncond)
+        perp = diff - (np.sum(diff * b) / (np.sum(b * b) + 1e-8)) * b
+        sin = np.sin(theta)
+        p_new = perp * np.sin(theta_new) / sin * (sin > 1e-3) + perp * weight * (sin <= 1e-3)
+        new = (np.cos(theta_new) * f + p_new).reshape(text.shape)
+        if per_pixel_rescale:  # torch.linalg.norm(..., dim=1) on (1, C, H, W): over the channels, per pixel
+            new = new * np.linalg.norm(text, axis=0, keepdims=True) / np.linalg.norm(new, axis=0, keepdims=True)
+        x0_new[n] = new
+        v_new[n] = (x_t[n] - new) / sigma  # noise_pred = (latents - latent_new)/sigma
+    return v_new, x0_new
+
+
+ADG_CASES = [  # (γ, the official variant): 0.5 turns by 1e-3·θ; 1.4 stays under the cap; 3 and 12 hit it
+    (0.5, "ADG_SD3"),
+    (1.4, "ADG_SD3"),
+    (3.0, "ADG_SD3"),
+    (12.0, "ADG_SD3"),
+    (1.4, "ADG_SD3_wo_clip"),
+    (2.0, "ADG_SD3_wo_clip"),
+    (1.4, "ADG_SD3_w_norm"),
+    (4.0, "ADG_SD3_w_norm"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp64", "fp16"])
+@pytest.mark.parametrize(("gamma", "variant"), ADG_CASES)
+def test_adg_official_constants_and_variants_are_the_official_update(gamma, variant, dtype):
+    path, grid = get_path("rf"), uniform_grid(10)
+    t = float(grid[3])
+    (x_t, c, u), (x64, c64, u64) = rounded(dtype, *inputs(seed=1))
+    params = dict(ADG.OFFICIAL)
+    if variant == "ADG_SD3_wo_clip":
+        params["theta_max"] = None
+    if variant == "ADG_SD3_w_norm":
+        params.update(norm_rescale=True, rescale_dims=[1])
+    out = guide(build_guider("adg", scale=gamma, **params), path, grid, 3, x_t, "velocity", cond=c, uncond=u)
+    v_ref, x0_ref = official_adg(
+        x64.numpy(), c64.numpy(), u64.numpy(), t, gamma,
+        angle=None if variant == "ADG_SD3_wo_clip" else 3.14 / 3, per_pixel_rescale=variant == "ADG_SD3_w_norm",
+    )  # fmt: skip
+    assert_pair(out, x0_ref, x64.numpy() + (1 - t) * v_ref, dtype)
+    if dtype == D64:  # the official output itself: the guided velocity ε̂ − x0̂
+        np.testing.assert_allclose((out.eps_hat - out.x0_hat).numpy(), v_ref, rtol=RTOL64, atol=1e-9)
+
+
+def test_adg_official_constants_differ_from_the_paper_and_keep_gamma_one_unguided():
+    path, grid = get_path("rf"), uniform_grid(10)
+    x_t, c, u = inputs(seed=2)
+    official = build_guider("adg", scale=1.4, **ADG.OFFICIAL)
+    paper = build_guider("adg", scale=1.4)
+    assert paper.params()["weight_offset"] == 0.0 and paper.params()["theta_max"] == math.pi / 3
+    a = guide(official, path, grid, 2, x_t, "velocity", cond=c, uncond=u).x0_hat
+    b = guide(paper, path, grid, 2, x_t, "velocity", cond=c, uncond=u).x0_hat
+    assert not torch.allclose(a, b, rtol=1e-6, atol=0)
+    # γ = 1 is unguided with the official constants too: one pass, and with both passes given (per-sample γ)
+    one = build_guider("adg", scale=1.0, **ADG.OFFICIAL)
+    assert one.passes(context(path, grid, 2)) == (COND,)
+    mixed = build_guider("adg", scale=[1.0, 3.0], **ADG.OFFICIAL)
+    out = guide(mixed, path, grid, 2, x_t, "velocity", cond=c, uncond=u)
+    torch.testing.assert_close(out.x0_hat[0], x_t[0] - float(grid[2]) * c[0], rtol=1e-13, atol=1e-13)
+    alone = guide(build_guider("adg", scale=3.0, **ADG.OFFICIAL), path, grid, 2, x_t, "velocity", cond=c, uncond=u)
+    torch.testing.assert_close(out.x0_hat[1], alone.x0_hat[1], rtol=1e-13, atol=1e-13)
+
+
+def test_adg_rescale_over_every_non_batch_dimension_is_the_per_sample_rescale():
+    path, grid = get_path("rf"), uniform_grid(10)
+    x_t, c, u = inputs(seed=3)
+    per_sample = build_guider("adg", scale=3.0, norm_rescale=True)
+    for dims in ([1, 2, 3], [-1, -2, -3]):
+        over_all = build_guider("adg", scale=3.0, norm_rescale=True, rescale_dims=dims)
+        a = guide(over_all, path, grid, 4, x_t, "velocity", cond=c, uncond=u).x0_hat
+        b = guide(per_sample, path, grid, 4, x_t, "velocity", cond=c, uncond=u).x0_hat
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    per_pixel = guide(
+        build_guider("adg", scale=3.0, norm_rescale=True, rescale_dims=1), path, grid, 4, x_t, "velocity",
+        cond=c, uncond=u,
+    ).x0_hat  # fmt: skip
+    f = x_t - float(grid[4]) * c  # ||x0̂|| = ||F|| at every pixel
+    torch.testing.assert_close(per_pixel.norm(dim=1), f.norm(dim=1), rtol=1e-11, atol=0)  # ε = 1e-12 in the ratio
