@@ -186,3 +186,160 @@ def test_adg_rescale_over_every_non_batch_dimension_is_the_per_sample_rescale():
     ).x0_hat  # fmt: skip
     f = x_t - float(grid[4]) * c  # ||x0̂|| = ||F|| at every pixel
     torch.testing.assert_close(per_pixel.norm(dim=1), f.norm(dim=1), rtol=1e-11, atol=0)  # ε = 1e-12 in the ratio
+
+
+# --- APG: norm dimensions, momentum forms, APG-Mix (diffusers guiders/adaptive_projected_guidance{,_mix}.py) -----
+
+
+class SumBuffer:
+    """diffusers' ``MomentumBuffer``: running = Δ + β·running, from 0 (the APG paper's form)."""
+
+    def __init__(self, momentum):
+        self.momentum, self.running = momentum, 0.0
+
+    def update(self, diff):
+        self.running = diff + self.momentum * self.running
+
+
+class EmaBuffer:
+    """The EMA form: running = β·running + (1 − β)·Δ, started at the first Δ."""
+
+    def __init__(self, momentum):
+        self.momentum, self.running = momentum, None
+
+    def update(self, diff):
+        started = self.running is not None
+        self.running = self.momentum * self.running + (1 - self.momentum) * diff if started else diff
+
+
+def l2(x, axes):
+    """||x|| over ``axes``, kept (torch's ``norm(p=2, dim=axes, keepdim=True)``; numpy's takes at most two axes)."""
+    return np.sqrt(np.sum(x * x, axis=axes, keepdims=True))
+
+
+def diffusers_normalized_guidance(c, u, scale, buffer, eta, threshold, dims):
+    """diffusers' ``normalized_guidance`` with ``use_original_formulation=True`` (the paper's form: from the
+    conditional prediction, its scale = γ − 1) and ``norm_dim=dims`` (numpy axes of the (batch, ...) array)."""
+    diff = c - u
+    if buffer is not None:
+        buffer.update(diff)
+        diff = buffer.running
+    if threshold > 0:
+        diff = diff * np.minimum(1.0, threshold / l2(diff, dims))
+    v1 = c / np.maximum(l2(c, dims), 1e-12)  # F.normalize
+    parallel = np.sum(diff * v1, axis=dims, keepdims=True) * v1
+    return c + scale * (diff - parallel + eta * parallel)
+
+
+def apg_trajectory(guider, dtype, steps=5, seed=4, scale=1.0):
+    """The guider over ``steps`` steps on rf with fresh random x0-space predictions at each step; returns the
+    outputs and the float64 inputs."""
+    path, grid = get_path("rf"), uniform_grid(steps)
+    guider.reset(SHAPE[0])
+    outs, ins = [], []
+    for i in range(steps):
+        (x_t, c, u), (x64, c64, u64) = rounded(dtype, *(scale * v for v in inputs(seed + i)))
+        outs.append(guide(guider, path, grid, i, x_t, "x0", cond=c, uncond=u))
+        ins.append((x64.numpy(), c64.numpy(), u64.numpy(), float(grid[i])))
+    return outs, ins
+
+
+def x0_pair(x_t, x0, t):
+    """The (x0, ε) pair of an x0 prediction on rf at fixed x_t: ε = (x_t − (1 − t)·x0)/t."""
+    return x0, (x_t - (1 - t) * x0) / t
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp64", "fp16"])
+@pytest.mark.parametrize("form", ["sum", "ema"])
+@pytest.mark.parametrize("dims", [None, [1], [-1], [2, 3]], ids=["all", "channels", "last", "spatial"])
+def test_apg_norm_dims_and_momentum_forms_are_diffusers_normalized_guidance(dims, form, dtype):
+    gamma, eta, momentum, threshold = 4.0, 0.3, -0.5, 1.5  # r = 1.5 < ||Δ|| for most pixels, not all
+    guider = build_guider(
+        "apg", scale=gamma, eta=eta, momentum=momentum, norm_threshold=threshold, norm_dims=dims, momentum_form=form
+    )
+    outs, ins = apg_trajectory(guider, dtype)
+    axes = (1, 2, 3) if dims is None else tuple(dims)
+    buffer = SumBuffer(momentum) if form == "sum" else EmaBuffer(momentum)
+    for out, (x_t, c, u, t) in zip(outs, ins, strict=True):
+        ref = diffusers_normalized_guidance(c, u, gamma - 1, buffer, eta, threshold, axes)
+        assert_pair(out, *x0_pair(x_t, ref, t), dtype)
+
+
+def test_the_numpy_reference_is_diffusers_own_function():
+    apg = pytest.importorskip("diffusers.guiders.adaptive_projected_guidance")
+    if "norm_dim" not in apg.normalized_guidance.__code__.co_varnames:
+        pytest.skip("this diffusers has no adaptive_projected_guidance_norm_dim")
+    gen = torch.Generator().manual_seed(5)
+    buffer_t, buffer_np = apg.MomentumBuffer(-0.5), SumBuffer(-0.5)
+    for _ in range(3):
+        c, u = randn(gen), randn(gen)
+        ours = diffusers_normalized_guidance(c.numpy(), u.numpy(), 3.0, buffer_np, 0.3, 1.5, (1,))
+        theirs = apg.normalized_guidance(c, u, 3.0, buffer_t, 0.3, 1.5, use_original_formulation=True, norm_dim=1)
+        np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_apg_norm_dims_over_every_non_batch_dimension_is_the_default():
+    for dims in ([1, 2, 3], [3, 1, 2], [-3, -2, -1]):
+        a, _ = apg_trajectory(build_guider("apg", scale=4.0, eta=0.3, norm_threshold=8.0, norm_dims=dims), D64)
+        b, _ = apg_trajectory(build_guider("apg", scale=4.0, eta=0.3, norm_threshold=8.0), D64)
+        for x, y in zip(a, b, strict=True):
+            torch.testing.assert_close(x.x0_hat, y.x0_hat, rtol=1e-12, atol=1e-12)
+
+
+def test_apg_ema_starts_each_sample_at_its_first_guided_step():
+    """Per-sample scales: sample 0 is unguided for the first steps (γ = 1, no update), sample 1 guided throughout;
+    each sample's trajectory is the one it has alone."""
+    params = {"schedule": "step-up", "scale": [3.0, 3.0], "scale_low": [1.0, 2.0], "p_switch": 0.5}
+    outs, ins = apg_trajectory(build_guider("apg", momentum=-0.5, momentum_form="ema", **params), D64)
+    buffers = [EmaBuffer(-0.5), EmaBuffer(-0.5)]
+    for i, (out, (_, c, u, _)) in enumerate(zip(outs, ins, strict=True)):
+        for n in range(2):
+            gamma = 3.0 if i / 4 >= 0.5 else [1.0, 2.0][n]
+            c_n, u_n = c[n : n + 1], u[n : n + 1]
+            if gamma == 1.0:
+                ref = c_n
+            else:
+                ref = diffusers_normalized_guidance(c_n, u_n, gamma - 1, buffers[n], 0.0, 15.0, (1, 2, 3))
+            np.testing.assert_allclose(out.x0_hat[n : n + 1].numpy(), ref, rtol=RTOL64, atol=RTOL64)
+
+
+def diffusers_apg_mix(ins, cfg_scale, apg_scale, momentum, eta, threshold, start_step):
+    """diffusers' ``AdaptiveProjectedMixGuidance.forward`` with ``use_original_formulation=True``: CFG while
+    step ≤ start_step (the momentum buffer updated), then ``normalized_guidance`` (scales in the c + w·Δ form)."""
+    buffer, out = SumBuffer(momentum), []
+    for step, (_, c, u, _) in enumerate(ins):
+        if step > start_step:  # _is_apg_enabled
+            out.append(diffusers_normalized_guidance(c, u, apg_scale - 1, buffer, eta, threshold, (1, 2, 3)))
+        else:
+            buffer.update(c - u)  # update_momentum_buffer
+            out.append(c + (cfg_scale - 1) * (c - u))
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp64", "fp16"])
+@pytest.mark.parametrize("cfg_scale", [None, 2.5])
+@pytest.mark.parametrize("cfg_steps", [1, 3])
+def test_apg_mix_is_diffusers_adaptive_projected_mix_guidance(cfg_steps, cfg_scale, dtype):
+    gamma = 6.0
+    guider = build_guider(
+        "apg", scale=gamma, eta=0.0, momentum=-0.5, norm_threshold=10.0, cfg_steps=cfg_steps, cfg_scale=cfg_scale
+    )
+    outs, ins = apg_trajectory(guider, dtype, steps=6, scale=2.0)  # ||Δ|| ≈ 45 > r = 10: the threshold acts
+    refs = diffusers_apg_mix(ins, gamma if cfg_scale is None else cfg_scale, gamma, -0.5, 0.0, 10.0, cfg_steps - 1)
+    for out, ref, (x_t, _, _, t) in zip(outs, refs, ins, strict=True):
+        assert_pair(out, *x0_pair(x_t, ref, t), dtype)
+
+
+def test_apg_mix_defaults_and_passes():
+    path, grid = get_path("rf"), uniform_grid(8)
+    plain = build_guider("apg", scale=5.0)
+    assert plain.params()["cfg_steps"] == 0 and plain.params()["momentum_form"] == "sum"
+    mix = build_guider("apg", scale=5.0, cfg_steps=2, cfg_scale=1.0)  # unguided first steps: one pass
+    assert [len(mix.passes(context(path, grid, i))) for i in range(4)] == [1, 1, 2, 2]
+    # an unguided CFG step does not touch the momentum: the trajectory is APG's from step 2 on
+    outs, ins = apg_trajectory(mix, D64, steps=5)
+    np.testing.assert_allclose(outs[0].x0_hat.numpy(), ins[0][1], rtol=0, atol=0)
+    buffer = SumBuffer(-0.5)
+    for out, (_, c, u, _) in list(zip(outs, ins, strict=True))[2:]:
+        expected = diffusers_normalized_guidance(c, u, 4.0, buffer, 0.0, 15.0, (1, 2, 3))
+        np.testing.assert_allclose(out.x0_hat.numpy(), expected, rtol=RTOL64, atol=RTOL64)
