@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.stats import beta as beta_dist
 
 from guidelab.guiders import ADG, COND, Predictions, StepContext, build_guider
 from guidelab.paths import get_path
@@ -343,3 +344,81 @@ def test_apg_mix_defaults_and_passes():
     for out, (_, c, u, _) in list(zip(outs, ins, strict=True))[2:]:
         expected = diffusers_normalized_guidance(c, u, 4.0, buffer, 0.0, 15.0, (1, 2, 3))
         np.testing.assert_allclose(out.x0_hat.numpy(), expected, rtol=RTOL64, atol=RTOL64)
+
+
+# --- CFG-Zero*: official zero_steps is an inclusive index (WeichenFan/CFG-Zero-star models/sd/sd3_pipeline.py) ---
+
+
+def official_cfg_zero_star(v_c, v_u, gamma, i, zero_steps, use_zero_init=True):
+    """The official pipelines' guidance step ``i`` (``optimized_scale`` with its 1e-8, then the zero init)."""
+    flat_c, flat_u = v_c.reshape(v_c.shape[0], -1), v_u.reshape(v_u.shape[0], -1)
+    alpha = np.sum(flat_c * flat_u, axis=1, keepdims=True) / (np.sum(flat_u**2, axis=1, keepdims=True) + 1e-8)
+    alpha = alpha.reshape(-1, *([1] * (v_c.ndim - 1)))
+    if i <= zero_steps and use_zero_init:
+        return v_c * 0.0
+    return v_u * alpha + gamma * (v_c - v_u * alpha)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp64", "fp16"])
+@pytest.mark.parametrize(("zero_steps", "use_zero_init"), [(0, True), (1, True), (2, True), (0, False)])
+def test_cfg_zero_star_zero_init_steps_is_official_zero_steps_plus_one(zero_steps, use_zero_init, dtype):
+    path, grid, steps, gamma = get_path("rf"), uniform_grid(6), 6, 4.0
+    guider = build_guider("cfg-zero-star", scale=gamma, zero_init_steps=zero_steps + 1 if use_zero_init else 0)
+    zeroed = []
+    for i in range(steps):
+        (x_t, c, u), (x64, c64, u64) = rounded(dtype, *inputs(seed=10 + i))
+        out = guide(guider, path, grid, i, x_t, "velocity", cond=c, uncond=u)
+        ref = official_cfg_zero_star(c64.numpy(), u64.numpy(), gamma, i, zero_steps, use_zero_init)
+        assert_pair(out, *rf_pair(x64.numpy(), ref, float(grid[i])), dtype)
+        zeroed.append(guider.passes(context(path, grid, i)) == ())
+    k = zero_steps + 1 if use_zero_init else 0
+    assert zeroed == [i < k for i in range(steps)]  # a zeroed step makes no network evaluation
+
+
+# --- β-CFG: the official normalize option (gmum/beta-CFG latent_diffusion.py, get_from_beta) ---------------------
+
+
+def official_get_from_beta(t, a, b, normalize=False):
+    if normalize:
+        assert a > 1.0 and b > 1.0
+        t_max = (a - 1.0) / (a + b - 2.0)
+        return beta_dist.pdf(t, a, b) / beta_dist.pdf(t_max, a, b)
+    return beta_dist.pdf(t, a, b)
+
+
+def official_beta_cfg(eps_c, eps_u, omega, step, total_steps, a, b, g, normalize):
+    """``BetaDDIMGeo.sample``'s guidance (its ``self.gamma`` is g; ``cfg_guidance`` is ω)."""
+    diff = eps_c - eps_u
+    diff_norm = np.linalg.norm(diff.reshape(diff.shape[0], -1), axis=1).reshape(-1, 1, 1, 1)
+    cfg_part = diff / diff_norm**g * official_get_from_beta(step / total_steps, a, b, normalize)
+    return eps_u + omega * cfg_part
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp64", "fp16"])
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize(("a", "b", "g"), [(2.0, 3.0, 1.0), (3.5, 1.5, 0.0), (2.0, 2.0, 0.5)])
+def test_beta_cfg_normalize_is_the_official_get_from_beta(a, b, g, normalize, dtype):
+    path, steps, omega = get_path("vp-cosine"), 8, 5.0
+    grid = uniform_grid(steps, t_max=0.95)
+    guider = build_guider("beta-cfg", scale=omega, beta_a=a, beta_b=b, norm_power=g, normalize=normalize)
+    for i in range(1, steps):  # step 0 has weight 0 (p = 0, a > 1): no guidance at all
+        (x_t, c, u), (x64, c64, u64) = rounded(dtype, *inputs(seed=20 + i))
+        out = guide(guider, path, grid, i, x_t, "eps", cond=c, uncond=u)
+        eps = official_beta_cfg(c64.numpy(), u64.numpy(), omega, i, steps - 1, a, b, g, normalize)
+        coef = path.coefficients(torch.tensor(float(grid[i]), dtype=D64))
+        alpha, sigma = float(coef.alpha), float(coef.sigma)
+        assert_pair(out, (x64.numpy() - sigma * eps) / alpha, eps, dtype)
+
+
+def test_beta_cfg_normalized_profile_peaks_at_one_and_covers_the_edge_shapes():
+    path = get_path("vp-cosine")
+    grid = uniform_grid(101, t_max=0.95)
+    for a, b, peak_at in [(3.0, 3.0, 0.5), (2.0, 5.0, 0.2), (1.0, 3.0, 0.0), (3.0, 1.0, 1.0), (1.0, 1.0, None)]:
+        guider = build_guider("beta-cfg", scale=1.0, beta_a=a, beta_b=b, normalize=True)
+        weights = np.array([guider.weight(context(path, grid, i)) for i in range(101)])
+        assert weights.max() == pytest.approx(1.0, rel=1e-12)
+        if peak_at is not None:
+            assert weights.argmax() == round(peak_at * 100)
+        else:
+            np.testing.assert_array_equal(weights, 1.0)
+    assert build_guider("beta-cfg").params()["normalize"] is False  # the official default
