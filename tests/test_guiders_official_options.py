@@ -422,3 +422,60 @@ def test_beta_cfg_normalized_profile_peaks_at_one_and_covers_the_edge_shapes():
         else:
             np.testing.assert_array_equal(weights, 1.0)
     assert build_guider("beta-cfg").params()["normalize"] is False  # the official default
+
+
+# --- validation and serialisation ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "field"),
+    [
+        ("adg", {"weight_offset": -1e-3}, "weight_offset"),
+        ("adg", {"weight_offset": "1e-3"}, "weight_offset"),
+        ("adg", {"rescale_dims": 0}, "rescale_dims"),
+        ("adg", {"rescale_dims": [1, 1]}, "rescale_dims"),
+        ("adg", {"rescale_dims": []}, "rescale_dims"),
+        ("adg", {"rescale_dims": "channels"}, "rescale_dims"),
+        ("adg", {"rescale_dims": [1.0]}, "rescale_dims"),
+        ("apg", {"norm_dims": [0, 1]}, "norm_dims"),
+        ("apg", {"norm_dims": True}, "norm_dims"),
+        ("apg", {"momentum_form": "average"}, "momentum_form"),
+        ("apg", {"cfg_steps": -1}, "cfg_steps"),
+        ("apg", {"cfg_steps": 2.5}, "cfg_steps"),
+        ("apg", {"cfg_scale": float("nan")}, "cfg_scale"),
+        ("beta-cfg", {"normalize": "yes"}, "normalize"),
+    ],
+)
+def test_bad_option_values_name_the_field(name, params, field):
+    with pytest.raises(ValueError, match=field):
+        build_guider(name, **params)
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "field"),
+    [
+        ("adg", {"norm_rescale": True, "rescale_dims": [4]}, "rescale_dims"),
+        ("adg", {"norm_rescale": True, "rescale_dims": [-4]}, "rescale_dims"),
+        ("adg", {"norm_rescale": True, "rescale_dims": [1, -3]}, "rescale_dims"),
+        ("apg", {"norm_dims": [2, 5]}, "norm_dims"),
+    ],
+)
+def test_dims_that_do_not_fit_the_predictions_name_the_field(name, params, field):
+    path, grid = get_path("rf"), uniform_grid(4)
+    x_t, c, u = inputs(seed=30)
+    with pytest.raises(ValueError, match=field):
+        guide(build_guider(name, scale=3.0, **params), path, grid, 1, x_t, "x0", cond=c, uncond=u)
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("adg", {**ADG.OFFICIAL, "norm_rescale": True, "rescale_dims": [1]}),
+        ("adg", {"weight_offset": 1e-3, "theta_max": None, "rescale_dims": 2}),
+        ("apg", {"norm_dims": [2, 3], "momentum_form": "ema", "cfg_steps": 6, "cfg_scale": 3.5}),
+        ("apg", {"norm_dims": -1}),
+        ("beta-cfg", {"normalize": True}),
+    ],
+)
+def test_options_round_trip_through_json(name, params):
+    round_trips(build_guider(name, scale=3.0, **params))
