@@ -116,6 +116,10 @@ def test_describe_guiders_lists_parameters_defaults_space_and_source():
         "eta": 0.0,
         "momentum": -0.5,
         "norm_threshold": 15.0,
+        "norm_dims": None,
+        "momentum_form": "sum",
+        "cfg_steps": 0,
+        "cfg_scale": None,
     }
     assert rows["adamag"]["parameters"]["kappa"] == 4.0
     assert rows["adamag"]["space"] == "velocity"

@@ -1,6 +1,7 @@
 """Options the official codes have, each pinned to the official update rule written out here in numpy: Imagen /
-diffusers thresholding, ADG's official constants and per-pixel norm, diffusers' APG (dims, momentum), the APG
-EMA momentum and APG-Mix, CFG-Zero*'s zero-init count, β-CFG's normalized Beta profile."""
+diffusers thresholding. ADG's official constants and per-pixel norm, diffusers' APG (dims, momentum), the APG
+EMA momentum and APG-Mix, CFG-Zero*'s zero-init count and β-CFG's normalized Beta profile are in
+test_guiders_official_options.py."""
 
 import json
 import math

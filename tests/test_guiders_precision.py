@@ -89,9 +89,13 @@ HALF_CASES = [
     ("cfg", {"scale": [1.0, 3.0]}),
     ("adamag", {"scale": 4.0, "kappa": 1.0}),
     ("adg", {"scale": 3.0}),
+    ("adg", {"scale": 3.0, "weight_offset": 1e-3, "theta_max": 3.14 / 3, "norm_rescale": True, "rescale_dims": [1]}),
     ("apg", {"scale": 5.0}),  # r = 15 < ||Δ||: the norm threshold acts
     ("apg", {"scale": 5.0, "eta": 0.5, "norm_threshold": None}),
+    ("apg", {"scale": 5.0, "norm_dims": [1], "momentum_form": "ema"}),  # per pixel: r = 15 acts nowhere
+    ("apg", {"scale": 5.0, "norm_dims": [1], "norm_threshold": 1.0}),  # per pixel, the threshold acts
     ("beta-cfg", {"scale": 3.0}),
+    ("beta-cfg", {"scale": 3.0, "normalize": True}),
     ("cfg++", {"scale": 0.6}),
     ("cfg++", {"scale": [0.3, 1.0]}),
     ("cfg-zero-star", {"scale": 4.0, "zero_init_steps": 0}),

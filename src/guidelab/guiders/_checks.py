@@ -7,7 +7,7 @@ from typing import Any
 
 from guidelab.guiders.base import check_space
 
-__all__ = ["check_choice", "check_flag", "check_guider_space", "check_int", "check_number"]
+__all__ = ["check_choice", "check_dims", "check_flag", "check_guider_space", "check_int", "check_number"]
 
 
 def check_choice(field: str, value: Any, accepted: tuple[Any, ...]) -> None:
@@ -62,3 +62,22 @@ def check_flag(field: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{field}: expected true or false, got {value!r}")
     return value
+
+
+def check_dims(field: str, value: Any) -> tuple[int, ...] | None:
+    """Non-batch dimensions of a (batch, ...) tensor to reduce over: ``None`` (all of them), one integer or a list of
+    distinct integers ≠ 0 (negative ones count from the end; dimension 0 is the batch). Checked against the tensor's
+    rank when it is used (:func:`guidelab.guiders._common.resolve_dims`); a ValueError naming the field otherwise."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(items, list | tuple) or not items:
+        raise ValueError(f"{field}: expected null, an integer or a list of integers, got {value!r}")
+    for d in items:
+        if isinstance(d, bool) or not isinstance(d, int):
+            raise ValueError(f"{field}: expected integers, got {d!r} in {value!r}")
+        if d == 0:
+            raise ValueError(f"{field}: dimension 0 is the batch, which is never reduced over, got {value!r}")
+    if len(set(items)) != len(items):
+        raise ValueError(f"{field}: repeated dimension in {value!r}")
+    return tuple(items)

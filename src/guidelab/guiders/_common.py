@@ -43,13 +43,16 @@ __all__ = [
     "as_batch",
     "as_schedule",
     "dot",
+    "dot_over",
     "eps_space_step",
     "flat",
     "keep_neutral",
     "linear_step",
     "norm",
+    "norm_over",
     "per_sample",
     "raw_space",
+    "resolve_dims",
     "sq_norm",
     "std",
     "std_mean",
@@ -90,6 +93,31 @@ def norm(a: Tensor) -> Tensor:
     """||a|| per sample (reduced in at least float32), as float64: (batch,)."""
     x = flat(a)
     return torch.linalg.vector_norm(x, dim=1, dtype=torch.float32 if is_half(x) else None).to(torch.float64)
+
+
+def resolve_dims(field: str, dims: tuple[int, ...], ndim: int) -> tuple[int, ...]:
+    """``dims`` (from :func:`~guidelab.guiders._checks.check_dims`) as non-negative non-batch dimensions of a
+    (batch, ...) tensor of rank ``ndim``; a ValueError naming ``field`` where one is out of range, is the batch, or
+    two name the same dimension."""
+    out = tuple(d % ndim if -ndim <= d < ndim else -1 for d in dims)
+    if any(d <= 0 for d in out) or len(set(out)) != len(out):
+        raise ValueError(
+            f"{field}: {list(dims)} must name distinct non-batch dimensions of predictions of shape (batch, ...) "
+            f"with {ndim} dimensions"
+        )
+    return out
+
+
+def dot_over(a: Tensor, b: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """<a, b> over the non-batch dimensions ``dims`` (in at least float32), as float64, with those dimensions kept
+    as size 1 so that it broadcasts against ``a``: e.g. (batch, 1, H, W) for ``dims = (1,)`` on (batch, C, H, W)."""
+    return (upcast(a) * upcast(b)).sum(dim=dims, keepdim=True).to(torch.float64)
+
+
+def norm_over(a: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """||a|| over the non-batch dimensions ``dims`` (in at least float32), as float64, dimensions kept (see
+    :func:`dot_over`)."""
+    return torch.linalg.vector_norm(upcast(a), dim=dims, keepdim=True).to(torch.float64)
 
 
 def std_mean(a: Tensor) -> tuple[Tensor, Tensor]:

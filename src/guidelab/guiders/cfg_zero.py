@@ -25,14 +25,24 @@ class CFGZeroStar(ScheduledGuider):
 
     and ``v̂ = 0`` at the first ``zero_init_steps`` steps (step index i < K, every stage of the step). A
     zero-init step needs no prediction at all, so it asks for no pass (zero network evaluations). With the
-    scale fixed to s* = 1 (``optimized_scale=False``) and ``zero_init_steps=0`` it is CFG. Default K = 1 as in
-    the official code. At v_u = 0, s* = 0 (v̂ = γ·v_c) as in the official code, whose ε in ||v_u||² + ε gives
-    s*·v_u → 0 once ||v_u||² ≪ ε (at exactly 0 the projection of v_c on v_u has no direction).
+    scale fixed to s* = 1 (``optimized_scale=False``) and ``zero_init_steps=0`` it is CFG. At v_u = 0, s* = 0
+    (v̂ = γ·v_c) as in the official code, whose ε in ||v_u||² + ε gives s*·v_u → 0 once ||v_u||² ≪ ε (at exactly 0
+    the projection of v_c on v_u has no direction).
+
+    K counts steps; the official code's ``zero_steps`` is the last zeroed step index, inclusive
+    (WeichenFan/CFG-Zero-star, ``models/sd/sd3_pipeline.py`` and its flux, wan, hunyuan, Cogview4, HiDream and
+    easycontrol pipelines: ``if (i <= zero_steps) and use_zero_init``). So official ``zero_steps = Z`` is
+    ``zero_init_steps = Z + 1`` here, and ``use_zero_init=False`` is ``zero_init_steps = 0``. Its Wan
+    image-to-video script (``models/wan/image2video_cfg_zero_star.py``) calls the same inclusive index
+    ``zero_init_steps`` (``i <= zero_init_steps``; its 0, "2.5% zero out" of 40 steps, is K = 1 here). Default
+    K = 1, the official default ``zero_steps=0`` (one zeroed step; its HiDream pipeline defaults to 1, two
+    steps). diffusers' ``zero_init_steps`` (``guiders/classifier_free_zero_star_guidance.py``,
+    ``step < zero_init_steps``) is this K.
 
     Args:
         schedule: the scale γ(step); a number means constant.
         optimized_scale: use s*; ``False`` fixes s* = 1.
-        zero_init_steps: number K ≥ 0 of initial steps with zero velocity.
+        zero_init_steps: number K ≥ 0 of initial steps with zero velocity (the official ``zero_steps`` + 1).
     """
 
     name = "cfg-zero-star"
