@@ -38,9 +38,9 @@ import numpy as np
 import pytest
 import torch
 
+from guidelab.denoiser import NULL_COND
 from guidelab.grids import make_grid
 from guidelab.guiders import build_guider
-from guidelab.models.base import NULL_COND
 from guidelab.noise import NoiseSource
 from guidelab.paths import get_path
 from guidelab.sampling import sample

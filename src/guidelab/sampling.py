@@ -68,7 +68,7 @@ class GuidedModel:
     """The guided prediction ``(x_t, step index) -> GuidedStep`` with NFE accounting.
 
     Args:
-        denoiser: the main model (:class:`~guidelab.models.base.Denoiser`).
+        denoiser: the main model (:class:`~guidelab.denoiser.Denoiser`).
         guider: combines the passes it asks for; ``None`` means the conditional model alone.
         cond: class labels (batch,) (``NULL_COND`` = unconditional).
         grid: the N + 1 times of the grid, t_0 = t_max, …, t_N = 0.

@@ -53,7 +53,7 @@ def learn(
     Args:
         config: the run (see :class:`LearnConfig`).
         progress: show a rich progress bar with the training and held-out loss.
-        denoiser: any :class:`~guidelab.models.base.Denoiser` to learn on instead of the one the config
+        denoiser: any :class:`~guidelab.denoiser.Denoiser` to learn on instead of the one the config
             names; then ``data`` (and ``num_classes`` for the conditional variant) must be given too.
         data: the data source ``(n, generator) -> (x0, c)``; default: exact samples of the config's target.
         reward: ``R(x0̂, c) -> (batch,)``; default: the config's reward (``log-posterior`` of the target).
