@@ -49,7 +49,8 @@ def test_sample_writes_samples_and_sidecar(tmp_path):
     assert sidecar["diverged"] == 0
     assert sidecar["wall_time_s"] > 0
     config = sidecar["config"]
-    assert config["guider_config"]["scale"] == 2.5
+    assert config["guider_config"]["schedule"] == {"name": "constant", "scale": 2.5}  # one nested block
+    assert config["gamma"] == 2.5  # the effective scale, a named field
     assert config["cond_index"] == 0
     assert len(config["grid_times"]) == 13
     again = runner.invoke(app, [*args[:-1], str(tmp_path / "t.npy")])

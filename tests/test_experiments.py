@@ -52,11 +52,13 @@ def test_sweep_runs_each_configuration_once_and_resumes(tmp_path):
     again = run_sweep(config, tmp_path / "out")
     assert (again.skipped, again.ran) == (18, 0)
     frame = ResultStore(tmp_path / "out" / "results.sqlite").frame()
-    assert {"metric.energy_distance", "metric.class_fidelity", "param.scale", "nfe"} <= set(frame.columns)
+    assert {"metric.energy_distance", "metric.class_fidelity", "param.schedule.scale", "gamma", "nfe"} <= set(
+        frame.columns
+    )
     # γ = 1 needs the conditional pass only: half the NFE of guided runs
     cfg = frame[frame.label == "cfg"]
-    assert set(cfg[cfg["param.scale"] == 1.0].nfe) == {6}
-    assert set(cfg[cfg["param.scale"] == 3.0].nfe) == {12}
+    assert set(cfg[cfg["gamma"] == 1.0].nfe) == {6}
+    assert set(cfg[cfg["param.schedule.scale"] == 3.0].nfe) == {12}
     assert all((tmp_path / "out" / "runs" / h / "samples.npy").exists() for h in frame.hash)
 
 

@@ -67,7 +67,7 @@ def test_per_sample_scales_round_trip(name):
     scales = [0.2, 0.5, 0.9] if name == "cfg++" else [1.0, 2.0, 4.5]
     guider = build_guider(name, scale=scales)
     config = json.loads(json.dumps(guider.config()))
-    assert config["scale"] == scales
+    assert config["schedule"]["scale"] == scales  # the schedule is a nested block
     assert build_guider(**config).config() == config
 
 

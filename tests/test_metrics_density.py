@@ -16,6 +16,7 @@ from guidelab.metrics import (
     negative_log_likelihood,
     target_log_density,
 )
+from guidelab.paths import get_path
 from guidelab.targets.gaussian_mixture import GaussianMixture
 from test_metrics_targets import chidambaram_boxes_1d
 
@@ -141,7 +142,9 @@ def test_nll_reports_out_of_support_separately():
     res = negative_log_likelihood(x, boxes, 0)
     assert res.out_of_support_fraction == pytest.approx(0.4)
     assert res.nll == pytest.approx(0.0, abs=1e-12)  # uniform on a unit interval: log p = 0
-    small_t = negative_log_likelihood(x, boxes, 0, t=1e-6)  # finite density outside, support from support_contains
+    small_t = negative_log_likelihood(x, boxes, 0, t=1e-6, path=get_path("rf"))  # finite density outside
+    with pytest.raises(ValueError, match="path"):  # t > 0 depends on the path: never assumed
+        negative_log_likelihood(x, boxes, 0, t=1e-6)
     assert small_t.out_of_support_fraction == pytest.approx(0.4)
     assert small_t.nll == pytest.approx(0.0, abs=1e-3)
     none_inside = negative_log_likelihood(torch.tensor([[3.0]]), boxes, 0)

@@ -229,7 +229,7 @@ def test_tv_cfg_per_sample_and_neutral():
 
 def test_tv_cfg_inside_apg_builds_and_uses_the_grid():
     guider = build_guider("apg", schedule="tv-cfg", scale=5.0, eta=0.0)
-    assert guider.config()["schedule"] == "tv-cfg"
+    assert guider.config()["schedule"]["name"] == "tv-cfg"
     path = get_path("rf")
     grid = make_grid("uniform", 6, path)
     expected = tv_cfg_weights(grid, 5.0)

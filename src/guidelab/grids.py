@@ -48,7 +48,8 @@ def make_grid(
     shift: float = 3.0,
     lam_cap: float | None = None,
 ) -> Tensor:
-    """The N + 1 times (float64) of an N-step grid of ``kind`` on ``path``.
+    """The N + 1 times (float64) of an N-step grid of ``kind`` on ``path``. The tensor remembers the path in its
+    ``noise_path`` attribute, and :func:`~guidelab.sampling.sample` refuses it for a denoiser on another path.
 
     Args:
         kind: one of ``uniform``, ``shifted``, ``geometric``, ``edm``.
@@ -102,6 +103,7 @@ def make_grid(
     grid = torch.cat([times, torch.zeros(1, dtype=torch.float64)])
     if not bool((grid[1:] < grid[:-1]).all()):
         raise ValueError(f"grid: {kind} grid with {steps} steps is not strictly decreasing; widen [t_min, t_max]")
+    grid.noise_path = path  # type: ignore[attr-defined]  # the path it was built for; sample() checks it
     return grid
 
 

@@ -23,7 +23,16 @@ from guidelab.sampling import SOLVERS, SampleResult, sample
 from guidelab.targets import Target, get_target
 from guidelab.validation import DTYPES, error_lines
 
-__all__ = ["ModelSpec", "SampleConfig", "SampleOutcome", "config_error_message", "run_sample"]
+__all__ = [
+    "ModelSpec",
+    "SampleConfig",
+    "SampleOutcome",
+    "build_run_guider",
+    "config_error_message",
+    "effective_scale",
+    "resolve",
+    "run_sample",
+]
 
 
 class ModelSpec(BaseModel):
@@ -99,6 +108,13 @@ def config_error_message(err: ValidationError) -> str:
     return "\n".join(error_lines(err))
 
 
+def effective_scale(guider: Guider, grid: torch.Tensor, path: NoisePath, cond: int) -> float | None:
+    """The run's effective guidance scale (:meth:`Guider.effective_scale`), rounded to 12 significant digits so
+    that a constant γ is stored as itself; ``None`` for a guider without a scale."""
+    value = guider.effective_scale(grid, path, None if cond == NULL_COND else cond)
+    return None if value is None else float(f"{value:.12g}")
+
+
 @dataclass
 class SampleOutcome:
     """A finished run: the samples, the objects it was built from, and the resolved configuration."""
@@ -112,16 +128,26 @@ class SampleOutcome:
     resolved: dict[str, Any]
 
 
+def build_run_guider(
+    name: str, params: dict[str, Any], models: dict[str, ModelSpec], target: Target, path: NoisePath
+) -> Guider:
+    """The guider of a run: ``build_guider(name, **params)`` with the guide models it names built on ``path``
+    (every model of a run shares the main model's path; the sampler checks it). Errors name the parameter."""
+    params = dict(params)
+    if models and guider_accepts(name, "models"):
+        params["models"] = {key: spec.build(target, path) for key, spec in models.items()}
+    return build_guider(name, **params)
+
+
 def resolve(config: SampleConfig) -> tuple[Target, int, NoisePath, torch.Tensor, Guider, Denoiser]:
-    """Build the objects a config names; errors name the field."""
+    """The one place where a configuration becomes objects: target, class index, path, grid, guider (with its
+    guide models on the run's path) and the main denoiser. Sampling, sweep validation and the sweep runner all
+    go through it; errors name the field."""
     target = get_target(config.target)
     cond = target.class_index(config.cond)
     path = get_path(config.path, **config.path_params)
     grid = make_grid(config.grid, config.steps, path, t_min=config.t_min, t_max=config.t_max, **config.grid_params)
-    params = dict(config.params)
-    if config.models and guider_accepts(config.guider, "models"):
-        params["models"] = {name: spec.build(target, path) for name, spec in config.models.items()}
-    guider = build_guider(config.guider, **params)
+    guider = build_run_guider(config.guider, config.params, config.models, target, path)
     return target, cond, path, grid, guider, config.model.build(target, path)
 
 
@@ -151,6 +177,7 @@ def run_sample(config: SampleConfig, *, progress: bool = False) -> SampleOutcome
         "cond_name": "null" if cond == NULL_COND else target.class_names[cond],
         "path_config": path.config(),
         "guider_config": guider.config(),
+        "gamma": effective_scale(guider, result.grid if result.grid is not None else grid, path, cond),
         "grid_times": result.grid.tolist() if result.grid is not None else grid.tolist(),
         "data_scale": float(getattr(denoiser, "data_scale", 1.0)),
         "notes": list(result.notes),

@@ -611,6 +611,12 @@ def sample(
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver: unknown name {solver!r}; accepted: {', '.join(SOLVERS)}")
+    built_for = getattr(grid, "noise_path", None)
+    if built_for is not None and built_for.config() != denoiser.path.config():
+        raise ValueError(
+            f"grid: built by make_grid for path {built_for.name!r}, but the denoiser is on path "
+            f"{denoiser.path.name!r} ({denoiser.path.config()}); build the grid on the denoiser's path"
+        )
     grid = torch.as_tensor(grid, dtype=torch.float64)
     if grid.ndim != 1 or grid.numel() < 2 or not bool((grid[1:] < grid[:-1]).all()):
         raise ValueError("grid: must be a strictly decreasing 1-D tensor of at least 2 times")

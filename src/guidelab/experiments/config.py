@@ -17,11 +17,13 @@ Example::
     metrics: [energy_distance, class_fidelity, mode_weights]
 
 A list value in ``params`` is a sweep axis; to pass a list itself (a per-sample scale) wrap it once more:
-``scale: [[1, 2, 3]]``.
+``scale: [[1, 2, 3]]``. The schedule may be a nested block, ``schedule: {name: tv-cfg, scale: [3, 6]}``, whose
+lists are axes too; the flat form (``schedule: tv-cfg`` beside ``scale``) is the same sweep.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -68,10 +70,19 @@ class GuiderSweep(BaseModel):
     label: str | None = None
 
     def expand(self) -> list[dict[str, Any]]:
-        """Every combination of the list-valued parameters."""
-        keys = list(self.params)
-        axes = [v if isinstance(v, list) else [v] for v in self.params.values()]
-        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*axes)]
+        """Every combination of the list-valued parameters, those inside a nested ``schedule`` block included."""
+        return _expand(self.params, nested=True)
+
+
+def _expand(params: dict[str, Any], nested: bool) -> list[dict[str, Any]]:
+    """The cartesian product of ``params``' list values (a list is an axis; wrap a list once to pass it as a
+    value); with ``nested``, a dict value (a schedule block) is expanded the same way, one level deep."""
+    keys = list(params)
+    axes = [
+        _expand(v, nested=False) if nested and isinstance(v, dict) else v if isinstance(v, list) else [v]
+        for v in params.values()
+    ]
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*axes)]
 
 
 class SweepConfig(BaseModel):
@@ -205,8 +216,8 @@ def _check_buildable(data: dict[str, Any]) -> list[str]:
     """Build every target, condition, grid, solver and guider the raw config names; one line per mistake."""
     from guidelab.grids import make_grid
     from guidelab.guiders import build_guider
-    from guidelab.guiders.registry import guider_accepts
     from guidelab.paths import get_path
+    from guidelab.recipe import build_run_guider
     from guidelab.sampling import SOLVERS
     from guidelab.targets import get_target
 
@@ -232,12 +243,14 @@ def _check_buildable(data: dict[str, Any]) -> list[str]:
                 target.class_index(str(cond))
             except ValueError as err:
                 errors.append(f"targets[{i}].conds: {err}")
+    paths = []
     for i, name in items("paths"):
         try:
             path = get_path(str(name))
         except ValueError as err:
             errors.append(f"paths[{i}]: {err}")
             continue
+        paths.append(path)
         for j, grid in items("grids"):
             try:
                 spec = GridSpec.model_validate(grid)
@@ -249,23 +262,25 @@ def _check_buildable(data: dict[str, Any]) -> list[str]:
     for i, solver in items("solvers"):
         if solver not in SOLVERS:
             errors.append(f"solvers[{i}]: unknown solver {solver!r}; accepted: {', '.join(SOLVERS)}")
-    models: dict[str, Any] = {}
-    if first_target is not None and isinstance(data.get("models"), dict):
-        try:
+    specs: dict[str, ModelSpec] = {}
+    if isinstance(data.get("models"), dict):
+        with contextlib.suppress(ValidationError):  # reported by the schema
             specs = {k: ModelSpec.model_validate(v) for k, v in data["models"].items()}
-            models = {k: spec.build(first_target, get_path("rf")) for k, spec in specs.items()}
-        except (ValidationError, ValueError):
-            pass  # reported by the schema
     for i, guider in items("guiders"):
         try:
             sweep = GuiderSweep.model_validate(guider)
         except ValidationError:
             continue  # reported by the schema
-        for params in sweep.expand():
+        message = None
+        for params, path in itertools.product(sweep.expand(), paths or [None]):
             try:
-                extra = {"models": models} if models and guider_accepts(sweep.name, "models") else {}
-                build_guider(sweep.name, **dict(params), **extra)
+                if first_target is None or path is None:
+                    build_guider(sweep.name, **params)  # no target or path to build guide models on
+                else:
+                    build_run_guider(sweep.name, params, specs, first_target, path)
             except ValueError as err:
-                errors.append(f"guiders[{i}]: {err}")
+                message = f"guiders[{i}]: {err}"
                 break
+        if message:
+            errors.append(message)
     return errors

@@ -41,6 +41,7 @@ class SweepSummary:
 
 def execute_run(spec: RunSpec, out: str, threads: int | None = None) -> dict[str, Any]:
     """Sample and measure one run, write its artifacts; return its store row (never raises)."""
+    from guidelab.guiders.describe import schedule_table
     from guidelab.recipe import run_sample
 
     if threads:
@@ -60,14 +61,21 @@ def execute_run(spec: RunSpec, out: str, threads: int | None = None) -> dict[str
         "label": spec.label,
         "seed": cfg.seed,
         "n": cfg.n,
-        "params": cfg.params,
-        "config": cfg.model_dump(),
+        "gamma": None,
+        "guider_config": {"name": cfg.guider, **cfg.params},  # as given, until the run resolves it
+        "schedule": [],
+        "config": cfg.model_dump(exclude={"guider", "params"}),  # the settings; the guider is stored once
         "metrics": {},
     }
     start = time.perf_counter()
     try:
         outcome = run_sample(cfg)
         result = outcome.result
+        row.update(
+            guider_config=outcome.resolved["guider_config"],
+            gamma=outcome.resolved["gamma"],
+            schedule=schedule_table(outcome.guider, outcome.path, outcome.grid),
+        )
         keep = ~result.diverged
         x = result.x[keep].double()
         if spec.save_samples:

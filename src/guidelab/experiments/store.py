@@ -26,8 +26,10 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT,
     target TEXT, cond TEXT, path TEXT, grid TEXT, steps INTEGER, solver TEXT,
     guider TEXT, label TEXT, seed INTEGER, n INTEGER,
+    gamma REAL,
     nfe INTEGER, diverged INTEGER, wall_time_s REAL,
-    params TEXT NOT NULL,
+    guider_config TEXT NOT NULL,
+    schedule TEXT NOT NULL,
     metrics TEXT NOT NULL,
     config TEXT NOT NULL,
     finished_at TEXT NOT NULL DEFAULT (datetime('now'))
@@ -48,14 +50,48 @@ _COLUMNS = (
     "label",
     "seed",
     "n",
+    "gamma",
     "nfe",
     "diverged",
     "wall_time_s",
-    "params",
+    "guider_config",
+    "schedule",
     "metrics",
     "config",
 )
-_JSON_COLUMNS = ("params", "metrics", "config")
+_JSON_COLUMNS = ("guider_config", "schedule", "metrics", "config")
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a store written before the resolved guider configuration (a ``params`` column holding the sweep's
+    flat parameters) to the present layout, in the caller's transaction: the guider is kept as its flat
+    configuration ``{name, **params}`` (which :func:`~guidelab.guiders.build_guider` reads), γ as its
+    ``scale`` parameter where that was a number, the schedule table empty, and ``params`` dropped from
+    ``config``. No row is lost."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+    if "params" not in columns:
+        return
+    cursor = db.execute("SELECT * FROM runs")
+    names = [c[0] for c in cursor.description]
+    old = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+    db.execute("ALTER TABLE runs RENAME TO runs_before_migration")
+    db.execute(_SCHEMA)
+    for row in old:
+        params = json.loads(row.pop("params") or "{}")
+        config = json.loads(row.get("config") or "{}")
+        config.pop("params", None)
+        scale = params.get("scale")
+        row.update(
+            guider_config=json.dumps({"name": row.get("guider"), **params}, sort_keys=True),
+            gamma=float(scale) if isinstance(scale, int | float) and not isinstance(scale, bool) else None,
+            schedule="[]",
+            config=json.dumps(config, sort_keys=True),
+        )
+        keys = [*_COLUMNS, "finished_at"]
+        db.execute(
+            f"INSERT INTO runs ({', '.join(keys)}) VALUES ({', '.join('?' for _ in keys)})", [row.get(k) for k in keys]
+        )
+    db.execute("DROP TABLE runs_before_migration")
 
 
 class ResultStore:
@@ -66,6 +102,8 @@ class ResultStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
+        with self._connect() as db:
+            _migrate(db)
             db.execute(_SCHEMA)
 
     @contextmanager
@@ -102,13 +140,20 @@ class ResultStore:
             return out
 
     def frame(self) -> Any:
-        """A pandas DataFrame with one column per parameter (``param.*``) and metric (``metric.*``)."""
+        """A pandas DataFrame with one column per guider parameter (``param.*``, the schedule's as
+        ``param.schedule.*``) and metric (``metric.*``), beside the run's columns (``gamma`` among them)."""
         import pandas as pd
 
         flat = []
         for row in self.rows():
             entry = {k: v for k, v in row.items() if k not in _JSON_COLUMNS}
-            entry.update({f"param.{k}": _plain(v) for k, v in row["params"].items()})
+            params = {k: v for k, v in row["guider_config"].items() if k != "name"}
+            schedule = params.pop("schedule", None)
+            if isinstance(schedule, dict):
+                params.update({f"schedule.{k}": v for k, v in schedule.items()})
+            elif schedule is not None:
+                params["schedule"] = schedule
+            entry.update({f"param.{k}": _plain(v) for k, v in params.items()})
             entry.update({f"metric.{k}": v for k, v in row["metrics"].items()})
             flat.append(entry)
         return pd.DataFrame(flat)

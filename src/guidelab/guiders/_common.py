@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import math
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -152,9 +152,16 @@ def per_sample(value: Tensor | float, like: Tensor) -> Tensor | float:
     return value
 
 
-def as_schedule(schedule: Schedule | Scale) -> Schedule:
-    """A schedule, or a number / per-sample list meaning a constant scale."""
-    return schedule if isinstance(schedule, Schedule) else ConstantSchedule(schedule)
+def as_schedule(schedule: Schedule | Scale | Mapping[str, Any]) -> Schedule:
+    """A schedule, its nested block ``{name, **parameters}``, or a number / per-sample list meaning a constant
+    scale."""
+    if isinstance(schedule, Schedule):
+        return schedule
+    if isinstance(schedule, Mapping):
+        from guidelab.guiders.registry import build_schedule
+
+        return build_schedule(schedule)
+    return ConstantSchedule(schedule)
 
 
 # --- fast conversions -------------------------------------------------------------------------------------
@@ -394,4 +401,4 @@ class ScheduledGuider(Guider):
         """The guider's own constructor parameters (schedule excluded), JSON-serialisable."""
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, **self.params(), "schedule": self.schedule.name, **self.schedule.config()}
+        return {"name": self.name, **self.params(), "schedule": self.schedule.spec()}

@@ -33,6 +33,7 @@ __all__ = [
     "Scale",
     "StepContext",
     "broadcast_scale",
+    "step_contexts",
 ]
 
 Scale = float | Tensor
@@ -65,6 +66,15 @@ class StepContext:
     @property
     def t_next(self) -> float:
         return float(self.grid[self.index + 1])
+
+
+def step_contexts(grid: Tensor, path: NoisePath) -> list[StepContext]:
+    """The first evaluation (stage 0) of every step of ``grid`` on ``path``: N contexts, for looking at a guider
+    or schedule over a whole run before sampling (checks, tables, the effective scale)."""
+    grid = torch.as_tensor(grid, dtype=torch.float64)
+    steps = grid.numel() - 1
+    lams = path.lam(grid[:-1])
+    return [StepContext(i, steps, float(grid[i]), float(lams[i]), grid, path) for i in range(steps)]
 
 
 @dataclass(frozen=True)
@@ -167,6 +177,14 @@ class Guider(ABC):
         """Check the guider against the whole sampling ``grid`` on ``path`` before the first network evaluation,
         and read what it needs to know of the ``denoiser`` (e.g. its ``data_range``); a sampler calls it once per
         run, after :meth:`reset`. Raises ValueError naming the offending field."""
+
+    def effective_scale(self, grid: Tensor, path: NoisePath, cond: int | None = None) -> float | None:
+        """The run's guidance scale γ (Ho form) as one number, for tables and plots: the rectified-flow-time
+        mean of the guider's ``schedule`` over ``grid`` (:meth:`~guidelab.guiders.schedules.Schedule.mean_scale`;
+        CFG++ gives its λ, weak-model guidance its first guide's γ); ``None`` for a guider without a scale. ``cond``
+        is the class sampled (guiders whose weight depends on the class)."""
+        schedule = getattr(self, "schedule", None)
+        return None if schedule is None else schedule.mean_scale(grid, path)
 
     @abstractmethod
     def passes(self, ctx: StepContext) -> tuple[Pass, ...]:

@@ -49,4 +49,4 @@ class CFG(Guider):
         return linear_step(preds, ctx, self.schedule(ctx))
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "schedule": self.schedule.name, **self.schedule.config()}
+        return {"name": self.name, "schedule": self.schedule.spec()}

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from guidelab.guiders._common import ScheduledGuider, Step, as_batch, keep_neutral, per_sample
-from guidelab.guiders.base import GuidedStep, Pass, Scale, StepContext
+from guidelab.guiders.base import GuidedStep, Pass, Scale, StepContext, step_contexts
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import ConstantSchedule, Schedule
 from guidelab.paths import NoisePath
@@ -57,13 +57,9 @@ class CFGPlusPlus(ScheduledGuider):
     def prepare(self, grid: Tensor, path: NoisePath, denoiser: Any = None) -> None:
         """Check λ at every step of ``grid`` (N + 1 times) on ``path``: a ValueError naming ``scale`` and the step
         where the schedule leaves [0, 1]."""
-        times = torch.as_tensor(grid, dtype=torch.float64)
-        steps = times.numel() - 1
-        for i in range(steps):
-            t = float(times[i])
-            lam = float(path.lam(torch.tensor(t, dtype=torch.float64)))
-            where = f" at step {i} of {steps} (t = {t:g}) from the {self.schedule.name} schedule"
-            _check_lam(self.schedule(StepContext(i, steps, t, lam, grid, path)), where)
+        for ctx in step_contexts(grid, path):
+            where = f" at step {ctx.index} of {ctx.steps} (t = {ctx.t:g}) from the {self.schedule.name} schedule"
+            _check_lam(self.schedule(ctx), where)
         self._checked = (grid, path)
 
     def passes(self, ctx: StepContext) -> tuple[Pass, ...]:

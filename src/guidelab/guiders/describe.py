@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from guidelab.guiders.base import Guider, StepContext
+from guidelab.guiders.base import Guider, step_contexts
 from guidelab.guiders.registry import GUIDERS, guider_parameters
 from guidelab.guiders.schedules import SCHEDULES, Schedule
 from guidelab.paths import NoisePath, get_path
@@ -44,9 +44,7 @@ def describe_guiders() -> list[dict[str, Any]]:
     parameter can change it), ``source`` (arXiv id), ``summary`` (one line), ``parameters`` (name → default,
     with the default ``constant`` schedule's parameters for guiders that take a schedule) and ``schedules``
     (the schedule names it accepts, empty if it has no scale)."""
-    import guidelab.guiders  # noqa: F401 - registers the built-in guiders
-
-    out = []
+    out = []  # every built-in guider is registered: importing this module ran the package's __init__
     for name in sorted(GUIDERS):
         cls = GUIDERS[name]
         own = _defaults(cls)
@@ -89,18 +87,15 @@ def schedule_table(guider: Guider, path: NoisePath | str, grid: Tensor) -> list[
     grid = torch.as_tensor(grid, dtype=torch.float64)
     if grid.ndim != 1 or grid.numel() < 2:
         raise ValueError("grid: must be a 1-D tensor of at least 2 times")
-    steps = grid.numel() - 1
-    lams = path.lam(grid)
     schedule = getattr(guider, "schedule", None)
     rows = []
-    for i in range(steps):
-        ctx = StepContext(i, steps, float(grid[i]), float(lams[i]), grid, path)
+    for ctx in step_contexts(grid, path):
         gamma: Any = "n/a"
         if isinstance(schedule, Schedule):
             value = schedule(ctx)
             gamma = value.tolist() if isinstance(value, Tensor) else float(value)
         names = [p.name for p in guider.passes(ctx)]
         rows.append(
-            {"step": i, "t": float(grid[i]), "lam": float(lams[i]), "gamma": gamma, "passes": "+".join(names) or "none"}
+            {"step": ctx.index, "t": ctx.t, "lam": ctx.lam, "gamma": gamma, "passes": "+".join(names) or "none"}
         )
     return rows

@@ -149,5 +149,15 @@ class LearnedGuider(Guider):
             rows.append(row)
         return rows
 
+    def effective_scale(self, grid: Tensor, path: NoisePath, cond: int | None = None) -> float | None:
+        """γ = 1 + ω̄: ω averaged over the steps of ``grid`` in rectified-flow time, for class ``cond`` (all classes
+        for ``None`` or the null condition)."""
+        grid = torch.as_tensor(grid, dtype=torch.float64)
+        table = self.table(path, grid).double()  # (C, N)
+        rows = table[cond : cond + 1] if cond is not None and 0 <= cond < table.shape[0] else table
+        s = path.rf_time(grid)
+        ds = (s[:-1] - s[1:]).to(rows)
+        return 1.0 + float((rows * ds).sum(dim=1).mean() / ds.sum())
+
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "checkpoint": self.checkpoint}

@@ -43,7 +43,7 @@ class MamboG(ScheduledGuider):
         self.alpha = check_number("alpha", alpha, lo=0.0)
         self.space = check_guider_space(space)
 
-    def effective_scale(self, step: Step, gamma: Scale) -> Scale:
+    def damped_scale(self, step: Step, gamma: Scale) -> Scale:
         """γ' per sample (batch,) float64 (a number when α = 0 and γ is a number)."""
         c, u = step.get("cond", self.space), step.get("uncond", self.space)
         g = as_batch(gamma, c)
@@ -53,7 +53,7 @@ class MamboG(ScheduledGuider):
         return r.mul_(-self.alpha).exp_().mul_(g - 1).add_(1)  # 1 + (γ − 1)·exp(−α·r)
 
     def combine(self, step: Step, ctx: StepContext, gamma: Scale) -> GuidedStep:
-        w = self.effective_scale(step, gamma)
+        w = self.damped_scale(step, gamma)
         return affine_pair(step, w)
 
     def params(self) -> dict[str, Any]:

@@ -1,19 +1,23 @@
-"""Guider registry: build any guider from a flat parameter dict (CLI ``--param``, sweep configs, JSON).
+"""Guider registry: build any guider from its parameters (CLI ``--param``, sweep configs, JSON).
 
-A guider whose constructor takes a ``schedule`` gets it built from the same flat dict: ``schedule``
-names the schedule (default ``constant``) and the schedule's own parameters (``scale``, ``lam_lo``, …)
-sit beside the guider's. ``build_guider(**guider.config())`` rebuilds an equal guider.
+A guider whose constructor takes a ``schedule`` gets it as a nested block, ``schedule: {name: tv-cfg,
+scale: 3}`` (what :meth:`Guider.config` writes), or, as command-line sugar, flat: ``schedule`` names the
+schedule (default ``constant``) and its parameters (``scale``, ``lam_lo``, …) sit beside the guider's. A flat
+key that both the guider and its schedule take is an error that asks for the nested block; a number is a
+constant schedule. ``build_guider(**guider.config())`` rebuilds an equal guider.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from guidelab.guiders.base import Guider
+    from guidelab.guiders.schedules import Schedule
 
-__all__ = ["GUIDERS", "build_guider", "guider_accepts", "guider_parameters", "register_guider"]
+__all__ = ["GUIDERS", "build_guider", "build_schedule", "guider_accepts", "guider_parameters", "register_guider"]
 
 GUIDERS: dict[str, type[Guider]] = {}
 
@@ -53,8 +57,8 @@ def guider_accepts(name: str, parameter: str) -> bool:
 
 
 def _lookup(name: str) -> type[Guider]:
-    import guidelab.guiders  # noqa: F401 - registers the built-in guiders
-
+    # the built-in guiders are registered: importing this module first runs the package's __init__, which
+    # imports every guider module
     if name not in GUIDERS:
         raise ValueError(f"guider: unknown name {name!r}; accepted: {', '.join(sorted(GUIDERS))}")
     return GUIDERS[name]
@@ -74,22 +78,44 @@ def _construct(cls: type, label: str, params: dict[str, Any]) -> Any:
         raise ValueError(f"{label}: {err}") from None
 
 
-def build_guider(name: str, **params: Any) -> Guider:
-    """Build guider ``name`` from flat parameters; errors name the parameter and what is accepted."""
+def build_schedule(spec: Mapping[str, Any], label: str = "schedule") -> Schedule:
+    """A schedule from its nested block ``{name: NAME, **parameters}`` (``name`` defaults to ``constant``);
+    errors name the block (``label``), the parameter and what is accepted."""
     from guidelab.guiders.schedules import SCHEDULES
+
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{label}: expected a block {{name: ..., parameters}}, got {spec!r}")
+    params = dict(spec)
+    name = params.pop("name", None) or "constant"
+    if name not in SCHEDULES:
+        raise ValueError(f"{label}: unknown name {name!r}; accepted: {', '.join(sorted(SCHEDULES))}")
+    return _construct(SCHEDULES[name], f"{label} {name!r}", params)
+
+
+def build_guider(name: str, **params: Any) -> Guider:
+    """Build guider ``name`` from its parameters, the schedule nested (``schedule={"name": ..., ...}``) or flat
+    (``schedule="tv-cfg", scale=3``); errors name the parameter and what is accepted."""
+    from guidelab.guiders.schedules import SCHEDULES, Schedule
 
     cls = _lookup(name)
     own = _signature_params(cls)
-    if "schedule" in own and not callable(params.get("schedule")):
+    schedule = params.get("schedule")
+    if "schedule" in own and isinstance(schedule, Mapping):
+        params["schedule"] = build_schedule(schedule)
+    elif "schedule" in own and not isinstance(schedule, Schedule) and (schedule is None or isinstance(schedule, str)):
         schedule_name = params.pop("schedule", None) or "constant"
         if schedule_name not in SCHEDULES:
             raise ValueError(f"schedule: unknown name {schedule_name!r}; accepted: {', '.join(sorted(SCHEDULES))}")
-        schedule_cls = SCHEDULES[schedule_name]
-        schedule_keys = set(_signature_params(schedule_cls))
-        schedule_params = {k: params.pop(k) for k in list(params) if k in schedule_keys and k not in own}
+        schedule_keys = set(_signature_params(SCHEDULES[schedule_name]))
         for key in params:
-            if key not in own:
+            if key in own and key in schedule_keys:
+                raise ValueError(
+                    f"{key}: both guider {name!r} and schedule {schedule_name!r} take {key!r}; give the schedule as "
+                    f"a nested block, schedule: {{name: {schedule_name}, {key}: ...}}"
+                )
+            if key not in own and key not in schedule_keys:
                 accepted = sorted(set(own) | schedule_keys)
                 raise ValueError(f"guider {name!r}: unknown parameter {key!r}; accepted: {', '.join(accepted)}")
-        params["schedule"] = _construct(schedule_cls, f"schedule {schedule_name!r}", schedule_params)
+        flat = {k: params.pop(k) for k in list(params) if k in schedule_keys}
+        params["schedule"] = build_schedule({"name": schedule_name, **flat})
     return _construct(cls, f"guider {name!r}", params)

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from guidelab.guiders._checks import check_choice, check_flag, check_number
-from guidelab.guiders.base import Scale, StepContext, scale_from_config, scale_to_config
+from guidelab.guiders.base import Scale, StepContext, scale_from_config, scale_to_config, step_contexts
 from guidelab.guiders.scales import extra_to_ho, ho_to_extra
 from guidelab.paths import NoisePath
 
@@ -84,6 +84,23 @@ class Schedule(ABC):
     @abstractmethod
     def config(self) -> dict[str, Any]:
         """Parameters (without the name) that rebuild this schedule."""
+
+    def mean_scale(self, grid: Tensor, path: NoisePath) -> float:
+        """The run's guidance scale as one number: ``Σ_i γ_i·Δs_i / Σ_i Δs_i`` over the N steps of ``grid`` on
+        ``path``, with s the rectified-flow time (so TV-CFG gives its γ̄, a constant schedule its γ, an interval
+        its time-weighted mean), averaged over samples for a per-sample scale."""
+        grid = torch.as_tensor(grid, dtype=torch.float64)
+        s = rf_grid(grid, path)
+        total = 0.0
+        for ctx in step_contexts(grid, path):
+            value = float(torch.as_tensor(self(ctx), dtype=torch.float64).mean())
+            total += value * float(s[ctx.index] - s[ctx.index + 1])
+        return total / float(s[0] - s[-1])
+
+    def spec(self) -> dict[str, Any]:
+        """The nested block ``{name, **config()}`` that :func:`~guidelab.guiders.registry.build_schedule`
+        rebuilds this schedule from."""
+        return {"name": self.name, **self.config()}
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.config().items())

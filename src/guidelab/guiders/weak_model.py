@@ -7,12 +7,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from torch import Tensor
+
 from guidelab.denoiser import Denoiser
 from guidelab.guiders._checks import check_choice
 from guidelab.guiders._common import Step, affine_pair, as_batch, as_schedule, per_sample
 from guidelab.guiders.base import COND, GuidedStep, Guider, Pass, Predictions, Scale, StepContext, is_neutral
-from guidelab.guiders.registry import register_guider
-from guidelab.guiders.schedules import SCHEDULES, Schedule
+from guidelab.guiders.registry import build_schedule, register_guider
+from guidelab.guiders.schedules import Schedule
+from guidelab.paths import NoisePath
 
 __all__ = ["GuideSpec", "WeakModelGuidance"]
 
@@ -28,7 +31,7 @@ class GuideSpec:
     schedule: Schedule
 
     def config(self) -> dict[str, Any]:
-        return {"model": self.model, "cond": self.cond, "schedule": self.schedule.name, **self.schedule.config()}
+        return {"model": self.model, "cond": self.cond, "schedule": self.schedule.spec()}
 
 
 @register_guider
@@ -109,15 +112,24 @@ class WeakModelGuidance(Guider):
         if isinstance(schedule, Schedule):
             if params:
                 raise ValueError(f"{label}: unknown keys {sorted(params)} beside a schedule object")
+        elif isinstance(schedule, Mapping):
+            if params:
+                raise ValueError(f"{label}: unknown keys {sorted(params)} beside the schedule block")
+            schedule = build_schedule(schedule, f"{label}.schedule")
         else:
-            if schedule not in SCHEDULES:
-                accepted = ", ".join(sorted(SCHEDULES))
-                raise ValueError(f"{label}.schedule: unknown name {schedule!r}; accepted: {accepted}")
-            try:
-                schedule = SCHEDULES[schedule](**params)
-            except TypeError as err:
-                raise ValueError(f"{label}: {err}") from None
+            schedule = build_schedule({"name": schedule, **params}, f"{label}.schedule")
         return self._spec(model, cond, schedule, label)
+
+    def prepare(self, grid: Tensor, path: NoisePath, denoiser: Any = None) -> None:
+        """Every guide model must be on the sampling ``path``: its prediction is converted between spaces with
+        that path's coefficients. A ValueError naming ``models`` otherwise."""
+        for key in sorted({spec.model for spec in self.guides if spec.model is not None}):
+            model_path = self.models[key].path
+            if model_path.config() != path.config():
+                raise ValueError(
+                    f"models[{key!r}]: the guide model is on path {model_path.config()}, the sampler on "
+                    f"{path.config()}; a guide model must share the main model's path"
+                )
 
     def passes(self, ctx: StepContext) -> tuple[Pass, ...]:
         active = [p for p, g in zip(self._passes, self.guides, strict=True) if not is_neutral(g.schedule(ctx))]
@@ -145,6 +157,5 @@ class WeakModelGuidance(Guider):
             "guide_model": first.model,
             "guide_cond": first.cond,
             "extra_guides": [g.config() for g in self.guides[1:]] or None,
-            "schedule": first.schedule.name,
-            **first.schedule.config(),
+            "schedule": first.schedule.spec(),
         }

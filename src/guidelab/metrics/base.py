@@ -22,8 +22,8 @@ __all__ = [
     "as_points",
     "check_same_dim",
     "chunk_rows",
-    "default_path",
     "float_or_none",
+    "path_for",
     "quantile_list",
     "resolve_cond",
     "seeded_generator",
@@ -75,9 +75,15 @@ def seeded_generator(seed: int | torch.Generator, device: torch.device | str = "
     return torch.Generator(device=device).manual_seed(int(seed))
 
 
-def default_path(path: NoisePath | None) -> NoisePath:
-    """The path used to evaluate a target at small t (rectified flow unless given; all paths agree at t = 0)."""
-    return RectifiedFlowPath() if path is None else path
+def path_for(t: float, path: NoisePath | None) -> NoisePath:
+    """The path to evaluate a target on at time ``t``: ``path``; at t = 0 (the data, where every path agrees)
+    it may be omitted. A ValueError naming ``path`` when t > 0 and none is given: the noisy density there
+    depends on the path, so it is never assumed."""
+    if path is not None:
+        return path
+    if t > 0:
+        raise ValueError(f"path: evaluating at t = {t:g} > 0 depends on the noise path; pass path=get_path(...)")
+    return RectifiedFlowPath()  # any path: α = 1, σ = 0 at t = 0
 
 
 def resolve_cond(target: Any, cond: int | str | None) -> int:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from guidelab.denoiser import NULL_COND
-from guidelab.metrics.base import Record, as_points, default_path, float_or_none, resolve_cond, seeded_generator
+from guidelab.metrics.base import Record, as_points, float_or_none, path_for, resolve_cond, seeded_generator
 from guidelab.paths import NoisePath
 
 __all__ = [
@@ -42,7 +42,7 @@ def component_log_responsibilities(
     x = as_points(x, "x")
     c = resolve_cond(target, cond)
     log_w = target.log_mixture_weights(c, x.shape[0]).to(x)  # type: ignore[attr-defined]
-    joint = log_w + target.component_log_prob_t(x, _times(x, t), default_path(path)).to(x)  # type: ignore[attr-defined]
+    joint = log_w + target.component_log_prob_t(x, _times(x, t), path_for(t, path)).to(x)  # type: ignore[attr-defined]
     norm = torch.logsumexp(joint, dim=1, keepdim=True)
     out = joint - norm
     return torch.where(torch.isfinite(norm), out, torch.full_like(out, float("nan")))
@@ -82,7 +82,7 @@ def class_fidelity(
     c = resolve_cond(target, cond)
     if c == NULL_COND:
         raise ValueError("cond: class fidelity needs a class, got the null condition")
-    log_post = target.class_log_posterior(x, _times(x, t), default_path(path))  # type: ignore[attr-defined]
+    log_post = target.class_log_posterior(x, _times(x, t), path_for(t, path))  # type: ignore[attr-defined]
     defined = ~torch.isnan(log_post).any(dim=1)
     n_def = int(defined.sum())
     if n_def == 0:

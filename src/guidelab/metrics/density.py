@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from guidelab.denoiser import NULL_COND
-from guidelab.metrics.base import Record, as_points, chunk_rows, default_path, resolve_cond, seeded_generator
+from guidelab.metrics.base import Record, as_points, chunk_rows, path_for, resolve_cond, seeded_generator
 from guidelab.paths import NoisePath
 
 __all__ = [
@@ -279,7 +279,7 @@ def target_log_density(
     data; all paths agree there). For targets whose density is discontinuous (boxes) and whose t = 0
     evaluation is undefined, pass a small t (e.g. 1e-4) and a path."""
     c = resolve_cond(target, cond)
-    p = default_path(path)
+    p = path_for(t, path)
 
     def log_density(x: Tensor) -> Tensor:
         return target.log_prob_t(x, torch.full((x.shape[0],), float(t), dtype=x.dtype), p, c)  # type: ignore[attr-defined]

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from guidelab.denoiser import NULL_COND
-from guidelab.metrics.base import as_points, default_path, resolve_cond, seeded_generator
+from guidelab.metrics.base import as_points, path_for, resolve_cond, seeded_generator
 from guidelab.metrics.density import CellGrid, cell_masses
 from guidelab.paths import NoisePath
 
@@ -54,7 +54,7 @@ class TiltedTarget:
         self.cond = c
         self.gamma = gamma
         self.t = float(t)
-        self.path = default_path(path)
+        self.path = path_for(t, path)
         self.log_prior = float(torch.log(target.class_prior[c]))  # type: ignore[attr-defined]
 
     def _time(self, x: Tensor) -> Tensor:

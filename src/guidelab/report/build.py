@@ -325,39 +325,41 @@ def _schedule_section(rows: Sequence[dict[str, Any]], catalog: Catalog) -> Secti
     seen: set[str] = set()
     per_label: dict[str, int] = {}
     dropped = 0
-    keys = ("guider", "params", "path", "path_params", "grid", "steps", "t_min", "t_max", "grid_params")
-    for r in sorted(rows, key=lambda r: (catalog.labels.index(r["label"]), gamma_sort(gamma_of(r["params"])))):
+    keys = ("path", "path_params", "grid", "steps", "t_min", "t_max", "grid_params")
+    for r in sorted(rows, key=lambda r: (catalog.labels.index(r["label"]), gamma_sort(gamma_of(r)))):
         cfg = r["config"]
-        ident = repr([r["label"], *(_stable(cfg.get(k, r.get(k))) for k in keys)])
+        ident = repr([r["label"], _stable(r["guider_config"]), *(_stable(cfg.get(k, r.get(k))) for k in keys)])
         if ident in seen:
             continue
         seen.add(ident)
         if per_label.get(r["label"], 0) >= _MAX_CURVES_PER_METHOD:
             dropped += 1
             continue
-        try:
-            path = get_path(cfg.get("path", r["path"]), **(cfg.get("path_params") or {}))
-            grid = make_grid(
-                cfg.get("grid", r["grid"]),
-                int(cfg.get("steps", r["steps"])),
-                path,
-                t_min=cfg.get("t_min"),
-                t_max=cfg.get("t_max", 1.0),
-                **(cfg.get("grid_params") or {}),
-            )
-            table = schedule_table(build_guider(cfg.get("guider", r["guider"]), **dict(r["params"])), path, grid)
-        except Exception as err:  # an unbuildable configuration is a note, never a failed report
-            problems.setdefault(r["label"], f"{type(err).__name__}: {err}")
-            continue
+        table = r.get("schedule") or []  # the per-step plan the runner stored from the guider it ran
+        if not table:  # a store from before the plan was stored: rebuild it from the stored configuration
+            try:
+                path = get_path(cfg.get("path", r["path"]), **(cfg.get("path_params") or {}))
+                grid = make_grid(
+                    cfg.get("grid", r["grid"]),
+                    int(cfg.get("steps", r["steps"])),
+                    path,
+                    t_min=cfg.get("t_min"),
+                    t_max=cfg.get("t_max", 1.0),
+                    **(cfg.get("grid_params") or {}),
+                )
+                table = schedule_table(build_guider(**r["guider_config"]), path, grid)
+            except Exception as err:  # an unbuildable configuration is a note, never a failed report
+                problems.setdefault(r["label"], f"{type(err).__name__}: {err}")
+                continue
         if not table or all(row["gamma"] == "n/a" for row in table):
             problems.setdefault(r["label"], "the guider has no guidance-scale schedule")
             continue
-        name = f"γ={gamma_text(gamma_of(r['params'])) or 'default'}"
+        name = f"γ={gamma_text(gamma_of(r)) or 'default'}"
         others = params_text(r["params"], skip=("scale",))
         name += f"; {others}" if others else ""
         if catalog.varying:
             name += f"; {catalog.settings_text(r)}"
-        curves.append(figures.ScheduleCurve(catalog.line(r), name, table, float(grid[-1])))
+        curves.append(figures.ScheduleCurve(catalog.line(r), name, table, 0.0))  # every grid ends at t = 0
         per_label[r["label"]] = per_label.get(r["label"], 0) + 1
     parts = []
     if curves:

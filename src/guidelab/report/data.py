@@ -1,8 +1,10 @@
 """What the report reads: the runs of one or more sweep stores and the reproductions found under a folder,
 grouped into the curves the figures draw.
 
-A *line* is one method label at fixed run settings and fixed non-γ parameters; γ (the ``scale`` parameter)
-varies along it. A *point* is one line at one γ, averaged over seeds. Colours follow the method label so a
+A *line* is one method label at fixed run settings and fixed non-γ parameters; γ (the run's effective scale,
+the ``gamma`` column the runner stores: the rectified-flow-time mean of the guider's schedule) varies along it.
+A *point* is one line at one γ, averaged over seeds. A row's ``params`` here are the guider's parameters that
+differ from their defaults, read from the one stored guider configuration. Colours follow the method label so a
 method keeps its colour in every figure; lines of the same label differ by marker and line style.
 """
 
@@ -129,9 +131,28 @@ def _compact(value: Any) -> str:
     return str(value)
 
 
-def gamma_of(params: dict[str, Any]) -> Any:
-    """The guidance scale γ of a run (its ``scale`` parameter), or None."""
-    return params.get("scale")
+def gamma_of(row: dict[str, Any]) -> Any:
+    """The effective guidance scale γ of a run (its stored ``gamma``), or None."""
+    return row.get("gamma")
+
+
+def chosen_params(guider_config: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of a stored guider configuration that differ from the guider's defaults, flat (the
+    schedule's name as ``schedule`` unless it is ``constant``, its parameters beside the guider's)."""
+    from guidelab.guiders.registry import guider_parameters
+
+    flat = {k: v for k, v in guider_config.items() if k != "name"}
+    schedule = flat.pop("schedule", None)
+    if isinstance(schedule, dict):
+        flat.update({k: v for k, v in schedule.items() if k != "name"}, schedule=schedule.get("name", "constant"))
+    elif schedule is not None:
+        flat["schedule"] = schedule
+    try:
+        defaults = guider_parameters(str(guider_config.get("name")), flat.get("schedule"))
+    except ValueError:  # a guider this version does not know: show everything
+        defaults = {}
+    missing = object()
+    return {k: v for k, v in flat.items() if defaults.get(k, missing) != v}
 
 
 def gamma_text(gamma: Any) -> str:
@@ -187,7 +208,8 @@ def load_runs(stores: Sequence[Path]) -> list[dict[str, Any]]:
     for store in stores:
         for row in ResultStore(store).rows():
             row["root"] = store.parent
-            row["params"] = row.get("params") or {}
+            row["guider_config"] = row.get("guider_config") or {"name": row.get("guider")}
+            row["params"] = chosen_params(row["guider_config"])
             row["config"] = row.get("config") or {}
             row["metrics"] = {k: _num(v) for k, v in (row.get("metrics") or {}).items()}
             row["label"] = row.get("label") or row.get("guider") or "?"
@@ -306,8 +328,8 @@ def aggregate(rows: Iterable[dict[str, Any]], catalog: Catalog) -> list[Point]:
         if r["status"] != "ok":
             continue
         line = catalog.line(r)
-        key = (line.key, _key(gamma_of(r["params"])))
-        points.setdefault(key, Point(line, gamma_of(r["params"]))).rows.append(r)
+        key = (line.key, _key(gamma_of(r)))
+        points.setdefault(key, Point(line, gamma_of(r))).rows.append(r)
     order = {line.key: i for i, line in enumerate(catalog.lines)}
     return sorted(points.values(), key=lambda p: (order[p.line.key], gamma_sort(p.gamma)))
 

@@ -89,7 +89,7 @@ def runs_table(rows: Sequence[dict[str, Any]], catalog: Catalog, metrics: Sequen
         ("cond", "condition c", lambda r: r["cond"], ""),
         ("method", "the sweep's label for the guider", lambda r: r["label"], ""),
         ("guider", "registered guider name", lambda r: r["guider"], ""),
-        ("γ", "guidance scale (param scale)", lambda r: _gamma_value(gamma_of(r["params"])), "num"),
+        ("γ", "effective guidance scale (schedule mean)", lambda r: _gamma_value(gamma_of(r)), "num"),
         ("params", "other guider parameters", lambda r: params_text(r["params"], skip=("scale",)), ""),
     ]
     columns += [(k, "run setting", lambda r, k=k: _plain(setting(r, k)), "") for k in varying]
@@ -117,7 +117,7 @@ def runs_table(rows: Sequence[dict[str, Any]], catalog: Catalog, metrics: Sequen
                     f"{escape(str(value))}</td>"
                 )
             elif name == "γ":
-                cells.append(_cell(value, gamma_text(gamma_of(r["params"])) or "—", cls))
+                cells.append(_cell(value, gamma_text(gamma_of(r)) or "—", cls))
             else:
                 cells.append(_cell(value, cls=cls))
         status = "ok" if r["status"] == "ok" else "error"
