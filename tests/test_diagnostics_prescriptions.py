@@ -8,9 +8,9 @@ import torch
 
 from guidelab.diagnostics import (
     is_monotone,
-    largest_gamma,
-    largest_gamma_in_support,
-    largest_gamma_monotone,
+    largest_scale,
+    largest_scale_in_support,
+    largest_scale_monotone,
     mean_projected_trajectory,
 )
 
@@ -28,27 +28,27 @@ def in_support(x: torch.Tensor) -> torch.Tensor:
 
 def test_largest_gamma_in_support_by_bisection_and_list():
     """Fraction ≥ 0.9 ⇔ γ ≤ 5/0.9 = 5.556 (up to the stratification, 1/1000)."""
-    res = largest_gamma_in_support(spread, in_support, fraction=0.9, bracket=(1.0, 20.0), tol=0.01)
+    res = largest_scale_in_support(spread, in_support, fraction=0.9, bracket=(1.0, 20.0), tol=0.01)
     assert res.method == "bisection"
-    assert 5.556 - 0.02 < res.gamma <= 5.556 + 0.01
+    assert 5.556 - 0.02 < res.scale <= 5.556 + 0.01
     assert all(v >= 0.9 for v, ok in zip(res.values, res.passed, strict=True) if ok)
-    listed = largest_gamma_in_support(spread, in_support, fraction=0.9, gammas=[1, 2, 4, 5.5, 6, 8])
-    assert listed.gamma == 5.5
+    listed = largest_scale_in_support(spread, in_support, fraction=0.9, scales=[1, 2, 4, 5.5, 6, 8])
+    assert listed.scale == 5.5
     assert listed.passed == [True] * 4 + [False] * 2
     assert listed.values[-1] == pytest.approx(5 / 8, abs=1e-3)
     json.dumps(res.to_dict(), allow_nan=False)
 
 
 def test_largest_gamma_edge_cases():
-    assert largest_gamma_in_support(spread, in_support, fraction=0.9, bracket=(6.0, 9.0)).gamma is None
-    top = largest_gamma_in_support(spread, in_support, fraction=0.9, bracket=(1.0, 3.0))
-    assert top.gamma == 3.0
-    assert len(top.gammas) == 2
-    assert largest_gamma_in_support(spread, in_support, gammas=[7.0, 8.0]).gamma is None
+    assert largest_scale_in_support(spread, in_support, fraction=0.9, bracket=(6.0, 9.0)).scale is None
+    top = largest_scale_in_support(spread, in_support, fraction=0.9, bracket=(1.0, 3.0))
+    assert top.scale == 3.0
+    assert len(top.scales) == 2
+    assert largest_scale_in_support(spread, in_support, scales=[7.0, 8.0]).scale is None
     with pytest.raises(ValueError, match="exactly one"):
-        largest_gamma(lambda g: g, lambda v: v < 1)
+        largest_scale(lambda g: g, lambda v: v < 1)
     with pytest.raises(ValueError, match="fraction"):
-        largest_gamma_in_support(spread, in_support, fraction=1.5, gammas=[1.0])
+        largest_scale_in_support(spread, in_support, fraction=1.5, scales=[1.0])
 
 
 def test_is_monotone():
@@ -85,9 +85,9 @@ def test_mean_projected_trajectory():
 
 
 def test_largest_gamma_monotone():
-    res = largest_gamma_monotone(overshooting_states, torch.tensor([1.0, 0.0]), bracket=(1.0, 10.0), tol=0.01)
+    res = largest_scale_monotone(overshooting_states, torch.tensor([1.0, 0.0]), bracket=(1.0, 10.0), tol=0.01)
     # the bump's slope must beat the linear rise: 0.5(γ − 3)·π·|cos| > 1 at the end, i.e. γ > 3 + 2/π
-    assert 3.0 <= res.gamma <= 3 + 2 / torch.pi + 0.02
-    listed = largest_gamma_monotone(overshooting_states, torch.tensor([1.0, 0.0]), gammas=[1.0, 2.0, 3.0, 6.0])
-    assert listed.gamma == 3.0
+    assert 3.0 <= res.scale <= 3 + 2 / torch.pi + 0.02
+    listed = largest_scale_monotone(overshooting_states, torch.tensor([1.0, 0.0]), scales=[1.0, 2.0, 3.0, 6.0])
+    assert listed.scale == 3.0
     assert listed.passed == [True, True, True, False]

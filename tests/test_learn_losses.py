@@ -31,7 +31,7 @@ def test_energy_distance_loss_matches_brute_force(beta: float, lam: float) -> No
     xm = torch.randn(3, 4, 2, generator=gen, dtype=torch.float64)
     xt = torch.randn(3, 5, 2, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(
-        energy_distance_loss(xm, xt, beta=beta, lam=lam, eps=0.0), _brute_force(xm, xt, beta, lam)
+        energy_distance_loss(xm, xt, beta=beta, repulsion=lam, eps=0.0), _brute_force(xm, xt, beta, lam)
     )
 
 
@@ -40,7 +40,7 @@ def test_l2_variant_is_a_mean_squared_distance() -> None:
     xm = torch.randn(6, 4, 3, generator=gen, dtype=torch.float64)
     xt = torch.randn(6, 4, 3, generator=gen, dtype=torch.float64)
     expected = (xm[:, :, None] - xt[:, None]).pow(2).sum(-1).mean(dim=(1, 2))
-    torch.testing.assert_close(energy_distance_loss(xm, xt, beta=2.0, lam=0.0), expected)
+    torch.testing.assert_close(energy_distance_loss(xm, xt, beta=2.0, repulsion=0.0), expected)
 
 
 def test_energy_distance_loss_is_proper_in_expectation() -> None:
@@ -64,8 +64,8 @@ def test_energy_distance_loss_rejects_bad_input() -> None:
     x = torch.zeros(2, 3, 2)
     with pytest.raises(ValueError, match="beta"):
         energy_distance_loss(x, x, beta=2.5)
-    with pytest.raises(ValueError, match="lam"):
-        energy_distance_loss(x, x, lam=-0.1)
+    with pytest.raises(ValueError, match="repulsion"):
+        energy_distance_loss(x, x, repulsion=-0.1)
     with pytest.raises(ValueError, match="m ≥ 2"):
         energy_distance_loss(torch.zeros(2, 1, 2), x)
 

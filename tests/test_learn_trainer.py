@@ -196,3 +196,11 @@ def test_non_finite_denoiser_output_is_a_clear_error(target) -> None:
 
     with pytest.raises(ValueError, match="non-finite"):
         learn(LearnConfig(**{**SMALL, "steps": 2}), denoiser=Broken(), data=target_data(target), num_classes=2)
+
+
+def test_the_old_name_lam_of_the_repulsion_weight_still_works_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="repulsion"):
+        config = LearnConfig(target="multimodal-2d", lam=0.5)
+    assert config.repulsion == 0.5
+    with pytest.raises(ValueError, match="lam"):
+        LearnConfig(target="multimodal-2d", lam=0.5, repulsion=0.5)

@@ -23,12 +23,12 @@ from guidelab.diagnostics.conservation import (
 )
 from guidelab.diagnostics.norms import norm_trajectory, per_sample_norms
 from guidelab.diagnostics.prescriptions import (
-    GammaSearch,
     ProjectedTrajectory,
+    ScaleSearch,
     is_monotone,
-    largest_gamma,
-    largest_gamma_in_support,
-    largest_gamma_monotone,
+    largest_scale,
+    largest_scale_in_support,
+    largest_scale_monotone,
     mean_projected_trajectory,
 )
 from guidelab.diagnostics.stages import (
@@ -48,10 +48,10 @@ __all__ = [
     "ConservationTrajectory",
     "Contraction",
     "Field",
-    "GammaSearch",
     "HutchinsonEstimate",
     "ModeMass",
     "ProjectedTrajectory",
+    "ScaleSearch",
     "Series",
     "amplified_mean",
     "class_mean",
@@ -63,9 +63,9 @@ __all__ = [
     "divergence_hutchinson",
     "guidance_field",
     "is_monotone",
-    "largest_gamma",
-    "largest_gamma_in_support",
-    "largest_gamma_monotone",
+    "largest_scale",
+    "largest_scale_in_support",
+    "largest_scale_monotone",
     "mean_projected_trajectory",
     "mode_posterior_mass",
     "nearest_neighbour_pairs",

@@ -22,52 +22,52 @@ from guidelab.diagnostics._series import as_trajectory
 from guidelab.metrics.base import Record
 
 __all__ = [
-    "GammaSearch",
     "ProjectedTrajectory",
+    "ScaleSearch",
     "is_monotone",
-    "largest_gamma",
-    "largest_gamma_in_support",
-    "largest_gamma_monotone",
+    "largest_scale",
+    "largest_scale_in_support",
+    "largest_scale_monotone",
     "mean_projected_trajectory",
 ]
 
 
 @dataclass(frozen=True)
-class GammaSearch(Record):
+class ScaleSearch(Record):
     """Result of a search for the largest γ with a property.
 
     Attributes:
-        gamma: the largest γ found with the property (None if none of the tried scales has it).
-        gammas: every γ evaluated, in evaluation order.
+        scale: the largest γ found with the property (None if none of the tried scales has it).
+        scales: every γ evaluated, in evaluation order.
         values: the property's value at each (e.g. the in-support fraction; 1.0/0.0 for a yes/no property).
         passed: whether each γ had the property.
         method: ``"list"`` or ``"bisection"``.
     """
 
-    gamma: float | None
-    gammas: list[float]
+    scale: float | None
+    scales: list[float]
     values: list[float]
     passed: list[bool]
     method: str
 
 
-def largest_gamma(
+def largest_scale(
     score: Callable[[float], float],
     accept: Callable[[float], bool],
     *,
-    gammas: Sequence[float] | None = None,
+    scales: Sequence[float] | None = None,
     bracket: tuple[float, float] | None = None,
     tol: float = 0.05,
     max_evaluations: int = 30,
-) -> GammaSearch:
+) -> ScaleSearch:
     """The largest γ with ``accept(score(γ))``.
 
-    Give either ``gammas`` (each is evaluated; the largest passing one is returned, wherever it lies) or
+    Give either ``scales`` (each is evaluated; the largest passing one is returned, wherever it lies) or
     ``bracket = (lo, hi)`` for a bisection that assumes the property holds on [lo, γ*] and fails above:
     it checks both ends, then halves until ``hi − lo ≤ tol``, and returns the last passing γ.
     """
-    if (gammas is None) == (bracket is None):
-        raise ValueError("gammas, bracket: give exactly one of a list of scales and a bisection bracket")
+    if (scales is None) == (bracket is None):
+        raise ValueError("scales, bracket: give exactly one of a list of scales and a bisection bracket")
     tried: list[float] = []
     values: list[float] = []
     passed: list[bool] = []
@@ -80,46 +80,46 @@ def largest_gamma(
         passed.append(ok)
         return ok
 
-    if gammas is not None:
-        if len(gammas) == 0:
-            raise ValueError("gammas: empty list of scales")
-        good = [g for g in gammas if evaluate(float(g))]
-        return GammaSearch(max(good) if good else None, tried, values, passed, "list")
+    if scales is not None:
+        if len(scales) == 0:
+            raise ValueError("scales: empty list of scales")
+        good = [g for g in scales if evaluate(float(g))]
+        return ScaleSearch(max(good) if good else None, tried, values, passed, "list")
     lo, hi = (float(b) for b in bracket)  # type: ignore[union-attr]
     if not lo < hi:
         raise ValueError(f"bracket: need lo < hi, got ({lo}, {hi})")
     if not tol > 0:
         raise ValueError(f"tol: must be > 0, got {tol}")
     if not evaluate(lo):
-        return GammaSearch(None, tried, values, passed, "bisection")
+        return ScaleSearch(None, tried, values, passed, "bisection")
     if evaluate(hi):
-        return GammaSearch(hi, tried, values, passed, "bisection")
+        return ScaleSearch(hi, tried, values, passed, "bisection")
     while hi - lo > tol and len(tried) < max_evaluations:
         mid = 0.5 * (lo + hi)
         if evaluate(mid):
             lo = mid
         else:
             hi = mid
-    return GammaSearch(lo, tried, values, passed, "bisection")
+    return ScaleSearch(lo, tried, values, passed, "bisection")
 
 
-def largest_gamma_in_support(
+def largest_scale_in_support(
     sample_fn: Callable[[float], Tensor],
     in_support: Callable[[Tensor], Tensor],
     *,
     fraction: float = 0.9,
-    gammas: Sequence[float] | None = None,
+    scales: Sequence[float] | None = None,
     bracket: tuple[float, float] | None = None,
     tol: float = 0.05,
     max_evaluations: int = 30,
-) -> GammaSearch:
+) -> ScaleSearch:
     """The largest γ whose samples keep at least ``fraction`` of them in the support (arXiv 2409.13074, §5).
 
     Args:
         sample_fn: γ -> samples (n, ...) (e.g. a closure over ``guidelab.sampling.sample`` with a fixed seed).
         in_support: samples -> (n,) bool, e.g. ``lambda x: target.support_contains(x, c)``.
         fraction: the required in-support fraction.
-        gammas / bracket / tol / max_evaluations: see :func:`largest_gamma`.
+        scales / bracket / tol / max_evaluations: see :func:`largest_scale`.
     """
     if not 0 <= fraction <= 1:
         raise ValueError(f"fraction: must lie in [0, 1], got {fraction}")
@@ -127,8 +127,8 @@ def largest_gamma_in_support(
     def score(g: float) -> float:
         return float(torch.as_tensor(in_support(sample_fn(g))).reshape(-1).double().mean())
 
-    return largest_gamma(
-        score, lambda v: v >= fraction, gammas=gammas, bracket=bracket, tol=tol, max_evaluations=max_evaluations
+    return largest_scale(
+        score, lambda v: v >= fraction, scales=scales, bracket=bracket, tol=tol, max_evaluations=max_evaluations
     )
 
 
@@ -200,18 +200,18 @@ def mean_projected_trajectory(
     )
 
 
-def largest_gamma_monotone(
+def largest_scale_monotone(
     trajectory_fn: Callable[[float], tuple[Tensor, Tensor]],
     direction: Tensor,
     *,
     origin: Tensor | None = None,
     monotone_direction: Literal["either", "increasing", "decreasing"] = "either",
     rtol: float = 1e-6,
-    gammas: Sequence[float] | None = None,
+    scales: Sequence[float] | None = None,
     bracket: tuple[float, float] | None = None,
     tol: float = 0.05,
     max_evaluations: int = 30,
-) -> GammaSearch:
+) -> ScaleSearch:
     """The largest γ whose mean projected trajectory is monotone (arXiv 2409.13074, §5, for data without a known
     support). ``trajectory_fn``: γ -> (times (R,), states (R, n, ...)), e.g. from ``SampleResult.times`` and
     ``.x0_trajectory``."""
@@ -223,6 +223,6 @@ def largest_gamma_monotone(
         )
         return 1.0 if proj.monotone else 0.0
 
-    return largest_gamma(
-        score, lambda v: v > 0.5, gammas=gammas, bracket=bracket, tol=tol, max_evaluations=max_evaluations
+    return largest_scale(
+        score, lambda v: v > 0.5, scales=scales, bracket=bracket, tol=tol, max_evaluations=max_evaluations
     )

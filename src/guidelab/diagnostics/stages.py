@@ -58,12 +58,12 @@ def class_mean(target: object, cond: int | str | None = None, *, num_samples: in
     return x.double().reshape(num_samples, -1).mean(dim=0)
 
 
-def amplified_mean(target: object, cond: int | str, gamma: float, **kwargs: int) -> Tensor:
+def amplified_mean(target: object, cond: int | str, scale: float, **kwargs: int) -> Tensor:
     """The γ-amplified weighted mean ``m_γ = m_u + γ(m_c − m_u)`` (D,): where the CFG denoiser points at high
     noise (arXiv 2509.22007, Direction Shift stage). Keyword arguments go to :func:`class_mean`."""
     m_c = class_mean(target, cond, **kwargs)
     m_u = class_mean(target, None, **kwargs)
-    return m_u + float(gamma) * (m_c - m_u)
+    return m_u + float(scale) * (m_c - m_u)
 
 
 def distance_to_center(
@@ -92,7 +92,7 @@ def distance_to_amplified_mean(
     times: Tensor | Sequence[float],
     target: object,
     cond: int | str,
-    gamma: float,
+    scale: float,
     *,
     path: NoisePath | None = None,
     quantiles: Sequence[float] = DEFAULT_QUANTILES,
@@ -100,7 +100,7 @@ def distance_to_amplified_mean(
 ) -> Series:
     """Distance of the trajectory to the γ-amplified weighted mean ``m_γ`` (see the module docstring); give the
     sampling ``path`` for x_t trajectories (center ``α_t·m_γ``), leave it None for x0̂ trajectories."""
-    center = amplified_mean(target, cond, gamma, seed=seed)
+    center = amplified_mean(target, cond, scale, seed=seed)
     return distance_to_center(states, times, center, path=path, quantiles=quantiles)
 
 

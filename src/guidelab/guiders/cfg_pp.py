@@ -17,7 +17,7 @@ from guidelab.paths import NoisePath
 __all__ = ["CFGPlusPlus"]
 
 
-def _check_lam(value: Scale, where: str = "") -> None:
+def _check_scale(value: Scale, where: str = "") -> None:
     bad = bool(((value < 0) | (value > 1)).any()) if isinstance(value, Tensor) else not 0 <= value <= 1
     if bad:
         got = value.tolist() if isinstance(value, Tensor) else value
@@ -33,12 +33,12 @@ class CFGPlusPlus(ScheduledGuider):
     ``x̂ = α_t·x0̂_λ + σ_t·ε̂_u`` rather than x_t (Euler steps ``x̂ + Δt·(α'·x0̂_λ + σ'·ε̂_u)``). So ddim, euler (on
     paths affine in t), euler-ancestral and dpm++2m give CFGpp-diffusion/CFGpp's ``ddim_cfg++``, ``euler_cfg++``,
     ``euler_a_cfg++`` and ``dpm++_2m_cfg++`` steps, and dpm++2s-ancestral ComfyUI's original
-    ``sample_dpmpp_2s_ancestral_cfg_pp`` (tests/test_solvers_official_cfgpp.py). λ is the schedule's scale; λ = 1
-    means unguided here as for every guider (the conditional pair (x0̂_c, ε̂_c), one evaluation), not the official
-    (x0̂_c, ε̂_u); λ = 0 is the unconditional model. λ outside [0, 1], scalar or per sample, is a ValueError
-    naming ``scale``: at construction for a constant schedule; for any other one at every step of the grid
-    before the first network evaluation (:meth:`prepare`, also run by the first :meth:`passes` of a grid); and
-    again whenever a step is guided.
+    ``sample_dpmpp_2s_ancestral_cfg_pp`` (tests/test_solvers_official_cfgpp.py). ``scale`` is the paper's λ (the
+    schedule's value); λ = 1 means unguided here as for every guider (the conditional pair (x0̂_c, ε̂_c), one
+    evaluation), not the official (x0̂_c, ε̂_u); λ = 0 is the unconditional model. λ outside [0, 1], scalar or per
+    sample, is a ValueError naming ``scale``: at construction for a constant schedule; for any other one at every
+    step of the grid before the first network evaluation (:meth:`prepare`, also run by the first :meth:`passes` of a
+    grid); and again whenever a step is guided.
 
     Args:
         schedule: λ(step) ∈ [0, 1]; a number means constant.
@@ -51,7 +51,7 @@ class CFGPlusPlus(ScheduledGuider):
     def __init__(self, schedule: Schedule | Scale = 1.0):
         super().__init__(schedule)
         if isinstance(self.schedule, ConstantSchedule):
-            _check_lam(self.schedule.scale)
+            _check_scale(self.schedule.scale)
         self._checked: tuple[Tensor, NoisePath] | None = None
 
     def prepare(self, grid: Tensor, path: NoisePath, denoiser: Any = None) -> None:
@@ -59,7 +59,7 @@ class CFGPlusPlus(ScheduledGuider):
         where the schedule leaves [0, 1]."""
         for ctx in step_contexts(grid, path):
             where = f" at step {ctx.index} of {ctx.steps} (t = {ctx.t:g}) from the {self.schedule.name} schedule"
-            _check_lam(self.schedule(ctx), where)
+            _check_scale(self.schedule(ctx), where)
         self._checked = (grid, path)
 
     def passes(self, ctx: StepContext) -> tuple[Pass, ...]:
@@ -69,7 +69,7 @@ class CFGPlusPlus(ScheduledGuider):
         return super().passes(ctx)
 
     def combine(self, step: Step, ctx: StepContext, gamma: Scale) -> GuidedStep:
-        _check_lam(gamma)
+        _check_scale(gamma)
         c, u = step.get("cond", "x0"), step.get("uncond", "x0")
         x0_hat = torch.lerp(u, c, per_sample(as_batch(gamma, c), c))
         return keep_neutral(GuidedStep(x0_hat, step.get("uncond", "eps")), step, gamma)

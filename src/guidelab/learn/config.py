@@ -3,6 +3,7 @@ field validated, one line per mistake) and :class:`LearnResult`."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +66,7 @@ class LearnConfig(BaseModel):
     init_omega: float = Field(0.5, gt=0)
     # the loss
     beta: float = Field(1.75, gt=0, le=2)
-    lam: float = Field(1.0, ge=0, le=1)
+    repulsion: float = Field(1.0, ge=0, le=1, description="weight λ of the repulsive term of the energy distance")
     particles: int = Field(4, ge=1, description="m true particles and m proposals per data point")
     eta: float = Field(1.0, ge=0, le=1, description="churn of the guided DDIM step")
     delta: float = Field(0.1, gt=0, lt=1)
@@ -102,14 +103,26 @@ class LearnConfig(BaseModel):
             raise ValueError(f"unknown path {v!r}; accepted: {', '.join(PATHS)}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        """``lam`` (the repulsion weight's name before 0.2; ``lam`` now means only σ/α) still works, with a
+        deprecation warning, for one release."""
+        if isinstance(data, dict) and "lam" in data:
+            if "repulsion" in data:
+                raise ValueError("lam: the old name of repulsion; give only repulsion")
+            warnings.warn("lam: renamed to repulsion (lam means σ/α); lam will be removed", DeprecationWarning, 3)
+            data = {("repulsion" if k == "lam" else k): v for k, v in data.items()}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> LearnConfig:
         if self.s_min + self.delta + self.zeta >= 1:
             raise ValueError(f"s_min + delta + zeta must be < 1, got {self.s_min} + {self.delta} + {self.zeta}")
         if self.denoiser == "mlp" and not self.model:
             raise ValueError("model: required when denoiser = 'mlp' (a checkpoint written by `guidelab train`)")
-        if self.lam > 0 and self.particles < 2:
-            raise ValueError(f"particles: the repulsive term (lam > 0) needs at least 2, got {self.particles}")
+        if self.repulsion > 0 and self.particles < 2:
+            raise ValueError(f"particles: the repulsive term (repulsion > 0) needs at least 2, got {self.particles}")
         if self.reward_weight > 0 and self.reward == "none":
             raise ValueError("reward: reward_weight > 0 needs a reward (e.g. 'log-posterior')")
         return self

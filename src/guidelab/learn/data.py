@@ -180,7 +180,7 @@ def batch_loss(
     x_s, x0_hat = guided_ddim_step(
         batch.x_t, batch.x0_cond, batch.x0_uncond, omega, alpha_t, sigma_t, alpha_s, sigma_s, batch.noise, config.eta
     )
-    ed = energy_distance_loss(x_s, batch.x_true, beta=config.beta, lam=config.lam).mean()
+    ed = energy_distance_loss(x_s, batch.x_true, beta=config.beta, repulsion=config.repulsion).mean()
     if reward is None or config.reward_weight == 0:
         return ed, ed
     n, m = x0_hat.shape[:2]

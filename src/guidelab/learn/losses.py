@@ -40,7 +40,7 @@ def _pow_norm(diff: Tensor, beta: float, eps: float) -> Tensor:
 
 
 def energy_distance_loss(
-    x_model: Tensor, x_true: Tensor, *, beta: float = 1.75, lam: float = 1.0, eps: float = 1e-12
+    x_model: Tensor, x_true: Tensor, *, beta: float = 1.75, repulsion: float = 1.0, eps: float = 1e-12
 ) -> Tensor:
     """Per-group energy distance ``mean_{j,k}‖x̃^j − x^k‖^β − (λ/2)·mean_{j≠k}‖x̃^j − x̃^{j'}‖^β`` (arXiv 2510.00815).
 
@@ -48,7 +48,7 @@ def energy_distance_loss(
         x_model: model particles x̃ (batch, m, ...), m ≥ 2 when λ > 0.
         x_true: true particles (batch, m', ...).
         beta: exponent β ∈ (0, 2].
-        lam: weight λ ∈ [0, 1] of the repulsive (within-model) term.
+        repulsion: weight λ ∈ [0, 1] of the repulsive (within-model) term.
         eps: added to squared norms before the power (β < 2), so the gradient is finite at coincident points.
 
     Returns:
@@ -56,8 +56,8 @@ def energy_distance_loss(
     """
     if not 0 < beta <= 2:
         raise ValueError(f"beta: must lie in (0, 2], got {beta}")
-    if not 0 <= lam <= 1:
-        raise ValueError(f"lam: must lie in [0, 1], got {lam}")
+    if not 0 <= repulsion <= 1:
+        raise ValueError(f"repulsion: must lie in [0, 1], got {repulsion}")
     if x_model.ndim < 2 or x_true.ndim < 2 or x_model.shape[0] != x_true.shape[0]:
         raise ValueError(
             "x_model, x_true: expected (batch, m, ...) with equal batch, "
@@ -67,14 +67,14 @@ def energy_distance_loss(
     xm = x_model.reshape(batch, m, -1)
     xt = x_true.reshape(batch, x_true.shape[1], -1)
     cross = _pow_norm(xm[:, :, None, :] - xt[:, None, :, :], beta, eps).mean(dim=(1, 2))  # (batch,)
-    if lam == 0:
+    if repulsion == 0:
         return cross
     if m < 2:
         raise ValueError(f"x_model: the repulsive term needs m ≥ 2 particles per group, got {m}")
     within = _pow_norm(xm[:, :, None, :] - xm[:, None, :, :], beta, eps)  # (batch, m, m)
     off_diagonal = ~torch.eye(m, dtype=torch.bool, device=xm.device)
     within = (within * off_diagonal).sum(dim=(1, 2)) / (m * (m - 1))
-    return cross - 0.5 * lam * within
+    return cross - 0.5 * repulsion * within
 
 
 def guided_ddim_step(

@@ -33,7 +33,7 @@ class TiltedTarget:
     Args:
         target: an analytic :class:`~guidelab.targets.base.Target`.
         cond: the class c (index or name).
-        gamma: the scale γ (Ho form; γ = 1 is the conditional).
+        scale: the scale γ (Ho form; γ = 1 is the conditional).
         t: the time at which the target's densities are evaluated (a small t > 0 for box targets whose t = 0
             density is undefined).
         path: the path for t > 0 (default rectified flow).
@@ -43,16 +43,16 @@ class TiltedTarget:
     ``−mean(tilted.log_unnormalized(x)) + tilted.log_normalizer()``.
     """
 
-    def __init__(self, target: object, cond: int | str, gamma: float, *, t: float = 0.0, path: NoisePath | None = None):
+    def __init__(self, target: object, cond: int | str, scale: float, *, t: float = 0.0, path: NoisePath | None = None):
         c = resolve_cond(target, cond)
         if c == NULL_COND:
             raise ValueError("cond: the tilted target needs a class, got the null condition")
-        gamma = float(gamma)
-        if not math.isfinite(gamma):
-            raise ValueError(f"gamma: must be finite, got {gamma}")
+        scale = float(scale)
+        if not math.isfinite(scale):
+            raise ValueError(f"scale: must be finite, got {scale}")
         self.target = target
         self.cond = c
-        self.gamma = gamma
+        self.scale = scale
         self.t = float(t)
         self.path = path_for(t, path)
         self.log_prior = float(torch.log(target.class_prior[c]))  # type: ignore[attr-defined]
@@ -69,10 +69,10 @@ class TiltedTarget:
         """``log p(x) + γ(log p(c | x) − log π_c)``, (n,); −∞ where p(x) = 0 (or p(c | x) = 0 with γ > 0)."""
         x = as_points(x, "x")
         log_p = self.target.log_prob_t(x, self._time(x), self.path, None)  # type: ignore[attr-defined]
-        if self.gamma == 0:
+        if self.scale == 0:
             return log_p
         log_post = self.log_class_posterior(x)
-        out = log_p + self.gamma * (log_post - self.log_prior)
+        out = log_p + self.scale * (log_post - self.log_prior)
         return torch.where(
             torch.isfinite(log_p), torch.nan_to_num(out, nan=-math.inf, posinf=math.inf, neginf=-math.inf), log_p
         )
@@ -90,12 +90,12 @@ class TiltedTarget:
         """Monte Carlo ``log Z``, ``Z = ∫ p(x) (p(c | x)/π_c)^γ dx = E_{p(x)}[(p(c | x)/π_c)^γ]``, from exact samples of
         p(x) (seeded); for γ ≥ 1, ``Z = E_{p(x|c)}[(p(c | x)/π_c)^{γ−1}]`` (bounded integrand)."""
         gen = seeded_generator(seed)
-        if self.gamma >= 1:
+        if self.scale >= 1:
             x = self.target.sample(num_samples, self.cond, gen).double()  # type: ignore[attr-defined]
-            expo = self.gamma - 1
+            expo = self.scale - 1
         else:
             x = self.target.sample(num_samples, None, gen).double()  # type: ignore[attr-defined]
-            expo = self.gamma
+            expo = self.scale
         log_terms = expo * (self.log_class_posterior(x) - self.log_prior)
         return float(torch.logsumexp(log_terms, dim=0) - math.log(num_samples))
 
@@ -127,7 +127,7 @@ class TiltedTarget:
         if method not in methods:
             raise ValueError(f"method: unknown sampling method {method!r}; accepted: {', '.join(methods)}")
         if method == "auto":
-            method = "rejection" if self.gamma >= 0 else "importance"
+            method = "rejection" if self.scale >= 0 else "importance"
         gen = seeded_generator(seed)
         if method == "grid":
             if grid is None:
@@ -135,12 +135,12 @@ class TiltedTarget:
             return self._sample_grid(n, grid, gen)
         if method == "importance":
             return self._sample_importance(n, gen, proposals_per_sample)
-        if self.gamma < 0:
-            raise ValueError(f"method: rejection needs gamma ≥ 0 (bounded acceptance), got {self.gamma}")
+        if self.scale < 0:
+            raise ValueError(f"method: rejection needs scale ≥ 0 (bounded acceptance), got {self.scale}")
         return self._sample_rejection(n, gen, batch, max_proposals)
 
     def _sample_rejection(self, n: int, gen: torch.Generator, batch: int, max_proposals: int) -> Tensor:
-        cond, expo = (self.cond, self.gamma - 1) if self.gamma >= 1 else (None, self.gamma)
+        cond, expo = (self.cond, self.scale - 1) if self.scale >= 1 else (None, self.scale)
         kept: list[Tensor] = []
         have = proposed = 0
         while have < n:
@@ -175,10 +175,10 @@ class TiltedTarget:
     def _sample_importance(self, n: int, gen: torch.Generator, per_sample: int) -> Tensor:
         m = max(n * per_sample, 1)
         x = self.target.sample(m, None, gen).double()  # type: ignore[attr-defined]
-        log_w = self.gamma * self.log_class_posterior(x)
+        log_w = self.scale * self.log_class_posterior(x)
         w = torch.exp(log_w - torch.max(log_w))
         idx = torch.multinomial(w, n, replacement=True, generator=gen)
         return x[idx]
 
     def __repr__(self) -> str:
-        return f"TiltedTarget({self.target!r}, cond={self.cond}, gamma={self.gamma}, t={self.t})"
+        return f"TiltedTarget({self.target!r}, cond={self.cond}, scale={self.scale}, t={self.t})"
