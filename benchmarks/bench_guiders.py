@@ -32,7 +32,6 @@ from torch import nn
 
 from guidelab.grids import make_grid
 from guidelab.guiders import Predictions, StepContext, build_guider, schedule_table
-from guidelab.guiders._common import Step
 from guidelab.paths import get_path
 
 BATCH = 256
@@ -167,7 +166,7 @@ def bench_network(label: str, net: nn.Module, x_t: torch.Tensor, repeats: int, q
         inner[name] = 20 if quick else 200
 
     def pair_only() -> object:  # the floor every guider pays: the (x0̂, ε̂) pair of one velocity
-        return Step(Predictions(dict(raw), x_t, coefficients), ctx).pair(v_c, "velocity")
+        return Predictions(dict(raw), x_t, coefficients).pair(v_c, "velocity")
 
     fns["(pair conversion alone)"] = pair_only
     inner["(pair conversion alone)"] = 20 if quick else 200

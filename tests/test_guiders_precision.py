@@ -12,7 +12,7 @@ import torch
 
 from guidelab.grids import make_grid
 from guidelab.guiders import GUIDERS, Predictions, StepContext, build_guider
-from guidelab.guiders._common import dot, norm, sq_norm, std
+from guidelab.guiders.reductions import dot, norm, sq_norm, std
 from guidelab.models.guidance_weights import GuidanceWeights, save_weights
 from guidelab.paths import get_path
 from guidelab.sampling import sample

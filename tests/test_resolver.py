@@ -37,7 +37,7 @@ def test_the_nested_block_and_the_flat_sugar_build_the_same_guider():
 
 
 def test_a_key_both_the_guider_and_its_schedule_take_is_an_error_in_the_flat_form():
-    from guidelab.guiders._common import ScheduledGuider
+    from guidelab.guiders.base import ScheduledGuider
 
     class Clash(ScheduledGuider):  # a guider with a parameter named like one of TV-CFG's
         name = "test-clash"

@@ -16,6 +16,7 @@ For rectified flow (α = 1 − t, σ = t) these reduce to ``v = ε − x0``, ``x
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -32,14 +33,19 @@ __all__ = [
     "PathCoefficients",
     "PredictionSpace",
     "RectifiedFlowPath",
+    "Scalars",
     "VPCosinePath",
     "VPLinearPath",
     "VarianceExplodingPath",
+    "combine",
     "convert",
     "eps_to_score",
     "eps_to_x0",
     "get_path",
+    "pair_coefficients",
+    "path_scalars",
     "score_to_eps",
+    "space_coefficients",
     "to_x0_eps",
     "velocity_from_x0_eps",
     "x0_to_eps",
@@ -326,3 +332,72 @@ def convert(pred: Tensor, src: str, dst: str, x_t: Tensor, c: PathCoefficients) 
     if dst == "velocity":
         return velocity_from_x0_eps(x0, eps, c)
     raise ValueError(f"space: unknown prediction space {dst!r}; accepted: {', '.join(SPACES)}")
+
+
+# --- the same conversions with one scalar per step (Python floats: one or two fused kernels each) --------
+#
+# Every conversion between prediction spaces at fixed x_t is affine, ``dst = m·pred + k·x_t``, with scalars that
+# depend only on (α, σ, α', σ') at the step. The tensor functions above recompute them elementwise (≈ 14 kernels
+# from velocity); a sampler, whose step has one time, uses these two paired functions instead.
+
+Scalars = tuple[float, float, float, float]
+
+
+@functools.lru_cache(maxsize=8192)
+def path_scalars(path: NoisePath, t: float) -> Scalars:
+    """(α, σ, α', σ') of ``path`` at the scalar time ``t`` as Python floats (computed in float64; one cache for
+    the whole library, keyed by path object and time)."""
+    c = path.coefficients(torch.tensor(float(t), dtype=torch.float64))
+    return float(c.alpha), float(c.sigma), float(c.d_alpha), float(c.d_sigma)
+
+
+def _div(a: float, b: float) -> float | None:
+    return None if b == 0 else a / b
+
+
+def pair_coefficients(space: str, scalars: Scalars) -> tuple[float, float, float, float] | None:
+    """(p0, q0, p1, q1) with ``x0 = p0·pred + q0·x_t`` and ``ε = p1·pred + q1·x_t`` for a prediction in ``space``
+    (the scalar form of :func:`to_x0_eps`), or None where that is undefined (ε or score at α = 0, x0 at σ = 0)."""
+    a, s, da, ds = scalars
+    if space == "x0":
+        coefs = (1.0, 0.0, _div(-a, s), _div(1.0, s))
+    elif space == "eps":
+        coefs = (_div(-s, a), _div(1.0, a), 1.0, 0.0)
+    elif space == "velocity":
+        den = s * da - ds * a
+        coefs = (_div(s, den), _div(-ds, den), _div(-a, den), _div(da, den))
+    elif space == "score":
+        coefs = (_div(s * s, a), _div(1.0, a), -s, 0.0)
+    else:
+        return None
+    return None if any(v is None for v in coefs) else coefs  # type: ignore[return-value]
+
+
+def space_coefficients(space: str, scalars: Scalars) -> tuple[float, float] | None:
+    """(A, B) with ``pred = A·x0 + B·ε`` in ``space`` (the inverse of :func:`pair_coefficients`), or None where
+    undefined (score at σ = 0)."""
+    _, s, da, ds = scalars
+    if space == "x0":
+        return 1.0, 0.0
+    if space == "eps":
+        return 0.0, 1.0
+    if space == "velocity":
+        return da, ds
+    if space == "score":
+        inv = _div(-1.0, s)
+        return None if inv is None else (0.0, inv)
+    return None
+
+
+def combine(a: float, x: Tensor, b: float, y: Tensor) -> Tensor:
+    """``a·x + b·y`` with Python-float weights in as few kernels as they allow (a zero term is skipped: σ = 0 at
+    t = 0, α = 0 at pure noise)."""
+    if b == 0:
+        return x if a == 1 else x * a
+    if a == 0:
+        return y * b
+    if a == 1:
+        return torch.add(x, y, alpha=b)
+    if b == 1:
+        return torch.add(y, x, alpha=a)
+    return torch.add(x * a, y, alpha=b)

@@ -21,7 +21,6 @@ is the driver that wires them together.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from guidelab.denoiser import NULL_COND, Denoiser, as_cond
 from guidelab.guiders.base import GuidedStep, Guider, Pass, Predictions, StepContext
 from guidelab.guiders.cfg import CFG
 from guidelab.noise import NoiseSource
-from guidelab.paths import NoisePath, PathCoefficients
+from guidelab.paths import NoisePath, PathCoefficients, combine, path_scalars
 from guidelab.progress import ProgressBar
 
 __all__ = [
@@ -121,7 +120,7 @@ class GuidedModel:
                 raw[p.name] = (out[k * n : (k + 1) * n], model.prediction)
             self.calls += 1
         self.nfe += len(passes)
-        return Predictions(raw, x_t, self.coefficients(t, x_t))
+        return Predictions(raw, x_t, self.coefficients(t, x_t), self.scalars(t))
 
     def __call__(self, x_t: Tensor, i: int, *, t: float | None = None, stage: int = 0) -> GuidedStep:
         ctx = self.context(i, t, stage)
@@ -130,7 +129,7 @@ class GuidedModel:
 
     def scalars(self, t: float) -> tuple[float, float, float, float]:
         """(α, σ, α', σ') at ``t`` as Python floats (computed in float64, cached per path and time)."""
-        return _path_scalars(self.path, float(t))
+        return path_scalars(self.path, float(t))
 
     def lam(self, t: float) -> float:
         """Noise level λ = σ/α at ``t`` (∞ where α = 0, 0 at t = 0)."""
@@ -140,12 +139,12 @@ class GuidedModel:
     def velocity(self, out: GuidedStep, t: float) -> Tensor:
         """Probability-flow velocity of the guided pair, ``dx/dt = α'·x0̂ + σ'·ε̂``."""
         _, _, da, ds = self.scalars(t)
-        return _combine(da, out.x0_hat, ds, out.eps_hat)
+        return combine(da, out.x0_hat, ds, out.eps_hat)
 
     def implied_state(self, out: GuidedStep, t: float) -> Tensor:
         """The state the pair stands for, ``x̂ = α_t·x0̂ + σ_t·ε̂`` (x_t itself for a consistent pair)."""
         a, s, _, _ = self.scalars(t)
-        return _combine(a, out.x0_hat, s, out.eps_hat)
+        return combine(a, out.x0_hat, s, out.eps_hat)
 
     def history(self, out: GuidedStep, x: Tensor, t: float) -> Tensor:
         """The clean estimate that ε̂ renoises from, ``(x_t − σ_t·ε̂)/α_t`` (x0̂ for a consistent pair; the
@@ -155,21 +154,6 @@ class GuidedModel:
         if a == 0:
             return out.x0_hat
         return torch.add(x, out.eps_hat, alpha=-s).div_(a)
-
-
-@functools.lru_cache(maxsize=8192)
-def _path_scalars(path: NoisePath, t: float) -> tuple[float, float, float, float]:
-    c = path.coefficients(torch.tensor(t, dtype=torch.float64))
-    return float(c.alpha), float(c.sigma), float(c.d_alpha), float(c.d_sigma)
-
-
-def _combine(a: float, x: Tensor, b: float, y: Tensor) -> Tensor:
-    """a·x + b·y with Python-float weights, skipping zero terms (σ = 0 at t = 0, α = 0 at pure noise)."""
-    if a == 0:
-        return y * b
-    if b == 0:
-        return x * a
-    return torch.add(x * a, y, alpha=b)
 
 
 class Monitor:
@@ -219,7 +203,7 @@ class Monitor:
         """The bound on |x| coordinates at time ``t`` of ``path``."""
         if self.bound is not None:
             return self.bound
-        a, s, _, _ = _path_scalars(path, float(t))
+        a, s, _, _ = path_scalars(path, float(t))
         return self.factor * (a * self.data_scale + s)
 
     def update(self, model: GuidedModel, i: int, x: Tensor, x_next: Tensor, out: GuidedStep) -> Tensor:
@@ -377,13 +361,13 @@ def sample_dpmpp_2s_ancestral(
             t_m = float(model.path.t_of_lam(torch.tensor(lam_m, dtype=torch.float64)))
             a_m = model.scalars(t_m)[0]
             # x̃_m = x0̂ + λ_m·ε̂ (the pair's DDIM step to λ_m), on the path: x_m = α_m·x̃_m
-            x_m = _combine(a_m, out.x0_hat, a_m * lam_m, out.eps_hat)
+            x_m = combine(a_m, out.x0_hat, a_m * lam_m, out.eps_hat)
             out_m = model(x_m, i, t=t_m, stage=1)
             r = lam_down / lam_t
             a_s = model.scalars(t_next)[0]
             # x̃_next = r·x0̂ + λ_down·ε̂ + (1 − r)·x0̂_m  (+ λ_up·ξ)
             x_next = torch.add(
-                _combine(r * a_s, out.x0_hat, lam_down * a_s, out.eps_hat), out_m.x0_hat, alpha=(1 - r) * a_s
+                combine(r * a_s, out.x0_hat, lam_down * a_s, out.eps_hat), out_m.x0_hat, alpha=(1 - r) * a_s
             )
             if lam_up > 0:
                 x_next = x_next + (lam_up * a_s) * noise(x)
@@ -414,7 +398,7 @@ def sample_euler_maruyama(
         f = da / a
         g_sq = 2 * s * ds - 2 * f * s * s
         x_hat = model.implied_state(out, t)
-        drift = _combine(f, x_hat, g_sq / s, out.eps_hat)  # f·x̂ − g²·score, score = −ε̂/σ
+        drift = combine(f, x_hat, g_sq / s, out.eps_hat)  # f·x̂ − g²·score, score = −ε̂/σ
         x_next = x_hat + (t_next - t) * drift
         if t_next > 0:
             x_next = x_next + math.sqrt(g_sq * (t - t_next)) * noise(x)
@@ -449,7 +433,7 @@ def sample_dpmpp_2m(model: GuidedModel, x: Tensor, *, monitor: Monitor) -> Tenso
                 half_inv_r = h / (2 * h_prev)  # 1/(2r), r = h_prev/h
                 denoised = torch.add(denoised, out.x0_hat - hist_prev, alpha=half_inv_r)
             x_next = torch.add(
-                _combine(s_s, out.eps_hat, a_s * exp_neg_h, out.x0_hat), denoised, alpha=a_s * (1 - exp_neg_h)
+                combine(s_s, out.eps_hat, a_s * exp_neg_h, out.x0_hat), denoised, alpha=a_s * (1 - exp_neg_h)
             )
             h_prev = h
         hist_prev = hist
@@ -469,7 +453,7 @@ def _renoise(
 ) -> Tensor:
     """The DDIM-family step ``α_s·x0̂ + σ_s·(κ·ε̂ + ν·ξ)`` (ν = 0: deterministic)."""
     a_s, s_s, _, _ = model.scalars(t_next)
-    x_next = _combine(a_s, out.x0_hat, s_s * kappa, out.eps_hat)
+    x_next = combine(a_s, out.x0_hat, s_s * kappa, out.eps_hat)
     if nu > 0 and s_s > 0:
         assert noise is not None
         x_next = x_next + (s_s * nu) * noise(out.x0_hat)
@@ -546,13 +530,13 @@ def start_time(denoiser: Denoiser, grid: Tensor) -> tuple[Tensor, str | None]:
     path = denoiser.path
     if getattr(denoiser, "prediction", None) not in SINGULAR_AT_PURE_NOISE:
         return grid, None
-    if _path_scalars(path, float(grid[0]))[0] != 0:
+    if path_scalars(path, float(grid[0]))[0] != 0:
         return grid, None
     t_cap = float(path.t_of_lam(torch.tensor(_START_LAM, dtype=torch.float64)))
     t_start = max(t_cap, 0.5 * (float(grid[0]) + float(grid[1])))
     moved = grid.clone()
     moved[0] = t_start
-    lam = _path_scalars(path, t_start)
+    lam = path_scalars(path, t_start)
     note = (
         f"start moved from t={float(grid[0]):g} (α = 0, where a {denoiser.prediction!r} prediction gives no x0̂) "
         f"to t={t_start:.6g} (λ = {lam[1] / lam[0]:.4g})"
@@ -639,7 +623,7 @@ def sample(
         raise ValueError(f"noise_ids: expected {n} stream indices, got {noise.ids.numel()}")
     if x_init is None:
         assert shape is not None
-        sigma_max = _path_scalars(denoiser.path, float(grid[0]))[1]
+        sigma_max = path_scalars(denoiser.path, float(grid[0]))[1]
         x = sigma_max * noise(torch.empty((n, *shape), dtype=dtype, device=device))
     else:
         x = x_init

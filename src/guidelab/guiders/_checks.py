@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
-from guidelab.guiders.base import check_space
+from guidelab.paths import SPACES
 
-__all__ = ["check_choice", "check_dims", "check_flag", "check_guider_space", "check_int", "check_number"]
+__all__ = [
+    "check_choice",
+    "check_dims",
+    "check_flag",
+    "check_guider_space",
+    "check_int",
+    "check_number",
+    "construct",
+    "signature_params",
+]
 
 
 def check_choice(field: str, value: Any, accepted: tuple[Any, ...]) -> None:
@@ -41,8 +51,32 @@ def check_number(
 
 
 def check_guider_space(space: str) -> str:
-    check_space(space)
+    """A prediction space a guider may combine in, or a ValueError naming ``space``."""
+    if space not in SPACES:
+        raise ValueError(f"space: unknown prediction space {space!r}; accepted: {', '.join(SPACES)}")
     return space
+
+
+def signature_params(cls: type) -> dict[str, inspect.Parameter]:
+    """The constructor parameters of ``cls`` by name (``self`` and ``**kwargs`` left out)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: p for k, p in params.items() if k != "self" and p.kind is not p.VAR_KEYWORD}
+
+
+def construct(cls: type, label: str, params: dict[str, Any]) -> Any:
+    """``cls(**params)``, with a ValueError naming ``label``, the parameter and what is accepted for an unknown or
+    missing parameter."""
+    accepted = signature_params(cls)
+    for key in params:
+        if key not in accepted:
+            raise ValueError(f"{label}: unknown parameter {key!r}; accepted: {', '.join(accepted) or 'none'}")
+    missing = [k for k, p in accepted.items() if p.default is inspect.Parameter.empty and k not in params]
+    if missing:
+        raise ValueError(f"{label}: missing required parameter {missing[0]!r}")
+    try:
+        return cls(**params)
+    except TypeError as err:
+        raise ValueError(f"{label}: {err}") from None
 
 
 def check_int(field: str, value: Any, *, lo: int = 0) -> int:
@@ -67,7 +101,7 @@ def check_flag(field: str, value: Any) -> bool:
 def check_dims(field: str, value: Any) -> tuple[int, ...] | None:
     """Non-batch dimensions of a (batch, ...) tensor to reduce over: ``None`` (all of them), one integer or a list of
     distinct integers ≠ 0 (negative ones count from the end; dimension 0 is the batch). Checked against the tensor's
-    rank when it is used (:func:`guidelab.guiders._common.resolve_dims`); a ValueError naming the field otherwise."""
+    rank when it is used (:func:`guidelab.guiders.reductions.resolve_dims`); a ValueError naming the field otherwise."""
     if value is None:
         return None
     items = [value] if isinstance(value, int) and not isinstance(value, bool) else value

@@ -7,25 +7,26 @@ decays the scale late and damps the score-parallel part of the guidance residual
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
 
 from guidelab.guiders._checks import check_number
-from guidelab.guiders._common import EPS, ScheduledGuider, Step, as_batch, dot, keep_neutral, per_sample, sq_norm
-from guidelab.guiders.base import GuidedStep, Scale, StepContext
+from guidelab.guiders.base import GuidedStep, Predictions, Scale, ScheduledGuider, StepContext
+from guidelab.guiders.combine import keep_neutral
+from guidelab.guiders.context import as_batch, per_sample
+from guidelab.guiders.reductions import EPS, dot, sq_norm
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import Schedule
-from guidelab.paths import NoisePath
+from guidelab.paths import NoisePath, path_scalars
 
 __all__ = ["AdaMaG"]
 
 
-@functools.lru_cache(maxsize=4096)
 def _rf_time(path: NoisePath, t: float) -> float:
-    """s = σ/(α + σ) at t on ``path`` (computed once per (path, t), on the host)."""
-    return float(path.rf_time(torch.tensor(t, dtype=torch.float64)))
+    """s = σ/(α + σ) at t on ``path``, from the library's one cache of path scalars (no device sync)."""
+    alpha, sigma, _, _ = path_scalars(path, t)
+    return sigma / (alpha + sigma)
 
 
 @register_guider
@@ -74,9 +75,9 @@ class AdaMaG(ScheduledGuider):
             return max(self.omega_min, scaled)
         return scaled.clamp_min(self.omega_min)
 
-    def combine(self, step: Step, ctx: StepContext, gamma: Scale) -> GuidedStep:
-        v_c, v_u = step.get("cond", "velocity"), step.get("uncond", "velocity")
-        n = step.get("cond", "eps")
+    def combine(self, preds: Predictions, ctx: StepContext, gamma: Scale) -> GuidedStep:
+        v_c, v_u = preds.get("cond", "velocity"), preds.get("uncond", "velocity")
+        n = preds.get("cond", "eps")
         g = v_c - v_u
         omega = self.omega(as_batch(gamma, g), _rf_time(ctx.path, float(ctx.t)))
         k = dot(g, n).div_(sq_norm(n).add_(EPS))  # <g, n>/||n||²  (batch,) float64
@@ -86,7 +87,7 @@ class AdaMaG(ScheduledGuider):
         else:
             v_hat = torch.addcmul(v_u, per_sample(omega, g), g)
         v_hat = torch.addcmul(v_hat, per_sample(damp, n), n, value=-1.0)
-        return keep_neutral(step.pair(v_hat, self.space), step, gamma)
+        return keep_neutral(preds.pair(v_hat, self.space), preds, gamma)
 
     def params(self) -> dict[str, Any]:
         return {"beta": self.beta, "kappa": self.kappa, "omega_min": self.omega_min}

@@ -14,18 +14,9 @@ from typing import Any, ClassVar
 import torch
 
 from guidelab.guiders._checks import check_dims, check_flag, check_number
-from guidelab.guiders._common import (
-    EPS,
-    ScheduledGuider,
-    Step,
-    as_batch,
-    dot,
-    norm_over,
-    per_sample,
-    resolve_dims,
-    sq_norm,
-)
-from guidelab.guiders.base import GuidedStep, Scale, StepContext
+from guidelab.guiders.base import GuidedStep, Predictions, Scale, ScheduledGuider, StepContext
+from guidelab.guiders.context import as_batch, per_sample
+from guidelab.guiders.reductions import EPS, dot, norm_over, resolve_dims, sq_norm
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import Schedule
 
@@ -101,10 +92,10 @@ class ADG(ScheduledGuider):
         self.weight_offset = check_number("weight_offset", weight_offset, lo=0.0)
         self.rescale_dims = check_dims("rescale_dims", rescale_dims)
 
-    def combine(self, step: Step, ctx: StepContext, gamma: Scale) -> GuidedStep:
-        f_in = step.get("cond", "x0")
+    def combine(self, preds: Predictions, ctx: StepContext, gamma: Scale) -> GuidedStep:
+        f_in = preds.get("cond", "x0")
         # float64 throughout: F⊥ is divided by sin θ, and in float32 its rounding is not orthogonal to B
-        f, b = f_in.to(torch.float64), step.get("uncond", "x0").to(torch.float64)
+        f, b = f_in.to(torch.float64), preds.get("uncond", "x0").to(torch.float64)
         ff, bb, fb = sq_norm(f), sq_norm(b), dot(f, b)  # (batch,) float64
         k = fb / (bb + EPS)  # proj_B F = k·B
         f_perp = f - per_sample(k, f) * b
@@ -132,7 +123,7 @@ class ADG(ScheduledGuider):
         elif self.norm_rescale:  # ||F|| / ||x0̂|| over the chosen dimensions, e.g. per pixel over the channels
             dims = resolve_dims("rescale_dims", self.rescale_dims, f.ndim)
             x0_hat = x0_hat * (norm_over(f, dims) / (norm_over(x0_hat, dims) + EPS))
-        return step.pair(x0_hat.to(f_in.dtype), self.space)
+        return preds.pair(x0_hat.to(f_in.dtype), self.space)
 
     def params(self) -> dict[str, Any]:
         return {

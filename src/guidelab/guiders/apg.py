@@ -12,21 +12,20 @@ import torch
 from torch import Tensor
 
 from guidelab.guiders._checks import check_choice, check_dims, check_int, check_number
-from guidelab.guiders._common import (
-    EPS,
+from guidelab.guiders.base import (
+    COND,
+    UNCOND,
+    GuidedStep,
+    Pass,
+    Predictions,
+    Scale,
     ScheduledGuider,
-    Step,
-    affine_pair,
-    as_batch,
-    dot,
-    dot_over,
-    norm,
-    norm_over,
-    per_sample,
-    resolve_dims,
-    sq_norm,
+    StepContext,
+    is_neutral,
 )
-from guidelab.guiders.base import COND, UNCOND, GuidedStep, Pass, Predictions, Scale, StepContext, is_neutral
+from guidelab.guiders.combine import affine_pair
+from guidelab.guiders.context import as_batch, per_sample
+from guidelab.guiders.reductions import EPS, dot, dot_over, norm, norm_over, resolve_dims, sq_norm
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import Schedule
 
@@ -132,10 +131,9 @@ class APG(ScheduledGuider):
         return (COND,) if is_neutral(self._scale(ctx)) else (COND, UNCOND)
 
     def guide(self, preds: Predictions, ctx: StepContext) -> GuidedStep:
-        step = Step(preds, ctx)
         if "uncond" not in preds:
-            return step.cond_pair()
-        return self.combine(step, ctx, self._scale(ctx))
+            return preds.cond_pair()
+        return self.combine(preds, ctx, self._scale(ctx))
 
     def _momentum(self, delta: Tensor, gamma: Scale, ctx: StepContext) -> Tensor:
         prev = self._average
@@ -170,17 +168,17 @@ class APG(ScheduledGuider):
                 self._started = None
         return average
 
-    def combine(self, step: Step, ctx: StepContext, gamma: Scale) -> GuidedStep:
-        c, u = step.get("cond", "x0"), step.get("uncond", "x0")
+    def combine(self, preds: Predictions, ctx: StepContext, gamma: Scale) -> GuidedStep:
+        c, u = preds.get("cond", "x0"), preds.get("uncond", "x0")
         delta = c - u
         if ctx.index < self.cfg_steps:  # APG-Mix: CFG, the momentum buffer updated with Δ
             if self.momentum != 0:
                 self._momentum(delta, gamma, ctx)
-            return affine_pair(step, gamma)
+            return affine_pair(preds, gamma)
         if self.momentum != 0:
             delta = self._momentum(delta, gamma, ctx)
         if self.norm_dims is not None:
-            return step.pair(self._over_dims(c, delta, gamma), self.space)
+            return preds.pair(self._over_dims(c, delta, gamma), self.space)
         k = dot(delta, c).div_(sq_norm(c).add_(EPS))  # Δ∥ = k·x0̂_c before the threshold  (batch,) float64
         g1 = as_batch(gamma, c) - 1  # γ − 1
         if self.norm_threshold is not None:
@@ -195,7 +193,7 @@ class APG(ScheduledGuider):
             x0_hat = torch.add(scaled_c, delta, alpha=coef_delta)
         else:
             x0_hat = torch.addcmul(scaled_c, per_sample(coef_delta, c), delta)
-        return step.pair(x0_hat, self.space)
+        return preds.pair(x0_hat, self.space)
 
     def _over_dims(self, c: Tensor, delta: Tensor, gamma: Scale) -> Tensor:
         """The rule with the norm and the projection over ``norm_dims``: coefficients of shape (batch, 1, H, W) for

@@ -7,21 +7,47 @@ returns a :class:`GuidedStep`: a clean estimate ``x0_hat`` to denoise with and a
 unconditional) and thresholding (x0̂ clipped) need no sampler special cases.
 
 A guider that needs only the conditional prediction at a step must return only the conditional pass
-then, so that the step costs one network evaluation.
+then, so that the step costs one network evaluation. Every guider with a scale is a :class:`ScheduledGuider`:
+it takes γ from a schedule and writes only its :meth:`~ScheduledGuider.combine`.
+
+Half-precision predictions (float16, bfloat16) are handed to the rules upcast to float32, and the guided pair is
+cast back to the predictions' dtype, so that every rule runs, and every intermediate product is formed, in at
+least float32 (float16 overflows at 65504); float32 and float64 predictions are used as they are (no copy).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-import torch
 from torch import Tensor
 
-from guidelab.denoiser import Denoiser
-from guidelab.paths import SPACES, NoisePath, PathCoefficients, convert, to_x0_eps
+from guidelab.guiders.context import (
+    COND,
+    UNCOND,
+    Pass,
+    Scale,
+    StepContext,
+    as_batch,
+    is_neutral,
+    per_sample,
+    scale_from_config,
+    scale_to_config,
+    step_contexts,
+)
+from guidelab.guiders.reductions import is_half, upcast
+from guidelab.guiders.schedules import Schedule, as_schedule
+from guidelab.paths import (
+    NoisePath,
+    PathCoefficients,
+    Scalars,
+    combine,
+    convert,
+    pair_coefficients,
+    space_coefficients,
+    to_x0_eps,
+)
 
 __all__ = [
     "COND",
@@ -31,107 +57,15 @@ __all__ = [
     "Pass",
     "Predictions",
     "Scale",
+    "ScheduledGuider",
     "StepContext",
-    "broadcast_scale",
+    "as_batch",
+    "is_neutral",
+    "per_sample",
+    "scale_from_config",
+    "scale_to_config",
     "step_contexts",
 ]
-
-Scale = float | Tensor
-
-
-@dataclass(frozen=True)
-class StepContext:
-    """Where a guider is called: step ``index`` of ``steps`` on ``grid``, evaluating at time ``t``.
-
-    ``t`` is ``grid[index]`` except at a solver's intermediate stage (Heun's corrector evaluates at
-    ``grid[index + 1]``, ``stage = 1``). ``lam`` is the noise level σ/α at ``t``. ``cond`` holds the
-    samples' class labels (batch,) (``NULL_COND`` = unconditional), for guiders whose rule depends on the class.
-    """
-
-    index: int
-    steps: int
-    t: float
-    lam: float
-    grid: Tensor
-    path: NoisePath
-    stage: int = 0
-    cond: Tensor | None = field(default=None, repr=False, compare=False)
-    evaluate: Callable[[Tensor, float, Tensor], Tensor] | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def progress(self) -> float:
-        """p = i/(N − 1): 0 at the noisiest step, 1 at the last (0 when N = 1)."""
-        return self.index / (self.steps - 1) if self.steps > 1 else 0.0
-
-    @property
-    def t_next(self) -> float:
-        return float(self.grid[self.index + 1])
-
-
-def step_contexts(grid: Tensor, path: NoisePath) -> list[StepContext]:
-    """The first evaluation (stage 0) of every step of ``grid`` on ``path``: N contexts, for looking at a guider
-    or schedule over a whole run before sampling (checks, tables, the effective scale)."""
-    grid = torch.as_tensor(grid, dtype=torch.float64)
-    steps = grid.numel() - 1
-    lams = path.lam(grid[:-1])
-    return [StepContext(i, steps, float(grid[i]), float(lams[i]), grid, path) for i in range(steps)]
-
-
-@dataclass(frozen=True)
-class Pass:
-    """One prediction a guider asks for: ``name``, with the sample's condition or the null one, from the
-    main denoiser (``model=None``) or another one (a weaker guide model)."""
-
-    name: str
-    cond: Literal["cond", "null"] = "cond"
-    model: Denoiser | None = field(default=None, compare=False)
-
-
-COND = Pass("cond", "cond")
-UNCOND = Pass("uncond", "null")
-
-
-class Predictions:
-    """The predictions of one step, by pass name, each convertible to any space (cached).
-
-    Args:
-        raw: name -> (prediction tensor (batch, ...), its space).
-        x_t: the current state (batch, ...).
-        coefficients: the path's coefficients at the evaluation time, broadcastable to ``x_t``.
-    """
-
-    def __init__(self, raw: dict[str, tuple[Tensor, str]], x_t: Tensor, coefficients: PathCoefficients):
-        self._raw = raw
-        self.x_t = x_t
-        self.coefficients = coefficients
-        self._cache: dict[tuple[str, str], Tensor] = {}
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._raw
-
-    def names(self) -> tuple[str, ...]:
-        return tuple(self._raw)
-
-    def raw(self, name: str) -> tuple[Tensor, str]:
-        """Prediction ``name`` as the model gave it, with its space (no conversion)."""
-        if name not in self._raw:
-            raise KeyError(f"prediction {name!r} was not requested; have {', '.join(self._raw)}")
-        return self._raw[name]
-
-    def get(self, name: str, space: str) -> Tensor:
-        """Prediction ``name`` in ``space``."""
-        key = (name, space)
-        if key not in self._cache:
-            if name not in self._raw:
-                raise KeyError(f"prediction {name!r} was not requested; have {', '.join(self._raw)}")
-            pred, src = self._raw[name]
-            self._cache[key] = convert(pred, src, space, self.x_t, self.coefficients)
-        return self._cache[key]
-
-    def to_step(self, pred: Tensor, space: str) -> GuidedStep:
-        """The consistent (x0̂, ε̂) pair of a combined prediction in ``space``."""
-        x0_hat, eps_hat = to_x0_eps(pred, space, self.x_t, self.coefficients)
-        return GuidedStep(x0_hat, eps_hat)
 
 
 @dataclass
@@ -142,20 +76,115 @@ class GuidedStep:
     eps_hat: Tensor
 
 
-def broadcast_scale(scale: Scale, like: Tensor) -> Tensor | float:
-    """A scalar stays a float; a per-sample tensor (batch,) is reshaped to (batch, 1, ..., 1)."""
-    if isinstance(scale, Tensor):
-        if scale.ndim == 0:
-            return float(scale)
-        return scale.to(like).reshape(scale.shape[0], *([1] * (like.ndim - 1)))
-    return scale
+class Predictions:
+    """The predictions of one step, by pass name, each convertible to any space (cached per call).
+
+    With one scalar per step (``scalars`` = (α, σ, α', σ') as floats, what the sampler passes; or read from 0-d
+    CPU coefficients) a conversion is one or two fused kernels (:func:`~guidelab.paths.pair_coefficients`);
+    per-sample coefficients take the elementwise path (:func:`~guidelab.paths.convert`).
+
+    Args:
+        raw: name -> (prediction tensor (batch, ...), its space).
+        x_t: the current state (batch, ...).
+        coefficients: the path's coefficients at the evaluation time, broadcastable to ``x_t``.
+        scalars: (α, σ, α', σ') as Python floats where the step has one time; None to read them from
+            ``coefficients`` (0-d, on the CPU, not rounded to a half type) or use the elementwise path.
+    """
+
+    __slots__ = ("_cache", "_raw", "coefficients", "dtype", "sc", "x_t")
+
+    def __init__(
+        self,
+        raw: dict[str, tuple[Tensor, str]],
+        x_t: Tensor,
+        coefficients: PathCoefficients,
+        scalars: Scalars | None = None,
+    ):
+        self._raw = raw
+        self.dtype = x_t.dtype
+        self.x_t = upcast(x_t)
+        self.coefficients = coefficients
+        self.sc = scalars if scalars is not None else _scalars_of(coefficients)
+        self._cache: dict[tuple[str, str], Tensor] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._raw
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._raw)
+
+    def raw(self, name: str) -> tuple[Tensor, str]:
+        """Prediction ``name`` as the model gave it, with its space (no conversion, no upcast)."""
+        if name not in self._raw:
+            raise KeyError(f"prediction {name!r} was not requested; have {', '.join(self._raw)}")
+        return self._raw[name]
+
+    def space(self, name: str) -> str:
+        """The space the model predicted ``name`` in."""
+        return self.raw(name)[1]
+
+    def get(self, name: str, space: str) -> Tensor:
+        """Prediction ``name`` in ``space`` (in at least float32)."""
+        key = (name, space)
+        out = self._cache.get(key)
+        if out is None:
+            pred, src = self.raw(name)
+            pred = upcast(pred)
+            out = self.convert(pred, src, space)
+            if out is None:
+                out = convert(pred, src, space, self.x_t, self.coefficients)
+            self._cache[key] = out
+        return out
+
+    def convert(self, pred: Tensor, src: str, dst: str) -> Tensor | None:
+        """``pred`` from ``src`` to ``dst`` with the step's scalars (None where they do not apply)."""
+        if src == dst:
+            return pred
+        if self.sc is None:
+            return None
+        to_pair, from_pair = pair_coefficients(src, self.sc), space_coefficients(dst, self.sc)
+        if to_pair is None or from_pair is None:
+            return None
+        p0, q0, p1, q1 = to_pair
+        a_, b_ = from_pair
+        return combine(a_ * p0 + b_ * p1, pred, a_ * q0 + b_ * q1, self.x_t)
+
+    def pair(self, pred: Tensor, space: str) -> GuidedStep:
+        """The consistent (x0̂, ε̂) pair of a combined prediction in ``space``, in the predictions' dtype."""
+        coefs = None if self.sc is None else pair_coefficients(space, self.sc)
+        if coefs is None:
+            out = GuidedStep(*to_x0_eps(pred, space, self.x_t, self.coefficients))
+        else:
+            p0, q0, p1, q1 = coefs
+            out = GuidedStep(combine(p0, pred, q0, self.x_t), combine(p1, pred, q1, self.x_t))
+        return self.cast(out)
+
+    def cast(self, out: GuidedStep) -> GuidedStep:
+        """``out`` in the predictions' dtype (no copy where it already is)."""
+        if out.x0_hat.dtype == self.dtype and out.eps_hat.dtype == self.dtype:
+            return out
+        return GuidedStep(out.x0_hat.to(self.dtype), out.eps_hat.to(self.dtype))
+
+    def cond_pair(self) -> GuidedStep:
+        """The conditional model's own pair, in the predictions' dtype."""
+        return self.cast(GuidedStep(self.get("cond", "x0"), self.get("cond", "eps")))
+
+    def alpha_is_zero(self) -> bool:
+        """Whether α = 0 (pure noise) at this step, for any sample."""
+        if self.sc is not None:
+            return self.sc[0] == 0
+        return bool((self.coefficients.alpha == 0).any())
 
 
-def is_neutral(scale: Scale, neutral: float = 1.0) -> bool:
-    """True where a scale equals its neutral value for every sample (the unconditional pass can be skipped)."""
-    if isinstance(scale, Tensor):
-        return bool((scale == neutral).all())
-    return scale == neutral
+def _scalars_of(c: PathCoefficients) -> Scalars | None:
+    """(α, σ, α', σ') as floats from 0-d CPU coefficients not rounded to a half type (no device sync); None
+    otherwise."""
+    alpha = c.alpha
+    if not (isinstance(alpha, Tensor) and alpha.ndim == 0 and c.sigma.ndim == 0):
+        return None
+    if alpha.device.type != "cpu" or is_half(alpha):
+        return None
+    return float(alpha), float(c.sigma), float(c.d_alpha), float(c.d_sigma)
 
 
 class Guider(ABC):
@@ -203,35 +232,32 @@ class Guider(ABC):
         return f"{type(self).__name__}({params})"
 
 
-def check_space(space: str) -> None:
-    if space not in SPACES:
-        raise ValueError(f"space: unknown prediction space {space!r}; accepted: {', '.join(SPACES)}")
+class ScheduledGuider(Guider):
+    """A guider whose rule has a scale γ taken from a :class:`~guidelab.guiders.schedules.Schedule`.
 
+    γ = 1 for every sample means *unguided*: the step asks only for the conditional prediction (one network
+    evaluation) and returns the conditional pair untouched. Subclasses implement :meth:`combine` (both passes
+    present) and :meth:`params` (their own constructor parameters).
+    """
 
-def scale_to_config(scale: Scale) -> float | list[float]:
-    """A scale as plain JSON (per-sample tensors become lists)."""
-    if isinstance(scale, Tensor):
-        return scale.tolist() if scale.ndim else float(scale)
-    return float(scale)
+    def __init__(self, schedule: Schedule | Scale = 1.0):
+        self.schedule = as_schedule(schedule)
 
+    def passes(self, ctx: StepContext) -> tuple[Pass, ...]:
+        return (COND,) if is_neutral(self.schedule(ctx)) else (COND, UNCOND)
 
-def scale_from_config(scale: Any, field_name: str = "scale") -> Scale:
-    """Parse a scale: a number or a list of per-sample numbers (→ float64 tensor)."""
-    if isinstance(scale, Tensor):
-        if not torch.isfinite(scale).all():
-            raise ValueError(f"{field_name}: must be finite, got {scale}")
-        return scale
-    if isinstance(scale, list | tuple):
-        try:
-            return torch.tensor([float(s) for s in scale], dtype=torch.float64)
-        except (TypeError, ValueError):
-            raise ValueError(f"{field_name}: expected a number or a list of numbers, got {scale!r}") from None
-    if isinstance(scale, bool):
-        raise ValueError(f"{field_name}: expected a number, got {scale!r}")
-    try:
-        value = float(scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"{field_name}: expected a number, got {scale!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"{field_name}: must be finite, got {scale!r}")
-    return value
+    def guide(self, preds: Predictions, ctx: StepContext) -> GuidedStep:
+        if "uncond" not in preds:
+            return preds.cond_pair()
+        return self.combine(preds, ctx, self.schedule(ctx))
+
+    @abstractmethod
+    def combine(self, preds: Predictions, ctx: StepContext, gamma: Scale) -> GuidedStep:
+        """The guided pair from the conditional and unconditional predictions at scale ``gamma``."""
+
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """The guider's own constructor parameters (schedule excluded), JSON-serialisable."""
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, **self.params(), "schedule": self.schedule.spec()}

@@ -8,8 +8,20 @@ from typing import Any
 import torch
 
 from guidelab.guiders._checks import check_flag, check_number
-from guidelab.guiders._common import EPS, ScheduledGuider, Step, affine_pair, as_batch, norm
-from guidelab.guiders.base import COND, UNCOND, GuidedStep, Pass, Scale, StepContext, is_neutral
+from guidelab.guiders.base import (
+    COND,
+    UNCOND,
+    GuidedStep,
+    Pass,
+    Predictions,
+    Scale,
+    ScheduledGuider,
+    StepContext,
+    is_neutral,
+)
+from guidelab.guiders.combine import affine_pair
+from guidelab.guiders.context import as_batch
+from guidelab.guiders.reductions import EPS, norm
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import Schedule
 
@@ -92,14 +104,14 @@ class BetaCFG(ScheduledGuider):
             return (COND,)
         return (COND, UNCOND)
 
-    def combine(self, step: Step, ctx: StepContext, gamma: Scale) -> GuidedStep:
-        eps_c, eps_u = step.get("cond", "eps"), step.get("uncond", "eps")
+    def combine(self, preds: Predictions, ctx: StepContext, gamma: Scale) -> GuidedStep:
+        eps_c, eps_u = preds.get("cond", "eps"), preds.get("uncond", "eps")
         w = as_batch(self.weight(ctx), eps_c)
         if self.norm_power != 0:
             n = norm(eps_c - eps_u)
             w = w / n.clamp_min(EPS) ** self.norm_power  # ω·B(p)/||Δ||^g  (batch,) float64
             w = torch.where(n > 0, w, 0.0)  # Δ = 0: no guidance term
-        return affine_pair(step, w)
+        return affine_pair(preds, w)
 
     def params(self) -> dict[str, Any]:
         return {

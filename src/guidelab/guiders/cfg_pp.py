@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from guidelab.guiders._common import ScheduledGuider, Step, as_batch, keep_neutral, per_sample
-from guidelab.guiders.base import GuidedStep, Pass, Scale, StepContext, step_contexts
+from guidelab.guiders.base import GuidedStep, Pass, Predictions, Scale, ScheduledGuider, StepContext, step_contexts
+from guidelab.guiders.combine import keep_neutral
+from guidelab.guiders.context import as_batch, per_sample
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import ConstantSchedule, Schedule
 from guidelab.paths import NoisePath
@@ -68,11 +69,11 @@ class CFGPlusPlus(ScheduledGuider):
             self.prepare(ctx.grid, ctx.path)  # once per grid, before its first network evaluation
         return super().passes(ctx)
 
-    def combine(self, step: Step, ctx: StepContext, gamma: Scale) -> GuidedStep:
+    def combine(self, preds: Predictions, ctx: StepContext, gamma: Scale) -> GuidedStep:
         _check_scale(gamma)
-        c, u = step.get("cond", "x0"), step.get("uncond", "x0")
+        c, u = preds.get("cond", "x0"), preds.get("uncond", "x0")
         x0_hat = torch.lerp(u, c, per_sample(as_batch(gamma, c), c))
-        return keep_neutral(GuidedStep(x0_hat, step.get("uncond", "eps")), step, gamma)
+        return keep_neutral(GuidedStep(x0_hat, preds.get("uncond", "eps")), preds, gamma)
 
     def params(self) -> dict[str, Any]:
         return {}

@@ -8,8 +8,19 @@ from typing import Any
 import torch
 
 from guidelab.guiders._checks import check_flag, check_int
-from guidelab.guiders._common import EPS, ScheduledGuider, Step, as_batch, dot, per_sample, sq_norm
-from guidelab.guiders.base import COND, UNCOND, GuidedStep, Pass, Predictions, Scale, StepContext, is_neutral
+from guidelab.guiders.base import (
+    COND,
+    UNCOND,
+    GuidedStep,
+    Pass,
+    Predictions,
+    Scale,
+    ScheduledGuider,
+    StepContext,
+    is_neutral,
+)
+from guidelab.guiders.context import as_batch, per_sample
+from guidelab.guiders.reductions import EPS, dot, sq_norm
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import Schedule
 
@@ -61,21 +72,21 @@ class CFGZeroStar(ScheduledGuider):
 
     def guide(self, preds: Predictions, ctx: StepContext) -> GuidedStep:
         if ctx.index < self.zero_init_steps:
-            return Step(preds, ctx).pair(torch.zeros_like(preds.x_t), self.space)
+            return preds.pair(torch.zeros_like(preds.x_t), self.space)
         return super().guide(preds, ctx)
 
-    def combine(self, step: Step, ctx: StepContext, gamma: Scale) -> GuidedStep:
-        v_c, v_u = step.get("cond", "velocity"), step.get("uncond", "velocity")
+    def combine(self, preds: Predictions, ctx: StepContext, gamma: Scale) -> GuidedStep:
+        v_c, v_u = preds.get("cond", "velocity"), preds.get("uncond", "velocity")
         g = as_batch(gamma, v_c)
         if not self.optimized_scale:
-            return step.pair(torch.lerp(v_u, v_c, per_sample(g, v_c)), self.space)
+            return preds.pair(torch.lerp(v_u, v_c, per_sample(g, v_c)), self.space)
         s_star = dot(v_c, v_u).div_(sq_norm(v_u).add_(EPS))  # <v_c, v_u>/||v_u||²  (batch,) float64
         # v̂ = γ·v_c + (1 − γ)·s*·v_u
         if isinstance(g, float):
             v_hat = torch.addcmul(v_c * g, per_sample(s_star, v_u), v_u, value=1 - g)
         else:
             v_hat = torch.addcmul(v_c * per_sample(g, v_c), per_sample(s_star.mul_(1 - g), v_u), v_u)
-        return step.pair(v_hat, self.space)
+        return preds.pair(v_hat, self.space)
 
     def params(self) -> dict[str, Any]:
         return {"optimized_scale": self.optimized_scale, "zero_init_steps": self.zero_init_steps}

@@ -17,16 +17,33 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from guidelab.guiders._common import Step
-from guidelab.guiders.base import COND, UNCOND, GuidedStep, Guider, Pass, Predictions, StepContext
+from guidelab.guiders.base import COND, UNCOND, GuidedStep, Pass, Predictions, ScheduledGuider, StepContext
+from guidelab.guiders.context import Scale
 from guidelab.guiders.registry import register_guider
+from guidelab.guiders.schedules import Schedule
 from guidelab.paths import NoisePath
 
-__all__ = ["LearnedGuider"]
+__all__ = ["LearnedGuider", "LearnedSchedule"]
+
+
+class LearnedSchedule(Schedule):
+    """γ = 1 + ω per sample from a :class:`LearnedGuider`'s weights (its classes from ``ctx.cond``). Rebuilt from
+    the guider's checkpoint, not from a name: it is not in the schedule registry."""
+
+    name = "learned"
+
+    def __init__(self, guider: LearnedGuider):
+        self.guider = guider
+
+    def __call__(self, ctx: StepContext) -> Scale:
+        return 1.0 + self.guider.omega(ctx)
+
+    def config(self) -> dict[str, Any]:
+        return {"checkpoint": self.guider.checkpoint}
 
 
 @register_guider
-class LearnedGuider(Guider):
+class LearnedGuider(ScheduledGuider):
     """``x0̂ = x0̂_c + ω_φ(c, t_{k+1}, t_k)·(x0̂_c − x0̂_u)`` with ω from a learned checkpoint (arXiv 2510.00815).
 
     Args:
@@ -49,6 +66,7 @@ class LearnedGuider(Guider):
         self.weights, self.meta = load_weights(Path(self.checkpoint))
         self._cache: dict[tuple[int, int], Tensor] = {}
         self._grid_table: tuple[Any, Tensor] | None = None
+        super().__init__(LearnedSchedule(self))
 
     @classmethod
     def from_weights(cls, weights: Any, meta: dict[str, Any] | None = None) -> LearnedGuider:
@@ -58,6 +76,7 @@ class LearnedGuider(Guider):
         guider.weights, guider.meta = weights.eval(), dict(meta or {})
         guider._cache = {}
         guider._grid_table = None
+        ScheduledGuider.__init__(guider, LearnedSchedule(guider))
         return guider
 
     @property
@@ -108,14 +127,12 @@ class LearnedGuider(Guider):
             return (COND, UNCOND)  # a plan without labels (``guidelab schedule``): assume guidance is needed
         return (COND,) if bool((self.omega(ctx) == 0).all()) else (COND, UNCOND)
 
-    def guide(self, preds: Predictions, ctx: StepContext) -> GuidedStep:
-        step = Step(preds, ctx)  # half-precision predictions are combined in float32, the pair cast back
-        if "uncond" not in preds:
-            return step.cond_pair()
-        cond, uncond = step.get("cond", self.space), step.get("uncond", self.space)
+    def combine(self, preds: Predictions, ctx: StepContext, gamma: Scale) -> GuidedStep:
+        """``x0̂_c + ω·(x0̂_c − x0̂_u)``, with ω read directly (γ − 1 would round it)."""
+        cond, uncond = preds.get("cond", self.space), preds.get("uncond", self.space)
         omega = self.omega(ctx).to(device=cond.device, dtype=cond.dtype)
         omega = omega.reshape(-1, *([1] * (cond.ndim - 1))) if omega.numel() > 1 else omega.reshape(())
-        return step.pair(cond + omega * (cond - uncond), self.space)
+        return preds.pair(cond + omega * (cond - uncond), self.space)
 
     def table(self, path: NoisePath, grid: Tensor, classes: list[int] | None = None) -> Tensor:
         """ω per class and step, (C, N), at ``(t_{k+1}, t_k)`` of an N-step ``grid`` on ``path`` (one call)."""
@@ -159,5 +176,8 @@ class LearnedGuider(Guider):
         ds = (s[:-1] - s[1:]).to(rows)
         return 1.0 + float((rows * ds).sum(dim=1).mean() / ds.sum())
 
+    def params(self) -> dict[str, Any]:
+        return {"checkpoint": self.checkpoint}
+
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "checkpoint": self.checkpoint}
+        return {"name": self.name, **self.params()}  # the weights are the schedule

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from guidelab.guiders._checks import check_guider_space, check_number
-from guidelab.guiders._common import EPS, ScheduledGuider, Step, affine_pair, as_batch, norm
-from guidelab.guiders.base import GuidedStep, Scale, StepContext
+from guidelab.guiders.base import GuidedStep, Predictions, Scale, ScheduledGuider, StepContext
+from guidelab.guiders.combine import affine_pair
+from guidelab.guiders.context import as_batch
+from guidelab.guiders.reductions import EPS, norm
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import Schedule
 
@@ -43,18 +45,18 @@ class MamboG(ScheduledGuider):
         self.alpha = check_number("alpha", alpha, lo=0.0)
         self.space = check_guider_space(space)
 
-    def damped_scale(self, step: Step, gamma: Scale) -> Scale:
+    def damped_scale(self, preds: Predictions, gamma: Scale) -> Scale:
         """γ' per sample (batch,) float64 (a number when α = 0 and γ is a number)."""
-        c, u = step.get("cond", self.space), step.get("uncond", self.space)
+        c, u = preds.get("cond", self.space), preds.get("uncond", self.space)
         g = as_batch(gamma, c)
         if self.alpha == 0:
             return g
         r = norm(c - u).div_(norm(u).add_(EPS))  # ||Δ||/||u||  (batch,) float64
         return r.mul_(-self.alpha).exp_().mul_(g - 1).add_(1)  # 1 + (γ − 1)·exp(−α·r)
 
-    def combine(self, step: Step, ctx: StepContext, gamma: Scale) -> GuidedStep:
-        w = self.damped_scale(step, gamma)
-        return affine_pair(step, w)
+    def combine(self, preds: Predictions, ctx: StepContext, gamma: Scale) -> GuidedStep:
+        w = self.damped_scale(preds, gamma)
+        return affine_pair(preds, w)
 
     def params(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "space": self.space}

@@ -13,9 +13,11 @@ import inspect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from guidelab.guiders._checks import construct, signature_params
+from guidelab.guiders.schedules import SCHEDULES, Schedule, build_schedule
+
 if TYPE_CHECKING:
     from guidelab.guiders.base import Guider
-    from guidelab.guiders.schedules import Schedule
 
 __all__ = ["GUIDERS", "build_guider", "build_schedule", "guider_accepts", "guider_parameters", "register_guider"]
 
@@ -30,21 +32,14 @@ def register_guider(cls: type[Guider]) -> type[Guider]:
     return cls
 
 
-def _signature_params(cls: type) -> dict[str, inspect.Parameter]:
-    params = inspect.signature(cls.__init__).parameters
-    return {k: p for k, p in params.items() if k != "self" and p.kind is not p.VAR_KEYWORD}
-
-
 def guider_parameters(name: str, schedule: str | None = None) -> dict[str, Any]:
     """Parameter names and defaults of a guider (and of its schedule, if it takes one)."""
     cls = _lookup(name)
     out: dict[str, Any] = {}
-    for key, p in _signature_params(cls).items():
+    for key, p in signature_params(cls).items():
         if key == "schedule":
-            from guidelab.guiders.schedules import SCHEDULES
-
             out["schedule"] = schedule or "constant"
-            for skey, sp in _signature_params(SCHEDULES[out["schedule"]]).items():
+            for skey, sp in signature_params(SCHEDULES[out["schedule"]]).items():
                 out[skey] = None if sp.default is inspect.Parameter.empty else sp.default
         else:
             out[key] = None if p.default is inspect.Parameter.empty else p.default
@@ -53,7 +48,7 @@ def guider_parameters(name: str, schedule: str | None = None) -> dict[str, Any]:
 
 def guider_accepts(name: str, parameter: str) -> bool:
     """Whether guider ``name``'s constructor takes ``parameter`` (e.g. ``models`` for guide networks)."""
-    return parameter in _signature_params(_lookup(name))
+    return parameter in signature_params(_lookup(name))
 
 
 def _lookup(name: str) -> type[Guider]:
@@ -64,41 +59,11 @@ def _lookup(name: str) -> type[Guider]:
     return GUIDERS[name]
 
 
-def _construct(cls: type, label: str, params: dict[str, Any]) -> Any:
-    accepted = _signature_params(cls)
-    for key in params:
-        if key not in accepted:
-            raise ValueError(f"{label}: unknown parameter {key!r}; accepted: {', '.join(accepted) or 'none'}")
-    missing = [k for k, p in accepted.items() if p.default is inspect.Parameter.empty and k not in params]
-    if missing:
-        raise ValueError(f"{label}: missing required parameter {missing[0]!r}")
-    try:
-        return cls(**params)
-    except TypeError as err:
-        raise ValueError(f"{label}: {err}") from None
-
-
-def build_schedule(spec: Mapping[str, Any], label: str = "schedule") -> Schedule:
-    """A schedule from its nested block ``{name: NAME, **parameters}`` (``name`` defaults to ``constant``);
-    errors name the block (``label``), the parameter and what is accepted."""
-    from guidelab.guiders.schedules import SCHEDULES
-
-    if not isinstance(spec, Mapping):
-        raise ValueError(f"{label}: expected a block {{name: ..., parameters}}, got {spec!r}")
-    params = dict(spec)
-    name = params.pop("name", None) or "constant"
-    if name not in SCHEDULES:
-        raise ValueError(f"{label}: unknown name {name!r}; accepted: {', '.join(sorted(SCHEDULES))}")
-    return _construct(SCHEDULES[name], f"{label} {name!r}", params)
-
-
 def build_guider(name: str, **params: Any) -> Guider:
     """Build guider ``name`` from its parameters, the schedule nested (``schedule={"name": ..., ...}``) or flat
     (``schedule="tv-cfg", scale=3``); errors name the parameter and what is accepted."""
-    from guidelab.guiders.schedules import SCHEDULES, Schedule
-
     cls = _lookup(name)
-    own = _signature_params(cls)
+    own = signature_params(cls)
     schedule = params.get("schedule")
     if "schedule" in own and isinstance(schedule, Mapping):
         params["schedule"] = build_schedule(schedule)
@@ -106,7 +71,7 @@ def build_guider(name: str, **params: Any) -> Guider:
         schedule_name = params.pop("schedule", None) or "constant"
         if schedule_name not in SCHEDULES:
             raise ValueError(f"schedule: unknown name {schedule_name!r}; accepted: {', '.join(sorted(SCHEDULES))}")
-        schedule_keys = set(_signature_params(SCHEDULES[schedule_name]))
+        schedule_keys = set(signature_params(SCHEDULES[schedule_name]))
         for key in params:
             if key in own and key in schedule_keys:
                 raise ValueError(
@@ -118,4 +83,4 @@ def build_guider(name: str, **params: Any) -> Guider:
                 raise ValueError(f"guider {name!r}: unknown parameter {key!r}; accepted: {', '.join(accepted)}")
         flat = {k: params.pop(k) for k in list(params) if k in schedule_keys}
         params["schedule"] = build_schedule({"name": schedule_name, **flat})
-    return _construct(cls, f"guider {name!r}", params)
+    return construct(cls, f"guider {name!r}", params)

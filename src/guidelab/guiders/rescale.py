@@ -9,8 +9,10 @@ import torch
 from torch import Tensor
 
 from guidelab.guiders._checks import check_guider_space, check_number
-from guidelab.guiders._common import EPS, ScheduledGuider, Step, as_batch, eps_space_step, per_sample, std, std_mean
-from guidelab.guiders.base import GuidedStep, Scale, StepContext
+from guidelab.guiders.base import GuidedStep, Predictions, Scale, ScheduledGuider, StepContext
+from guidelab.guiders.combine import eps_space_step
+from guidelab.guiders.context import as_batch, per_sample
+from guidelab.guiders.reductions import EPS, std, std_mean
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import Schedule
 
@@ -51,8 +53,8 @@ class GuidanceRescale(ScheduledGuider):
         self.phi = check_number("phi", phi, lo=0.0, hi=1.0)
         self.space = check_guider_space(space)
 
-    def _rule(self, step: Step, gamma: Scale, space: str) -> Tensor:
-        c, u = step.get("cond", space), step.get("uncond", space)
+    def _rule(self, preds: Predictions, gamma: Scale, space: str) -> Tensor:
+        c, u = preds.get("cond", space), preds.get("uncond", space)
         x = torch.lerp(u, c, per_sample(as_batch(gamma, c), c))
         if self.phi == 0:
             return x
@@ -64,9 +66,9 @@ class GuidanceRescale(ScheduledGuider):
         factor = torch.where(constant, 1.0, factor)  # leave x unchanged
         return x * per_sample(factor, x)
 
-    def combine(self, step: Step, ctx: StepContext, gamma: Scale) -> GuidedStep:
-        pred = self._rule(step, gamma, self.space)
-        return eps_space_step(step, pred, self.space, lambda: self._rule(step, gamma, "x0"))
+    def combine(self, preds: Predictions, ctx: StepContext, gamma: Scale) -> GuidedStep:
+        pred = self._rule(preds, gamma, self.space)
+        return eps_space_step(preds, pred, self.space, lambda: self._rule(preds, gamma, "x0"))
 
     def params(self) -> dict[str, Any]:
         return {"phi": self.phi, "space": self.space}

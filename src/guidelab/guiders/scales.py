@@ -13,7 +13,7 @@ library guesses which form a number is in.
 
 from __future__ import annotations
 
-from guidelab.guiders.base import Scale
+from guidelab.guiders.context import Scale
 
 __all__ = ["extra_to_ho", "ho_to_extra"]
 

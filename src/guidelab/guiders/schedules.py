@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from guidelab.guiders._checks import check_choice, check_flag, check_number
-from guidelab.guiders.base import Scale, StepContext, scale_from_config, scale_to_config, step_contexts
+from guidelab.guiders._checks import check_choice, check_flag, check_number, construct
+from guidelab.guiders.context import Scale, StepContext, scale_from_config, scale_to_config, step_contexts
 from guidelab.guiders.scales import extra_to_ho, ho_to_extra
 from guidelab.paths import NoisePath
 
@@ -53,6 +53,8 @@ __all__ = [
     "TVCFGSchedule",
     "TVIntervalSchedule",
     "WangSchedule",
+    "as_schedule",
+    "build_schedule",
     "normalized_dt",
     "register_schedule",
     "rf_grid",
@@ -601,3 +603,25 @@ class NegativeSwitchSchedule(Schedule):
             "p_switch": self.p_switch,
             "scale_late": scale_to_config(self.scale_late),
         }
+
+
+def build_schedule(spec: Mapping[str, Any], label: str = "schedule") -> Schedule:
+    """A schedule from its nested block ``{name: NAME, **parameters}`` (``name`` defaults to ``constant``);
+    errors name the block (``label``), the parameter and what is accepted."""
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{label}: expected a block {{name: ..., parameters}}, got {spec!r}")
+    params = dict(spec)
+    name = params.pop("name", None) or "constant"
+    if name not in SCHEDULES:
+        raise ValueError(f"{label}: unknown name {name!r}; accepted: {', '.join(sorted(SCHEDULES))}")
+    return construct(SCHEDULES[name], f"{label} {name!r}", params)
+
+
+def as_schedule(schedule: Schedule | Scale | Mapping[str, Any]) -> Schedule:
+    """A schedule, its nested block ``{name, **parameters}``, or a number / per-sample list meaning a constant
+    scale."""
+    if isinstance(schedule, Schedule):
+        return schedule
+    if isinstance(schedule, Mapping):
+        return build_schedule(schedule)
+    return ConstantSchedule(schedule)

@@ -8,8 +8,10 @@ import torch
 from torch import Tensor
 
 from guidelab.guiders._checks import check_guider_space
-from guidelab.guiders._common import ScheduledGuider, Step, as_batch, dot, eps_space_step, per_sample, sq_norm
-from guidelab.guiders.base import GuidedStep, Scale, StepContext
+from guidelab.guiders.base import GuidedStep, Predictions, Scale, ScheduledGuider, StepContext
+from guidelab.guiders.combine import eps_space_step
+from guidelab.guiders.context import as_batch, per_sample
+from guidelab.guiders.reductions import dot, sq_norm
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import Schedule
 
@@ -64,16 +66,16 @@ class TangentialCFG(ScheduledGuider):
         super().__init__(schedule)
         self.space = check_guider_space(space)
 
-    def _rule(self, step: Step, gamma: Scale, space: str) -> Tensor:
-        c, u = step.get("cond", space), step.get("uncond", space)
+    def _rule(self, preds: Predictions, gamma: Scale, space: str) -> Tensor:
+        c, u = preds.get("cond", space), preds.get("uncond", space)
         p, q = top_singular_projection(c, u)  # u' = p·c + q·u
         g = as_batch(gamma, c)
         # x̂ = γ·c + (1 − γ)·u' = (γ + (1 − γ)p)·c + (1 − γ)q·u
         return per_sample(g + (1 - g) * p, c) * c + per_sample((1 - g) * q, u) * u
 
-    def combine(self, step: Step, ctx: StepContext, gamma: Scale) -> GuidedStep:
-        pred = self._rule(step, gamma, self.space)
-        return eps_space_step(step, pred, self.space, lambda: self._rule(step, gamma, "x0"))
+    def combine(self, preds: Predictions, ctx: StepContext, gamma: Scale) -> GuidedStep:
+        pred = self._rule(preds, gamma, self.space)
+        return eps_space_step(preds, pred, self.space, lambda: self._rule(preds, gamma, "x0"))
 
     def params(self) -> dict[str, Any]:
         return {"space": self.space}

@@ -11,8 +11,10 @@ import torch
 from torch import Tensor
 
 from guidelab.guiders._checks import check_choice, check_flag, check_number
-from guidelab.guiders._common import ScheduledGuider, Step, affine_pair, as_batch, flat, keep_neutral, per_sample
-from guidelab.guiders.base import GuidedStep, Predictions, Scale, StepContext
+from guidelab.guiders.base import GuidedStep, Predictions, Scale, ScheduledGuider, StepContext
+from guidelab.guiders.combine import affine_pair, keep_neutral
+from guidelab.guiders.context import as_batch, per_sample
+from guidelab.guiders.reductions import flat
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import Schedule
 from guidelab.paths import NoisePath, x0_to_eps
@@ -168,43 +170,42 @@ class DynamicThresholding(ScheduledGuider):
         z = torch.clamp(z, -s, s) / s
         return z if plain else z * half + centre
 
-    def _renoise(self, step: Step, x0_hat: Tensor, unclipped: Callable[[], Tensor]) -> Tensor:
+    def _renoise(self, preds: Predictions, x0_hat: Tensor, unclipped: Callable[[], Tensor]) -> Tensor:
         """ε̂ to renoise with: that of the clipped x0̂, or ``unclipped()`` (also where σ = 0)."""
         if not self.use_clipped_model_output:
             return unclipped()
-        if step.sc is not None:
-            return unclipped() if step.sc[1] == 0 else step.pair(x0_hat, self.space).eps_hat
-        coefficients = step.preds.coefficients
-        eps = x0_to_eps(x0_hat, step.x_t, coefficients)
+        if preds.sc is not None:
+            return unclipped() if preds.sc[1] == 0 else preds.pair(x0_hat, self.space).eps_hat
+        coefficients = preds.coefficients
+        eps = x0_to_eps(x0_hat, preds.x_t, coefficients)
         at_data = coefficients.sigma == 0
         return torch.where(at_data, unclipped(), eps) if bool(at_data.any()) else eps
 
-    def _thresholded_pair(self, step: Step, x0: Tensor, unclipped: Callable[[], Tensor]) -> GuidedStep:
+    def _thresholded_pair(self, preds: Predictions, x0: Tensor, unclipped: Callable[[], Tensor]) -> GuidedStep:
         x0_hat = self.threshold(x0)
-        return GuidedStep(x0_hat, self._renoise(step, x0_hat, unclipped))
+        return GuidedStep(x0_hat, self._renoise(preds, x0_hat, unclipped))
 
-    def _conditional(self, step: Step) -> GuidedStep:
+    def _conditional(self, preds: Predictions) -> GuidedStep:
         """The conditional pair, thresholded if ``threshold_unguided``."""
         if not self.threshold_unguided:
-            return step.cond_pair()
-        return self._thresholded_pair(step, step.get("cond", "x0"), lambda: step.get("cond", "eps"))
+            return preds.cond_pair()
+        return self._thresholded_pair(preds, preds.get("cond", "x0"), lambda: preds.get("cond", "eps"))
 
     def guide(self, preds: Predictions, ctx: StepContext) -> GuidedStep:
-        step = Step(preds, ctx)
         if "uncond" not in preds:
-            return self._conditional(step)
-        return self.combine(step, ctx, self.schedule(ctx))
+            return self._conditional(preds)
+        return self.combine(preds, ctx, self.schedule(ctx))
 
-    def combine(self, step: Step, ctx: StepContext, gamma: Scale) -> GuidedStep:
-        c, u = step.get("cond", "x0"), step.get("uncond", "x0")
+    def combine(self, preds: Predictions, ctx: StepContext, gamma: Scale) -> GuidedStep:
+        c, u = preds.get("cond", "x0"), preds.get("uncond", "x0")
         x0_guided = torch.lerp(u, c, per_sample(as_batch(gamma, c), c))
-        out = self._thresholded_pair(step, x0_guided, lambda: affine_pair(step, gamma).eps_hat)  # unclipped: CFG's ε̂
+        out = self._thresholded_pair(preds, x0_guided, lambda: affine_pair(preds, gamma).eps_hat)  # unclipped: CFG's ε̂
         if not self.threshold_unguided:
-            return keep_neutral(out, step, gamma)
+            return keep_neutral(out, preds, gamma)
         if not isinstance(gamma, Tensor) or gamma.ndim == 0 or not bool((gamma == 1).any()):
             return out
         mask = (gamma == 1).to(c.device).reshape(-1, *([1] * (c.ndim - 1)))
-        neutral = self._conditional(step)
+        neutral = self._conditional(preds)
         x0_hat = torch.where(mask, neutral.x0_hat, out.x0_hat)
         return GuidedStep(x0_hat, torch.where(mask, neutral.eps_hat, out.eps_hat))
 

@@ -11,10 +11,11 @@ from torch import Tensor
 
 from guidelab.denoiser import Denoiser
 from guidelab.guiders._checks import check_choice
-from guidelab.guiders._common import Step, affine_pair, as_batch, as_schedule, per_sample
-from guidelab.guiders.base import COND, GuidedStep, Guider, Pass, Predictions, Scale, StepContext, is_neutral
-from guidelab.guiders.registry import build_schedule, register_guider
-from guidelab.guiders.schedules import Schedule
+from guidelab.guiders.base import COND, GuidedStep, Pass, Predictions, Scale, ScheduledGuider, StepContext, is_neutral
+from guidelab.guiders.combine import affine_pair
+from guidelab.guiders.context import as_batch, per_sample
+from guidelab.guiders.registry import register_guider
+from guidelab.guiders.schedules import Schedule, build_schedule
 from guidelab.paths import NoisePath
 
 __all__ = ["GuideSpec", "WeakModelGuidance"]
@@ -35,7 +36,7 @@ class GuideSpec:
 
 
 @register_guider
-class WeakModelGuidance(Guider):
+class WeakModelGuidance(ScheduledGuider):
     """Guidance by one or more guide predictors: ``D̂ = D_main + Σ_k (γ_k − 1)·(D_main − D_k)``.
 
     With one guide this is ``D_k + γ·(D_main − D_k)``, METHODS.md's ``D₀ + γ(D₁ − D₀)`` in Ho form:
@@ -80,7 +81,7 @@ class WeakModelGuidance(Guider):
         models: Mapping[str, Denoiser] | None = None,
     ):
         self.models: dict[str, Denoiser] = dict(models or {})
-        self.schedule = as_schedule(schedule)
+        super().__init__(schedule)
         self.guides = [self._spec(guide_model, guide_cond, self.schedule, "guide")]
         for k, extra in enumerate(extra_guides or ()):
             self.guides.append(self._parse_extra(extra, f"extra_guides[{k}]"))
@@ -136,26 +137,27 @@ class WeakModelGuidance(Guider):
         return (COND, *active)
 
     def guide(self, preds: Predictions, ctx: StepContext) -> GuidedStep:
-        step = Step(preds, ctx)
         active = [(p.name, spec) for p, spec in zip(self._passes, self.guides, strict=True) if p.name in preds]
         if not active:
-            return step.cond_pair()
+            return preds.cond_pair()
         if len(active) == 1:  # D_k + γ·(D_main − D_k): one fused combination in the models' own space
             name, spec = active[0]
-            return affine_pair(step, spec.schedule(ctx), base=name)
-        main = step.get("cond", "x0")
+            return affine_pair(preds, spec.schedule(ctx), base=name)
+        main = preds.get("cond", "x0")
         x0_hat = main
         for name, spec in active:
             s = as_batch(spec.schedule(ctx), main)
-            x0_hat = x0_hat + per_sample(s - 1, main) * (main - step.get(name, "x0"))
-        return step.pair(x0_hat, self.space)
+            x0_hat = x0_hat + per_sample(s - 1, main) * (main - preds.get(name, "x0"))
+        return preds.pair(x0_hat, self.space)
 
-    def config(self) -> dict[str, Any]:
+    def combine(self, preds: Predictions, ctx: StepContext, gamma: Scale) -> GuidedStep:
+        """The first guide alone: ``D_0 + γ·(D_main − D_0)`` (one fused combination in the models' own space)."""
+        return affine_pair(preds, gamma, base="guide0")
+
+    def params(self) -> dict[str, Any]:
         first = self.guides[0]
         return {
-            "name": self.name,
             "guide_model": first.model,
             "guide_cond": first.cond,
             "extra_guides": [g.config() for g in self.guides[1:]] or None,
-            "schedule": first.schedule.spec(),
         }
