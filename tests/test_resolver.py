@@ -148,6 +148,17 @@ def test_the_stored_row_carries_the_resolved_guider_once_with_its_effective_scal
     tv = sorted((r for r in rows if r["label"] == "tv"), key=lambda r: r["gamma"])
     assert [r["gamma"] for r in tv] == pytest.approx([2.0, 4.0])  # γ̄, named
     assert [r["guider_config"]["schedule"]["scale"] for r in tv] == [2.0, 4.0]
+    # the demo's summary table reads the named column
+    from rich.console import Console
+
+    from guidelab.demo import _print_best
+
+    console = Console(record=True, width=140)
+    _print_best(console, tmp_path / "out")
+    text = console.export_text()
+    best_tv = min(tv, key=lambda r: r["metrics"]["energy_distance"])
+    line = next(li for li in text.splitlines() if li.startswith("│ tv "))
+    assert f"{best_tv['gamma']:.4g}" in line and "│     - │" not in line
 
 
 def test_a_store_of_the_earlier_layout_is_migrated_without_loss(tmp_path):

@@ -41,7 +41,8 @@ def run_demo(out: Path, *, workers: int | None = None, progress: bool = True) ->
 
 
 def _print_best(console: object, out: Path) -> None:
-    """Per target: each method's scale with the smallest energy distance to the true conditional."""
+    """Per target: each method's effective scale γ (the ``gamma`` column) with the smallest energy distance to the
+    true conditional."""
     from rich.table import Table
 
     from guidelab.experiments.store import ResultStore
@@ -54,12 +55,12 @@ def _print_best(console: object, out: Path) -> None:
         table = Table(
             title=f"{target}: best scale per method (energy distance to the true conditional, lower is better)"
         )
-        for col in ("method", "scale", "energy distance", "class fidelity", "within-mode var. ratio", "nfe"):
+        for col in ("method", "γ", "energy distance", "class fidelity", "within-mode var. ratio", "nfe"):
             table.add_column(col, justify="left" if col == "method" else "right")
         best = rows.loc[rows.groupby("label")["metric.energy_distance"].idxmin()]
         for _, row in best.sort_values("metric.energy_distance").iterrows():
             keys = (
-                "param.scale",
+                "gamma",
                 "metric.energy_distance",
                 "metric.class_fidelity",
                 "metric.within_mode_variance_ratio",

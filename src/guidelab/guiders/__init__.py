@@ -8,7 +8,7 @@ from guidelab.guiders import learned  # noqa: F401 - registers the learned guide
 from guidelab.guiders.adamag import AdaMaG
 from guidelab.guiders.adg import ADG
 from guidelab.guiders.apg import APG
-from guidelab.guiders.base import COND, UNCOND, GuidedStep, Guider, Pass, Predictions, StepContext
+from guidelab.guiders.base import COND, UNCOND, GuidedStep, Guider, Pass, Predictions, ScheduledGuider, StepContext
 from guidelab.guiders.beta_cfg import BetaCFG
 from guidelab.guiders.cfg import CFG
 from guidelab.guiders.cfg_pp import CFGPlusPlus
@@ -60,6 +60,7 @@ __all__ = [
     "Pass",
     "Predictions",
     "Schedule",
+    "ScheduledGuider",
     "StepContext",
     "StepDownSchedule",
     "StepUpSchedule",
