@@ -352,8 +352,26 @@ def tv_cfg_weights(
     return torch.where(neutral, torch.ones_like(gamma), gamma)
 
 
+class _GridSchedule(Schedule):
+    """A schedule whose scales depend on the whole grid (normalised over it): :meth:`weights` gives all N of them
+    at once, computed once per grid and read per step."""
+
+    def __init__(self) -> None:
+        self._weights = _PerGrid(self.weights)
+
+    @abstractmethod
+    def weights(self, grid: Tensor, path: NoisePath) -> Tensor:
+        """The per-step scales on ``grid`` (times of ``path``): (N,) or (N, batch)."""
+
+    def __call__(self, ctx: StepContext) -> Scale:
+        if len(ctx.grid) - 1 != ctx.steps:
+            raise ValueError(f"grid: has {len(ctx.grid) - 1} steps but the context says {ctx.steps}")
+        gamma = self._weights(ctx)[ctx.index]
+        return gamma if gamma.ndim > 0 else float(gamma)
+
+
 @register_schedule
-class TVCFGSchedule(Schedule):
+class TVCFGSchedule(_GridSchedule):
     """TV-CFG, the stage-wise time-varying scale (Jin, Shi, Gu 2025, arXiv 2509.22007; official code
     sqt24/tvcfg, ``guidance_schedulers.py``, ``symmetric``).
 
@@ -385,17 +403,11 @@ class TVCFGSchedule(Schedule):
         self.normalize = check_flag("normalize", normalize)
         if self.high is None:
             _check_scale("scale", self.scale, lo=0.5)
-        self._weights = _PerGrid(self.weights)
+        super().__init__()
 
     def weights(self, grid: Tensor, path: NoisePath) -> Tensor:
         """The per-step scales on ``grid`` (times of ``path``): (N,) or (N, batch)."""
         return tv_cfg_weights(rf_grid(grid, path), self.scale, self.low, self.high, self.normalize)
-
-    def __call__(self, ctx: StepContext) -> Scale:
-        if len(ctx.grid) - 1 != ctx.steps:
-            raise ValueError(f"grid: has {len(ctx.grid) - 1} steps but the context says {ctx.steps}")
-        gamma = self._weights(ctx)[ctx.index]
-        return gamma if gamma.ndim > 0 else float(gamma)
 
     def config(self) -> dict[str, Any]:
         return {"scale": scale_to_config(self.scale), "low": self.low, "high": self.high, "normalize": self.normalize}
@@ -431,7 +443,7 @@ def tv_interval_weights(
 
 
 @register_schedule
-class TVIntervalSchedule(Schedule):
+class TVIntervalSchedule(_GridSchedule):
     """The interval baseline of the TV-CFG code (arXiv 2509.22007; sqt24/tvcfg, ``guidance_schedulers.py``,
     ``interval``): guidance only where the step's normalized rectified-flow time lies in (s_lo, s_hi), with its
     value chosen so that the Δs-weighted mean scale over the whole grid is γ̄ (``normalize``, as the official
@@ -458,17 +470,11 @@ class TVIntervalSchedule(Schedule):
         self.s_lo = check_number("s_lo", s_lo, lo=0.0, hi=1.0, hi_open=True)
         self.s_hi = check_number("s_hi", s_hi, lo=self.s_lo, hi=1.0, lo_open=True)
         self.normalize = check_flag("normalize", normalize)
-        self._weights = _PerGrid(self.weights)
+        super().__init__()
 
     def weights(self, grid: Tensor, path: NoisePath) -> Tensor:
         """The per-step scales on ``grid`` (times of ``path``): (N,) or (N, batch)."""
         return tv_interval_weights(rf_grid(grid, path), self.scale, self.s_lo, self.s_hi, self.normalize)
-
-    def __call__(self, ctx: StepContext) -> Scale:
-        if len(ctx.grid) - 1 != ctx.steps:
-            raise ValueError(f"grid: has {len(ctx.grid) - 1} steps but the context says {ctx.steps}")
-        gamma = self._weights(ctx)[ctx.index]
-        return gamma if gamma.ndim > 0 else float(gamma)
 
     def config(self) -> dict[str, Any]:
         return {
