@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,33 +28,73 @@ def _cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from guidelab.recipe import config_error_message
-
         try:
             return fn(*args, **kwargs)
         except ValidationError as err:
-            for line in config_error_message(err).splitlines():
+            from guidelab.validation import error_lines  # imported only to report: start-up stays light
+
+            for line in error_lines(err):
                 typer.echo(f"error: {line}", err=True)
         except (ValueError, FileNotFoundError) as err:
             for line in str(err).splitlines():
                 typer.echo(f"error: {line}", err=True)
+        except OSError as err:  # a path that cannot be read or written: name it, no traceback
+            where = err.filename if err.filename is not None else "file"
+            typer.echo(f"error: {where}: {err.strerror or err}", err=True)
+        except MemoryError:
+            typer.echo("error: out of memory; use a smaller --n or fewer steps recorded", err=True)
         raise typer.Exit(2)
 
     return wrapper
 
 
 def parse_params(items: list[str] | None, option: str = "--param") -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; values are read as YAML scalars or lists (``3``, ``0.5``, ``true``, ``[1, 2]``)."""
+    """``KEY=VALUE`` pairs; values are read as YAML scalars or lists (``3``, ``0.5``, ``true``, ``[1, 2]``). A key
+    given twice is an error (the last would silently win)."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"{option}: expected KEY=VALUE, got {item!r}")
+        if key.strip() in out:
+            raise ValueError(f"{option} {key.strip()}: given twice; give each parameter once")
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
             raise ValueError(f"{option} {key}: cannot read value {value!r}") from None
     return out
+
+
+def writable_file(path: Path, field: str) -> Path:
+    """``path`` if a file can be written there (its folder is created); else a ValueError naming ``field``."""
+    if path.is_dir():
+        raise ValueError(f"{field}: {str(path)!r} is a folder; give a file name")
+    writable_folder(path.parent, field)
+    return path
+
+
+def writable_folder(path: Path, field: str) -> Path:
+    """``path`` as a folder that exists (created if needed) and can be written in; else a ValueError naming
+    ``field`` and the reason (a file in the way, no permission)."""
+    for parent in (path, *path.parents):
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{field}: {str(parent)!r} is a file, so {str(path)!r} cannot be a folder")
+        if parent.exists():
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"{field}: cannot create {str(path)!r} ({err.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{field}: cannot write in {str(path)!r} (permission denied)")
+    return path
+
+
+def positive(value: int, field: str) -> int:
+    """``value`` if ≥ 1, else a ValueError naming the option."""
+    if value < 1:
+        raise ValueError(f"{field}: must be ≥ 1, got {value}")
+    return value
 
 
 Param = Annotated[list[str] | None, typer.Option("--param", "-p", help="guider/schedule parameter KEY=VALUE")]
@@ -90,6 +131,7 @@ def sample(
 
     if out.suffix != ".npy":
         raise ValueError(f"out: must end in .npy, got {str(out)!r}")
+    writable_file(out, "out")
     config = SampleConfig(
         target=target,
         cond=cond,
@@ -208,7 +250,8 @@ def run(
     from guidelab.experiments.config import load_sweep
     from guidelab.experiments.runner import run_sweep
 
-    sweep = load_sweep(config)
+    sweep = load_sweep(config)  # a bad sweep file leaves no output folder behind
+    writable_folder(out, "out")
     summary = run_sweep(sweep, out, workers=workers, executor=executor, address=address, threads=threads, progress=True)
     typer.echo(
         f"{summary.total} runs: {summary.skipped} already done, {summary.ran} ran, {summary.failed} failed; "
@@ -227,6 +270,8 @@ def report(
 
     if not folder.is_dir():
         raise ValueError(f"folder: no such directory {str(folder)!r}")
+    if out is not None:
+        writable_file(out, "out")
     typer.echo(f"report written to {write_report(folder, out)}")
 
 
@@ -238,22 +283,33 @@ def reproduce(
     size: Annotated[str, typer.Option(help="ci (seconds) or paper (minutes)")] = "ci",
 ) -> None:
     """Run a named reproduction of a seed paper's claim (or `list` them) and write its report."""
-    from guidelab.experiments.reproductions import REPRODUCTIONS
+    from guidelab.experiments.reproductions import CLAIMS, REPRODUCTIONS
     from guidelab.report import write_report
 
     if name == "list":
+        width = max(map(len, REPRODUCTIONS))
         for key in REPRODUCTIONS:
-            typer.echo(key)
+            claim, source = CLAIMS[key]
+            typer.echo(f"{key:<{width}}  {claim} ({source})")
         return
     if name not in REPRODUCTIONS:
         raise ValueError(f"name: unknown reproduction {name!r}; accepted: {', '.join(REPRODUCTIONS)}")
     if size not in ("ci", "paper"):
         raise ValueError(f"size: must be ci or paper, got {size!r}")
+    writable_folder(out, "out")
     result = REPRODUCTIONS[name](size, out)
     claims = result.get("claims", {})
     for claim, ok in claims.items():
         typer.echo(f"{'PASS' if ok else 'FAIL'}  {claim}")
     typer.echo(f"numbers and figures in {out}; report written to {write_report(out)}")
+
+
+_LEARN_FIELDS = (  # LearnConfig's fields, listed here so that --help needs no torch import (a test keeps it true)
+    "target, target_params, denoiser, model, score_error, score_error_seed, path, path_params, dtype, conditional, "
+    "hidden, depth, frequencies, class_dim, output, init_omega, beta, repulsion, particles, eta, delta, zeta, "
+    "s_min, reward, reward_weight, reward_t, steps, batch_size, lr, grad_clip, seed, eval_every, holdout, "
+    "patience, min_delta, out_dir, checkpoint_every, resume, threads"
+)
 
 
 @app.command()
@@ -269,15 +325,26 @@ def learn(
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     resume: Annotated[bool, typer.Option(help="resume from OUT/checkpoint.pt when present")] = True,
     config: Annotated[Path | None, typer.Option(help="YAML file of any LearnConfig fields")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="any LearnConfig field KEY=VALUE")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help=f"LearnConfig field KEY=VALUE; fields: {_LEARN_FIELDS}")
+    ] = None,
 ) -> None:
     """Learn guidance weights ω(c, s, t) by self-consistency (arXiv 2510.00815); resumable, early stopping."""
     from guidelab.learn import LearnConfig
     from guidelab.learn import learn as run_learn
 
-    fields: dict[str, Any] = yaml.safe_load(config.read_text()) if config is not None else {}
+    fields: dict[str, Any] = {}
+    if config is not None:
+        if not config.is_file():
+            raise ValueError(f"config: no such file {str(config)!r}")
+        try:
+            fields = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"config: {config} is not valid YAML ({first})") from None
     if not isinstance(fields, dict):
         raise ValueError(f"config: {config} must hold a mapping of LearnConfig fields")
+    writable_folder(out, "out")
     fields.update(
         target=target if target is not None else fields.get("target"),
         denoiser=denoiser,
@@ -318,6 +385,16 @@ def train(
     from guidelab.targets import get_target
     from guidelab.train import train_denoiser
 
+    positive(steps, "steps")
+    positive(batch_size, "batch_size")
+    positive(hidden, "hidden")
+    positive(depth, "depth")
+    positive(threads, "threads")
+    if not lr > 0:
+        raise ValueError(f"lr: must be > 0, got {lr}")
+    if not 0 <= p_uncond < 1:
+        raise ValueError(f"p_uncond: must lie in [0, 1), got {p_uncond}")
+    writable_file(out, "out")
     result = train_denoiser(
         get_target(target),
         get_path(path),
@@ -345,13 +422,32 @@ def demo(
     """Run every guider over a range of scales on two exact targets and write the HTML report."""
     from guidelab.demo import run_demo
 
+    if workers is not None:
+        positive(workers, "workers")
+    writable_folder(out, "out")
     _, report_path = run_demo(out, workers=workers, progress=True)
     typer.echo(f"report written to {report_path}")
 
 
-def main() -> None:
-    """Entry point of the ``guidelab`` script."""
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``guidelab`` script. A usage mistake (an unknown option, a value of the wrong type, a
+    missing required option) is one ``error: option: message`` line and exit 2, like every other bad input."""
+    usage_error = typer.BadParameter.__bases__[0]  # the UsageError of the click that typer ships
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="guidelab", standalone_mode=False)
+    except usage_error as err:
+        where = err.ctx.command_path if err.ctx is not None else "guidelab"
+        message = " ".join(err.format_message().split())
+        typer.echo(f"error: {message} (see `{where} --help`)", err=True)
+        sys.exit(2)
+    except typer.Exit as err:
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        sys.exit(1)
+    if isinstance(code, int) and code:
+        sys.exit(code)  # a command's typer.Exit(code) comes back as the return value here
 
 
 if __name__ == "__main__":

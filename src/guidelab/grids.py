@@ -25,9 +25,31 @@ from torch import Tensor
 
 from guidelab.paths import NoisePath
 
-__all__ = ["GRIDS", "make_grid"]
+__all__ = ["GRIDS", "GRID_PARAMS", "check_grid_params", "make_grid"]
 
 GRIDS: tuple[str, ...] = ("uniform", "shifted", "geometric", "edm")
+GRID_PARAMS: dict[str, tuple[str, ...]] = {  # the parameters each kind of grid reads
+    "uniform": (),
+    "shifted": ("shift",),
+    "geometric": ("lam_cap",),
+    "edm": ("rho", "lam_cap"),
+}
+
+
+def check_grid_params(kind: str, params: dict[str, object]) -> None:
+    """A ValueError naming the parameter when ``params`` holds one that a ``kind`` grid does not read (it would be
+    ignored silently)."""
+    used = GRID_PARAMS.get(kind)
+    if used is None:
+        return  # an unknown kind is reported by make_grid
+    for key in params:
+        if key not in used:
+            users = [k for k, names in GRID_PARAMS.items() if key in names]
+            hint = f" (it applies to {', '.join(users)})" if users else ""
+            accepted = ", ".join(used) or "none"
+            raise ValueError(f"grid_params: the {kind} grid does not use {key!r}{hint}; accepted: {accepted}")
+
+
 _DEFAULT_LAM_MIN = 0.002  # EDM's σ_min
 _DEFAULT_LAM_CAP = 80.0  # EDM's σ_max
 
@@ -69,6 +91,8 @@ def make_grid(
         f"must be an integer ≥ 1, got {steps!r}",
     )
     _check("t_max", 0 < t_max <= 1, f"must lie in (0, 1], got {t_max}")
+    _check("rho", rho > 0, f"must be > 0, got {rho}")
+    _check("shift", shift > 0, f"must be > 0, got {shift}")
     if t_min is None:
         if kind == "uniform":
             t_min = t_max / steps
@@ -79,8 +103,6 @@ def make_grid(
             t_min = float(path.t_of_lam(torch.tensor(_DEFAULT_LAM_MIN, dtype=torch.float64)))
     _check("t_min", 0 < t_min <= t_max, f"must lie in (0, t_max={t_max}], got {t_min}")
     _check("t_min", steps == 1 or t_min < t_max, f"must be < t_max={t_max} for {steps} steps, got {t_min}")
-    _check("rho", rho > 0, f"must be > 0, got {rho}")
-    _check("shift", shift > 0, f"must be > 0, got {shift}")
     if lam_cap is None:
         lam_top = float(path.lam(torch.tensor(t_max, dtype=torch.float64)))
         lam_cap = lam_top if kind == "geometric" and math.isfinite(lam_top) else _DEFAULT_LAM_CAP

@@ -50,7 +50,8 @@ def torch_load_checked(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file
-        raise ValueError(f"checkpoint: cannot read {str(path)!r}: {err}") from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"checkpoint: cannot read {str(path)!r} ({first[:160]})") from None
 
 
 def save_figure_atomic(fig: Any, path: str | Path, **savefig_kwargs: Any) -> None:

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from guidelab import __version__
 from guidelab.denoiser import NULL_COND, Denoiser
-from guidelab.grids import GRIDS, make_grid
+from guidelab.grids import GRIDS, check_grid_params, make_grid
 from guidelab.guiders import Guider, build_guider
 from guidelab.guiders.registry import guider_accepts
 from guidelab.paths import PATHS, NoisePath, get_path
@@ -28,6 +28,7 @@ __all__ = [
     "SampleConfig",
     "SampleOutcome",
     "build_run_guider",
+    "check_memory",
     "config_error_message",
     "effective_scale",
     "resolve",
@@ -93,14 +94,10 @@ class SampleConfig(BaseModel):
             raise ValueError(f"unknown {info.field_name} {v!r}; accepted: {', '.join(accepted)}")
         return v
 
-    @field_validator("grid_params")
-    @classmethod
-    def _grid_params(cls, v: dict[str, float]) -> dict[str, float]:
-        allowed = {"rho", "shift", "lam_cap"}
-        for key in v:
-            if key not in allowed:
-                raise ValueError(f"unknown grid parameter {key!r}; accepted: {', '.join(sorted(allowed))}")
-        return v
+    @model_validator(mode="after")
+    def _grid_params(self) -> SampleConfig:
+        check_grid_params(self.grid, self.grid_params)
+        return self
 
 
 def config_error_message(err: ValidationError) -> str:
@@ -151,9 +148,41 @@ def resolve(config: SampleConfig) -> tuple[Target, int, NoisePath, torch.Tensor,
     return target, cond, path, grid, guider, config.model.build(target, path)
 
 
+WORKING_COPIES = 16  # tensors of the batch's size alive at once in a guided step (state, noise, passes, pair)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(n: int, dim: int, dtype: torch.dtype, *, recorded: bool = False) -> None:
+    """A ValueError naming ``n`` when a run of n samples of dimension ``dim`` would need more memory than is
+    available (about :data:`WORKING_COPIES` copies of the batch, and the trajectory when recorded), saying how
+    much it would need."""
+    available = available_memory()
+    if available is None:
+        return
+    need = n * dim * torch.finfo(dtype).bits // 8 * WORKING_COPIES
+    if need > available:
+        more = " (plus the recorded trajectory)" if recorded else ""
+        raise ValueError(
+            f"n: {n} samples of dimension {dim} need about {need / 2**30:.1f} GiB{more}; about "
+            f"{available / 2**30:.1f} GiB is available"
+        )
+
+
 def run_sample(config: SampleConfig, *, progress: bool = False) -> SampleOutcome:
     """Sample the target's exact denoiser under the configured guider."""
     target, cond, path, grid, guider, denoiser = resolve(config)
+    check_memory(config.n, target.dim, DTYPES[config.dtype], recorded=config.record_every is not None)
     result = sample(
         denoiser,
         guider,

@@ -23,7 +23,6 @@ lists are axes too; the flat form (``schedule: tv-cfg`` beside ``scale``) is the
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
@@ -32,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from guidelab.grids import check_grid_params
 from guidelab.recipe import ModelSpec, SampleConfig
 from guidelab.validation import error_lines
 
@@ -60,6 +60,11 @@ class GridSpec(BaseModel):
     t_min: float | None = Field(None, gt=0, le=1)
     t_max: float = Field(1.0, gt=0, le=1)
     params: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _params_used(self) -> GridSpec:
+        check_grid_params(self.kind, self.params)
+        return self
 
 
 class GuiderSweep(BaseModel):
@@ -193,10 +198,14 @@ def load_sweep(path: str | Path) -> SweepConfig:
     path = Path(path)
     if not path.exists():
         raise ValueError(f"config: no such file {str(path)!r}")
+    if path.is_dir():
+        raise ValueError(f"config: {str(path)!r} is a folder; give the sweep file (YAML)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ValueError(f"config: {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"config: {path} is not a text file (not UTF-8); a sweep file is YAML") from None
     if not isinstance(data, dict):
         raise ValueError(f"config: {path} must hold a mapping at the top level")
     errors: list[str] = []
@@ -216,6 +225,7 @@ def _check_buildable(data: dict[str, Any]) -> list[str]:
     """Build every target, condition, grid, solver and guider the raw config names; one line per mistake."""
     from guidelab.grids import make_grid
     from guidelab.guiders import build_guider
+    from guidelab.guiders.registry import guider_accepts
     from guidelab.paths import get_path
     from guidelab.recipe import build_run_guider
     from guidelab.sampling import SOLVERS
@@ -263,14 +273,19 @@ def _check_buildable(data: dict[str, Any]) -> list[str]:
         if solver not in SOLVERS:
             errors.append(f"solvers[{i}]: unknown solver {solver!r}; accepted: {', '.join(SOLVERS)}")
     specs: dict[str, ModelSpec] = {}
-    if isinstance(data.get("models"), dict):
-        with contextlib.suppress(ValidationError):  # reported by the schema
-            specs = {k: ModelSpec.model_validate(v) for k, v in data["models"].items()}
+    models_ok = True
+    if "models" in data:
+        try:
+            specs = {k: ModelSpec.model_validate(v) for k, v in dict(data["models"]).items()}
+        except (ValidationError, TypeError, ValueError):
+            models_ok = False  # reported by the schema; guiders that name models are not checked against it
     for i, guider in items("guiders"):
         try:
             sweep = GuiderSweep.model_validate(guider)
         except ValidationError:
             continue  # reported by the schema
+        if not models_ok and guider_accepts(sweep.name, "models"):
+            continue
         message = None
         for params, path in itertools.product(sweep.expand(), paths or [None]):
             try:

@@ -8,6 +8,7 @@ run of a sweep is compared with the same reference.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -88,8 +89,8 @@ def _nll(inp: MeasureInput) -> dict[str, float]:
 
 
 def _support(inp: MeasureInput) -> dict[str, float]:
-    if not hasattr(inp.target, "support_contains"):
-        return {}
+    if not hasattr(inp.target, "support_contains"):  # no compact support: not applicable, said as NaN
+        return {"in_support": math.nan, "support_distance_mean": math.nan}
     rec = m.distance_to_support(inp.x, inp.target, inp.cond)
     return {"in_support": float(rec.in_support_fraction), "support_distance_mean": float(rec.mean)}
 

@@ -72,6 +72,7 @@ def execute_run(spec: RunSpec, out: str, threads: int | None = None) -> dict[str
         outcome = run_sample(cfg)
         result = outcome.result
         row.update(
+            target=outcome.target.name,  # the target's own name, also for a target file given by its path
             guider_config=outcome.resolved["guider_config"],
             gamma=outcome.resolved["gamma"],
             schedule=schedule_table(outcome.guider, outcome.path, outcome.grid),

@@ -100,11 +100,14 @@ class ResultStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-        with self._connect() as db:
-            _migrate(db)
-            db.execute(_SCHEMA)
+        try:
+            with self._connect() as db:
+                db.execute("PRAGMA journal_mode=WAL")
+            with self._connect() as db:
+                _migrate(db)
+                db.execute(_SCHEMA)
+        except sqlite3.DatabaseError as err:
+            raise ValueError(f"store: {str(self.path)!r} is not a guidelab results store ({err})") from None
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

@@ -92,10 +92,15 @@ def is_neutral(scale: Scale, neutral: float = 1.0) -> bool:
 
 def as_batch(scale: Scale, like: Tensor) -> Tensor | float:
     """A scale ready for per-sample float64 arithmetic: a float stays a float, a tensor becomes (batch,) float64
-    on ``like``'s device."""
+    on ``like``'s device. A per-sample scale of another length than the batch is a ValueError naming ``scale``."""
     if isinstance(scale, Tensor):
         if scale.ndim == 0:
             return float(scale)
+        if scale.numel() != like.shape[0]:
+            raise ValueError(
+                f"scale: {scale.numel()} per-sample values for a batch of {like.shape[0]} samples; give one number "
+                "or one value per sample"
+            )
         return scale.to(device=like.device, dtype=torch.float64).reshape(-1)
     return float(scale)
 

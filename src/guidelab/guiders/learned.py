@@ -11,6 +11,7 @@ intermediate stage (Heun's corrector) uses the ω of its step.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,28 @@ class LearnedGuider(ScheduledGuider):
     def class_names(self) -> list[str]:
         """Class names stored with the weights."""
         return list(self.meta.get("class_names") or [str(c) for c in range(self.weights.num_classes)])
+
+    def prepare(self, grid: Tensor, path: NoisePath, denoiser: Any = None) -> None:
+        """Check the weights against the sampled target: learned on another number of classes is an error naming
+        ``checkpoint``; on classes of other names (another target) a warning."""
+        target = getattr(denoiser, "target", None)
+        names = list(getattr(target, "class_names", None) or [])
+        if not self.weights.conditional or not names:
+            return
+        learned = self.class_names
+        source = (self.meta.get("learn") or {}).get("target") or "its target"
+        if len(learned) != len(names):
+            raise ValueError(
+                f"checkpoint: learned on {len(learned)} classes of {source} ({', '.join(learned)}), but the "
+                f"denoiser's target has {len(names)} ({', '.join(names)})"
+            )
+        if learned != names:
+            warnings.warn(
+                f"checkpoint: learned on the classes {learned} of {source}; the denoiser's target has {names}: the "
+                "weights are applied by class index",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def reset(self, batch: int) -> None:
         self._cache.clear()

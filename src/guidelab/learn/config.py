@@ -76,7 +76,7 @@ class LearnConfig(BaseModel):
     reward_weight: float = Field(0.0, ge=0, description="γ_R")
     reward_t: float = Field(0.0, ge=0, lt=1, description="time at which log p_t(c | x0̂) is evaluated")
     # optimisation
-    steps: int = Field(1000, ge=0)
+    steps: int = Field(1000, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(3e-3, gt=0)
     grad_clip: float | None = Field(1.0, gt=0)

@@ -67,19 +67,50 @@ class Target(ABC):
         return float(low), max(float(high), float(low) + 1e-12)
 
     def class_index(self, name: str | int) -> int:
-        """The index of a class given by name or index (``"null"``/``"none"``/−1 give ``NULL_COND``)."""
-        if isinstance(name, int) or (isinstance(name, str) and name.lstrip("-").isdigit()):
-            idx = int(name)
-            if idx == NULL_COND:
-                return NULL_COND
-            if not 0 <= idx < self.num_classes:
-                raise ValueError(f"cond: class index {idx} out of range [0, {self.num_classes - 1}]")
-            return idx
-        if name.lower() in ("null", "none", "uncond"):
+        """The index of a class given by name or index: an int is an index; a string is a class name if a class
+        has that name, else an index if it is an integer, else ``null``/``none``/``uncond`` for ``NULL_COND``.
+        ``name:X`` and ``index:N`` say which is meant. A digit string that is one class's name and another
+        class's index is ambiguous: a ValueError naming ``cond`` asks for the prefix."""
+        if isinstance(name, bool):
+            raise ValueError(f"cond: expected a class name or index, got {name!r}")
+        if isinstance(name, int):
+            return self._index(name)
+        text = str(name)
+        if text.startswith("name:"):
+            return self._named(text[5:])
+        if text.startswith("index:"):
+            digits = text[6:]
+            if not digits.lstrip("-").isdigit():
+                raise ValueError(f"cond: index:{digits} is not an integer")
+            return self._index(int(digits))
+        is_number = text.lstrip("-").isdigit()
+        if text in self.class_names:
+            named = self.class_names.index(text)
+            if is_number and int(text) != named and 0 <= int(text) < self.num_classes:
+                raise ValueError(
+                    f"cond: {text!r} is the name of class {named} and the index of class "
+                    f"{self.class_names[int(text)]!r}; write name:{text} or index:{text}"
+                )
+            return named
+        if is_number:
+            return self._index(int(text))
+        if text.lower() in ("null", "none", "uncond"):
             return NULL_COND
-        if name not in self.class_names:
-            raise ValueError(f"cond: unknown class {name!r}; accepted: {', '.join(self.class_names)} or null")
-        return self.class_names.index(name)
+        return self._named(text)
+
+    def _index(self, idx: int) -> int:
+        if idx == NULL_COND:
+            return NULL_COND
+        if not 0 <= idx < self.num_classes:
+            raise ValueError(f"cond: class index {idx} out of range [0, {self.num_classes - 1}]")
+        return idx
+
+    def _named(self, text: str) -> int:
+        if text in self.class_names:
+            return self.class_names.index(text)
+        if text.lower() in ("null", "none", "uncond"):
+            return NULL_COND
+        raise ValueError(f"cond: unknown class {text!r}; accepted: {', '.join(self.class_names)} or null")
 
     def cond_rows(self, cond: Tensor | int | None, batch: int, device: torch.device | str | None = None) -> Tensor:
         """Each sample's condition as a row of :meth:`log_weight_table`: the class index, or C for null."""

@@ -223,10 +223,14 @@ def load_target_file(path: str | Path) -> Target:
     """Build a target from a YAML (``.yaml``/``.yml``) or JSON file holding one :class:`TargetSpec`."""
     path = Path(path)
     source = f"target file {path}"
+    if path.is_dir():
+        raise ValueError(f"{source}: is a folder, not a target file (YAML or JSON)")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ValueError(f"{source}: cannot read ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{source}: not a text file (not UTF-8); a target file is YAML or JSON") from None
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
@@ -356,4 +360,6 @@ def get_target(name_or_path: str | Path | dict | Target, **params: Any) -> Targe
         if params:
             raise ValueError(f"target file {path}: takes no parameters, got {sorted(params)}")
         return load_target_file(path)
+    if path.is_dir():
+        raise ValueError(f"target: {name!r} is a folder; give a target file (YAML or JSON) or a built-in name")
     raise ValueError(f"target: no built-in target or file named {name!r}; built-ins: {', '.join(BUILTIN_TARGETS)}")

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REPRODUCTIONS", "SIZES", "Reproduction", "run_reproduction"]
+__all__ = ["CLAIMS", "REPRODUCTIONS", "SIZES", "Reproduction", "run_reproduction"]
 
 Reproduction = Callable[[str, Path], dict[str, Any]]
 SIZES: tuple[str, ...] = ("ci", "paper")
@@ -56,6 +56,19 @@ def _lazy(name: str, module: str, function: str) -> Reproduction:
 
 
 REPRODUCTIONS: dict[str, Reproduction] = {name: _lazy(name, *where) for name, where in _TABLE.items()}
+
+CLAIMS: dict[str, tuple[str, str]] = {  # name -> (the claim reproduced, its source), as in the table above
+    "chidambaram-edge": (
+        "samples pile up at the far edge as γ grows; the grid decides how many stay",
+        "arXiv 2409.13074",
+    ),
+    "chidambaram-score-error": ("a score error plus large γ puts samples off the support", "arXiv 2409.13074"),
+    "stagewise": ("early strong guidance kills weak modes, late kills within-mode variance", "arXiv 2509.22007"),
+    "variance-shrinkage": ("γ ≥ 1 shrinks within-class variance; a negative window restores it", "arXiv 2602.00716"),
+    "conservation": ("the guidance field's divergence grows as t → 0; AdaMaG vs CFG", "arXiv 2605.20079"),
+    "adg-norm": ("‖x0̂‖ grows with γ under CFG, stays bounded under ADG", "arXiv 2506.11039"),
+    "learned-guidance": ("learned guidance weights vs constant and interval guidance", "arXiv 2510.00815"),
+}
 
 
 def run_reproduction(name: str, size: str = "ci", out_dir: str | Path | None = None) -> dict[str, Any]:
