@@ -20,6 +20,7 @@ import numpy as np
 from guidelab.io import write_text_atomic
 from guidelab.report import figures
 from guidelab.report.data import (
+    FLOORED,
     Catalog,
     Point,
     Reproduction,
@@ -34,7 +35,16 @@ from guidelab.report.data import (
     params_text,
 )
 from guidelab.report.html import PNG_SIGNATURE, Section, figure, note, page
-from guidelab.report.tables import best_table, claim_items, claims_table, fmt, runs_table
+from guidelab.report.tables import (
+    best_table,
+    claim_items,
+    claims_table,
+    diverged_table,
+    fmt,
+    metric_text,
+    n_diverged,
+    runs_table,
+)
 
 __all__ = ["build_report", "write_report"]
 
@@ -53,7 +63,8 @@ usually buys fidelity with distance as γ grows.</dd>
 <dt>Diversity vs fidelity</dt><dd>Vendi score and within-mode variance ratio (or what was measured); the dashed line
 is the value of exact samples, and guidance that shrinks variance or drops modes falls below it.</dd>
 <dt>Samples</dt><dd>A few runs per method (lowest γ, best distance, highest γ) in colour over exact samples in
-grey.</dd>
+grey, each panel on the target's range with a count of the samples beyond it. Runs with diverged samples are listed
+above the plots; a distance at or below 0 is at the estimate's noise floor ("≤ floor").</dd>
 <dt>Cost · Schedules</dt><dd>Network evaluations per sample; the γ each configuration applies per step, noise to data
 (hollow markers: one pass only).</dd>
 <dt>All runs · Reproductions</dt><dd>Every run, failures with their error, sortable by clicking a header (↓/↑: which
@@ -145,6 +156,17 @@ def _overview(rows: Sequence[dict[str, Any]], catalog: Catalog) -> Section:
         kinds = list(dict.fromkeys(str(r.get("error") or "unknown error") for r in errors))
         shown = "; ".join(kinds[:3]) + (f"; and {len(kinds) - 3} other messages" if len(kinds) > 3 else "")
         body.append(note(f"{len(errors)} of {len(rows)} runs failed (see the run table): {shown}", bad=True))
+    diverged = [r for r in rows if r["status"] == "ok" and n_diverged(r)]
+    if diverged:
+        every = sum(n_diverged(r) >= int(r.get("n") or 0) > 0 for r in diverged)
+        body.append(
+            note(
+                f"{len(diverged)} of {len(rows)} runs have diverged samples, left out of their metrics"
+                + (f"; in {every} every sample diverged (no metrics, no point in the plots)" if every else "")
+                + ". Each target's section lists them.",
+                bad=bool(every),
+            )
+        )
     if catalog.varying:
         body.append(note(f"Run settings that vary across the sweep and name the lines: {', '.join(catalog.varying)}."))
     return Section("overview", "Overview", "".join(body))
@@ -173,6 +195,7 @@ def _group_section(i: int, target: str, cond: str, group: list[dict[str, Any]], 
     points = aggregate(ok, catalog)
     x_metric = _first_metric(points, _DISTANCES)
     y_metric = _first_metric(points, _FIDELITIES)
+    parts.append(diverged_table(ok, catalog))
     parts.append(f"<h3>Fidelity vs distance to the truth{'' if x_metric and y_metric else ' (not drawn)'}</h3>")
     if x_metric and y_metric:
         png = figures.pareto_figure(points, f"{title}: {y_metric} vs {x_metric}", x_metric, y_metric)
@@ -180,11 +203,20 @@ def _group_section(i: int, target: str, cond: str, group: list[dict[str, Any]], 
             figure(
                 png,
                 f"{y_metric} against {x_metric} per method and guidance scale, {title}",
-                "Up-left is better. Labels give γ; ringed points joined by the grey line are the Pareto front.",
+                "Up-left is better. Labels give γ; ringed points joined by the grey line are the Pareto front."
+                + (
+                    " Distances at or below 0 (the unbiased estimate's noise floor) sit on the dotted floor line."
+                    if x_metric in FLOORED and any(p.mean(x_metric) <= 0 for p in points)
+                    else ""
+                ),
                 "pareto",
                 key,
             )
         )
+        absent = [p for p in points if not (math.isfinite(p.mean(x_metric)) and math.isfinite(p.mean(y_metric)))]
+        if absent:
+            names = ", ".join(_point_name(p) for p in absent)
+            parts.append(note(f"Not in the plot (no {x_metric} or {y_metric}, e.g. every sample diverged): {names}."))
     else:
         missing = [name for name, m in (("a distance", x_metric), ("a fidelity", y_metric)) if m is None]
         parts.append(
@@ -221,6 +253,10 @@ def _group_section(i: int, target: str, cond: str, group: list[dict[str, Any]], 
     return Section(_anchor(i), title, "".join(parts))
 
 
+def _point_name(p: Point) -> str:
+    return p.line.name + (f" γ={gamma_text(p.gamma)}" if gamma_text(p.gamma) else "")
+
+
 def _selected(points: Sequence[Point]) -> list[Point]:
     """Per line: the lowest γ, the best energy distance and the highest γ (at most three, in γ order)."""
     lines: dict[str, list[Point]] = {}
@@ -245,6 +281,7 @@ def _nan_last(value: float) -> float:
 
 def _samples(target_name: str, cond: str, title: str, key: str, points: Sequence[Point]) -> str:
     rows: dict[str, list[figures.SampleImage]] = {}
+    names: list[str] = []
     missing = 0
     for p in _selected(points):
         runs = sorted(p.rows, key=lambda r: (r.get("seed") is None, r.get("seed") or 0))
@@ -259,21 +296,39 @@ def _samples(target_name: str, cond: str, title: str, key: str, points: Sequence
         x = x.reshape(x.shape[0], -1)
         bad = int((~np.isfinite(x).all(axis=1)).sum())
         ed = p.mean("energy_distance")
+        run = next(r for r in runs if _has_samples(r))
+        diverged = n_diverged(run)
         label = p.line.name + (f", γ={gamma_text(p.gamma)}" if gamma_text(p.gamma) else "")
-        label += f"\nED {fmt(ed)}" if math.isfinite(ed) else ""
-        label += f", {bad} non-finite" if bad else ""
+        facts = [f"ED {metric_text('energy_distance', ed)}"] if math.isfinite(ed) else []
+        facts += [f"{diverged} of {x.shape[0]} diverged"] if diverged else []
+        facts += [f"{bad} non-finite"] if bad else []
+        label += "\n" + "; ".join(facts) if facts else ""
         rows.setdefault(p.line.key, []).append(figures.SampleImage(label, p.line.color, x))
+        names.append(_point_name(p))
     if not rows:
         return note("No sample plot: no saved samples (runs/<hash>/samples.npy) for these runs.")
-    exact, why = _exact_samples(target_name, cond)
-    png = figures.samples_figure(exact, list(rows.values()), title)
+    exact, data_range, why = _target_facts(target_name, cond)
+    flat = [s for r in rows.values() for s in r]
+    dims = 1 if flat[0].x.shape[1] == 1 else 2
+    if data_range is not None:
+        view = figures.sample_view(data_range, [], dims)
+        shown = f"the target's data range ({fmt(data_range[0])}, {fmt(data_range[1])}) ± {figures.VIEW_MARGIN:.0%}"
+    else:
+        view = figures.sample_view(None, [exact] if exact is not None else [s.x for s in flat], dims)
+        shown = "the 0.5-99.5% quantiles of the " + ("exact samples" if exact is not None else "runs' samples")
+    png = figures.samples_figure(exact, list(rows.values()), title, view)
     out = figure(
         png,
         f"samples of selected runs over exact samples, {title}",
+        f"Each panel shows {shown} and counts the samples outside it (drawn as × on the border they cross). "
         f"At most {figures.MAX_POINTS} points per panel; seed: the lowest of each configuration.",
         "samples",
         key,
     )
+    counts = [(name, figures.outside_count(s.x, view), s.x.shape[0]) for name, s in zip(names, flat, strict=True)]
+    beyond = [f"{name}: {k} of {n}" for name, k, n in counts if k]
+    if beyond:
+        out += f'<p class="muted outside">Samples outside the shown range: {escape("; ".join(beyond))}.</p>'
     if why:
         out += note(f"Exact samples not drawn: {why}")
     if missing:
@@ -285,15 +340,17 @@ def _has_samples(row: dict[str, Any]) -> bool:
     return (Path(row["root"]) / "runs" / row["hash"] / "samples.npy").is_file()
 
 
-def _exact_samples(target_name: str, cond: str) -> tuple[np.ndarray | None, str]:
+def _target_facts(target_name: str, cond: str) -> tuple[np.ndarray | None, tuple[float, float] | None, str]:
+    """Exact samples of p(x | c) and the target's data range, or Nones and why not."""
     from guidelab.experiments.measures import reference_samples
     from guidelab.targets import get_target
 
     try:
         target = get_target(target_name)
-        return reference_samples(target, target.class_index(cond), figures.MAX_POINTS).numpy(), ""
+        exact = reference_samples(target, target.class_index(cond), figures.MAX_POINTS).numpy()
+        return exact, tuple(float(v) for v in target.data_range), ""  # type: ignore[return-value]
     except Exception as err:  # a target file that moved: plot the runs alone
-        return None, f"{type(err).__name__}: {err}"
+        return None, None, f"{type(err).__name__}: {err}"
 
 
 def _cost_section(rows: Sequence[dict[str, Any]], catalog: Catalog) -> Section:

@@ -20,6 +20,7 @@ from typing import Any
 
 __all__ = [
     "BETTER",
+    "FLOORED",
     "METRIC_ORDER",
     "Catalog",
     "Line",
@@ -84,6 +85,10 @@ BETTER = {
     "wall_time_s": "↓",
     "diverged": "↓",
 }
+
+# unbiased distance estimates: ≈ 0 for samples of the truth and then often negative; at or below 0 the report
+# says "at the noise floor" (tables) or draws them at a marked floor value (log axes), never a negative distance
+FLOORED = ("energy_distance", "mmd2")
 
 _PALETTE = (
     "#1f77b4",

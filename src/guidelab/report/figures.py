@@ -16,22 +16,30 @@ from typing import Any
 
 import numpy as np
 
-from guidelab.report.data import BETTER, Line, Point, gamma_sort, gamma_text, pareto_front
+from guidelab.report.data import BETTER, FLOORED, Line, Point, gamma_sort, gamma_text, pareto_front
 
 __all__ = [
     "MAX_POINTS",
     "SampleImage",
     "ScheduleCurve",
     "axis_label",
+    "distance_floor",
     "diversity_figure",
+    "diversity_plot",
     "nfe_figure",
+    "outside_count",
     "pareto_figure",
+    "pareto_plot",
+    "sample_view",
     "samples_figure",
+    "samples_plot",
     "schedule_figure",
+    "schedule_plot",
 ]
 
 DPI = 100
 MAX_POINTS = 2000  # samples drawn per panel
+VIEW_MARGIN = 0.25  # sample panels show the target's data range widened by this fraction of its width per side
 _GREY = "#9a9a9a"
 _LABELS = {
     "energy_distance": "energy distance to exact p(x | c)",
@@ -111,14 +119,29 @@ def _by_line(points: Sequence[Point]) -> dict[str, list[Point]]:
     return out
 
 
-def _draw_lines(ax: Any, points: Sequence[Point], x_metric: str, y_metric: str) -> list[tuple[float, float]]:
-    """Each line's points (mean over seeds, ±1 std error bars), joined in γ order and labelled with γ."""
+def distance_floor(values: Sequence[float]) -> float | None:
+    """The value at which a log axis draws distances at or below 0 ("at the noise floor"): a third of the
+    smallest positive value (1e-3 when none is positive); None when no value is at or below 0."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not any(v <= 0 for v in finite):
+        return None
+    positive = [v for v in finite if v > 0]
+    return min(positive) / 3 if positive else 1e-3
+
+
+def _draw_lines(
+    ax: Any, points: Sequence[Point], x_metric: str, y_metric: str, x_floor: float | None = None
+) -> list[tuple[float, float]]:
+    """Each line's points (mean over seeds, ±1 std error bars), joined in γ order and labelled with γ; with
+    ``x_floor``, x values at or below it are drawn at it (and their label says so)."""
     drawn: list[tuple[float, float]] = []
     for line_points in _by_line(points).values():
         line = line_points[0].line
         pts = sorted(line_points, key=lambda p: gamma_sort(p.gamma))
         xy = [(p.mean(x_metric), p.mean(y_metric), p) for p in pts]
         xy = [(x, y, p) for x, y, p in xy if math.isfinite(x) and math.isfinite(y)]
+        if x_floor is not None:
+            xy = [(max(x, x_floor), y, p) for x, y, p in xy]
         if not xy:
             continue
         xs, ys = [x for x, _, _ in xy], [y for _, y, _ in xy]
@@ -129,10 +152,12 @@ def _draw_lines(ax: Any, points: Sequence[Point], x_metric: str, y_metric: str) 
         if any(xerr) or any(yerr):
             ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="none", ecolor=line.color, alpha=0.5, zorder=2)
         for x, y, p in xy:
-            text = gamma_text(p.gamma)
+            text = f"γ={gamma_text(p.gamma)}" if gamma_text(p.gamma) else ""
+            if x_floor is not None and x <= x_floor:
+                text += " (at floor)"
             if text:
                 ax.annotate(
-                    f"γ={text}",
+                    text,
                     (x, y),
                     xytext=(4, 5),
                     textcoords="offset points",
@@ -144,31 +169,93 @@ def _draw_lines(ax: Any, points: Sequence[Point], x_metric: str, y_metric: str) 
     return drawn
 
 
-def _scale_axes(ax: Any, xs: list[float], ys: list[float], y_unit: bool = False) -> None:
-    if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
-        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+def _log_ticks(axis: Any, lo: float, hi: float) -> None:
+    """Major ticks of a log axis that never crowd: 1-2-5 over up to 2 decades, every decade up to 5, at most 6
+    ticks beyond; no minor labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-    if y_unit and ys:  # a fraction in [0, 1]: never zoom below a span of 0.02 (saturated fidelities)
-        lo, hi = min(ys), max(ys)
-        if hi - lo < 0.02:
-            mid = min(max((lo + hi) / 2, 0.01), 0.99)
-            ax.set_ylim(mid - 0.012, mid + 0.012)
+    decades = math.log10(hi / lo)
+    if decades <= 2.2:
+        locator = LogLocator(base=10, subs=(1.0, 2.0, 5.0))
+    elif decades <= 5:
+        locator = LogLocator(base=10, subs=(1.0,))
+    else:
+        locator = LogLocator(base=10, subs=(1.0,), numticks=6)
+    axis.set_major_locator(locator)
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _maybe_log(ax: Any, which: str, values: Sequence[float]) -> bool:
+    """Put ``which`` axis on a log scale when its values are positive and span more than a factor 20."""
+    values = [v for v in values if math.isfinite(v)]
+    if not values or min(values) <= 0 or max(values) / min(values) <= 20:
+        return False
+    getattr(ax, f"set_{which}scale")("log")
+    _log_ticks(getattr(ax, f"{which}axis"), min(values), max(values))
+    return True
+
+
+def _fraction_limits(values: Sequence[float]) -> tuple[float, float] | None:
+    """Axis limits for a fraction in [0, 1] scaled to its values: a span of at least 0.002, padded by 8%, barely
+    past 1 or 0 (a saturated fidelity sits just under the top, not on a fixed 0..1 axis)."""
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return None
+    lo, hi = min(values), max(values)
+    pad = max(0.08 * (hi - lo), 0.001)
+    return max(lo - pad, -pad / 4), min(hi + pad, 1 + pad / 4)
+
+
+def _fraction_axis(ax: Any, which: str, values: Sequence[float], nbins: int) -> None:
+    """Scale ``which`` axis to the fractions in ``values`` (:func:`_fraction_limits`), with at most ``nbins``
+    plain tick labels (no offset, no crowding)."""
+    from matplotlib.ticker import MaxNLocator
+
+    limits = _fraction_limits(values)
+    if limits is None:
+        return
+    getattr(ax, f"set_{which}lim")(*limits)
+    getattr(ax, f"{which}axis").set_major_locator(MaxNLocator(nbins=nbins, min_n_ticks=2))
+    ax.ticklabel_format(axis=which, useOffset=False, style="plain")
+
+
+def _scale_axes(ax: Any, xs: list[float], ys: list[float], y_unit: bool = False) -> None:
+    _maybe_log(ax, "x", xs)
+    if y_unit:
+        _fraction_axis(ax, "y", ys, nbins=6)
+    else:
+        _maybe_log(ax, "y", ys)
     if ax.get_yscale() == "linear":
         ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+
+
+def _mark_floor(ax: Any, floor: float | None, axis: str = "x") -> None:
+    if floor is None:
+        return
+    line = ax.axvline if axis == "x" else ax.axhline
+    line(floor, color="#555", linestyle=":", linewidth=1.2, zorder=1, label="noise floor (values ≤ 0 drawn here)")
 
 
 def pareto_figure(
     points: Sequence[Point], title: str, x_metric: str = "energy_distance", y_metric: str = "class_fidelity"
 ) -> bytes:
+    """:func:`pareto_plot` as PNG bytes."""
+    return _png(pareto_plot(points, title, x_metric, y_metric))
+
+
+def pareto_plot(
+    points: Sequence[Point], title: str, x_metric: str = "energy_distance", y_metric: str = "class_fidelity"
+) -> Any:
     """Fidelity against distance to the true conditional, one line per method, γ on each point; the Pareto
-    front (lower distance, higher fidelity) is the thick grey line with ringed points."""
+    front (lower distance, higher fidelity) is the thick grey line with ringed points. Distances at or below
+    0 (unbiased estimates at the noise floor) are drawn at :func:`distance_floor`, marked by a dotted line.
+    Returns the matplotlib ``Figure``."""
     fig = _figure(8.6, 4.8)
     ax = fig.add_subplot()
-    drawn = _draw_lines(ax, points, x_metric, y_metric)
+    floor = distance_floor([p.mean(x_metric) for p in points]) if x_metric in FLOORED else None
+    drawn = _draw_lines(ax, points, x_metric, y_metric, floor)
+    _mark_floor(ax, floor)
     if drawn:
         front = [drawn[i] for i in pareto_front(drawn)]
         fx, fy = [x for x, _ in front], [y for _, y in front]
@@ -181,30 +268,39 @@ def pareto_figure(
     ax.set_title("↖ better", fontsize=9, loc="right", color="#555")
     ax.grid(True, alpha=0.3)
     _legend_outside(ax)
-    return _png(fig)
+    return fig
 
 
 def diversity_figure(points: Sequence[Point], title: str, metrics: Sequence[str], x_metric: str) -> bytes:
+    """:func:`diversity_plot` as PNG bytes."""
+    return _png(diversity_plot(points, title, metrics, x_metric))
+
+
+def diversity_plot(points: Sequence[Point], title: str, metrics: Sequence[str], x_metric: str) -> Any:
     """One panel per diversity metric against ``x_metric`` (class fidelity where measured); a dashed line
-    marks the value of exact samples of the true conditional."""
+    marks the value of exact samples of the true conditional. A metric spanning more than a factor 20 gets a
+    log axis. Returns the matplotlib ``Figure``."""
     fig = _figure(4.2 * len(metrics) + 2.4, 4.2)
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    unit_x = x_metric in ("class_fidelity", "class_accuracy", "in_support")
+    floor = distance_floor([p.mean(x_metric) for p in points]) if x_metric in FLOORED else None
     for ax, metric in zip(axes, metrics, strict=True):
-        drawn = _draw_lines(ax, points, x_metric, metric)
+        drawn = _draw_lines(ax, points, x_metric, metric, floor)
+        _mark_floor(ax, floor)
         truth = DIVERSITY.get(metric)
         if isinstance(truth, str):
             values = [p.mean(truth) for p in points]
             values = [v for v in values if math.isfinite(v)]
             truth = sum(values) / len(values) if values else None
+        ys = [y for _, y in drawn]
         if isinstance(truth, float) and math.isfinite(truth):
             ax.axhline(truth, color="black", linestyle="--", linewidth=1.0, alpha=0.7, label="exact samples")
-        _scale_axes(ax, [x for x, _ in drawn], [], y_unit=False)
-        if x_metric == "class_fidelity" and drawn:
-            lo, hi = min(x for x, _ in drawn), max(x for x, _ in drawn)
-            if hi - lo < 0.02:
-                mid = min(max((lo + hi) / 2, 0.01), 0.99)
-                ax.set_xlim(mid - 0.012, mid + 0.012)
-            ax.ticklabel_format(axis="x", useOffset=False, style="plain")
+            ys.append(truth)
+        if unit_x:
+            _scale_axes(ax, [], ys)
+            _fraction_axis(ax, "x", [x for x, _ in drawn], nbins=4)
+        else:
+            _scale_axes(ax, [x for x, _ in drawn], ys)
         ax.set_xlabel(axis_label(x_metric, "x"), fontsize=9)
         ax.set_ylabel(axis_label(metric, "y").replace("(", "\n(", 1) if len(metric) > 20 else axis_label(metric))
         ax.grid(True, alpha=0.3)
@@ -216,7 +312,7 @@ def diversity_figure(points: Sequence[Point], title: str, metrics: Sequence[str]
                 handles.append(h)
                 labels.append(lab)
     _legend_outside(axes[-1], handles, labels)
-    return _png(fig)
+    return fig
 
 
 def nfe_figure(points: Sequence[Point], lines: Sequence[Line]) -> bytes:
@@ -263,8 +359,15 @@ class ScheduleCurve:
 
 
 def schedule_figure(curves: Sequence[ScheduleCurve]) -> bytes:
+    """:func:`schedule_plot` as PNG bytes."""
+    return _png(schedule_plot(curves))
+
+
+def schedule_plot(curves: Sequence[ScheduleCurve]) -> Any:
     """γ per step against time for each distinct guider configuration, one panel per method; filled markers
-    evaluate both passes at that step, hollow ones the conditional pass only."""
+    evaluate both passes at that step, hollow ones the conditional pass only. Scales above 30 put the γ axis
+    on a symmetric log scale (linear within ±1), so γ = 1 and γ = 1000 both stay readable. Returns the
+    matplotlib ``Figure``."""
     panels: dict[str, list[ScheduleCurve]] = {}
     for c in curves:
         panels.setdefault(c.line.label, []).append(c)
@@ -295,11 +398,20 @@ def schedule_figure(curves: Sequence[ScheduleCurve]) -> bytes:
     axes[0].set_xlim(max(1.0, *(c.table[0]["t"] for c in curves)), min(0.0, *(c.t_end for c in curves)))
     values = [_mean_gamma(row["gamma"]) for c in curves for row in c.table]
     values = [v for v in values if math.isfinite(v)]
-    if values:  # one γ axis for all methods, from 0 (or below) to the largest scale
+    if values and max(abs(v) for v in values) > 30:  # γ over decades: symlog, one tick per decade
+        from matplotlib.ticker import FuncFormatter, SymmetricalLogLocator
+
+        axes[0].set_yscale("symlog", linthresh=1.0, linscale=0.5)
+        lo, hi = min(0.0, *values), max(1.0, *values)
+        axes[0].set_ylim(lo - 0.1 * abs(lo), hi * 1.6)
+        for ax in axes:
+            ax.yaxis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=1.0))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    elif values:  # one γ axis for all methods, from 0 (or below) to the largest scale
         lo, hi = min(0.0, *values), max(1.0, *values)
         axes[0].set_ylim(lo - 0.06 * (hi - lo), hi + 0.1 * (hi - lo))
     axes[-1].set_xlabel("time t  (noise → data; filled: conditional + unconditional pass, hollow: one pass)")
-    return _png(fig)
+    return fig
 
 
 def _mean_gamma(gamma: Any) -> float:
@@ -329,8 +441,19 @@ def _subsample(x: np.ndarray, k: int = MAX_POINTS) -> np.ndarray:
     return x[np.sort(idx)]
 
 
-def _view(arrays: Sequence[np.ndarray], dims: int) -> list[tuple[float, float]]:
-    stacked = np.concatenate([a[:, :dims] for a in arrays if a.size], axis=0)
+def sample_view(
+    data_range: tuple[float, float] | None, arrays: Sequence[np.ndarray], dims: int
+) -> list[tuple[float, float]]:
+    """The range a sample panel shows, per coordinate (the first ``dims``): the target's ``data_range`` widened by
+    :data:`VIEW_MARGIN` of its width on each side, so runs that blow up to 1e5 never squash the others; without
+    a data range, the 0.5-99.5% quantiles of ``arrays`` (pass the exact samples first and alone when there are
+    some), padded by 8%."""
+    if data_range is not None:
+        lo, hi = (float(v) for v in data_range)
+        pad = VIEW_MARGIN * max(hi - lo, 1e-3)
+        return [(lo - pad, hi + pad)] * dims
+    finite = [a[np.isfinite(a).all(axis=1)][:, :dims] for a in arrays if a.size]
+    stacked = np.concatenate(finite, axis=0) if finite else np.zeros((0, dims))
     if stacked.size == 0:
         return [(-1.0, 1.0)] * dims
     lo, hi = np.quantile(stacked, 0.005, axis=0), np.quantile(stacked, 0.995, axis=0)
@@ -338,12 +461,47 @@ def _view(arrays: Sequence[np.ndarray], dims: int) -> list[tuple[float, float]]:
     return [(float(a - p), float(b + p)) for a, b, p in zip(lo, hi, pad, strict=True)]
 
 
-def samples_figure(exact: np.ndarray | None, rows: Sequence[Sequence[SampleImage]], title: str) -> bytes:
+def _inside(x: np.ndarray, view: Sequence[tuple[float, float]]) -> np.ndarray:
+    inside = np.isfinite(x).all(axis=1)
+    for d, (lo, hi) in enumerate(view):
+        with np.errstate(invalid="ignore"):
+            inside &= (x[:, d] >= lo) & (x[:, d] <= hi)
+    return inside
+
+
+def outside_count(x: np.ndarray, view: Sequence[tuple[float, float]]) -> int:
+    """How many samples (rows of ``x``, (n, D)) a panel showing ``view`` cannot show: a coordinate outside its
+    range, or not finite."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    return int((~_inside(x, view)).sum())
+
+
+def samples_figure(
+    exact: np.ndarray | None,
+    rows: Sequence[Sequence[SampleImage]],
+    title: str,
+    view: Sequence[tuple[float, float]] | None = None,
+) -> bytes:
+    """:func:`samples_plot` as PNG bytes."""
+    return _png(samples_plot(exact, rows, title, view))
+
+
+def samples_plot(
+    exact: np.ndarray | None,
+    rows: Sequence[Sequence[SampleImage]],
+    title: str,
+    view: Sequence[tuple[float, float]] | None = None,
+) -> Any:
     """Samples of selected runs (colour) over exact samples of the true conditional (grey), one row of panels
     per method line (a single wrapped row when every line shows one run): histograms for 1-D targets,
-    scatter plots of the first two coordinates otherwise; at most ``MAX_POINTS`` points per panel."""
+    scatter plots of the first two coordinates otherwise; at most ``MAX_POINTS`` points per panel.
+
+    Every panel shows ``view`` (per coordinate; default: :func:`sample_view` of the exact samples, else of the
+    runs) and says how many of its samples lie outside it; in scatter plots those are drawn as ``x`` on the
+    border they crossed. Returns the matplotlib ``Figure``.
+    """
     runs = [
-        [SampleImage(p.title, p.color, _subsample(np.asarray(p.x, dtype=np.float64).reshape(len(p.x), -1))) for p in r]
+        [SampleImage(p.title, p.color, np.asarray(p.x, dtype=np.float64).reshape(len(p.x), -1)) for p in r]
         for r in rows
         if r
     ]
@@ -353,6 +511,9 @@ def samples_figure(exact: np.ndarray | None, rows: Sequence[Sequence[SampleImage
     ref = None if exact is None else _subsample(np.asarray(exact, dtype=np.float64).reshape(len(exact), -1))
     dim = (ref if ref is not None else flat[0].x).shape[1]
     dims = 1 if dim == 1 else 2
+    if view is None:
+        view = sample_view(None, [ref] if ref is not None and len(ref) else [r.x for r in flat], dims)
+    view = list(view)[:dims]
     head: list[SampleImage | None] = [None] if ref is not None else []
     if max(len(r) for r in runs) == 1 or len(flat) <= 3:  # wrap: exact, then every run
         items = head + flat
@@ -362,46 +523,50 @@ def samples_figure(exact: np.ndarray | None, rows: Sequence[Sequence[SampleImage
         ncols = len(head) + max(len(r) for r in runs)
         layout = [(head if i == 0 else [False] * len(head)) + list(r) for i, r in enumerate(runs)]
     nrows = len(layout)
-    fig = _figure(2.7 * ncols, 2.45 * nrows + 0.4)
+    fig = _figure(2.7 * ncols, 2.6 * nrows + 0.4)
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=dims == 2)
-    view = _view(([ref] if ref is not None else []) + [r.x for r in flat], dims)
-    smallest = min(r.x.shape[0] for r in flat)
-    bins = np.linspace(view[0][0], view[0][1], int(np.clip(2 * math.sqrt(max(smallest, 1)), 12, 40)) + 1)
+    smallest = min(max(int(np.isfinite(r.x).all(axis=1).sum()), 1) for r in flat)
+    bins = np.linspace(view[0][0], view[0][1], int(np.clip(2 * math.sqrt(smallest), 12, 40)) + 1)
     for i, j in np.ndindex(nrows, ncols):
         ax = axes[i, j]
         item = layout[i][j] if j < len(layout[i]) else False
         if item is False:
             ax.set_visible(False)
             continue
+        if item is not None:
+            inside = _inside(item.x, view)
+            shown = _subsample(item.x[inside])
+            beyond = _subsample(item.x[~inside])
         if dims == 1:
             if ref is not None:
                 ax.hist(ref[:, 0], bins=bins, density=True, color=_GREY, alpha=0.45)
-            if item is not None:
-                ax.hist(item.x[:, 0], bins=bins, density=True, histtype="stepfilled", color=item.color, alpha=0.25)
-                ax.hist(item.x[:, 0], bins=bins, density=True, histtype="step", color=item.color, linewidth=1.5)
+            if item is not None and len(shown):
+                ax.hist(shown[:, 0], bins=bins, density=True, histtype="stepfilled", color=item.color, alpha=0.25)
+                ax.hist(shown[:, 0], bins=bins, density=True, histtype="step", color=item.color, linewidth=1.5)
             ax.set_yticks([])
         else:
             if ref is not None:
                 ax.scatter(ref[:, 0], ref[:, 1], s=3, color=_GREY, alpha=0.35 if item is not None else 0.8, lw=0)
             if item is not None:
-                ax.scatter(item.x[:, 0], item.x[:, 1], s=4, color=item.color, alpha=0.7, lw=0)
+                ax.scatter(shown[:, 0], shown[:, 1], s=4, color=item.color, alpha=0.7, lw=0)
+                if len(beyond):  # on the border they crossed
+                    edge = np.column_stack([np.clip(beyond[:, d], *view[d]) for d in range(2)])
+                    ax.scatter(edge[:, 0], edge[:, 1], s=14, marker="x", color=item.color, alpha=0.6, lw=0.8)
             ax.set_ylim(*view[1])
+            ax.tick_params(labelleft=True)
         ax.set_xlim(*view[0])
         if item is None:
             ax.set_title(f"exact p(x | c), {len(ref)} samples", fontsize=8.5, color="#333")
         else:
-            outside = _outside(item.x, view, dims)
-            note = f"; {outside} outside view" if outside else ""
-            ax.set_title(f"{item.title}{note}", fontsize=8.5, color=item.color)
+            n = item.x.shape[0]
+            ax.set_title(f"{item.title}\n{n - int(inside.sum())} of {n} outside view", fontsize=8.5, color=item.color)
         ax.tick_params(labelsize=7, labelbottom=True)
     coords = "x" if dims == 1 else "x₁ (x), x₂ (y)"
     extra = f"; first two of {dim} coordinates" if dim > 2 else ""
-    fig.suptitle(f"{title}  —  grey: exact samples; colour: run  [{coords}{extra}]", fontsize=10, x=0.0, ha="left")
-    return _png(fig)
-
-
-def _outside(x: np.ndarray, view: list[tuple[float, float]], dims: int) -> int:
-    inside = np.ones(x.shape[0], dtype=bool)
-    for d in range(dims):
-        inside &= (x[:, d] >= view[d][0]) & (x[:, d] <= view[d][1])
-    return int((~inside).sum())
+    fig.suptitle(
+        f"{title}  —  grey: exact samples; colour: run; ×: beyond the view  [{coords}{extra}]",
+        fontsize=10,
+        x=0.0,
+        ha="left",
+    )
+    return fig

@@ -36,12 +36,15 @@ figure img { max-width: 100%; height: auto; display: block; border: 1px solid va
 .note { border-left: 3px solid #e0a800; background: #fff8e1; padding: 0.4rem 0.8rem; margin: 0.6rem 0;
         font-size: 0.9rem; }
 .note.bad { border-color: var(--bad); background: #fdecea; }
-.scroll { overflow-x: auto; max-height: 80vh; overflow-y: auto; border: 1px solid var(--line); border-radius: 6px; }
+/* the run table scrolls inside its box (both ways, header sticky) instead of stretching the page */
+.scroll { overflow: auto; max-height: 70vh; max-width: 100%; border: 1px solid var(--line); border-radius: 6px; }
 table { border-collapse: collapse; font-size: 0.82rem; font-variant-numeric: tabular-nums; }
 caption { text-align: left; padding: 0.4rem 0.5rem; caption-side: top; }
 th, td { padding: 0.25rem 0.55rem; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
 table.runs td { white-space: nowrap; }
 td.num { text-align: right; white-space: nowrap; }
+td.floor { color: var(--ok); font-style: italic; }
+table.diverged tr.all-diverged { background: #fdecea; }
 td.mono { font-family: ui-monospace, monospace; font-size: 0.78rem; }
 table.runs td.err { color: var(--bad); min-width: 14rem; max-width: 28rem; white-space: normal;
                    overflow-wrap: anywhere; }

@@ -14,6 +14,7 @@ from typing import Any
 
 from guidelab.report.data import (
     BETTER,
+    FLOORED,
     SETTING_KEYS,
     Catalog,
     Point,
@@ -24,7 +25,22 @@ from guidelab.report.data import (
     params_text,
 )
 
-__all__ = ["best_table", "claim_items", "claims_table", "fmt", "runs_table"]
+__all__ = [
+    "AT_FLOOR",
+    "best_table",
+    "claim_items",
+    "claims_table",
+    "diverged_table",
+    "fmt",
+    "metric_text",
+    "n_diverged",
+    "runs_table",
+]
+
+# an unbiased distance (data.FLOORED) at or below 0 is shown as this text, never as a negative distance; the
+# cell's sort value keeps the number
+AT_FLOOR = "≤ floor"
+_AT_FLOOR_TIP = "at the noise floor: the unbiased estimate is ≤ 0, so the samples are indistinguishable from exact ones"
 
 _VERDICT_KEYS = ("passed", "pass", "ok", "holds", "holds_with_margin", "satisfied", "result")
 
@@ -46,6 +62,21 @@ def fmt(value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}={fmt(v)}" for k, v in value.items())
     return str(value)
+
+
+def metric_text(metric: str, value: Any) -> str:
+    """A metric's value as short text; an unbiased distance (:data:`FLOORED`) at or below 0 is :data:`AT_FLOOR`."""
+    if metric in FLOORED and finite(value) and value <= 0:
+        return AT_FLOOR
+    return fmt(value)
+
+
+def _metric_cell(metric: str, value: Any) -> str:
+    text = metric_text(metric, value)
+    if text == AT_FLOOR:
+        sort = escape(_sort_value(value))
+        return f'<td class="num floor" data-v="{sort}" title="{escape(_AT_FLOOR_TIP)}">{text}</td>'
+    return _cell(value, text, "num")
 
 
 def _sort_value(value: Any) -> str:
@@ -99,7 +130,7 @@ def runs_table(rows: Sequence[dict[str, Any]], catalog: Catalog, metrics: Sequen
         ("diverged ↓", "diverged samples (removed before measuring)", lambda r: r.get("diverged"), "num"),
         ("wall s", "wall time of the run in seconds", lambda r: r.get("wall_time_s"), "num"),
     ]
-    columns += [(_header(m), m, lambda r, m=m: r["metrics"].get(m), "num") for m in metrics]
+    columns += [(_header(m), m, lambda r, m=m: r["metrics"].get(m), "metric") for m in metrics]
     columns.append(("hash", "run folder: runs/<hash>", lambda r: r["hash"], "mono"))
     head = "".join(
         f'<th scope="col" title="{escape(tip)}" aria-sort="none"><button type="button">{escape(name)}</button></th>'
@@ -118,6 +149,8 @@ def runs_table(rows: Sequence[dict[str, Any]], catalog: Catalog, metrics: Sequen
                 )
             elif name == "γ":
                 cells.append(_cell(value, gamma_text(gamma_of(r)) or "—", cls))
+            elif cls == "metric":
+                cells.append(_metric_cell(name.split(" ")[0], value))
             else:
                 cells.append(_cell(value, cls=cls))
         status = "ok" if r["status"] == "ok" else "error"
@@ -164,7 +197,7 @@ def best_table(points: Sequence[Point], metric: str = "energy_distance", also: S
     body = []
     for p in sorted(best.values(), key=lambda p: p.mean(metric) * (1 if arrow == "↓" else -1)):
         seeds = len(p.rows)
-        cells = "".join(_cell(p.mean(m), cls="num") for m in cols)
+        cells = "".join(_metric_cell(m, p.mean(m)) for m in cols)
         body.append(
             f'<tr><td><span class="swatch" style="background:{p.line.color}"></span>{escape(p.line.name)}</td>'
             f"<td>{escape(gamma_text(p.gamma) or '—')}</td>{cells}<td class='num'>{seeds}</td></tr>"
@@ -174,6 +207,46 @@ def best_table(points: Sequence[Point], metric: str = "energy_distance", also: S
         f", mean over seeds)</caption><thead><tr><th>method</th><th>γ</th>{head}<th>runs</th></tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table>"
     )
+
+
+def diverged_table(rows: Sequence[dict[str, Any]], catalog: Catalog) -> str:
+    """The finished runs with diverged samples (left out of every metric): method, γ, other parameters, seed,
+    how many of n diverged and what was measured; a fully diverged run has no metrics but is listed here.
+    Empty when no run diverged."""
+    bad = [r for r in rows if r["status"] == "ok" and n_diverged(r) > 0]
+    if not bad:
+        return ""
+    body = []
+    for r in sorted(bad, key=lambda r: (catalog.labels.index(r["label"]), gamma_sort(gamma_of(r)), r.get("seed") or 0)):
+        d, n = n_diverged(r), r.get("n") or r["config"].get("n")
+        total = int(n) if finite(n) else None
+        every = total is not None and d >= total
+        share = f"{d} of {total}" if total is not None else str(d)
+        measured = f"on the {total - d} others" if total else "on the rest"
+        measured = "none: every sample diverged" if every else measured
+        color = catalog.colors.get(r["label"], "#000")
+        body.append(
+            f'<tr class="{"all-diverged" if every else "some-diverged"}" data-hash="{escape(str(r["hash"]))}">'
+            f'<td><span class="swatch" style="background:{color}"></span>{escape(str(r["label"]))}</td>'
+            f"<td>{escape(gamma_text(gamma_of(r)) or '—')}</td>"
+            f"<td>{escape(params_text(r['params'], skip=('scale',)) or '—')}</td>"
+            f"<td class='num'>{escape(fmt(r.get('seed')))}</td><td class='num'>{escape(share)}</td>"
+            f"<td>{escape(measured)}</td></tr>"
+        )
+    return (
+        '<table class="best diverged"><caption>Runs with diverged samples (left out of every metric; a run whose '
+        "samples all diverged has no metrics and no point in the plots)</caption><thead><tr><th>method</th>"
+        "<th>γ</th><th>params</th><th>seed</th><th>diverged</th><th>metrics</th></tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def n_diverged(row: dict[str, Any]) -> int:
+    """Diverged samples of a run: its ``diverged`` column, else the ``n_excluded`` metric, else 0."""
+    for value in (row.get("diverged"), row["metrics"].get("n_excluded")):
+        if finite(value):
+            return int(value)
+    return 0
 
 
 def _verdict(value: Any) -> tuple[bool | None, Any]:
