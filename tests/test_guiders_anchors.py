@@ -2,7 +2,7 @@
 
 diffusers is a test dependency (the ``diffusers`` extra, installed in the dev environment); this module imports it
 directly so that a missing install fails loudly instead of skipping. APG is not compared: diffusers combines from
-the unconditional prediction in the model's raw space, the paper from the conditional one in x0 (METHODS.md §6).
+the unconditional prediction in the model's raw space, the paper from the conditional one in x0 (docs/methods.md §6).
 """
 
 import pytest

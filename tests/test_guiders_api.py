@@ -51,6 +51,8 @@ def test_config_round_trips_through_json(name, schedule):
     params = {"schedule": schedule}
     if name == "cfg++" and schedule != "negative-window":
         params["scale"] = 0.5  # CFG++'s λ lies in [0, 1]
+    if name == "beta-cfg" and schedule == "constant":
+        params["scale"] = 2.0  # β-CFG's ω has no default (docs/methods.md §9)
     guider = build_guider(name, **params)
     config = guider.config()
     assert config["name"] == name
@@ -80,7 +82,7 @@ def test_per_sample_scales_round_trip(name):
         ("adg", {"norm_rescale": "yes"}, "norm_rescale"),
         ("apg", {"momentum": 1.5}, "momentum"),
         ("apg", {"norm_threshold": 0.0}, "norm_threshold"),
-        ("beta-cfg", {"beta_a": 0.5}, "beta_a"),
+        ("beta-cfg", {"beta_a": 0.5, "scale": 2.0}, "beta_a"),
         ("cfg-zero-star", {"zero_init_steps": -1}, "zero_init_steps"),
         ("cfg-zero-star", {"zero_init_steps": 1.5}, "zero_init_steps"),
         ("dynamic-thresholding", {"percentile": 1.5}, "percentile"),
@@ -112,7 +114,7 @@ def test_describe_guiders_lists_parameters_defaults_space_and_source():
         }
     assert rows["apg"]["parameters"] == {
         "schedule": "constant",
-        "scale": 1.0,
+        "scale": 3.0,  # APG's documented default scale (docs/methods.md §9)
         "eta": 0.0,
         "momentum": -0.5,
         "norm_threshold": 15.0,
@@ -122,6 +124,10 @@ def test_describe_guiders_lists_parameters_defaults_space_and_source():
         "cfg_scale": None,
     }
     assert rows["adamag"]["parameters"]["kappa"] == 4.0
+    assert rows["cfg"]["parameters"]["scale"] == 3.0
+    assert rows["cfg++"]["parameters"]["scale"] == 0.6
+    assert rows["weak-model"]["parameters"]["scale"] == 2.0
+    assert rows["beta-cfg"]["parameters"]["scale"] is None  # required
     assert rows["adamag"]["space"] == "velocity"
     assert rows["rescale"]["space_param"]
     assert not rows["adg"]["space_param"]

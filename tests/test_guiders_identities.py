@@ -1,5 +1,5 @@
 """Each combiner pinned to something independent: identities with CFG, closed forms written out by hand, the
-ADG norm identity, a CFG++ DDIM step by hand, the SVD behind TCFG (METHODS.md §2, §5, §6)."""
+ADG norm identity, a CFG++ DDIM step by hand, the SVD behind TCFG (docs/methods.md §2, §5, §6)."""
 
 import math
 

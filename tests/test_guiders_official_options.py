@@ -421,7 +421,7 @@ def test_beta_cfg_normalized_profile_peaks_at_one_and_covers_the_edge_shapes():
             assert weights.argmax() == round(peak_at * 100)
         else:
             np.testing.assert_array_equal(weights, 1.0)
-    assert build_guider("beta-cfg").params()["normalize"] is False  # the official default
+    assert build_guider("beta-cfg", scale=1.0).params()["normalize"] is False  # the official default
 
 
 # --- validation and serialisation ------------------------------------------------------------------------------
@@ -443,7 +443,7 @@ def test_beta_cfg_normalized_profile_peaks_at_one_and_covers_the_edge_shapes():
         ("apg", {"cfg_steps": -1}, "cfg_steps"),
         ("apg", {"cfg_steps": 2.5}, "cfg_steps"),
         ("apg", {"cfg_scale": float("nan")}, "cfg_scale"),
-        ("beta-cfg", {"normalize": "yes"}, "normalize"),
+        ("beta-cfg", {"normalize": "yes", "scale": 2.0}, "normalize"),
     ],
 )
 def test_bad_option_values_name_the_field(name, params, field):

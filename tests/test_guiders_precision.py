@@ -1,4 +1,4 @@
-"""Low precision (METHODS.md §0: reductions in at least float32), the guiders' degenerate points (every division
+"""Low precision (docs/methods.md §0: reductions in at least float32), the guiders' degenerate points (every division
 by a data-dependent quantity, at exactly the degenerate point and next to it), and CFG++'s λ range over the
 whole grid before any network evaluation.
 

@@ -2,7 +2,7 @@
 families, and the checks that they are what they claim.
 
 ``UniformBoxes``: each component uniform on an axis-aligned box; under ``x_t = α·x0 + σ·ε`` one axis of a
-component on [a, b] has ``p_t(x) = [Φ((x − αa)/σ) − Φ((x − αb)/σ)]/(α(b − a))`` (METHODS.md §3).
+component on [a, b] has ``p_t(x) = [Φ((x − αa)/σ) − Φ((x − αb)/σ)]/(α(b − a))`` (docs/methods.md §3).
 """
 
 from __future__ import annotations

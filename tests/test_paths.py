@@ -43,7 +43,7 @@ def test_closed_forms():
     torch.testing.assert_close(rf.alpha, 1 - t)
     torch.testing.assert_close(rf.sigma, t)
     assert torch.isinf(get_path("rf").lam(torch.tensor(1.0))).item()
-    # RF: t(λ) = λ/(1 + λ) (METHODS.md §0)
+    # RF: t(λ) = λ/(1 + λ) (docs/methods.md §0)
     torch.testing.assert_close(
         get_path("rf").t_of_lam(torch.tensor(3.0, dtype=torch.float64)).double(),
         torch.tensor(0.75, dtype=torch.float64),

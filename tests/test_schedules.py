@@ -1,4 +1,4 @@
-"""Weight schedules γ(step) (METHODS.md §1): closed forms, the identities of the issue, snapping, NFE."""
+"""Weight schedules γ(step) (docs/methods.md §1): closed forms, the identities of the issue, snapping, NFE."""
 
 import math
 
@@ -300,7 +300,7 @@ def test_every_schedule_round_trips_and_accepts_per_sample_scales(name):
                 assert value.shape == (2,)
 
 
-# --- one clock for every path: the rectified-flow time s = λ/(1 + λ) (METHODS.md §0) ------------------------
+# --- one clock for every path: the rectified-flow time s = λ/(1 + λ) (docs/methods.md §0) ------------------------
 
 EDM_LAMS = torch.cat(
     [

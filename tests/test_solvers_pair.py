@@ -1,4 +1,4 @@
-"""Solvers written on the guided pair (METHODS.md §0).
+"""Solvers written on the guided pair (docs/methods.md §0).
 
 Oracles: the state-based updates guidelab used before the pair rule (each solver read the state x and, for
 DPM++(2M), kept the guided x0̂ as history) are written out below. For a consistent pair (x = α·x0̂ + σ·ε̂) the

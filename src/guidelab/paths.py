@@ -102,7 +102,7 @@ class NoisePath(ABC):
     def rf_time(self, t: Tensor) -> Tensor:
         """The rectified-flow time ``s = σ/(α + σ) = λ/(1 + λ)`` ∈ [0, 1] at ``t`` (float64, any shape).
 
-        The path-independent clock of schedules written in time (METHODS.md §0): two paths at the same noise
+        The path-independent clock of schedules written in time (docs/methods.md §0): two paths at the same noise
         level λ have the same s, and on ``rf`` s = t exactly. α = 0 (pure noise) gives s = 1, σ = 0 (data) s = 0.
         """
         c = self.coefficients(_as_tensor(t).to(torch.float64))

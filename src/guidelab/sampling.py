@@ -4,7 +4,7 @@
 ``(x_t, step) -> GuidedStep`` (the guided pair x0̂, ε̂): it asks the guider which passes the step needs,
 runs every pass of one model as **one batched call**, counts network evaluations, and converts.
 
-Every solver is written on the guided pair (METHODS.md §0). A guider's pair need not be consistent with the
+Every solver is written on the guided pair (docs/methods.md §0). A guider's pair need not be consistent with the
 state (``x_t = α·x0̂ + σ·ε̂`` fails for CFG++, which renoises with the unconditional ε̂, and for thresholding
 without renoising): wherever a solver formula reads the state it reads the pair's **implied state**
 ``x̂ = α_t·x0̂ + σ_t·ε̂``, and multistep history stores the clean estimate that ε̂ renoises from,

@@ -1,4 +1,4 @@
-"""The conservation decomposition of guidance (arXiv 2605.20079; METHODS.md §2).
+"""The conservation decomposition of guidance (arXiv 2605.20079; docs/methods.md §2).
 
 Adding a guidance field g to a flow that transports the density path p_t keeps that path iff
 ``∇·(p_t g) = 0``, i.e. iff the conservation residual vanishes:

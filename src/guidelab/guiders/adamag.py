@@ -1,4 +1,4 @@
-"""AdaMaG, probability-conserving flow guidance (Esmati, Hyung et al. 2026, arXiv 2605.20079; METHODS.md §2).
+"""AdaMaG, probability-conserving flow guidance (Esmati, Hyung et al. 2026, arXiv 2605.20079; docs/methods.md §2).
 
 Adding a guidance field g to a flow that already transports p_t keeps the density path iff
 ``∇·g + g·∇log p_t = 0``: a divergence term, which blows up near the data, and a score-parallel flux. AdaMaG
@@ -33,7 +33,7 @@ def _rf_time(path: NoisePath, t: float) -> float:
 class AdaMaG(ScheduledGuider):
     """Adaptive Manifold Guidance: damp the score-parallel part of the residual and decay the scale late.
 
-    In flow-velocity space (METHODS.md §2, from two independent reimplementations)::
+    In flow-velocity space (docs/methods.md §2, from two independent reimplementations)::
 
         g   = v_c − v_u
         n   = ε̂_c                                   (= x_t + (1 − t)·v_c on rf; parallel to the score)
@@ -43,7 +43,7 @@ class AdaMaG(ScheduledGuider):
 
     β = 1, κ = 0 (and γ ≥ ω_min) is exactly CFG. On other paths the rule is written with the same
     n = ε̂_c; since ε is an affine function of v at fixed x_t with one scalar per time, the velocity form equals
-    the ε/score form of METHODS.md §2 wherever α > 0, and stays defined at pure noise (α = 0), where every
+    the ε/score form of docs/methods.md §2 wherever α > 0, and stays defined at pure noise (α = 0), where every
     ε̂ equals x_t. The decay reads the rectified-flow time s = σ/(α + σ) = λ/(1 + λ) of the evaluation point
     (:meth:`~guidelab.paths.NoisePath.rf_time`; s = t on ``rf``, the sources' path), so the same noise level
     gets the same ω on every path. γ = 1 means unguided (the conditional pair, one evaluation), although the
@@ -61,8 +61,11 @@ class AdaMaG(ScheduledGuider):
     name = "adamag"
     space = "velocity"
     source = "arXiv 2605.20079"
+    default_scale = 3.0  # docs/methods.md §9
 
-    def __init__(self, schedule: Schedule | Scale = 1.0, beta: float = 0.1, kappa: float = 4.0, omega_min: float = 1.0):
+    def __init__(
+        self, schedule: Schedule | Scale | None = None, beta: float = 0.1, kappa: float = 4.0, omega_min: float = 1.0
+    ):
         super().__init__(schedule)
         self.beta = check_number("beta", beta, lo=0.0)
         self.kappa = check_number("kappa", kappa, lo=0.0)

@@ -1,4 +1,4 @@
-"""Angle Domain Guidance (ADG, arXiv 2506.11039; METHODS.md §5, official code read).
+"""Angle Domain Guidance (ADG, arXiv 2506.11039; docs/methods.md §5, official code read).
 
 Guidance as a bounded turn of the conditional clean estimate away from the unconditional one, instead of a
 linear extrapolation: the norm can grow at most by the factor √(1 + sin 2a·sin θ).
@@ -75,10 +75,11 @@ class ADG(ScheduledGuider):
     name = "adg"
     space = "x0"
     source = "arXiv 2506.11039"
+    default_scale = 3.0  # docs/methods.md §9
 
     def __init__(
         self,
-        schedule: Schedule | Scale = 1.0,
+        schedule: Schedule | Scale | None = None,
         theta_max: float | None = math.pi / 3,
         norm_rescale: bool = False,
         weight_offset: float = 0.0,

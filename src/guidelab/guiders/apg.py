@@ -1,4 +1,4 @@
-"""Adaptive Projected Guidance (APG, Sadat, Hilliges, Weber 2024, arXiv 2410.02416; METHODS.md §6).
+"""Adaptive Projected Guidance (APG, Sadat, Hilliges, Weber 2024, arXiv 2410.02416; docs/methods.md §6).
 
 The anchors carry three incompatible APG formulas (in the model's raw space, from ``u`` or from ``c``); this
 one follows the paper: in x0 space, from the conditional prediction.
@@ -47,7 +47,7 @@ class APG(ScheduledGuider):
     η = 1, no threshold and no momentum is exactly CFG. The momentum buffer is per trajectory: the sampler
     calls :meth:`reset` before sampling; it is updated once per step (a solver's corrector evaluation,
     ``stage > 0``, reads it without writing), and not for samples whose γ = 1 at that step (their
-    unconditional pass may not even run). Defaults: η = 0 (METHODS.md), β_m = −0.5 and r = 15 (the values
+    unconditional pass may not even run). Defaults: η = 0 (docs/methods.md §6), β_m = −0.5 and r = 15 (the values
     the paper's code and diffusers use with latent diffusion; r depends on the data scale).
     Degenerate points: Δ̄ = 0 gives x0̂ = x0̂_c (no change; min(1, r/(||Δ̄|| + ε)) = 1, the continuous limit);
     x0̂_c = 0 gives Δ∥ = 0 (a projection on the zero vector; then x0̂ = (γ − 1)·Δ, as CFG).
@@ -88,10 +88,11 @@ class APG(ScheduledGuider):
     name = "apg"
     space = "x0"
     source = "arXiv 2410.02416"
+    default_scale = 3.0  # docs/methods.md §9
 
     def __init__(
         self,
-        schedule: Schedule | Scale = 1.0,
+        schedule: Schedule | Scale | None = None,
         eta: float = 0.0,
         momentum: float = -0.5,
         norm_threshold: float | None = 15.0,

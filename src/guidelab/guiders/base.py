@@ -238,10 +238,27 @@ class ScheduledGuider(Guider):
     γ = 1 for every sample means *unguided*: the step asks only for the conditional prediction (one network
     evaluation) and returns the conditional pair untouched. Subclasses implement :meth:`combine` (both passes
     present) and :meth:`params` (their own constructor parameters).
+
+    ``default_scale`` is the scale used where none is given (no schedule, or a ``constant`` schedule without
+    ``scale``); each built-in guider documents its value and source in docs/methods.md §9. ``None`` (the default
+    for a guider written outside the catalogue) means the scale is required: leaving it out is a ValueError naming
+    ``scale``.
     """
 
-    def __init__(self, schedule: Schedule | Scale = 1.0):
-        self.schedule = as_schedule(schedule)
+    default_scale: ClassVar[float | None] = None
+
+    def __init__(self, schedule: Schedule | Scale | None = None):
+        self.schedule = as_schedule(self.resolve_default_scale() if schedule is None else schedule)
+
+    @classmethod
+    def resolve_default_scale(cls) -> float:
+        """The scale used where none is given; a ValueError naming ``scale`` where the guider has no default."""
+        if cls.default_scale is None:
+            raise ValueError(
+                f"scale: guider {getattr(cls, 'name', cls.__name__)!r} has no default scale; give one "
+                "(--param scale=..., or scale: ... in a sweep file)"
+            )
+        return cls.default_scale
 
     def passes(self, ctx: StepContext) -> tuple[Pass, ...]:
         return (COND,) if is_neutral(self.schedule(ctx)) else (COND, UNCOND)

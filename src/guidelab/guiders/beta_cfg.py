@@ -1,4 +1,4 @@
-"""β-CFG, classifier-free guidance with adaptive scaling (Malarz et al. 2025, arXiv 2502.10574; METHODS.md §6)."""
+"""β-CFG, classifier-free guidance with adaptive scaling (Malarz et al. 2025, arXiv 2502.10574; docs/methods.md §6)."""
 
 from __future__ import annotations
 
@@ -76,10 +76,11 @@ class BetaCFG(ScheduledGuider):
     name = "beta-cfg"
     space = "eps"
     source = "arXiv 2502.10574"
+    default_scale = None  # required: docs/methods.md §9
 
     def __init__(
         self,
-        schedule: Schedule | Scale = 1.0,
+        schedule: Schedule | Scale | None = None,
         beta_a: float = 2.0,
         beta_b: float = 3.0,
         norm_power: float = 1.0,

@@ -30,8 +30,9 @@ class CFG(ScheduledGuider):
     name = "cfg"
     space = "x0"
     source = "arXiv 2207.12598"
+    default_scale = 3.0  # docs/methods.md §9
 
-    def __init__(self, schedule: Schedule | Scale = 1.0):
+    def __init__(self, schedule: Schedule | Scale | None = None):
         super().__init__(schedule)
 
     def combine(self, preds: Predictions, ctx: StepContext, gamma: Scale) -> GuidedStep:

@@ -1,4 +1,4 @@
-"""CFG++ (Chung et al. 2024, arXiv 2406.08070; METHODS.md §6): denoise with the guided clean estimate, renoise
+"""CFG++ (Chung et al. 2024, arXiv 2406.08070; docs/methods.md §6): denoise with the guided clean estimate, renoise
 with the unconditional noise estimate. A sampler-level method, expressed through the guided pair."""
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ class CFGPlusPlus(ScheduledGuider):
     name = "cfg++"
     space = "x0"
     source = "arXiv 2406.08070"
+    default_scale = 0.6  # docs/methods.md §9
 
-    def __init__(self, schedule: Schedule | Scale = 1.0):
+    def __init__(self, schedule: Schedule | Scale | None = None):
         super().__init__(schedule)
         if isinstance(self.schedule, ConstantSchedule):
             _check_scale(self.schedule.scale)

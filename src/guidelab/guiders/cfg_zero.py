@@ -1,4 +1,4 @@
-"""CFG-Zero* (Fan et al. 2025, arXiv 2503.18886; METHODS.md §6): an optimized scale on the unconditional
+"""CFG-Zero* (Fan et al. 2025, arXiv 2503.18886; docs/methods.md §6): an optimized scale on the unconditional
 velocity, and zero velocity for the first steps."""
 
 from __future__ import annotations
@@ -59,8 +59,11 @@ class CFGZeroStar(ScheduledGuider):
     name = "cfg-zero-star"
     space = "velocity"
     source = "arXiv 2503.18886"
+    default_scale = 3.0  # docs/methods.md §9
 
-    def __init__(self, schedule: Schedule | Scale = 1.0, optimized_scale: bool = True, zero_init_steps: int = 1):
+    def __init__(
+        self, schedule: Schedule | Scale | None = None, optimized_scale: bool = True, zero_init_steps: int = 1
+    ):
         super().__init__(schedule)
         self.optimized_scale = check_flag("optimized_scale", optimized_scale)
         self.zero_init_steps = check_int("zero_init_steps", zero_init_steps)

@@ -1,4 +1,4 @@
-"""Learned guidance weights (Learn to Guide, Galashov et al., arXiv 2510.00815; METHODS.md §4).
+"""Learned guidance weights (Learn to Guide, Galashov et al., arXiv 2510.00815; docs/methods.md §4).
 
 At step k of a grid (from ``t_k`` to ``t_{k+1}``) the guider queries the learned network at the step's
 two times, ``ω = ω_φ(c, s = t_{k+1}, t = t_k)`` (that is ``(t_k − dt, t_k)``), per sample, and guides the

@@ -1,4 +1,4 @@
-"""MAMBO-G, magnitude-aware mitigation for boosted guidance (Zhu et al. 2025, arXiv 2508.03442; METHODS.md §6)."""
+"""MAMBO-G, magnitude-aware mitigation for boosted guidance (Zhu et al. 2025, arXiv 2508.03442; docs/methods.md §6)."""
 
 from __future__ import annotations
 
@@ -39,8 +39,9 @@ class MamboG(ScheduledGuider):
     name = "mambo-g"
     space = "velocity"
     source = "arXiv 2508.03442"
+    default_scale = 3.0  # docs/methods.md §9
 
-    def __init__(self, schedule: Schedule | Scale = 1.0, alpha: float = 8.0, space: str = "velocity"):
+    def __init__(self, schedule: Schedule | Scale | None = None, alpha: float = 8.0, space: str = "velocity"):
         super().__init__(schedule)
         self.alpha = check_number("alpha", alpha, lo=0.0)
         self.space = check_guider_space(space)

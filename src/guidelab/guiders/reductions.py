@@ -1,4 +1,4 @@
-"""Per-sample reductions of the guider catalogue (METHODS.md §0): norms, dot products and standard deviations
+"""Per-sample reductions of the guider catalogue (docs/methods.md §0): norms, dot products and standard deviations
 over all non-batch dimensions (or chosen ones), each one BLAS reduction in at least float32 (float16 / bfloat16
 are reduced in float32, float32 and float64 in their own dtype), returned as float64 for the ratios and angles
 built from them, with an ε in every norm division. No Python loop over samples."""

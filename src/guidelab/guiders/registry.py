@@ -4,7 +4,9 @@ A guider whose constructor takes a ``schedule`` gets it as a nested block, ``sch
 scale: 3}`` (what :meth:`Guider.config` writes), or, as command-line sugar, flat: ``schedule`` names the
 schedule (default ``constant``) and its parameters (``scale``, ``lam_lo``, …) sit beside the guider's. A flat
 key that both the guider and its schedule take is an error that asks for the nested block; a number is a
-constant schedule. ``build_guider(**guider.config())`` rebuilds an equal guider.
+constant schedule. Where no scale is given for a ``constant`` schedule (the default), the guider's documented
+``default_scale`` is used (docs/methods.md §9); a guider without one requires the scale.
+``build_guider(**guider.config())`` rebuilds an equal guider.
 """
 
 from __future__ import annotations
@@ -41,9 +43,17 @@ def guider_parameters(name: str, schedule: str | None = None) -> dict[str, Any]:
             out["schedule"] = schedule or "constant"
             for skey, sp in signature_params(SCHEDULES[out["schedule"]]).items():
                 out[skey] = None if sp.default is inspect.Parameter.empty else sp.default
+            if out["schedule"] == "constant":  # the guider's own default scale (None: required)
+                out["scale"] = getattr(cls, "default_scale", out.get("scale"))
         else:
             out[key] = None if p.default is inspect.Parameter.empty else p.default
     return out
+
+
+def _default_scale(cls: type[Guider]) -> Any:
+    """The guider's documented default scale (a ValueError naming ``scale`` where it has none)."""
+    resolve = getattr(cls, "resolve_default_scale", None)
+    return 1.0 if resolve is None else resolve()
 
 
 def guider_accepts(name: str, parameter: str) -> bool:
@@ -66,6 +76,8 @@ def build_guider(name: str, **params: Any) -> Guider:
     own = signature_params(cls)
     schedule = params.get("schedule")
     if "schedule" in own and isinstance(schedule, Mapping):
+        if (schedule.get("name") or "constant") == "constant" and "scale" not in schedule:
+            schedule = {**schedule, "scale": _default_scale(cls)}
         params["schedule"] = build_schedule(schedule)
     elif "schedule" in own and not isinstance(schedule, Schedule) and (schedule is None or isinstance(schedule, str)):
         schedule_name = params.pop("schedule", None) or "constant"
@@ -82,5 +94,7 @@ def build_guider(name: str, **params: Any) -> Guider:
                 accepted = sorted(set(own) | schedule_keys)
                 raise ValueError(f"guider {name!r}: unknown parameter {key!r}; accepted: {', '.join(accepted)}")
         flat = {k: params.pop(k) for k in list(params) if k in schedule_keys}
+        if schedule_name == "constant" and "scale" not in flat:
+            flat["scale"] = _default_scale(cls)
         params["schedule"] = build_schedule({"name": schedule_name, **flat})
     return construct(cls, f"guider {name!r}", params)

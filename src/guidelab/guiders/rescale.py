@@ -1,5 +1,5 @@
 """Guidance rescale (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps Are Flawed",
-arXiv 2305.08891, §3.4; METHODS.md §6)."""
+arXiv 2305.08891, §3.4; docs/methods.md §6)."""
 
 from __future__ import annotations
 
@@ -47,8 +47,9 @@ class GuidanceRescale(ScheduledGuider):
     name = "rescale"
     space = "velocity"
     source = "arXiv 2305.08891"
+    default_scale = 3.0  # docs/methods.md §9
 
-    def __init__(self, schedule: Schedule | Scale = 1.0, phi: float = 0.7, space: str = "velocity"):
+    def __init__(self, schedule: Schedule | Scale | None = None, phi: float = 0.7, space: str = "velocity"):
         super().__init__(schedule)
         self.phi = check_number("phi", phi, lo=0.0, hi=1.0)
         self.space = check_guider_space(space)

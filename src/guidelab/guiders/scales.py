@@ -1,4 +1,4 @@
-"""Explicit converters between the two ways papers write a guidance scale (METHODS.md §0).
+"""Explicit converters between the two ways papers write a guidance scale (docs/methods.md §0).
 
 guidelab's public API always uses the **Ho/diffusers form** ``guided = u + γ·(c − u)`` (γ = 1 is the
 conditional model, γ = 0 the unconditional one). Papers that write ``guided = c + w·(c − u)`` (the "extra"

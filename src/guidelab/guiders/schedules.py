@@ -1,5 +1,5 @@
 """Guidance-weight schedules γ(step): a schedule maps a :class:`StepContext` to the scale γ (Ho form,
-``guided = u + γ·(c − u)``; γ = 1 is the conditional model). See METHODS.md §1.
+``guided = u + γ·(c − u)``; γ = 1 is the conditional model). See docs/methods.md §1.
 
 Every combiner whose rule has a scale takes a ``schedule`` (TV-CFG weights inside APG, an interval around
 AdaMaG, …). Where a schedule gives γ = 1 for every sample, the guider asks only for the conditional pass. No
@@ -246,7 +246,7 @@ class WangSchedule(Schedule):
     ``linear-down`` 2(1 − p) and ``cosine-down`` 1 + cos πp, ``v`` 2|2p − 1| and ``lambda`` 2(1 − |2p − 1|).
     The paper's scale convention is uncertain, so both readings are offered, neither guessed:
 
-    - ``convention="extra"`` (METHODS.md §1): the paper's weight is the extra-form w, so with w̄ = γ̄ − 1
+    - ``convention="extra"`` (docs/methods.md §1): the paper's weight is the extra-form w, so with w̄ = γ̄ − 1
       (:func:`~guidelab.guiders.scales.ho_to_extra`) ``γ(p) = 1 + max(w̄·f(p), floor)``; linear gives
       ``1 + 2w̄p``, and ``floor=1`` the teaser rule ``w = max(1, 2w̄p)``.
     - ``convention="ho"``: the paper's weight is γ itself, ``γ(p) = max(γ̄·f(p), floor)``.

@@ -1,4 +1,4 @@
-"""Tangential damping CFG (TCFG, Kwon et al. 2025, arXiv 2503.18137; METHODS.md §6)."""
+"""Tangential damping CFG (TCFG, Kwon et al. 2025, arXiv 2503.18137; docs/methods.md §6)."""
 
 from __future__ import annotations
 
@@ -61,8 +61,9 @@ class TangentialCFG(ScheduledGuider):
     name = "tangential"
     space = "eps"
     source = "arXiv 2503.18137"
+    default_scale = 3.0  # docs/methods.md §9
 
-    def __init__(self, schedule: Schedule | Scale = 1.0, space: str = "eps"):
+    def __init__(self, schedule: Schedule | Scale | None = None, space: str = "eps"):
         super().__init__(schedule)
         self.space = check_guider_space(space)
 

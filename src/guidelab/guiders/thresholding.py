@@ -1,4 +1,4 @@
-"""Dynamic and static thresholding (Saharia et al. 2022, Imagen, arXiv 2205.11487 §2.3; METHODS.md §6)."""
+"""Dynamic and static thresholding (Saharia et al. 2022, Imagen, arXiv 2205.11487 §2.3; docs/methods.md §6)."""
 
 from __future__ import annotations
 
@@ -106,10 +106,11 @@ class DynamicThresholding(ScheduledGuider):
     name = "dynamic-thresholding"
     space = "x0"
     source = "arXiv 2205.11487"
+    default_scale = 3.0  # docs/methods.md §9
 
     def __init__(
         self,
-        schedule: Schedule | Scale = 1.0,
+        schedule: Schedule | Scale | None = None,
         percentile: float = 0.995,
         mode: str = "dynamic",
         sample_max_value: float | None = None,

@@ -1,5 +1,5 @@
 """Weak-model guidance: any second denoiser as the guide (autoguidance, Karras et al. 2024, arXiv 2406.02507;
-small unconditional nets; METHODS.md §6), in the general form ``main + Σ_k (γ_k − 1)·(main − guide_k)``."""
+small unconditional nets; docs/methods.md §6), in the general form ``main + Σ_k (γ_k − 1)·(main − guide_k)``."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class GuideSpec:
 class WeakModelGuidance(ScheduledGuider):
     """Guidance by one or more guide predictors: ``D̂ = D_main + Σ_k (γ_k − 1)·(D_main − D_k)``.
 
-    With one guide this is ``D_k + γ·(D_main − D_k)``, METHODS.md's ``D₀ + γ(D₁ − D₀)`` in Ho form:
+    With one guide this is ``D_k + γ·(D_main − D_k)``, docs/methods.md §6's ``D₀ + γ(D₁ − D₀)`` in Ho form:
 
     - CFG: the guide is the main model with the null condition (``guide_model=None, guide_cond="null"``, the
       default);
@@ -71,10 +71,11 @@ class WeakModelGuidance(ScheduledGuider):
     name = "weak-model"
     space = "x0"
     source = "arXiv 2406.02507"
+    default_scale = 2.0  # docs/methods.md §9
 
     def __init__(
         self,
-        schedule: Schedule | Scale = 1.0,
+        schedule: Schedule | Scale | None = None,
         guide_model: str | None = None,
         guide_cond: str = "null",
         extra_guides: Sequence[Mapping[str, Any]] | None = None,

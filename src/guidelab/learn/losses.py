@@ -1,4 +1,4 @@
-"""The self-consistency loss of Learn to Guide (Galashov et al., arXiv 2510.00815; METHODS.md §4).
+"""The self-consistency loss of Learn to Guide (Galashov et al., arXiv 2510.00815; docs/methods.md §4).
 
 For a data point ``(x0, c)`` and a time pair ``s < t``:
 
@@ -89,7 +89,7 @@ def guided_ddim_step(
     noise: Tensor,
     eta: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
-    """One guided DDIM step t → s with churn η, differentiable in ω (METHODS.md §4):
+    """One guided DDIM step t → s with churn η, differentiable in ω (docs/methods.md §4):
     ``x0̂ = x0̂_c + ω(x0̂_c − x0̂_u)``, ``ε̂ = (x_t − α_t x0̂)/σ_t``, ``κ = 1 − η²(1 − α_t σ_s/(α_s σ_t))``,
     ``x_s = α_s x0̂ + σ_s(κ ε̂ + √(1 − κ²) ξ)``.
 
@@ -111,7 +111,7 @@ def guided_ddim_step(
 def sample_time_pairs(
     n: int, generator: torch.Generator, *, delta: float = 0.1, zeta: float = 0.0, s_min: float = 0.0
 ) -> tuple[Tensor, Tensor]:
-    """Time pairs (float64, (n,) each) ``s ~ U[s_min, 1 − ζ − δ]``, ``t = s + U[δ, 1 − ζ − s]`` (METHODS.md §4)."""
+    """Time pairs (float64, (n,) each) ``s ~ U[s_min, 1 − ζ − δ]``, ``t = s + U[δ, 1 − ζ − s]`` (docs/methods.md §4)."""
     if not (s_min >= 0 and delta > 0 and zeta >= 0 and s_min + delta + zeta < 1):
         raise ValueError(
             f"delta, zeta, s_min: need s_min ≥ 0, delta > 0, zeta ≥ 0 and s_min + delta + zeta < 1, "

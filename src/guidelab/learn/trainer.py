@@ -1,4 +1,4 @@
-"""Learning guidance weights ω_φ(c, s, t) by self-consistency (Galashov et al., arXiv 2510.00815; METHODS.md §4).
+"""Learning guidance weights ω_φ(c, s, t) by self-consistency (Galashov et al., arXiv 2510.00815; docs/methods.md §4).
 
 Each optimisation step draws a batch of data ``(x0, c)``, a time pair ``s < t`` per point
 (:func:`~guidelab.learn.losses.sample_time_pairs`), m true particles at s and m proposals at t, runs the

@@ -1,7 +1,7 @@
 """The guidance-weight network ω_φ(c, s, t) ≥ 0 of Learn to Guide (Galashov et al., arXiv 2510.00815).
 
 A small MLP on embeddings of the log noise levels ``log λ_s`` and ``log λ_t`` (``λ = σ/α``, so
-``log λ = −½·log-SNR``; METHODS.md §0 and §4) of the step's two times and, in the conditional variant, a
+``log λ = −½·log-SNR``; docs/methods.md §0 and §4) of the step's two times and, in the conditional variant, a
 learned class embedding. The output is made non-negative by a softplus or a ReLU. It **never sees x_t**:
 the guided clean prediction of a step t → s is
 

@@ -1,6 +1,6 @@
 """A small conditional MLP denoiser with EDM preconditioning on any noise path (prediction space x0).
 
-Written in the path's noise level ``λ = σ/α`` (the EDM σ; METHODS.md §0) and with ``ρ² = σ² + α²σ_d²``,
+Written in the path's noise level ``λ = σ/α`` (the EDM σ; docs/methods.md §0) and with ``ρ² = σ² + α²σ_d²``,
 EDM's preconditioning (Karras et al. 2022, arXiv 2206.00364, Table 1) of ``x_t/α = x0 + λ·ε`` becomes
 
     x0̂ = c_skip·x_t + c_out·F_θ(c_in·x_t, c_noise, c),

@@ -7,7 +7,7 @@ Per dimension, a uniform on [a, b] under ``x_t = α·x0 + σ·ε`` has
     E[x0 | x_t] = x/α − (σ/α)·E[z],  z ~ N(0, 1) truncated to [w, u],
 
 and a box is the product over dimensions. With ``m = (u + w)/2`` and ``h = (u − w)/2 = α(b − a)/(2σ)`` the
-log-mass ``log(Φ(u) − Φ(w))`` and ``E[z]`` are computed without cancellation (METHODS.md §3 asks for stable
+log-mass ``log(Φ(u) − Φ(w))`` and ``E[z]`` are computed without cancellation (docs/methods.md §3 asks for stable
 log-differences of normal CDFs): outside the box (|m| ≥ h, both ends in one tail) from erfcx-scaled tails,
 inside from ``1 − (two tail masses)`` with ``log_ndtr``; ``φ(w) − φ(u) = sign(m)·φ(h − |m|)(1 − e^{−2|m|h})``.
 When h and |m|·h are small (α → 0) a Hermite series in h replaces both, so the density tends to N(0, σ²)

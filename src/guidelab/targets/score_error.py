@@ -142,7 +142,7 @@ class ScoreErrorDenoiser:
 def score_delta_in_space(d_score: Tensor, space: str, c: PathCoefficients) -> Tensor:
     """The change of a prediction in ``space`` when its score changes by ``d_score`` with x_t fixed.
 
-    ``Δε = −σ·Δs``, ``Δx0 = −σ·Δε/α = σ²·Δs/α``, ``Δv = α'·Δx0 + σ'·Δε`` (METHODS.md §0 conversions).
+    ``Δε = −σ·Δs``, ``Δx0 = −σ·Δε/α = σ²·Δs/α``, ``Δv = α'·Δx0 + σ'·Δε`` (docs/methods.md §0 conversions).
     """
     d_score = d_score.to(torch.promote_types(d_score.dtype, c.alpha.dtype))
     if space == "score":
@@ -161,7 +161,7 @@ def score_delta_in_space(d_score: Tensor, space: str, c: PathCoefficients) -> Te
 def x0_delta_in_space(d_x0: Tensor, space: str, c: PathCoefficients) -> Tensor:
     """The change of a prediction in ``space`` when its x0 changes by ``d_x0`` with x_t fixed.
 
-    ``Δε = −α·Δx0/σ``, ``Δs = −Δε/σ``, ``Δv = α'·Δx0 + σ'·Δε`` (METHODS.md §0 conversions).
+    ``Δε = −α·Δx0/σ``, ``Δs = −Δε/σ``, ``Δv = α'·Δx0 + σ'·Δε`` (docs/methods.md §0 conversions).
     """
     d_x0 = d_x0.to(torch.promote_types(d_x0.dtype, c.alpha.dtype))
     if space == "x0":

@@ -1,5 +1,5 @@
 """Reproduction ``adg-norm``: under CFG the norm of the clean estimate x0̂ grows with γ; Angle Domain Guidance keeps it
-bounded (ADG, arXiv 2506.11039; METHODS.md §5).
+bounded (ADG, arXiv 2506.11039; docs/methods.md §5).
 
 On ``gmm-highdim`` (64-D, 16 classes; the samples cycle through the classes), rectified flow, Euler on a uniform
 grid; every γ starts from the same noise. Recorded: the guided x0̂ at every step, its per-sample norm summarized over

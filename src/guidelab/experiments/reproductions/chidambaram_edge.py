@@ -1,5 +1,5 @@
 """Reproduction ``chidambaram-edge``: guidance piles samples at the far edge of the class support (Chidambaram et
-al., arXiv 2409.13074, Th. 1 and 2; METHODS.md §3).
+al., arXiv 2409.13074, Th. 1 and 2; docs/methods.md §3).
 
 Setting of the paper: the OU path ``x_τ = e^{−τ}x0 + √(1 − e^{−2τ})ε`` with horizon T = 10, exact scores, 1000 steps,
 guided score ``γ∇log p_t(x|+) + (1 − γ)∇log p_t(x)`` (CFG; w = γ − 1), class "pos" (support [α1, α2] = [1, 2], per

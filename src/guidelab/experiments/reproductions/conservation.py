@@ -1,5 +1,5 @@
 """Reproduction ``conservation``: guidance breaks probability conservation, and AdaMaG repairs part of it (Esmati,
-Hyung et al. 2026, arXiv 2605.20079; METHODS.md §2).
+Hyung et al. 2026, arXiv 2605.20079; docs/methods.md §2).
 
 A guidance field g added to the conditional flow keeps its density path p_t(x | c) iff the residual
 ``∇·g + g·∇log p_t(x | c)`` vanishes. On ``multimodal-2d`` and ``gmm-highdim`` (class 0), rectified flow, Euler on a

@@ -1,5 +1,5 @@
 """Reproduction ``chidambaram-score-error``: any nonzero score error plus a large enough guidance scale puts samples
-outside the support (Chidambaram et al., arXiv 2409.13074, Th. 3; METHODS.md §3).
+outside the support (Chidambaram et al., arXiv 2409.13074, Th. 3; docs/methods.md §3).
 
 On ``chidambaram-uniform-1d`` (class "pos" on [1, 2]), OU path T = 10, Euler on the probability-flow ODE over a fine
 geometric grid (log-uniform in λ down to 0.002), samples read at t = 0 as in ``chidambaram-edge``. Every γ starts from

@@ -1,7 +1,7 @@
 """Reproduction ``stagewise``: the stage-wise dynamics of guidance (Jin, Shi & Gu 2025, arXiv 2509.22007;
-METHODS.md §1): early strong guidance kills global diversity (weak modes), late strong guidance kills fine variation
-(within-mode variance), and TV-CFG, which moves the same Δt-weighted budget γ̄ to the middle stage, is claimed to
-beat constant CFG.
+docs/methods.md §1): early strong guidance kills global diversity (weak modes), late strong guidance kills fine
+variation (within-mode variance), and TV-CFG, which moves the same Δt-weighted budget γ̄ to the middle stage,
+is claimed to beat constant CFG.
 
 On ``multimodal-2d`` (class "a": a strong mode and a weak mode of weight 0.25 near class "b"), rectified flow, Euler
 on a uniform grid; every schedule starts from the same noise. Schedules at each γ: constant γ, ``step-down`` (γ for

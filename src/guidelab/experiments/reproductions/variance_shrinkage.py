@@ -1,6 +1,6 @@
 """Reproduction ``variance-shrinkage``: guidance with γ ≥ 1 shrinks the within-class variance below the truth, and a
 negative-guidance window (strong early, unconditional late) restores it while keeping class fidelity (Ventura et al.
-2026, arXiv 2602.00716; METHODS.md §1).
+2026, arXiv 2602.00716; docs/methods.md §1).
 
 Targets: ``chidambaram-gauss-1d`` (class "pos" = N(1, 1)) and ``gmm-highdim`` (64-D, a few of its 16 classes).
 Rectified flow, DPM-Solver++(2M) on a uniform grid (its γ = 1 variance is within 1% of the truth); every setting
