@@ -201,3 +201,14 @@ def test_train_then_learn_then_print_the_learned_schedule(tmp_path):
     header = table.output.splitlines()[0].split(",")
     assert "omega[a]" in header and "omega[b]" in header
     assert (tmp_path / "omega.png").stat().st_size > 1000
+
+
+def test_help_answers_without_importing_torch():
+    code = (
+        "import sys, runpy\nsys.argv = ['guidelab', '--help']\n"
+        "try:\n    runpy.run_module('guidelab.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'guidelab --help imported torch'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout
