@@ -209,6 +209,8 @@ def run(
 
     Exit code 0 when every run is ok, 1 when runs failed (or the store cannot be written), 2 for bad input or
     when another `guidelab run` works in the same folder."""
+    import sqlite3
+
     from guidelab.experiments.config import load_sweep
     from guidelab.experiments.runner import run_sweep
 
@@ -224,7 +226,7 @@ def run(
             retry_failed=retry_failed,
             progress=True,
         )
-    except OSError as err:  # a full disk, a read-only folder: what is stored stays, a rerun resumes
+    except (OSError, sqlite3.OperationalError) as err:  # a full disk: what is stored stays, a rerun resumes
         typer.echo(f"error: out: cannot write {out}: {err}; rerun the same command to resume", err=True)
         raise typer.Exit(1) from None
     retried = f" ({summary.retried} retried)" if summary.retried else ""
