@@ -138,7 +138,7 @@ def _ray_map(runs: list[RunSpec], out: str, address: str | None, threads: int) -
     if started_here:
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     try:
-        remote = ray.remote(num_cpus=1, max_retries=0)(execute_run)
+        remote = ray.remote(num_cpus=1)(execute_run)  # Ray retries a task whose worker died, then we record it
         specs = {remote.remote(spec, out, threads): spec for spec in runs}
         pending = list(specs)
         while pending:
