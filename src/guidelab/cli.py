@@ -244,19 +244,46 @@ def run(
     workers: Annotated[int, typer.Option(help="local worker processes")] = 1,
     executor: Annotated[str, typer.Option(help="local or ray")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (with --executor ray)")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads per run")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads per run, the same in every mode")] = 1,
+    retry_failed: Annotated[bool, typer.Option(help="run again the runs that failed before")] = True,
 ) -> None:
-    """Run a sweep; restarting the same command resumes it without repeating finished runs."""
+    """Run a sweep; restarting the same command resumes it without repeating finished runs and retries failed ones.
+
+    Exit code 0 when every run is ok, 1 when runs failed (or the store cannot be written), 2 for bad input or
+    when another `guidelab run` works in the same folder."""
+    import sqlite3
+
     from guidelab.experiments.config import load_sweep
     from guidelab.experiments.runner import run_sweep
 
     sweep = load_sweep(config)  # a bad sweep file leaves no output folder behind
     writable_folder(out, "out")
-    summary = run_sweep(sweep, out, workers=workers, executor=executor, address=address, threads=threads, progress=True)
+    try:
+        summary = run_sweep(
+            sweep,
+            out,
+            workers=workers,
+            executor=executor,
+            address=address,
+            threads=threads,
+            retry_failed=retry_failed,
+            progress=True,
+        )
+    except (OSError, sqlite3.OperationalError) as err:  # a full disk: what is stored stays, a rerun resumes
+        typer.echo(f"error: out: cannot write {out}: {err}; rerun the same command to resume", err=True)
+        raise typer.Exit(1) from None
+    retried = f" ({summary.retried} retried)" if summary.retried else ""
     typer.echo(
-        f"{summary.total} runs: {summary.skipped} already done, {summary.ran} ran, {summary.failed} failed; "
+        f"{summary.total} runs: {summary.skipped} already done, {summary.ran} ran{retried}, {summary.failed} failed; "
         f"results in {summary.out / 'results.sqlite'}"
     )
+    if summary.failed_total:
+        typer.echo(
+            f"error: {summary.failed_total} of {summary.total} runs failed; "
+            f"see the error column of {summary.out / 'results.sqlite'}",
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -3,18 +3,28 @@
 A run's artifacts (samples, its resolved config) are written atomically into ``OUT/runs/<hash>/`` first,
 then its row is committed to ``OUT/results.sqlite``; a run is finished iff its row exists. A sweep killed
 at any moment (even ``kill -9``) and restarted with the same command skips the finished runs and redoes
-the others, so the store ends with exactly one row per configuration. A run that raises is stored with
-status ``error`` and its message, and the sweep goes on. Every run is seeded by its own configuration,
-so results do not depend on order, workers or executor.
+the others, so the store ends with exactly one row per configuration. A run that raises, or whose worker
+process dies, is stored with status ``error`` and its message, and the sweep goes on; a rerun tries the
+failed runs again (``retry_failed``). One sweep at a time works in a folder: it holds an exclusive lock on
+``OUT/.lock`` (released on exit, and by the OS when the process dies). Worker processes end with the main
+process, even when it is killed. Every run is seeded by its own configuration and runs on the same number
+of torch threads (``threads``, 1 by default) whatever the executor or the number of workers, so the stored
+metrics are bitwise the same however the sweep is run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import json
 import os
+import signal
+import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,28 +37,31 @@ from guidelab.experiments.store import ResultStore
 from guidelab.io import write_json_atomic, write_npy_atomic
 from guidelab.progress import ProgressBar
 
-__all__ = ["SweepSummary", "execute_run", "run_sweep"]
+__all__ = ["SweepLocked", "SweepSummary", "execute_run", "run_sweep"]
 
 
 @dataclass
 class SweepSummary:
+    """``failed``: runs that failed in this call; ``failed_total``: the sweep's runs whose stored row is an
+    error at the end (those of earlier calls left untried included); ``retried``: failed runs tried again."""
+
     total: int
     skipped: int
     ran: int
     failed: int
     out: Path
+    retried: int = 0
+    failed_total: int = 0
 
 
-def execute_run(spec: RunSpec, out: str, threads: int | None = None) -> dict[str, Any]:
-    """Sample and measure one run, write its artifacts; return its store row (never raises)."""
-    from guidelab.guiders.describe import schedule_table
-    from guidelab.recipe import run_sample
+class SweepLocked(ValueError):
+    """Another sweep holds the output folder's lock."""
 
-    if threads:
-        torch.set_num_threads(threads)
-    run_dir = Path(out) / "runs" / spec.hash
+
+def _base_row(spec: RunSpec) -> dict[str, Any]:
+    """A run's row before it runs: its configuration, no result."""
     cfg = spec.sample
-    row: dict[str, Any] = {
+    return {
         "hash": spec.hash,
         "sweep": spec.sweep,
         "target": cfg.target,
@@ -67,6 +80,23 @@ def execute_run(spec: RunSpec, out: str, threads: int | None = None) -> dict[str
         "config": cfg.model_dump(exclude={"guider", "params"}),  # the settings; the guider is stored once
         "metrics": {},
     }
+
+
+def _failed_row(spec: RunSpec, error: str) -> dict[str, Any]:
+    """The row of a run that did not return (its worker died)."""
+    return {**_base_row(spec), "status": "error", "error": error, "nfe": None, "diverged": None, "wall_time_s": None}
+
+
+def execute_run(spec: RunSpec, out: str, threads: int | None = None) -> dict[str, Any]:
+    """Sample and measure one run, write its artifacts; return its store row (never raises)."""
+    from guidelab.guiders.describe import schedule_table
+    from guidelab.recipe import run_sample
+
+    if threads:
+        torch.set_num_threads(threads)
+    run_dir = Path(out) / "runs" / spec.hash
+    cfg = spec.sample
+    row = _base_row(spec)
     start = time.perf_counter()
     try:
         outcome = run_sample(cfg)
@@ -100,7 +130,7 @@ def execute_run(spec: RunSpec, out: str, threads: int | None = None) -> dict[str
     return row
 
 
-def _ray_map(runs: list[RunSpec], out: str, address: str | None, threads: int) -> Iterable[dict[str, Any]]:
+def _ray_map(runs: list[RunSpec], out: str, address: str | None, threads: int) -> Iterator[dict[str, Any]]:
     try:
         import ray
     except ImportError:
@@ -109,26 +139,182 @@ def _ray_map(runs: list[RunSpec], out: str, address: str | None, threads: int) -
     if started_here:
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     try:
-        remote = ray.remote(num_cpus=1)(execute_run)
-        pending = [remote.remote(spec, out, threads) for spec in runs]
+        remote = ray.remote(num_cpus=1)(execute_run)  # Ray retries a task whose worker died, then we record it
+        specs = {remote.remote(spec, out, threads): spec for spec in runs}
+        pending = list(specs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            yield from ray.get(done)
+            for ref in done:
+                try:
+                    yield ray.get(ref)
+                except Exception as err:  # execute_run never raises: its worker (or node) died
+                    yield _failed_row(specs[ref], f"worker died: {type(err).__name__}: {str(err).splitlines()[0]}")
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _pool_map(runs: list[RunSpec], out: str, workers: int, threads: int) -> Iterable[dict[str, Any]]:
+def _die_with_parent(parent_pid: int) -> None:
+    """End this worker when the sweep's main process ends, even by ``kill -9``: the kernel's parent-death
+    signal on Linux, else a watchdog thread that exits when the parent changes."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0:  # PR_SET_PDEATHSIG
+                if os.getppid() != parent_pid:  # the parent died before the signal was armed
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="guidelab-parent-watch", daemon=True).start()
+
+
+def _worker_main(conn: Any, parent_pid: int, out: str, threads: int) -> None:
+    """A pool worker: run the specs it is sent, one at a time, and send back their rows; None ends it."""
+    _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    while True:
+        try:
+            spec = conn.recv()
+        except (EOFError, OSError):
+            return
+        if spec is None:
+            return
+        conn.send(execute_run(spec, out, threads))
+
+
+class _Worker:
+    def __init__(self, context: Any, out: str, threads: int):
+        here, there = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(there, os.getpid(), out, threads), daemon=True)
+        self.process.start()
+        there.close()
+        self.conn = here
+        self.spec: RunSpec | None = None
+
+    def give(self, spec: RunSpec) -> None:
+        self.spec = spec
+        with contextlib.suppress(OSError):  # it died since its last row: the next wait sees it
+            self.conn.send(spec)
+
+    def receive(self) -> dict[str, Any] | None:
+        """The row it sent, or None where it died without one."""
+        try:
+            if self.conn.poll():
+                return self.conn.recv()
+        except (EOFError, OSError):
+            pass
+        return None
+
+    def death(self) -> str:
+        self.process.join(5)
+        code = self.process.exitcode
+        if code is not None and code < 0:
+            with contextlib.suppress(ValueError):
+                return f"worker died: killed by signal {signal.Signals(-code).name} (pid {self.process.pid})"
+        return f"worker died: exit code {code} (pid {self.process.pid})"
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            if self.spec is None and self.process.is_alive():
+                self.conn.send(None)
+                self.process.join(2)
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(2)
+        self.conn.close()
+
+
+def _pool_map(runs: list[RunSpec], out: str, workers: int, threads: int) -> Iterator[dict[str, Any]]:
+    """Run ``runs`` on ``workers`` spawned processes. A worker that dies (killed, out of memory, a crash in
+    native code) costs only the run it held: that run's row is an error naming the death, a fresh worker
+    takes its place, and the others go on."""
     import multiprocessing
+    from multiprocessing.connection import wait
 
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        pending = {pool.submit(execute_run, spec, out, threads) for spec in runs}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                yield future.result()
+    queue = deque(runs)
+    pool: list[_Worker] = []
+    try:
+        for _ in range(min(workers, len(queue))):
+            worker = _Worker(context, out, threads)
+            pool.append(worker)
+            worker.give(queue.popleft())
+        while any(w.spec is not None for w in pool):
+            busy = [w for w in pool if w.spec is not None]
+            ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
+            rows = []
+            for worker in busy:
+                if worker.conn not in ready and worker.process.sentinel not in ready:
+                    continue
+                row = worker.receive()
+                spec, worker.spec = worker.spec, None
+                if row is None:  # it died holding ``spec``
+                    assert spec is not None
+                    rows.append(_failed_row(spec, worker.death()))
+                    worker.stop()
+                    pool.remove(worker)
+                    if queue:
+                        worker = _Worker(context, out, threads)
+                        pool.append(worker)
+                else:
+                    rows.append(row)
+                if queue:
+                    worker.give(queue.popleft())
+            yield from rows
+    finally:
+        for worker in pool:
+            worker.stop()
+
+
+@contextlib.contextmanager
+def _folder_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out/.lock`` (the OS releases it when the process dies); raise
+    :class:`SweepLocked`, naming the holder, where another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: no lock
+        yield
+        return
+    path = out / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = {}
+            for _ in range(20):  # the holder writes its name just after locking
+                with contextlib.suppress(ValueError, OSError):
+                    holder = json.loads(path.read_text() or "{}")
+                if holder:
+                    break
+                time.sleep(0.05)
+            who = f"pid {holder.get('pid', '?')}, started {holder.get('started', '?')}"
+            raise SweepLocked(f"out: {out} is in use by another guidelab run ({who}); wait for it or stop it") from None
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "started": started}).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def _torch_threads() -> Iterator[None]:
+    """Give the process back its torch thread count after runs in it set their own."""
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_sweep(
@@ -138,7 +324,8 @@ def run_sweep(
     workers: int = 1,
     executor: str = "local",
     address: str | None = None,
-    threads: int | None = None,
+    threads: int = 1,
+    retry_failed: bool = True,
     progress: bool = False,
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> SweepSummary:
@@ -147,35 +334,59 @@ def run_sweep(
     Args:
         workers: processes for the local executor (1 runs in this process).
         executor: ``local`` or ``ray`` (``address`` of an existing cluster, or None for a local one).
-        threads: torch threads per run (default: all cores in-process, 1 per worker otherwise).
+        threads: torch threads of every run, whatever the executor and workers (the same count gives
+            bitwise the same metrics).
+        retry_failed: run again the runs whose stored row is an error (else they are skipped too).
+
+    Raises:
+        ValueError: a nonsense option (``field: message``); :class:`SweepLocked` (a ``ValueError``) where
+            another sweep works in ``out``.
+        OSError: the store cannot be written (a full disk); rerun to resume.
     """
     if executor not in ("local", "ray"):
         raise ValueError(f"executor: unknown {executor!r}; accepted: local, ray")
-    if workers < 1:
-        raise ValueError(f"workers: must be ≥ 1, got {workers}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers: must be an integer ≥ 1, got {workers!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads: must be an integer ≥ 1 (torch threads per run), got {threads!r}")
+    if executor == "local" and address is not None:
+        raise ValueError("address: only the ray executor uses it (--executor ray); the local executor ignores it")
+    if executor == "ray" and workers != 1:
+        raise ValueError(f"workers: the ray executor ignores it (Ray places one run per CPU); got {workers}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "sweep.json", config.model_dump())
-    store = ResultStore(out / "results.sqlite")
-    runs = config.runs()
-    unique = list({spec.hash: spec for spec in runs}.values())
-    finished = store.finished()
-    todo = [spec for spec in unique if spec.hash not in finished]
-    if executor == "ray":
-        rows = _ray_map(todo, str(out), address, threads or 1)
-    elif workers > 1 and len(todo) > 1:
-        rows = _pool_map(todo, str(out), workers, threads or 1)
-    else:
-        rows = (execute_run(spec, str(out), threads) for spec in todo)
-    failed = 0
-    with ProgressBar(progress, len(todo), "runs", transient=False) as bar:
-        for row in rows:
-            store.put(row)
-            failed += row["status"] == "error"
-            if on_row is not None:
-                on_row(row)
-            bar.advance(description=f"{row['label']} {row['target']} ({row['status']})")
-    return SweepSummary(len(unique), len(unique) - len(todo), len(todo), failed, out)
+    with _folder_lock(out), _torch_threads():
+        write_json_atomic(out / "sweep.json", config.model_dump())
+        store = ResultStore(out / "results.sqlite")
+        runs = config.runs()
+        unique = list({spec.hash: spec for spec in runs}.values())
+        statuses = store.statuses()
+        todo = [
+            spec for spec in unique if spec.hash not in statuses or (retry_failed and statuses[spec.hash] == "error")
+        ]
+        retried = sum(spec.hash in statuses for spec in todo)
+        if executor == "ray":
+            rows = _ray_map(todo, str(out), address, threads)
+        elif workers > 1 and len(todo) > 1:
+            rows = _pool_map(todo, str(out), workers, threads)
+        else:
+            rows = (execute_run(spec, str(out), threads) for spec in todo)
+        failed = 0
+        try:
+            with ProgressBar(progress, len(todo), "runs", transient=False) as bar:
+                for row in rows:
+                    store.put(row)
+                    failed += row["status"] == "error"
+                    if on_row is not None:
+                        on_row(row)
+                    bar.advance(description=f"{row['label']} {row['target']} ({row['status']})")
+        finally:
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()  # ends the workers, also when the store or a callback raised
+        statuses = store.statuses()
+    failed_total = sum(statuses.get(spec.hash) == "error" for spec in unique)
+    return SweepSummary(len(unique), len(unique) - len(todo), len(todo), failed, out, retried, failed_total)
 
 
 def default_workers() -> int:

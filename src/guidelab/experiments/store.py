@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS runs (
     schedule TEXT NOT NULL,
     metrics TEXT NOT NULL,
     config TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1,
     finished_at TEXT NOT NULL DEFAULT (datetime('now'))
 )
 """
@@ -63,6 +64,14 @@ _JSON_COLUMNS = ("guider_config", "schedule", "metrics", "config")
 
 
 def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a store of an earlier layout to the present one, in the caller's transaction; no row is lost."""
+    _migrate_params(db)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+    if columns and "attempts" not in columns:  # written before attempts were counted: each row is one attempt
+        db.execute("ALTER TABLE runs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1")
+
+
+def _migrate_params(db: sqlite3.Connection) -> None:
     """Bring a store written before the resolved guider configuration (a ``params`` column holding the sweep's
     flat parameters) to the present layout, in the caller's transaction: the guider is kept as its flat
     configuration ``{name, **params}`` (which :func:`~guidelab.guiders.build_guider` reads), γ as its
@@ -119,16 +128,25 @@ class ResultStore:
             db.close()
 
     def put(self, row: dict[str, Any]) -> None:
-        """Insert or replace one run's row (keyed by its configuration hash) in one transaction."""
+        """Insert or replace one run's row (keyed by its configuration hash) in one transaction; ``attempts``
+        becomes one more than the replaced row's (1 for a new row)."""
         values = [json.dumps(row.get(c, {}), sort_keys=True) if c in _JSON_COLUMNS else row.get(c) for c in _COLUMNS]
         placeholders = ", ".join("?" for _ in _COLUMNS)
+        attempts = "COALESCE((SELECT attempts FROM runs WHERE hash = ?), 0) + 1"
         with self._connect() as db:
-            db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(_COLUMNS)}) VALUES ({placeholders})", values)
+            db.execute(
+                f"INSERT OR REPLACE INTO runs ({', '.join(_COLUMNS)}, attempts) VALUES ({placeholders}, {attempts})",
+                [*values, row["hash"]],
+            )
 
     def finished(self) -> set[str]:
         """Hashes of every recorded run (ok or error)."""
+        return set(self.statuses())
+
+    def statuses(self) -> dict[str, str]:
+        """Each recorded run's status (``ok`` or ``error``) by hash."""
         with self._connect() as db:
-            return {h for (h,) in db.execute("SELECT hash FROM runs")}
+            return dict(db.execute("SELECT hash, status FROM runs"))
 
     def rows(self) -> list[dict[str, Any]]:
         """All rows as dicts with the JSON columns decoded, in insertion order."""
