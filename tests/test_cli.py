@@ -212,3 +212,16 @@ def test_help_answers_without_importing_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "Usage" in result.stdout
+
+
+def test_learn_help_lists_every_learn_config_field_and_reproduce_list_describes_each():
+    from guidelab.cli import _LEARN_FIELDS
+    from guidelab.experiments.reproductions import REPRODUCTIONS
+    from guidelab.learn import LearnConfig
+
+    assert [f.strip() for f in _LEARN_FIELDS.split(",")] == list(LearnConfig.model_fields)
+    result = runner.invoke(app, ["reproduce", "list"])
+    assert result.exit_code == 0
+    lines = result.output.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list(REPRODUCTIONS)
+    assert all("arXiv" in line and len(line.split()) > 4 for line in lines)

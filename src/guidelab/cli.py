@@ -254,9 +254,10 @@ def run(
     import sqlite3
 
     from guidelab.experiments.config import load_sweep
-    from guidelab.experiments.runner import run_sweep
+    from guidelab.experiments.runner import check_options, run_sweep
 
-    sweep = load_sweep(config)  # a bad sweep file leaves no output folder behind
+    check_options(workers=workers, executor=executor, address=address, threads=threads)
+    sweep = load_sweep(config)  # a bad sweep file or option leaves no output folder behind
     writable_folder(out, "out")
     try:
         summary = run_sweep(

@@ -37,7 +37,7 @@ from guidelab.experiments.store import ResultStore
 from guidelab.io import write_json_atomic, write_npy_atomic
 from guidelab.progress import ProgressBar
 
-__all__ = ["SweepLocked", "SweepSummary", "execute_run", "run_sweep"]
+__all__ = ["SweepLocked", "SweepSummary", "check_options", "execute_run", "run_sweep"]
 
 
 @dataclass
@@ -317,6 +317,20 @@ def _torch_threads() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def check_options(*, workers: int = 1, executor: str = "local", address: str | None = None, threads: int = 1) -> None:
+    """A ValueError naming the option when the executor options make no sense (before anything is written)."""
+    if executor not in ("local", "ray"):
+        raise ValueError(f"executor: unknown {executor!r}; accepted: local, ray")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers: must be an integer ≥ 1, got {workers!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads: must be an integer ≥ 1 (torch threads per run), got {threads!r}")
+    if executor == "local" and address is not None:
+        raise ValueError("address: only the ray executor uses it (--executor ray); the local executor ignores it")
+    if executor == "ray" and workers != 1:
+        raise ValueError(f"workers: the ray executor ignores it (Ray places one run per CPU); got {workers}")
+
+
 def run_sweep(
     config: SweepConfig,
     out: str | Path,
@@ -343,16 +357,7 @@ def run_sweep(
             another sweep works in ``out``.
         OSError: the store cannot be written (a full disk); rerun to resume.
     """
-    if executor not in ("local", "ray"):
-        raise ValueError(f"executor: unknown {executor!r}; accepted: local, ray")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers: must be an integer ≥ 1, got {workers!r}")
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads: must be an integer ≥ 1 (torch threads per run), got {threads!r}")
-    if executor == "local" and address is not None:
-        raise ValueError("address: only the ray executor uses it (--executor ray); the local executor ignores it")
-    if executor == "ray" and workers != 1:
-        raise ValueError(f"workers: the ray executor ignores it (Ray places one run per CPU); got {workers}")
+    check_options(workers=workers, executor=executor, address=address, threads=threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with _folder_lock(out), _torch_threads():
