@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
-from pydantic import ValidationError
 
 __all__ = ["app", "main"]
 
@@ -30,13 +28,8 @@ def _cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except ValidationError as err:
-            from guidelab.validation import error_lines  # imported only to report: start-up stays light
-
-            for line in error_lines(err):
-                typer.echo(f"error: {line}", err=True)
-        except (ValueError, FileNotFoundError) as err:
-            for line in str(err).splitlines():
+        except (ValueError, FileNotFoundError) as err:  # pydantic's ValidationError is a ValueError
+            for line in _error_lines(err):
                 typer.echo(f"error: {line}", err=True)
         except OSError as err:  # a path that cannot be read or written: name it, no traceback
             where = err.filename if err.filename is not None else "file"
@@ -48,9 +41,21 @@ def _cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _error_lines(err: Exception) -> list[str]:
+    """The lines of an input error: a pydantic ValidationError one ``field: message`` line per mistake (pydantic
+    and the formatter are imported only here, so start-up stays light), any other error its message's lines."""
+    if type(err).__module__.startswith("pydantic"):
+        from guidelab.validation import error_lines
+
+        return error_lines(err)  # type: ignore[arg-type]
+    return str(err).splitlines()
+
+
 def parse_params(items: list[str] | None, option: str = "--param") -> dict[str, Any]:
     """``KEY=VALUE`` pairs; values are read as YAML scalars or lists (``3``, ``0.5``, ``true``, ``[1, 2]``). A key
     given twice is an error (the last would silently win)."""
+    import yaml
+
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -358,6 +363,8 @@ def learn(
     ] = None,
 ) -> None:
     """Learn guidance weights ω(c, s, t) by self-consistency (arXiv 2510.00815); resumable, early stopping."""
+    import yaml
+
     from guidelab.learn import LearnConfig
     from guidelab.learn import learn as run_learn
 
