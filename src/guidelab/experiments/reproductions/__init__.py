@@ -34,14 +34,38 @@ __all__ = ["CLAIMS", "REPRODUCTIONS", "SIZES", "Reproduction", "run_reproduction
 Reproduction = Callable[[str, Path], dict[str, Any]]
 SIZES: tuple[str, ...] = ("ci", "paper")
 
-_TABLE: dict[str, tuple[str, str]] = {  # name -> (module, function)
-    "chidambaram-edge": ("guidelab.experiments.reproductions.chidambaram_edge", "chidambaram_edge"),
-    "chidambaram-score-error": ("guidelab.experiments.reproductions.score_error", "score_error"),
-    "stagewise": ("guidelab.experiments.reproductions.stagewise", "stagewise"),
-    "variance-shrinkage": ("guidelab.experiments.reproductions.variance_shrinkage", "variance_shrinkage"),
-    "conservation": ("guidelab.experiments.reproductions.conservation", "conservation"),
-    "adg-norm": ("guidelab.experiments.reproductions.adg_norm", "adg_norm"),
-    "learned-guidance": ("guidelab.experiments.reproductions.learned_guidance", "learned_guidance"),
+_TABLE: dict[str, tuple[str, str, str]] = {  # name -> (module, the claim reproduced, its source)
+    "chidambaram-edge": (
+        "chidambaram_edge",
+        "samples pile up at the far edge as γ grows; the grid decides how many stay",
+        "arXiv 2409.13074",
+    ),
+    "chidambaram-score-error": (
+        "score_error",
+        "a score error plus large γ puts samples off the support",
+        "arXiv 2409.13074",
+    ),
+    "stagewise": (
+        "stagewise",
+        "early strong guidance kills weak modes, late kills within-mode variance",
+        "arXiv 2509.22007",
+    ),
+    "variance-shrinkage": (
+        "variance_shrinkage",
+        "γ ≥ 1 shrinks within-class variance; a negative window restores it",
+        "arXiv 2602.00716",
+    ),
+    "conservation": (
+        "conservation",
+        "the guidance field's divergence grows as t → 0; AdaMaG vs CFG",
+        "arXiv 2605.20079",
+    ),
+    "adg-norm": ("adg_norm", "‖x0̂‖ grows with γ under CFG, stays bounded under ADG", "arXiv 2506.11039"),
+    "learned-guidance": (
+        "learned_guidance",
+        "learned guidance weights vs constant and interval guidance",
+        "arXiv 2510.00815",
+    ),
 }
 
 
@@ -55,20 +79,10 @@ def _lazy(name: str, module: str, function: str) -> Reproduction:
     return run
 
 
-REPRODUCTIONS: dict[str, Reproduction] = {name: _lazy(name, *where) for name, where in _TABLE.items()}
-
-CLAIMS: dict[str, tuple[str, str]] = {  # name -> (the claim reproduced, its source), as in the table above
-    "chidambaram-edge": (
-        "samples pile up at the far edge as γ grows; the grid decides how many stay",
-        "arXiv 2409.13074",
-    ),
-    "chidambaram-score-error": ("a score error plus large γ puts samples off the support", "arXiv 2409.13074"),
-    "stagewise": ("early strong guidance kills weak modes, late kills within-mode variance", "arXiv 2509.22007"),
-    "variance-shrinkage": ("γ ≥ 1 shrinks within-class variance; a negative window restores it", "arXiv 2602.00716"),
-    "conservation": ("the guidance field's divergence grows as t → 0; AdaMaG vs CFG", "arXiv 2605.20079"),
-    "adg-norm": ("‖x0̂‖ grows with γ under CFG, stays bounded under ADG", "arXiv 2506.11039"),
-    "learned-guidance": ("learned guidance weights vs constant and interval guidance", "arXiv 2510.00815"),
+REPRODUCTIONS: dict[str, Reproduction] = {
+    name: _lazy(name, f"guidelab.experiments.reproductions.{module}", module) for name, (module, _, _) in _TABLE.items()
 }
+CLAIMS: dict[str, tuple[str, str]] = {name: (claim, source) for name, (_, claim, source) in _TABLE.items()}
 
 
 def run_reproduction(name: str, size: str = "ci", out_dir: str | Path | None = None) -> dict[str, Any]:
