@@ -161,8 +161,13 @@ def chosen_params(guider_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def gamma_text(gamma: Any) -> str:
-    """γ as a short label: ``3``, ``1.5``, ``[1, 2]``; empty when absent."""
-    return "" if gamma is None else _compact(gamma)
+    """γ as a short label: ``3``, ``1.5``, ``1.781`` (an effective scale to 4 significant digits), ``[1, 2]``;
+    empty when absent."""
+    if gamma is None:
+        return ""
+    if isinstance(gamma, float) and math.isfinite(gamma):
+        return f"{gamma:.4g}"
+    return _compact(gamma)
 
 
 def gamma_sort(gamma: Any) -> float:
