@@ -42,15 +42,21 @@ def linear_step(preds: Predictions, weight: Scale, base: str = "uncond") -> Guid
     return GuidedStep(combine(p0, mixed, q0, preds.x_t), combine(p1, mixed, q1, preds.x_t))
 
 
-def keep_neutral(out: GuidedStep, preds: Predictions, gamma: Scale, neutral: float = 1.0) -> GuidedStep:
-    """Where a per-sample scale equals its neutral value, replace the guided pair by the conditional one, so a
-    sample's result does not depend on the scales of the other samples in its batch. The pair is returned in the
-    predictions' dtype (:meth:`Predictions.cast`)."""
+def keep_neutral(
+    out: GuidedStep,
+    preds: Predictions,
+    gamma: Scale,
+    neutral: float = 1.0,
+    unguided: Callable[[], GuidedStep] | None = None,
+) -> GuidedStep:
+    """Where a per-sample scale equals its neutral value, replace the guided pair by the unguided one (the
+    conditional pair, or ``unguided()``), so a sample's result does not depend on the scales of the other samples
+    in its batch. The pair is returned in the predictions' dtype (:meth:`Predictions.cast`)."""
     out = preds.cast(out)
-    if not isinstance(gamma, Tensor) or gamma.ndim == 0:
+    if not isinstance(gamma, Tensor) or gamma.ndim == 0 or not bool((gamma == neutral).any()):
         return out
     mask = (gamma == neutral).to(out.x0_hat.device).reshape(-1, *([1] * (out.x0_hat.ndim - 1)))
-    cond = preds.cond_pair()
+    cond = preds.cast(unguided()) if unguided is not None else preds.cond_pair()
     return GuidedStep(torch.where(mask, cond.x0_hat, out.x0_hat), torch.where(mask, cond.eps_hat, out.eps_hat))
 
 

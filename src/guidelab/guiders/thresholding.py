@@ -201,14 +201,7 @@ class DynamicThresholding(ScheduledGuider):
         c, u = preds.get("cond", "x0"), preds.get("uncond", "x0")
         x0_guided = torch.lerp(u, c, per_sample(as_batch(gamma, c), c))
         out = self._thresholded_pair(preds, x0_guided, lambda: affine_pair(preds, gamma).eps_hat)  # unclipped: CFG's ε̂
-        if not self.threshold_unguided:
-            return keep_neutral(out, preds, gamma)
-        if not isinstance(gamma, Tensor) or gamma.ndim == 0 or not bool((gamma == 1).any()):
-            return out
-        mask = (gamma == 1).to(c.device).reshape(-1, *([1] * (c.ndim - 1)))
-        neutral = self._conditional(preds)
-        x0_hat = torch.where(mask, neutral.x0_hat, out.x0_hat)
-        return GuidedStep(x0_hat, torch.where(mask, neutral.eps_hat, out.eps_hat))
+        return keep_neutral(out, preds, gamma, unguided=lambda: self._conditional(preds))
 
     def params(self) -> dict[str, Any]:
         return {
