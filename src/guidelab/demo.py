@@ -55,7 +55,7 @@ def _print_best(console: object, out: Path) -> None:
         table = Table(
             title=f"{target}: best scale per method (energy distance to the true conditional, lower is better)"
         )
-        for col in ("method", "γ", "energy distance", "class fidelity", "within-mode var. ratio", "nfe"):
+        for col in ("method", "γ (mean)", "energy distance", "class fidelity", "within-mode var. ratio", "nfe"):
             table.add_column(col, justify="left" if col == "method" else "right")
         best = rows.loc[rows.groupby("label")["metric.energy_distance"].idxmin()]
         for _, row in best.sort_values("metric.energy_distance").iterrows():
@@ -65,7 +65,10 @@ def _print_best(console: object, out: Path) -> None:
                 "metric.class_fidelity",
                 "metric.within_mode_variance_ratio",
             )
-            table.add_row(str(row["label"]), *(_cell(row.get(k)) for k in keys), str(int(row["nfe"])))
+            cells = [_cell(row.get(k)) for k in keys]
+            if row["metric.energy_distance"] <= 0:
+                cells[1] = "≤ floor"  # the unbiased estimate at or below its noise floor
+            table.add_row(str(row["label"]), *cells, str(int(row["nfe"])))
         console.print(table)  # type: ignore[attr-defined]
 
 

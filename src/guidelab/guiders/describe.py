@@ -19,7 +19,7 @@ __all__ = ["describe_guiders", "describe_schedules", "schedule_table"]
 def _summary(cls: type) -> str:
     doc = inspect.getdoc(cls) or ""
     summary = doc.split("\n\n", 1)[0].replace("\n", " ").strip()
-    return summary[:-1] if summary.endswith("::") else summary  # a reST literal-block marker reads as ':'
+    return summary.rstrip(":")  # a summary leading into a formula block ends in ':' or '::'
 
 
 def _plain(value: Any) -> Any:

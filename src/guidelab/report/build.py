@@ -216,7 +216,11 @@ def _group_section(i: int, target: str, cond: str, group: list[dict[str, Any]], 
         absent = [p for p in points if not (math.isfinite(p.mean(x_metric)) and math.isfinite(p.mean(y_metric)))]
         if absent:
             names = ", ".join(_point_name(p) for p in absent)
-            parts.append(note(f"Not in the plot (no {x_metric} or {y_metric}, e.g. every sample diverged): {names}."))
+            why = (
+                "every sample diverged, or the metric is undefined for these samples, e.g. class fidelity where "
+                "every sample left the support"
+            )
+            parts.append(note(f"Not in the plot (no {x_metric} or {y_metric}: {why}): {names}."))
     else:
         missing = [name for name, m in (("a distance", x_metric), ("a fidelity", y_metric)) if m is None]
         parts.append(
