@@ -1,8 +1,11 @@
 """The contract every model meets: the Denoiser protocol ``(x_t, t, cond) -> prediction`` in a declared space
 on a declared path, the null condition and label handling.
 
-A condition is a class index; ``NULL_COND`` (−1) or ``cond=None`` is the unconditional model. One batch
-may mix conditions, the null one included, so that a guider's cond and uncond passes run as one call.
+A condition is a class index (or, for text models, a prompt's row in the model's condition table); ``NULL_COND``
+(−1) or ``cond=None`` is the unconditional model. One batch may mix conditions, the null one included, so that a
+guider's cond and uncond passes run as one call. A denoiser whose null condition depends on the sample's condition
+(each prompt with its own negative prompt) says so with a ``null_cond(cond) -> labels`` method; :func:`null_labels`
+asks it.
 
 This module is the ground floor: it imports nothing of guidelab at run time, and everything else may import it.
 """
@@ -17,7 +20,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from guidelab.paths import NoisePath
 
-__all__ = ["NULL_COND", "Denoiser", "as_cond"]
+__all__ = ["NULL_COND", "Denoiser", "as_cond", "null_labels"]
 
 NULL_COND = -1
 
@@ -53,3 +56,10 @@ def as_cond(cond: Tensor | int | None, batch: int, device: torch.device | str | 
     if cond.shape != (batch,):
         raise ValueError(f"cond: expected shape ({batch},), got {tuple(cond.shape)}")
     return cond.long()
+
+
+def null_labels(model: object, cond: Tensor) -> Tensor:
+    """The labels of the unconditional pass for samples with labels ``cond`` (batch,): the model's
+    ``null_cond(cond)`` where it defines one, else ``NULL_COND`` for every sample."""
+    hook = getattr(model, "null_cond", None)
+    return hook(cond) if hook is not None else torch.full_like(cond, NULL_COND)

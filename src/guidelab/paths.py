@@ -28,6 +28,7 @@ from torch import Tensor
 __all__ = [
     "PATHS",
     "SPACES",
+    "DiscreteVPPath",
     "NoisePath",
     "OrnsteinUhlenbeckPath",
     "PathCoefficients",
@@ -251,13 +252,227 @@ class OrnsteinUhlenbeckPath(NoisePath):
         return {"name": self.name, "horizon": self.horizon}
 
 
+class DiscreteVPPath(NoisePath):
+    """The variance-preserving path of a discrete-time DDPM scheduler (diffusers' ``DDPMScheduler``,
+    ``DDIMScheduler``, ``DPMSolverMultistepScheduler``, ``EulerDiscreteScheduler``, …): ``α_k = √ᾱ_k``,
+    ``σ_k = √(1 − ᾱ_k)`` at the training timesteps k = 0 … N − 1, with ᾱ the scheduler's ``alphas_cumprod``,
+    computed from its beta schedule exactly as diffusers does (in float32; the same numbers bit for bit).
+
+    Timestep k sits at ``t = (k + 1)/N``, so t = 0 is the data (σ = 0) as on every guidelab path and t = 1 the
+    last training timestep. Between timesteps log λ is linear in t (k-diffusion's interpolation of log σ in
+    ``DiscreteSchedule``); below the first timestep λ falls linearly to 0 at t = 0. With a zero terminal SNR
+    (ᾱ_{N−1} = 0, Lin et al. 2023, arXiv 2305.08891) α falls linearly to 0 on the last interval instead.
+    The network's timestep at t is :meth:`timestep` ``= N·t − 1``: an integer at the scheduler's own times.
+
+    Args:
+        num_train_timesteps: N.
+        beta_schedule: ``linear`` (DDPM), ``scaled_linear`` (Stable Diffusion: linear in √β) or
+            ``squaredcos_cap_v2`` (Nichol & Dhariwal's cosine, β ≤ 0.999).
+        beta_start, beta_end: the linear schedules' end points.
+        rescale_betas_zero_snr: rescale to zero terminal SNR as diffusers does.
+        trained_betas: explicit betas (N values); the schedule's other fields are then ignored.
+
+    Raises:
+        ValueError: naming the field, for an unknown schedule or bad numbers.
+    """
+
+    name = "discrete-vp"
+    BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "scaled_linear",
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        rescale_betas_zero_snr: bool = False,
+        trained_betas: list[float] | tuple[float, ...] | None = None,
+    ):
+        if trained_betas is not None:
+            betas = torch.tensor(list(trained_betas), dtype=torch.float32)
+            num_train_timesteps = betas.numel()
+        else:
+            if beta_schedule not in self.BETA_SCHEDULES:
+                raise ValueError(
+                    f"beta_schedule: unknown name {beta_schedule!r}; accepted: {', '.join(self.BETA_SCHEDULES)}"
+                )
+            if not (isinstance(num_train_timesteps, int) and num_train_timesteps >= 2):
+                raise ValueError(f"num_train_timesteps: must be an integer ≥ 2, got {num_train_timesteps!r}")
+            if beta_schedule != "squaredcos_cap_v2" and not 0 < beta_start < beta_end < 1:
+                raise ValueError(
+                    f"beta_start, beta_end: need 0 < beta_start < beta_end < 1, got {beta_start}, {beta_end}"
+                )
+            betas = _betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
+        if betas.ndim != 1 or betas.numel() < 2 or not bool(((betas > 0) & (betas <= 1)).all()):
+            raise ValueError("trained_betas: need at least 2 values in (0, 1]")
+        if rescale_betas_zero_snr:
+            betas = _rescale_zero_terminal_snr(betas)
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        if rescale_betas_zero_snr:
+            alphas_cumprod[-1] = 0.0  # diffusers' rescale leaves a rounding residue; the point is ᾱ_{N−1} = 0
+        self.num_train_timesteps = int(num_train_timesteps)
+        self.beta_schedule, self.beta_start, self.beta_end = beta_schedule, float(beta_start), float(beta_end)
+        self.rescale_betas_zero_snr = bool(rescale_betas_zero_snr)
+        self.trained_betas = None if trained_betas is None else [float(b) for b in trained_betas]
+        self.alphas_cumprod = alphas_cumprod.to(torch.float64)  # (N,), the scheduler's float32 values widened
+        a = self.alphas_cumprod.sqrt()
+        s = (1 - self.alphas_cumprod).sqrt()
+        self._log_lam = torch.log(s) - torch.log(a)  # (N,); +∞ at a zero terminal SNR
+        self.zero_terminal_snr = bool(a[-1] == 0)
+
+    @classmethod
+    def from_scheduler(cls, scheduler: object) -> DiscreteVPPath:
+        """The path of a diffusers scheduler with ``alphas_cumprod`` (read from its config, checked against its
+        table). Raises ValueError naming ``scheduler`` when it has no such table or the config does not rebuild it."""
+        config = getattr(scheduler, "config", None)
+        table = getattr(scheduler, "alphas_cumprod", None)
+        if config is None or table is None:
+            raise ValueError(
+                f"scheduler: {type(scheduler).__name__} has no discrete alphas_cumprod; flow-matching schedulers use "
+                "the rf path"
+            )
+        fields = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "rescale_betas_zero_snr")
+        kwargs = {k: config[k] for k in fields if k in config}
+        if config.get("trained_betas") is not None:
+            kwargs["trained_betas"] = [float(b) for b in config["trained_betas"]]
+        path = cls(**kwargs)
+        table = torch.as_tensor(table).to(torch.float64)
+        if table.shape != path.alphas_cumprod.shape or not torch.allclose(
+            table[:-1], path.alphas_cumprod[:-1], rtol=1e-6, atol=0
+        ):
+            raise ValueError(f"scheduler: alphas_cumprod of {type(scheduler).__name__} is not rebuilt by its config")
+        return path
+
+    def _u(self, t: Tensor) -> Tensor:
+        return t * self.num_train_timesteps - 1  # fractional timestep
+
+    def coefficients(self, t: Tensor) -> PathCoefficients:
+        t = _as_tensor(t).to(torch.float64)
+        n = self.num_train_timesteps
+        log_lam = self._log_lam.to(t.device)
+        u = self._u(t)
+        k = u.floor().clamp(0, n - 2).long()
+        w = u - k
+        lo, hi = log_lam[k], log_lam[k + 1]
+        finite = torch.isfinite(hi)
+        slope = torch.where(finite, hi - lo, torch.zeros_like(hi))
+        log_l = lo + w * slope
+        lam = torch.exp(log_l)
+        d_lam = lam * slope * n  # dλ/dt on the log-linear pieces
+        # Below the first timestep: λ = λ_0·N·t, linear to 0 at t = 0.
+        below = u < 0
+        lam0 = torch.exp(log_lam[0])
+        lam = torch.where(below, lam0 * n * t, lam)
+        d_lam = torch.where(below, lam0 * n * torch.ones_like(t), d_lam)
+        alpha = torch.rsqrt(1 + lam**2)
+        sigma = lam * alpha
+        d_alpha = -(alpha**3) * lam * d_lam
+        d_sigma = alpha**3 * d_lam
+        if self.zero_terminal_snr:  # last interval: α linear from α_{N−2} to 0
+            last = ~below & ~finite
+            a0 = self.alphas_cumprod[-2].sqrt().to(t.device)
+            a_lin = (a0 * (1 - w)).clamp_min(0)
+            s_lin = torch.sqrt(1 - a_lin**2)
+            da_lin = -a0 * n * torch.ones_like(t)
+            alpha = torch.where(last, a_lin, alpha)
+            sigma = torch.where(last, s_lin, sigma)
+            d_alpha = torch.where(last, da_lin, d_alpha)
+            d_sigma = torch.where(last, -a_lin * da_lin / s_lin, d_sigma)
+        return PathCoefficients(alpha, sigma, d_alpha, d_sigma)
+
+    def t_of_lam(self, lam: Tensor) -> Tensor:
+        lam = _as_tensor(lam).to(torch.float64)
+        n = self.num_train_timesteps
+        log_lam = self._log_lam.to(lam.device)
+        lam0 = float(torch.exp(log_lam[0]))
+        finite = log_lam[torch.isfinite(log_lam)]
+        x = torch.log(lam.clamp_min(1e-300))
+        k = (torch.searchsorted(finite, x.reshape(-1).contiguous()) - 1).clamp(0, finite.numel() - 2).reshape(x.shape)
+        lo, hi = finite[k], finite[k + 1]
+        u = k + (x - lo) / (hi - lo)  # extrapolates linearly beyond the last finite timestep
+        t = (u + 1) / n
+        t = torch.where(lam <= lam0, lam / (lam0 * n), t)
+        if self.zero_terminal_snr:  # on the α-linear last interval: α = α_{N−2}(1 − w)
+            a0 = float(self.alphas_cumprod[-2].sqrt())
+            alpha = torch.rsqrt(1 + lam**2)
+            w = 1 - alpha / a0
+            t = torch.where(x > finite[-1], (n - 1 + w) / n, t)
+        return torch.where(torch.isinf(lam), torch.full_like(t, 1.0 if self.zero_terminal_snr else math.inf), t)
+
+    def timestep(self, t: Tensor) -> Tensor:
+        """The scheduler's (fractional) timestep ``N·t − 1`` at guidelab time ``t``, snapped to the nearest
+        integer within 1e-6 (so the scheduler's own times give its integer timesteps exactly)."""
+        u = self._u(_as_tensor(t).to(torch.float64))
+        r = u.round()
+        return torch.where((u - r).abs() < 1e-6, r, u)
+
+    def time_of_timestep(self, timestep: Tensor | float) -> Tensor:
+        """The guidelab time ``(k + 1)/N`` of scheduler timestep k (float64)."""
+        return (_as_tensor(timestep).to(torch.float64) + 1) / self.num_train_timesteps
+
+    def config(self) -> dict:
+        if self.trained_betas is not None:
+            out: dict = {"name": self.name, "trained_betas": self.trained_betas}
+        else:
+            out = {
+                "name": self.name,
+                "num_train_timesteps": self.num_train_timesteps,
+                "beta_schedule": self.beta_schedule,
+                "beta_start": self.beta_start,
+                "beta_end": self.beta_end,
+            }
+        if self.rescale_betas_zero_snr:
+            out["rescale_betas_zero_snr"] = True
+        return out
+
+    def __repr__(self) -> str:
+        if self.trained_betas is not None:
+            return f"DiscreteVPPath(trained_betas=<{self.num_train_timesteps} values>)"
+        return super().__repr__()
+
+
+def _betas(schedule: str, n: int, start: float, end: float) -> Tensor:
+    """diffusers' beta schedules, in float32 as diffusers computes them."""
+    if schedule == "linear":
+        return torch.linspace(start, end, n, dtype=torch.float32)
+    if schedule == "scaled_linear":
+        return torch.linspace(start**0.5, end**0.5, n, dtype=torch.float32) ** 2
+    # squaredcos_cap_v2: betas_for_alpha_bar with the cosine ᾱ(t) = cos²((t + 0.008)/1.008·π/2), β ≤ 0.999
+
+    def alpha_bar(x: float) -> float:
+        return math.cos((x + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    betas = [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)]
+    return torch.tensor(betas, dtype=torch.float32)
+
+
+def _rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
+    """Lin et al.'s Algorithm 1 (arXiv 2305.08891) as diffusers applies it: shift √ᾱ to end at 0, rescale to keep
+    its first value."""
+    root = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    bar = root**2
+    alphas = torch.cat([bar[0:1], bar[1:] / bar[:-1]])
+    return 1 - alphas
+
+
 PATHS: dict[str, type[NoisePath]] = {
-    p.name: p for p in (RectifiedFlowPath, VPCosinePath, VPLinearPath, VarianceExplodingPath, OrnsteinUhlenbeckPath)
+    p.name: p
+    for p in (
+        RectifiedFlowPath,
+        VPCosinePath,
+        VPLinearPath,
+        VarianceExplodingPath,
+        OrnsteinUhlenbeckPath,
+        DiscreteVPPath,
+    )
 }
 
 
 def get_path(name: str | NoisePath, **params: float) -> NoisePath:
-    """Build a path by name (``rf``, ``vp-cosine``, ``vp-linear``, ``ve``, ``ou``) with its parameters."""
+    """Build a path by name (``rf``, ``vp-cosine``, ``vp-linear``, ``ve``, ``ou``, ``discrete-vp``) with its
+    parameters."""
     if isinstance(name, NoisePath):
         return name
     if name not in PATHS:

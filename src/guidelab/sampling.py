@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from guidelab.denoiser import NULL_COND, Denoiser, as_cond
+from guidelab.denoiser import Denoiser, as_cond, null_labels
 from guidelab.guiders.base import GuidedStep, Guider, Pass, Predictions, StepContext
 from guidelab.guiders.cfg import CFG
 from guidelab.noise import NoiseSource
@@ -112,7 +112,7 @@ class GuidedModel:
             groups.setdefault(id(p.model), []).append(p)
         for group in groups.values():
             model = group[0].model or self.denoiser
-            labels = [self.cond if p.cond == "cond" else torch.full_like(self.cond, NULL_COND) for p in group]
+            labels = [self.cond if p.cond == "cond" else null_labels(model, self.cond) for p in group]
             x_in = x_t if len(group) == 1 else x_t.repeat(len(group), *([1] * (x_t.ndim - 1)))
             t_in = torch.full((n * len(group),), t, dtype=x_t.dtype, device=x_t.device)
             out = model(x_in, t_in, torch.cat(labels))
