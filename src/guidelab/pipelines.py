@@ -40,7 +40,7 @@ from guidelab.models.adapters import (
 )
 from guidelab.noise import NoiseSource
 from guidelab.paths import DiscreteVPPath, NoisePath, RectifiedFlowPath
-from guidelab.sampling import SOLVERS, sample
+from guidelab.sampling import DEFAULT_DIVERGENCE_FACTOR, SOLVERS, sample
 
 __all__ = [
     "FAMILIES",
@@ -51,6 +51,7 @@ __all__ = [
     "load_pipeline",
     "matching_solver",
     "pipeline_denoiser",
+    "save_images",
     "scheduler_grid",
 ]
 
@@ -205,10 +206,10 @@ def encode_prompts(
     """The conditioning of ``prompts`` (P rows) and their negatives (``negative``: one for all or one per prompt;
     None: the empty prompt) by the pipeline's own encoders."""
     family = family_of(pipe)
-    neg = negative if negative is not None else [""]
-    if len(neg) not in (1, len(prompts)):
-        raise ValueError(f"negative_prompt: give one or {len(prompts)} (one per prompt), got {len(neg)}")
-    neg_full = neg * len(prompts) if len(neg) == 1 else neg
+    if negative is not None and len(negative) not in (1, len(prompts)):
+        raise ValueError(f"negative_prompt: give one or {len(prompts)} (one per prompt), got {len(negative)}")
+    # None keeps the pipeline's own null condition (SDXL: zeros where force_zeros_for_empty_prompt, else "").
+    neg_full = None if negative is None else negative * len(prompts) if len(negative) == 1 else negative
     with torch.no_grad():
         if family == "sd":
             pos, nul = pipe.encode_prompt(prompts, device, 1, True, neg_full)
@@ -230,12 +231,13 @@ def encode_prompts(
             null = {"encoder_hidden_states": nul, "pooled_projections": null_pooled}
         elif family == "flux":
             pos, pooled, _ = pipe.encode_prompt(prompts, None, device=device, num_images_per_prompt=1)
-            nul, null_pooled, _ = pipe.encode_prompt(neg_full, None, device=device, num_images_per_prompt=1)
+            empty = neg_full if neg_full is not None else [""] * len(prompts)  # FluxPipeline's true CFG needs one
+            nul, null_pooled, _ = pipe.encode_prompt(empty, None, device=device, num_images_per_prompt=1)
             cond = {"encoder_hidden_states": pos, "pooled_projections": pooled}
             null = {"encoder_hidden_states": nul, "pooled_projections": null_pooled}
         else:
             raise ValueError("prompt: a class-conditional pipeline (DiT) takes class labels, not prompts")
-    if len(neg) == 1:  # one negative for every prompt: keep one null row
+    if negative is None or len(negative) == 1:  # one null condition for every prompt: keep one row
         null = {k: v[:1] for k, v in null.items()}
     return ConditionTable(cond, null)
 
@@ -357,6 +359,7 @@ def generate(
     max_batch: int | None = None,
     distilled_guidance: float | None = None,
     guided_channels: int | None = None,
+    divergence_factor: float = DEFAULT_DIVERGENCE_FACTOR,
     progress: bool = False,
 ) -> GenerateResult:
     """Generate with a guidelab guider and solver on a diffusers pipeline's components.
@@ -383,6 +386,8 @@ def generate(
         max_batch: largest batch of one network forward (default: all samples, cond and null passes together).
         distilled_guidance: Flux-dev's guidance embedding value (default 3.5 where the model embeds one).
         guided_channels: guide only the first that many latent channels (the original DiT code guides 3 of 4).
+        divergence_factor: a sample whose latent leaves ``factor·(α_t + σ_t)`` is frozen and counted as diverged
+            (:class:`~guidelab.sampling.Monitor`); ``math.inf`` turns the monitor off.
         progress: show a progress bar.
 
     Raises:
@@ -447,7 +452,7 @@ def generate(
         x_init = latents.to(device=device, dtype=dtype)
     result = sample(
         denoiser, guide, grid=times, cond=cond, solver=solver, seed=seed, eta=eta, x_init=x_init, dtype=dtype,
-        device=device, progress=progress,
+        device=device, divergence_factor=divergence_factor, progress=progress,
     )  # fmt: skip
     notes += result.notes
     images = decode(pipe, result.x, output_type)
@@ -473,6 +478,7 @@ def generate(
         "max_batch": max_batch,
         "distilled_guidance": getattr(denoiser, "distilled_guidance", None),
         "guided_channels": guided_channels,
+        "divergence_factor": divergence_factor,
     }
     return GenerateResult(
         images=images,
@@ -561,3 +567,29 @@ def load_pipeline(folder: str | Path, *, device: str | None = None, dtype: str |
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def save_images(images: list[Any], folder: str | Path, *, columns: int) -> list[Path]:
+    """Write each PIL image as ``image_000.png``, … and all of them as ``grid.png`` (``columns`` per row), each
+    atomically. Returns the paths, the grid last."""
+    from PIL import Image
+
+    from guidelab.io import write_atomic
+
+    folder = Path(folder)
+    if not images:
+        raise ValueError("images: nothing to save")
+    paths = []
+    for i, image in enumerate(images):
+        target = folder / f"image_{i:03d}.png"
+        write_atomic(target, lambda f, im=image: im.save(f, format="PNG"))
+        paths.append(target)
+    w, h = images[0].size
+    cols = max(1, min(columns, len(images)))
+    rows = -(-len(images) // cols)
+    sheet = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, image in enumerate(images):
+        sheet.paste(image, ((i % cols) * w, (i // cols) * h))
+    grid_path = folder / "grid.png"
+    write_atomic(grid_path, lambda f: sheet.save(f, format="PNG"))
+    return [*paths, grid_path]
