@@ -5,6 +5,7 @@ nothing half-written: a table of over 150 cases, run in-process through the real
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 
 import pytest
@@ -33,6 +34,15 @@ def files(tmp_path_factory):
     f["corrupt_store"] = root / "corrupt" / "results.sqlite"
     f["corrupt_store"].parent.mkdir()
     f["corrupt_store"].write_bytes(b"this is not an sqlite database" * 100)
+    from tiny_diffusers import make_dit, make_sd
+
+    f["sd_pipe"] = root / "sd-pipe"
+    make_sd().save_pretrained(f["sd_pipe"])
+    f["dit_pipe"] = root / "dit-pipe"
+    make_dit().save_pretrained(f["dit_pipe"])
+    f["broken_pipe"] = root / "broken-pipe"  # model_index.json lists a unet that is not there
+    make_sd().save_pretrained(f["broken_pipe"])
+    shutil.rmtree(f["broken_pipe"] / "unet")
     f["null_named"] = root / "null-named.yaml"  # class 0 is named "null", class 1 is named "0"
     f["null_named"].write_text(
         "kind: gaussian-mixture\ndim: 1\nclasses:\n"
@@ -317,6 +327,27 @@ CASES = [
     (["demo", "--out", "{file}/d"], "out"),
     (["demo", "--workers", "0", "--out", "{root}/d"], "workers"),
     (["demo", "--workers", "x"], "--workers"),
+    # generate on a saved diffusers pipeline (tiny random ones, built offline)
+    (["generate", "--pipeline", "{root}/no-such", "--out", "{root}/g", "--prompt", "a"], "pipeline"),
+    (["generate", "--pipeline", "{dir}", "--out", "{root}/g", "--prompt", "a"], "pipeline"),
+    (["generate", "--pipeline", "{file}", "--out", "{root}/g", "--prompt", "a"], "pipeline"),
+    (["generate", "--pipeline", "{broken_pipe}", "--out", "{root}/g", "--prompt", "a"], "pipeline"),
+    (["generate", "--pipeline", "{dit_pipe}", "--out", "{root}/g", "--prompt", "a cat"], "prompt"),
+    (["generate", "--pipeline", "{dit_pipe}", "--out", "{root}/g", "--class", "5000"], "class_labels"),
+    (["generate", "--pipeline", "{dit_pipe}", "--out", "{root}/g"], "class_labels"),
+    (["generate", "--pipeline", "{sd_pipe}", "--out", "{root}/g", "--class", "3"], "class_labels"),
+    (["generate", "--pipeline", "{sd_pipe}", "--out", "{root}/g", "--prompt", "a", "--guider", "nope"], "guider"),
+    (["generate", "--pipeline", "{sd_pipe}", "--out", "{root}/g", "--prompt", "a", "--solver", "rk4"], "solver"),
+    (["generate", "--pipeline", "{sd_pipe}", "--out", "{root}/g", "--prompt", "a", "--grid", "cosine"], "grid"),
+    (["generate", "--pipeline", "{sd_pipe}", "--out", "{root}/g", "--prompt", "a", "-p", "scale=abc"], "scale"),
+    (["generate", "--pipeline", "{sd_pipe}", "--out", "{root}/g", "--prompt", "a", "--steps", "0"], "steps"),
+    (["generate", "--pipeline", "{sd_pipe}", "--out", "{root}/g", "--prompt", "a", "--n", "0"], "n"),
+    (["generate", "--pipeline", "{sd_pipe}", "--out", "{root}/g", "--prompt", "a", "--height", "15"], "height"),
+    (["generate", "--pipeline", "{sd_pipe}", "--out", "{root}/g", "--prompt", "a", "--dtype", "float16"], "dtype"),
+    (["generate", "--pipeline", "{sd_pipe}", "--out", "{root}/g", "--prompt", "a", "--dtype", "int8"], "dtype"),
+    (["generate", "--pipeline", "{sd_pipe}", "--out", "{file}/g", "--prompt", "a"], "out"),
+    (["generate", "--pipeline", "{sd_pipe}", "--out", "{root}/g", "--prompt", "a", "--max-batch", "0"], "max_batch"),
+    (["generate", "--pipeline", "{sd_pipe}", "--prompt", "a"], "--out"),
 ]
 
 
@@ -341,6 +372,7 @@ def test_the_table_is_large_and_covers_every_command():
         "learn",
         "train",
         "demo",
+        "generate",
     } <= commands
 
 

@@ -290,3 +290,35 @@ def test_grid_kinds_on_a_discrete_path_stay_on_the_training_timesteps():
         out = generate(pipe, "a cat", grid=kind, steps=4, output_type="latent")
         times = out.config["times"]
         assert times[-1] == 0.0 and min(times[:-1]) >= 1e-3 - 1e-12 and max(times) <= 1.0, kind
+
+
+def test_cli_generate_writes_images_grid_and_sidecar(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from guidelab.cli import main
+
+    folder = tmp_path / "sd"
+    make_sd(scheduler="dpm").save_pretrained(folder)
+    out = tmp_path / "out"
+    argv = ["generate", "--pipeline", str(folder), "--out", str(out), "--prompt", "a cat", "--prompt", "a dog"]
+    main([*argv, "--negative-prompt", "blurry", "--n", "2", "--steps", "3", "-p", "scale=4", "--seed", "5"])
+    captured = capsys.readouterr()
+    assert "wrote 4 images" in captured.out
+    sidecar = json.loads((out / "generate.json").read_text())
+    assert sidecar["nfe"] == 6 and sidecar["diverged"] == 0
+    assert sidecar["config"]["guider"]["schedule"]["scale"] == 4.0
+    assert sidecar["config"]["solver"] == "dpm++2m" and sidecar["config"]["seed"] == 5
+    assert sidecar["config"]["prompt"] == ["a cat", "a dog"] and sidecar["config"]["negative_prompt"] == ["blurry"]
+    images = [Image.open(out / f"image_{i:03d}.png") for i in range(4)]
+    grid = Image.open(out / "grid.png")
+    w, h = images[0].size
+    assert grid.size == (2 * w, 2 * h)  # n columns, one row per prompt
+    # the same command through the library gives the same pixels
+    pipe = _quiet(make_sd(scheduler="dpm"))
+    lib = generate(
+        pipe, ["a cat", "a dog"], negative_prompt="blurry", n=2, steps=3, params={"scale": 4}, seed=5, output_type="np"
+    )
+    pixels = np.stack([np.asarray(im, dtype=np.float64) / 255 for im in images])
+    assert np.abs(pixels - lib.images).max() <= 1 / 255 + 1e-9
