@@ -43,7 +43,17 @@ def _blocks(*langs: str) -> list[tuple[int, str]]:
 # --- python -------------------------------------------------------------------------------------------------
 
 
-def test_every_python_block_runs_in_order():
+@pytest.fixture
+def in_a_folder_with_a_pipeline(tmp_path, monkeypatch):
+    """The README's pipeline examples read ``my-sd-pipeline``: a tiny random Stable Diffusion pipeline, saved."""
+    from tiny_diffusers import make_sd
+
+    make_sd(scheduler="dpm").save_pretrained(tmp_path / "my-sd-pipeline")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_every_python_block_runs_in_order(in_a_folder_with_a_pipeline):
     from guidelab.guiders import GUIDERS
 
     blocks = _blocks("python")
@@ -233,6 +243,10 @@ def test_every_guidelab_command_has_its_options_and_the_cheap_ones_run(line, arg
     if not _runnable(args):
         return
     variants = [required] + [required + g for g in groups if not any(_is_placeholder(t) for t in g)]
+    if sub == "generate":  # the README's pipeline folder: a tiny random Stable Diffusion pipeline
+        from tiny_diffusers import make_sd
+
+        make_sd(scheduler="dpm").save_pretrained(tmp_path / "my-sd-pipeline")
     for argv in variants:
         argv = _capped(argv)
         res = _cli(argv, tmp_path)
@@ -241,3 +255,6 @@ def test_every_guidelab_command_has_its_options_and_the_cheap_ones_run(line, arg
             out = Path(tmp_path, argv[argv.index("--out") + 1])
             sidecar = json.loads(out.with_suffix(".json").read_text())
             assert out.exists() and sidecar["diverged"] == 0
+        if sub == "generate":
+            out = Path(tmp_path, argv[argv.index("--out") + 1])
+            assert (out / "grid.png").exists() and json.loads((out / "generate.json").read_text())["nfe"] > 0
