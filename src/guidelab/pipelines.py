@@ -46,11 +46,13 @@ __all__ = [
     "FAMILIES",
     "MATCHING_SOLVERS",
     "GenerateResult",
+    "current_grid",
     "family_of",
     "generate",
     "load_pipeline",
     "matching_solver",
     "pipeline_denoiser",
+    "pipeline_path",
     "save_images",
     "scheduler_grid",
 ]
@@ -132,27 +134,39 @@ def scheduler_grid(scheduler: Any, steps: int, path: NoisePath, *, image_seq_len
             sch.set_timesteps(steps, sigmas=sigmas, mu=mu)
         else:
             sch.set_timesteps(steps)
-        grid = torch.as_tensor(sch.sigmas, dtype=torch.float32).to(torch.float64)
-    elif isinstance(path, DiscreteVPPath):
+    else:
         sch.set_timesteps(steps)
-        timesteps = torch.as_tensor(sch.timesteps).to(torch.float64)
-        sigmas = getattr(sch, "sigmas", None)
+    grid = current_grid(sch, path)
+    if grid.numel() != steps + 1:
+        raise ValueError(f"grid: {type(scheduler).__name__} gave {grid.numel() - 1} steps for {steps}")
+    return grid
+
+
+def current_grid(scheduler: Any, path: NoisePath) -> Tensor:
+    """The grid of the times ``scheduler`` is set to now (after the pipeline's ``set_timesteps``), on ``path``:
+    the N evaluation times and the point the last step lands on (see :func:`scheduler_grid`)."""
+    if isinstance(path, RectifiedFlowPath):
+        grid = torch.as_tensor(scheduler.sigmas, dtype=torch.float32).to(torch.float64).reshape(-1).cpu()
+    elif isinstance(path, DiscreteVPPath):
+        timesteps = torch.as_tensor(scheduler.timesteps).to(torch.float64).reshape(-1).cpu()
+        sigmas = getattr(scheduler, "sigmas", None)
+        sigmas = None if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1).cpu()
         if bool((timesteps == timesteps.round()).all()):
             times = path.time_of_timestep(timesteps)
         else:
-            times = path.t_of_lam(torch.as_tensor(sigmas, dtype=torch.float64)[: timesteps.numel()])
+            assert sigmas is not None
+            times = path.t_of_lam(sigmas[: timesteps.numel()])
         if sigmas is not None:
-            last = path.t_of_lam(torch.as_tensor(sigmas, dtype=torch.float64)[-1:])
+            last = path.t_of_lam(sigmas[-1:])
         else:
-            final = float(getattr(sch, "final_alpha_cumprod", torch.tensor(1.0)))
-            last = torch.tensor(
-                [0.0 if final >= 1 else float(path.t_of_lam(torch.tensor(((1 - final) / final) ** 0.5)))]
-            )
+            final = float(getattr(scheduler, "final_alpha_cumprod", torch.tensor(1.0)))
+            lam = 0.0 if final >= 1 else ((1 - final) / final) ** 0.5
+            last = path.t_of_lam(torch.tensor([lam], dtype=torch.float64))
         grid = torch.cat([times, last.to(torch.float64)])
     else:
         raise ValueError(f"path: no scheduler grid for path {path.name!r}")
-    if grid.numel() != steps + 1 or not bool((grid[1:] < grid[:-1]).all()):
-        raise ValueError(f"grid: {type(scheduler).__name__} gave no strictly decreasing {steps}-step grid")
+    if grid.numel() < 2 or not bool((grid[1:] < grid[:-1]).all()):
+        raise ValueError(f"grid: {type(scheduler).__name__}'s times are not a strictly decreasing grid")
     grid.noise_path = path  # type: ignore[attr-defined]
     return grid
 
