@@ -99,7 +99,8 @@ def test_flux_sequential_passes(batch):
 def test_interval_guidance_counts_forwards_and_the_pipeline_is_restored():
     pipe = _quiet(make_sd(scheduler="ddim"))
     batches: list[int] = []
-    hook = pipe.unet.register_forward_pre_hook(lambda m, args: batches.append(int(args[0].shape[0])))
+    # the network's first layer sees each real forward (the pipeline's call of the UNet always has the doubled batch)
+    hook = pipe.unet.conv_in.register_forward_pre_hook(lambda m, args: batches.append(int(args[0].shape[0])))
     params = {"schedule": "interval", "scale": 3.0, "lam_lo": 0.3, "lam_hi": 3.0}
     with guided(pipe, "cfg", **params):
         pipe("a cat", num_inference_steps=10, guidance_scale=2.0, output_type="latent")
