@@ -82,10 +82,12 @@ class StepGuidance:
         self.calls = 0  # network forwards run under this guidance
         self.uncond_passes = 0  # steps whose null pass ran
 
-    def begin(self) -> None:
-        """Start a trajectory: read the scheduler's grid (set by the pipeline just now) and clear the guider's state."""
-        self.grid = current_grid(self.scheduler, self.path)
-        self.timesteps = [float(t) for t in torch.as_tensor(self.scheduler.timesteps).reshape(-1).tolist()]
+    def begin(self, scheduler: Any = None) -> None:
+        """Start a trajectory: read the grid the scheduler is set to (by the pipeline, just now; or ``scheduler``, a
+        copy set to the same steps) and clear the guider's state."""
+        scheduler = scheduler if scheduler is not None else self.scheduler
+        self.grid = current_grid(scheduler, self.path)
+        self.timesteps = [float(t) for t in torch.as_tensor(scheduler.timesteps).reshape(-1).tolist()]
         self.batch = None
         self.last_index = -1
 
@@ -261,8 +263,8 @@ def guided(pipe: Any, guider: Guider | str = "cfg", **params: Any) -> Iterator[S
         if not core.needs_uncond(index):
             core.calls += 1
             out = forward(*_half(args, batch, cond_half), **_half(kwargs, batch, cond_half))
-            c = _output_tensor(out)
-            return _with_tensor(out, torch.cat([c, c]))
+            g = core.combine(index, x[cond_half], _output_tensor(out), None)  # e.g. CFG-Zero*'s zero start
+            return _with_tensor(out, torch.cat([g, g]))
         core.calls += 1
         core.uncond_passes += 1
         out = forward(*args, **kwargs)
@@ -286,7 +288,10 @@ def guided(pipe: Any, guider: Guider | str = "cfg", **params: Any) -> Iterator[S
         pending["done"] = True
         cond = pending["out"]
         if not pending["needs"]:
-            return _with_tensor_like(kwargs, cond.clone())
+            h, w = _flux_hw(kwargs)
+            g = flux_pack(core.combine(index, flux_unpack(x, h, w), flux_unpack(cond, h, w), None)).to(cond.dtype)
+            cond.copy_(g)
+            return _with_tensor_like(kwargs, g.clone())
         core.calls += 1
         core.uncond_passes += 1
         out = forward(*args, **kwargs)
