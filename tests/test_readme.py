@@ -45,10 +45,11 @@ def _blocks(*langs: str) -> list[tuple[int, str]]:
 
 @pytest.fixture
 def in_a_folder_with_a_pipeline(tmp_path, monkeypatch):
-    """The README's pipeline examples read ``my-sd-pipeline``: a tiny random Stable Diffusion pipeline, saved."""
-    from tiny_diffusers import make_sd
+    """The README's pipeline examples read ``my-sd-pipeline`` and ``my-sd3-pipeline``: tiny random pipelines, saved."""
+    from tiny_diffusers import make_sd, make_sd3
 
     make_sd(scheduler="dpm").save_pretrained(tmp_path / "my-sd-pipeline")
+    make_sd3().save_pretrained(tmp_path / "my-sd3-pipeline")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
