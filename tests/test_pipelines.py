@@ -322,3 +322,13 @@ def test_cli_generate_writes_images_grid_and_sidecar(tmp_path, capsys):
     )
     pixels = np.stack([np.asarray(im, dtype=np.float64) / 255 for im in images])
     assert np.abs(pixels - lib.images).max() <= 1 / 255 + 1e-9
+
+
+def test_dit_class_labels_by_name_id_or_digit_string():
+    pipe = _quiet(make_dit())
+    out = generate(
+        pipe, class_labels=["cat", 5, "7"], steps=2, output_type="latent", divergence_factor=math.inf
+    )  # fmt: skip
+    assert out.config["class_labels"] == [pipe.labels["cat"], 5, 7]
+    with pytest.raises(ValueError, match="^class_labels: unknown label 'zebra'; known names include"):
+        generate(pipe, class_labels=["zebra"], steps=2)

@@ -185,7 +185,9 @@ def generate(
     negative_prompt: Annotated[
         list[str] | None, typer.Option(help="negative prompt: once for all, or once per prompt")
     ] = None,
-    class_: Annotated[list[int] | None, typer.Option("--class", help="class id of a DiT model (repeat)")] = None,
+    class_: Annotated[
+        list[str] | None, typer.Option("--class", help="class id or label name of a DiT model (repeat)")
+    ] = None,
     guider: Annotated[str, typer.Option(help="guider name (see `guidelab methods`); 'none' for no guidance")] = "cfg",
     param: Param = None,
     solver: Annotated[str | None, typer.Option(help="guidelab solver (default: the scheduler's match)")] = None,

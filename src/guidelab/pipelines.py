@@ -355,7 +355,7 @@ def generate(
     prompt: str | list[str] | None = None,
     *,
     negative_prompt: str | list[str] | None = None,
-    class_labels: int | list[int] | None = None,
+    class_labels: int | str | list[int | str] | None = None,
     conditions: ConditionTable | None = None,
     guider: Guider | str | None = "cfg",
     params: dict[str, Any] | None = None,
@@ -382,7 +382,7 @@ def generate(
         pipe: a diffusers pipeline (Stable Diffusion 1.x/2.x, SDXL, SD3, Flux or DiT) on its device and dtype.
         prompt: one prompt or a list (text pipelines); ``n`` images each, prompt-major.
         negative_prompt: the null pass's prompt: one for all, or one per prompt (default: the empty prompt).
-        class_labels: class ids (DiT); ``n`` images each.
+        class_labels: class ids or label names (DiT's ``pipe.labels``, e.g. ImageNet's); ``n`` images each.
         conditions: encoded prompts (:func:`encode_prompts`, or your own :class:`ConditionTable`) instead of
             ``prompt``; samples take rows 0 … P − 1, ``n`` each.
         guider: a :class:`~guidelab.guiders.base.Guider`, a registry name (with ``params``), or None for the
@@ -422,7 +422,7 @@ def generate(
             raise ValueError("prompt: a class-conditional pipeline (DiT) takes --class labels, not prompts")
         if class_labels is None:
             raise ValueError("class_labels: a DiT pipeline needs class labels")
-        labels_list = [class_labels] if isinstance(class_labels, int) else list(class_labels)
+        labels_list = _class_ids(pipe, [class_labels] if isinstance(class_labels, int | str) else list(class_labels))
         rows = len(labels_list)
     else:
         if class_labels is not None:
@@ -504,6 +504,22 @@ def generate(
         config=config,
         notes=notes,
     )
+
+
+def _class_ids(pipe: Any, labels: list[Any]) -> list[int]:
+    """Class ids from ids, digit strings or the pipeline's label names (``id2label``)."""
+    known = getattr(pipe, "labels", None) or {}
+    out = []
+    for label in labels:
+        if isinstance(label, str) and label.strip().lstrip("-").isdigit():
+            label = int(label)
+        if isinstance(label, str):
+            if label not in known:
+                names = ", ".join(sorted(known)[:8]) or "none (the pipeline has no id2label)"
+                raise ValueError(f"class_labels: unknown label {label!r}; known names include {names}")
+            label = int(known[label])
+        out.append(label)
+    return out
 
 
 def _guider(guider: Guider | str | None, params: dict[str, Any] | None) -> Guider | None:
