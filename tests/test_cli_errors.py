@@ -213,6 +213,15 @@ CASES = [
     (S("--guider", "learned", "--param", "checkpoint={garbage_pt}", "--out", "{root}/x.npy"), "checkpoint"),
     (S("--guider", "learned", "--param", "checkpoint={weights3}", "--out", "{root}/x.npy"), "checkpoint"),
     (S("--guider", "tangential", "--param", "bogus=1", "--out", "{root}/x.npy"), "bogus"),
+    # diffusers' own guiders (docs/methods.md §10)
+    (S("--guider", "diffusers:Nope", "--out", "{root}/x.npy"), "guider: unknown diffusers guider"),
+    (S("--guider", "diffusers:PerturbedAttentionGuidance", "--out", "{root}/x.npy"), "guider"),
+    (
+        S("--guider", "diffusers:ClassifierFreeGuidance", "--param", "guidance_scale=x", "--out", "{root}/x.npy"),
+        "guidance_scale",
+    ),
+    (S("--guider", "diffusers:ClassifierFreeGuidance", "--param", "scale=4", "--out", "{root}/x.npy"), "scale"),
+    (S("--guider", "diffusers:ClassifierFreeGuidance", "--param", "start=2", "--out", "{root}/x.npy"), "start"),
     # outputs
     (S("--out", "{root}/x.txt"), "out"),
     (S("--out", "{file}/x.npy"), "out"),

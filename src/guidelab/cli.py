@@ -272,11 +272,22 @@ def targets() -> None:
 
 @app.command()
 @_cli_errors
-def methods(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
-    """List every guider with its parameters, defaults, prediction space and source."""
+def methods(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    diffusers: Annotated[
+        bool, typer.Option("--diffusers", help="list diffusers' own guiders (--guider diffusers:NAME) instead")
+    ] = False,
+) -> None:
+    """List every guider with its parameters, defaults, prediction space and source; with --diffusers, the diffusers
+    guiders that run as guidelab guiders (and the ones refused, with why)."""
     from guidelab.guiders.describe import describe_guiders
 
-    rows = describe_guiders()
+    if diffusers:
+        from guidelab.guiders.diffusers_guiders import describe_diffusers_guiders, refused_diffusers_guiders
+
+        rows, refused = describe_diffusers_guiders(), refused_diffusers_guiders()
+    else:
+        rows, refused = describe_guiders(), {}
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
@@ -285,6 +296,10 @@ def methods(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] 
         typer.echo(f"    {row['summary']}")
         params = ", ".join(f"{k}={v!r}" for k, v in row["parameters"].items())
         typer.echo(f"    parameters: {params or 'none'}")
+    for name, reason in refused.items():
+        typer.echo(f"{name}  refused: {reason}")
+    if not diffusers:
+        typer.echo("diffusers' own guiders run as --guider diffusers:NAME: guidelab methods --diffusers")
 
 
 @app.command()

@@ -1,7 +1,8 @@
 """Guiders: one module per method family, all behind the contract of :mod:`guidelab.guiders.base`.
 
 Every guider is registered by name (``build_guider(name, **params)``); every combiner whose rule has a scale
-takes a ``schedule`` (:mod:`guidelab.guiders.schedules`). :func:`describe_guiders` lists them all.
+takes a ``schedule`` (:mod:`guidelab.guiders.schedules`). :func:`describe_guiders` lists them all. diffusers' own
+guiders build as ``diffusers:ClassName`` (:class:`DiffusersGuider`; diffusers is imported only then).
 """
 
 from guidelab.guiders import learned  # noqa: F401 - registers the learned guider (arXiv 2510.00815)
@@ -14,6 +15,7 @@ from guidelab.guiders.cfg import CFG
 from guidelab.guiders.cfg_pp import CFGPlusPlus
 from guidelab.guiders.cfg_zero import CFGZeroStar
 from guidelab.guiders.describe import describe_guiders, describe_schedules, schedule_table
+from guidelab.guiders.diffusers_guiders import DiffusersGuider
 from guidelab.guiders.mambo import MamboG
 from guidelab.guiders.registry import GUIDERS, build_guider, guider_parameters, register_guider
 from guidelab.guiders.rescale import GuidanceRescale
@@ -49,6 +51,7 @@ __all__ = [
     "CFGPlusPlus",
     "CFGZeroStar",
     "ConstantSchedule",
+    "DiffusersGuider",
     "DynamicThresholding",
     "GuidanceRescale",
     "GuidedStep",

@@ -7,6 +7,10 @@ key that both the guider and its schedule take is an error that asks for the nes
 constant schedule. Where no scale is given for a ``constant`` schedule (the default), the guider's documented
 ``default_scale`` is used (docs/methods.md §9); a guider without one requires the scale.
 ``build_guider(**guider.config())`` rebuilds an equal guider.
+
+A name ``diffusers:ClassName`` builds diffusers' own guider of that class, wrapped
+(:mod:`guidelab.guiders.diffusers_guiders`, docs/methods.md §10), with the diffusers constructor's parameters;
+these names are not in :data:`GUIDERS`, and diffusers is imported only when one is built.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from guidelab.guiders._checks import construct, signature_params
+from guidelab.guiders.diffusers_guiders import PREFIX as DIFFUSERS_PREFIX
+from guidelab.guiders.diffusers_guiders import diffusers_guider_class
 from guidelab.guiders.schedules import SCHEDULES, Schedule, build_schedule
 
 if TYPE_CHECKING:
@@ -63,9 +69,15 @@ def guider_accepts(name: str, parameter: str) -> bool:
 
 def _lookup(name: str) -> type[Guider]:
     # the built-in guiders are registered: importing this module first runs the package's __init__, which
-    # imports every guider module
+    # imports every guider module; ``diffusers:ClassName`` names diffusers' own guider, wrapped (diffusers is
+    # imported only then)
     if name not in GUIDERS:
-        raise ValueError(f"guider: unknown name {name!r}; accepted: {', '.join(sorted(GUIDERS))}")
+        if isinstance(name, str) and name.startswith(DIFFUSERS_PREFIX):
+            return diffusers_guider_class(name)
+        raise ValueError(
+            f"guider: unknown name {name!r}; accepted: {', '.join(sorted(GUIDERS))}, or diffusers' own guiders as "
+            "diffusers:ClassName (guidelab methods --diffusers)"
+        )
     return GUIDERS[name]
 
 
