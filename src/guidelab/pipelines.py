@@ -46,9 +46,11 @@ __all__ = [
     "FAMILIES",
     "MATCHING_SOLVERS",
     "GenerateResult",
+    "PipelineInfo",
     "current_grid",
     "family_of",
     "generate",
+    "inspect_pipeline",
     "load_pipeline",
     "matching_solver",
     "pipeline_denoiser",
@@ -193,6 +195,7 @@ class GenerateResult:
         wall_time: seconds of sampling (encoding and decoding excluded).
         config: the run's full configuration (JSON-serialisable).
         notes: what guidelab decided on the user's behalf, one line each.
+        diverged_indices: the indices (into the prompt-major batch) of the diverged samples, ascending.
     """
 
     images: Any
@@ -203,6 +206,7 @@ class GenerateResult:
     wall_time: float
     config: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    diverged_indices: list[int] = field(default_factory=list)
 
 
 def _as_list(value: str | list[str] | None, name: str) -> list[str] | None:
@@ -503,6 +507,7 @@ def generate(
         wall_time=time.perf_counter() - start,
         config=config,
         notes=notes,
+        diverged_indices=result.diverged_indices,
     )
 
 
@@ -555,13 +560,8 @@ def _grid(
     return make_grid(grid, steps, path, **params)
 
 
-def load_pipeline(folder: str | Path, *, device: str | None = None, dtype: str | None = None) -> Any:
-    """A diffusers pipeline saved with ``save_pretrained`` in ``folder``, loaded strictly locally.
-
-    Raises:
-        ValueError: one line naming ``pipeline``: no such folder, not a saved pipeline (no ``model_index.json``),
-            a component listed there but missing, or a load failure; naming ``dtype`` or ``device`` for bad values.
-    """
+def _read_index(folder: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The folder and its ``model_index.json``, with every listed component present (errors name ``pipeline``)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"pipeline: no folder {str(folder)!r}")
@@ -572,11 +572,106 @@ def load_pipeline(folder: str | Path, *, device: str | None = None, dtype: str |
         listed = json.loads(index.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"pipeline: {index} is unreadable: {err}") from None
+    if not isinstance(listed, dict):
+        raise ValueError(f"pipeline: {index} does not hold a mapping")
     for name, spec in listed.items():
         if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
             continue
         if not (folder / name).is_dir():
             raise ValueError(f"pipeline: {str(folder)!r} lacks the component {name!r} listed in model_index.json")
+    return folder, listed
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    """What a saved pipeline is, read from its files without loading a network (:func:`inspect_pipeline`).
+
+    Attributes:
+        folder: the pipeline's folder.
+        class_name: the pipeline class (``model_index.json``'s ``_class_name``).
+        family: ``sd``, ``sdxl``, ``sd3``, ``flux`` or ``dit`` (as :func:`family_of` tells a loaded pipeline).
+        scheduler: the scheduler's class name ("" where none is listed).
+        num_classes: the number of classes of a DiT (its null class is this id); None for text pipelines.
+        class_ids: a DiT's class names (each synonym of ``id2label``) → id, as ``DiTPipeline.labels``.
+    """
+
+    folder: Path
+    class_name: str
+    family: str
+    scheduler: str
+    num_classes: int | None = None
+    class_ids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def conditioning(self) -> str:
+        """``text`` (prompts) or ``class`` (class labels)."""
+        return "class" if self.family == "dit" else "text"
+
+    @property
+    def solver(self) -> str:
+        """The guidelab solver that matches the scheduler (:data:`MATCHING_SOLVERS`, ``ddim`` where none is known)."""
+        return MATCHING_SOLVERS.get(self.scheduler, "ddim")
+
+
+def _listed_class(listed: dict[str, Any], name: str) -> str | None:
+    spec = listed.get(name)
+    return spec[1] if isinstance(spec, list) and len(spec) == 2 and spec[0] is not None else None
+
+
+def _component_config(folder: Path, name: str) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / name / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def inspect_pipeline(folder: str | Path) -> PipelineInfo:
+    """Read a pipeline saved with ``save_pretrained`` (``model_index.json`` and its components' configs) without
+    loading it: its family, scheduler and, for DiT, its classes. Cheap enough to validate a sweep file with.
+
+    Raises:
+        ValueError: one line naming ``pipeline``: no such folder, no ``model_index.json``, a listed component
+            missing, or a network guidelab does not drive (supported: SD 1.x/2.x, SDXL, SD3, Flux, DiT).
+    """
+    folder, listed = _read_index(folder)
+    class_name = str(listed.get("_class_name", "?"))
+    unet, transformer = _listed_class(listed, "unet"), _listed_class(listed, "transformer")
+    if unet == "UNet2DConditionModel":
+        added = _component_config(folder, "unet").get("addition_embed_type") == "text_time"
+        family = "sdxl" if _listed_class(listed, "text_encoder_2") is not None or added else "sd"
+    elif transformer == "SD3Transformer2DModel":
+        family = "sd3"
+    elif transformer == "FluxTransformer2DModel":
+        family = "flux"
+    elif transformer in ("DiTTransformer2DModel", "Transformer2DModel") and "text_encoder" not in listed:
+        family = "dit"
+    else:
+        raise ValueError(
+            f"pipeline: {str(folder)!r} holds a {class_name} (network {unet or transformer}), which guidelab does "
+            "not drive; supported: Stable Diffusion 1.x/2.x, SDXL, SD3, Flux and DiT pipelines"
+        )
+    num_classes, class_ids = None, {}
+    if family == "dit":
+        value = _component_config(folder, "transformer").get("num_embeds_ada_norm")
+        num_classes = int(value) if isinstance(value, int) else None
+        id2label = listed.get("id2label")
+        if isinstance(id2label, dict):
+            for key, names in id2label.items():
+                for name in str(names).split(","):
+                    if name.strip() and str(key).isdigit():
+                        class_ids[name.strip()] = int(key)
+    return PipelineInfo(folder, class_name, family, _listed_class(listed, "scheduler") or "", num_classes, class_ids)
+
+
+def load_pipeline(folder: str | Path, *, device: str | None = None, dtype: str | None = None) -> Any:
+    """A diffusers pipeline saved with ``save_pretrained`` in ``folder``, loaded strictly locally.
+
+    Raises:
+        ValueError: one line naming ``pipeline``: no such folder, not a saved pipeline (no ``model_index.json``),
+            a component listed there but missing, or a load failure; naming ``dtype`` or ``device`` for bad values.
+    """
+    folder, _ = _read_index(folder)
     torch_dtype = None
     if dtype is not None:
         torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(dtype)
