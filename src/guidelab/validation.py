@@ -3,6 +3,7 @@ pydantic validation errors as one ``field: message`` line each (the CLI prints t
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -21,11 +22,21 @@ def location(loc: tuple[Any, ...] | list[Any], default: str = "config") -> str:
     return out or default
 
 
+_NAMED = re.compile(r"[A-Za-z_][\w.\[\]]*: ")
+
+
 def error_lines(err: ValidationError) -> list[str]:
-    """One line per error: ``field.path: message (got value)``; the value is shown when it is a scalar."""
+    """One line per error: ``field.path: message (got value)``; the value is shown when it is a scalar.
+
+    A check of the whole configuration (no location) whose message lines already start with the field they
+    are about (``solvers: ...``) is told as those lines, not under ``config``."""
     lines = []
     for e in err.errors(include_url=False):
+        message = str(e["msg"]).removeprefix("Value error, ")
+        if not e["loc"] and all(_NAMED.match(line) for line in message.splitlines()):
+            lines += message.splitlines()
+            continue
         got = e.get("input")
         shown = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) else ""
-        lines.append(f"{location(tuple(e['loc']))}: {str(e['msg']).removeprefix('Value error, ')}{shown}")
+        lines.append(f"{location(tuple(e['loc']))}: {message}{shown}")
     return lines
