@@ -364,6 +364,8 @@ def run(
 
     check_options(workers=workers, executor=executor, address=address, threads=threads)
     sweep = load_sweep(config)  # a bad sweep file or option leaves no output folder behind
+    if sweep.pipeline is not None:  # runs in this process: the pipeline is loaded once
+        check_options(workers=workers, executor=executor, address=address, threads=threads, pipeline=True)
     writable_folder(out, "out")
     try:
         summary = run_sweep(

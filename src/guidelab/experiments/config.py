@@ -19,6 +19,24 @@ Example::
 A list value in ``params`` is a sweep axis; to pass a list itself (a per-sample scale) wrap it once more:
 ``scale: [[1, 2, 3]]``. The schedule may be a nested block, ``schedule: {name: tv-cfg, scale: [3, 6]}``, whose
 lists are axes too; the flat form (``schedule: tv-cfg`` beside ``scale``) is the same sweep.
+
+A sweep on a diffusers pipeline saved on disk replaces ``targets`` (and the path, grids, solvers, ``n`` and
+``metrics`` of exact targets) by one ``pipeline`` block (:class:`PipelineSweep`)::
+
+    name: cfg-vs-apg-on-sd
+    pipeline:
+      folder: models/sd-tiny              # save_pretrained output; never downloaded
+      prompts: [a red bicycle, a bowl of fruit]
+      n: 4                                # images per prompt, per run
+      steps: 20                           # a list is an axis: [10, 20]
+      metrics: [saturation, latent_rms, pixel_diversity, my_metrics:sharpness]
+    guiders:
+      - {name: cfg, params: {scale: [1, 3, 7.5]}}
+      - {name: apg, params: {scale: [3, 7.5]}}
+    seeds: [0]
+
+Each run is one prompt (or DiT class label) × one guider setting × seed × solver × steps; its images go to
+``OUT/runs/<hash>/`` (``grid.png`` and one PNG per image), its row to the same store.
 """
 
 from __future__ import annotations
@@ -37,7 +55,18 @@ from guidelab.grids import check_grid_params
 from guidelab.recipe import ModelSpec, SampleConfig
 from guidelab.validation import error_lines
 
-__all__ = ["GridSpec", "GuiderSweep", "RunSpec", "SweepConfig", "TargetSweep", "load_sweep", "run_hash"]
+__all__ = [
+    "GridSpec",
+    "GuiderSweep",
+    "PipelineRun",
+    "PipelineRunSpec",
+    "PipelineSweep",
+    "RunSpec",
+    "SweepConfig",
+    "TargetSweep",
+    "load_sweep",
+    "run_hash",
+]
 
 
 class TargetSweep(BaseModel):
@@ -90,13 +119,125 @@ def _expand(params: dict[str, Any], nested: bool) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*axes)]
 
 
+IMAGE_METRICS_DEFAULT = ("saturation", "latent_rms", "pixel_diversity")
+
+
+class PipelineSweep(BaseModel):
+    """The ``pipeline`` block of a sweep on a diffusers pipeline saved on disk (``save_pretrained``).
+
+    ``prompts`` (text-to-image pipelines) or ``class_labels`` (DiT: ids, or names of its ``id2label``) are the
+    conditions, one run each; ``steps`` and ``solver`` may be lists (sweep axes). ``negative_prompt`` is one string
+    for every prompt or a list of one per prompt (not an axis). ``solver`` None is the one that matches the
+    scheduler; ``grid`` ``scheduler`` is its own times (else a guidelab grid kind with ``grid_params``).
+    ``metrics`` are built-in image measures or ``"module.path:function"``
+    (:mod:`guidelab.experiments.image_measures`). ``device``, ``max_batch`` change how a run is computed, not what,
+    and are not part of a run's identity. The folder, conditions, solvers, grid and metrics are checked against
+    the saved pipeline by :func:`load_sweep`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    folder: str = Field(description="a pipeline saved with save_pretrained (relative to the current folder)")
+    prompts: list[str] | None = Field(None, min_length=1)
+    negative_prompt: str | list[str] | None = None
+    class_labels: list[int | str] | None = Field(None, min_length=1)
+    n: int = Field(4, ge=1, description="images per condition per run")
+    steps: int | list[int] = 20
+    solver: str | list[str] | None = None
+    grid: str = "scheduler"
+    grid_params: dict[str, float] = Field(default_factory=dict)
+    height: int | None = Field(None, ge=8)
+    width: int | None = Field(None, ge=8)
+    dtype: str = "float32"
+    device: str = "cpu"
+    max_batch: int | None = Field(None, ge=1)
+    metrics: list[str] = Field(default_factory=lambda: list(IMAGE_METRICS_DEFAULT))
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: int | list[int]) -> int | list[int]:
+        values = v if isinstance(v, list) else [v]
+        if not values or any(s < 1 for s in values):
+            raise ValueError(f"steps: every value must be ≥ 1 (a list is an axis), got {v}")
+        return v
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        if v not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"unknown dtype {v!r}; accepted: float32, float16, bfloat16")
+        return v
+
+    def axis(self, name: str) -> list[Any]:
+        """The values of ``steps`` or ``solver`` as a list (one value is a one-item axis)."""
+        value = getattr(self, name)
+        return value if isinstance(value, list) else [value]
+
+    def conditions(self) -> list[tuple[str | None, str | None, int | None, str]]:
+        """``(prompt, negative prompt, class id, condition text)`` of each condition, in order; class names are
+        read from the saved pipeline's ``id2label``.
+
+        Raises:
+            ValueError: naming ``pipeline.prompts``/``class_labels``/``negative_prompt`` where they do not fit.
+        """
+        if self.prompts is not None and self.class_labels is not None:
+            raise ValueError("pipeline.class_labels: give prompts (text-to-image) or class_labels (DiT), not both")
+        if self.prompts is not None:
+            negatives = self.negative_prompt
+            if isinstance(negatives, list) and len(negatives) != len(self.prompts):
+                raise ValueError(
+                    f"pipeline.negative_prompt: give one for every prompt or a list of {len(self.prompts)} "
+                    f"(one per prompt), got {len(negatives)}"
+                )
+            per = negatives if isinstance(negatives, list) else [negatives] * len(self.prompts)
+            return [(p, neg, None, p) for p, neg in zip(self.prompts, per, strict=True)]
+        if self.class_labels is None:
+            raise ValueError("pipeline.prompts: give prompts (text-to-image) or class_labels (DiT)")
+        if self.negative_prompt is not None:
+            raise ValueError("pipeline.negative_prompt: a class-conditional pipeline (DiT) takes no prompts")
+        out: list[tuple[str | None, str | None, int | None, str]] = []
+        names = None
+        for label in self.class_labels:
+            if isinstance(label, str) and not label.strip().isdigit():
+                if names is None:
+                    from guidelab.pipelines import inspect_pipeline
+
+                    names = inspect_pipeline(self.folder).class_ids
+                if label.strip() not in names:
+                    known = ", ".join(list(names)[:8]) + (", …" if len(names) > 8 else "")
+                    raise ValueError(
+                        f"pipeline.class_labels: unknown class name {label!r}"
+                        + (f"; the pipeline names: {known}" if names else "; the pipeline names no classes (id2label)")
+                    )
+                out.append((None, None, names[label.strip()], label.strip()))
+            else:
+                out.append((None, None, int(label), str(int(label))))
+        return out
+
+
+_NOT_WITH_PIPELINE = {
+    "targets": "a pipeline sweep samples the pipeline's model; give targets or a pipeline block, not both",
+    "paths": "a pipeline sweep takes its path from the pipeline's scheduler",
+    "grids": "a pipeline sweep sets its grid in pipeline.grid and pipeline.steps",
+    "solvers": "a pipeline sweep sets its solver in pipeline.solver",
+    "n": "a pipeline sweep sets the images per run in pipeline.n",
+    "metrics": "a pipeline sweep sets its metrics in pipeline.metrics",
+    "reference_n": "a pipeline has no exact reference samples",
+    "model": "a pipeline sweep's model is the pipeline's",
+    "models": "guide models are not supported on pipelines",
+    "save_samples": "a pipeline sweep always saves its images",
+    "dtype": "a pipeline sweep sets its dtype in pipeline.dtype",
+}
+
+
 class SweepConfig(BaseModel):
-    """A sweep: the cartesian product of its lists."""
+    """A sweep: the cartesian product of its lists, on exact ``targets`` or on a diffusers ``pipeline``."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = "sweep"
-    targets: list[TargetSweep] = Field(min_length=1)
+    pipeline: PipelineSweep | None = Field(None, description="a diffusers pipeline saved on disk, instead of targets")
+    targets: list[TargetSweep] = Field(default_factory=list)
     paths: list[str] = Field(default_factory=lambda: ["rf"], min_length=1)
     grids: list[GridSpec] = Field(default_factory=lambda: [GridSpec()], min_length=1)
     solvers: list[str] = Field(default_factory=lambda: ["euler"], min_length=1)
@@ -121,10 +262,23 @@ class SweepConfig(BaseModel):
                 raise ValueError(f"unknown metric {name!r}; accepted: {', '.join(MEASURES)}")
         return v
 
-    def runs(self) -> list[RunSpec]:
-        """All runs, in a stable order."""
+    @model_validator(mode="after")
+    def _one_kind(self) -> SweepConfig:
+        if self.pipeline is None:
+            if not self.targets:
+                raise ValueError("targets: give at least one target, or a pipeline block (a sweep on a pipeline)")
+            return self
+        unused = [f"{key}: {why}" for key, why in _NOT_WITH_PIPELINE.items() if key in self.model_fields_set]
+        if unused:
+            raise ValueError("\n".join(unused))
+        return self
+
+    def runs(self) -> list[RunSpec] | list[PipelineRunSpec]:
+        """All runs, in a stable order (:class:`PipelineRunSpec` for a sweep on a pipeline)."""
         from guidelab.sampling import ETA_SOLVERS
 
+        if self.pipeline is not None:
+            return self._pipeline_runs()
         out = []
         for tgt, path, grid, solver, guider, seed in itertools.product(
             self.targets, self.paths, self.grids, self.solvers, self.guiders, self.seeds
@@ -162,6 +316,89 @@ class SweepConfig(BaseModel):
                     )
         return out
 
+    def _pipeline_runs(self) -> list[PipelineRunSpec]:
+        from guidelab.pipelines import inspect_pipeline
+        from guidelab.sampling import ETA_SOLVERS
+
+        p = self.pipeline
+        assert p is not None
+        folder = str(Path(p.folder).expanduser().resolve())
+        conditions = p.conditions()
+        matching = inspect_pipeline(folder).solver  # the scheduler's own solver, where none is named
+        solvers = [s or matching for s in p.axis("solver")]
+        out = []
+        for steps, solver, guider, seed in itertools.product(p.axis("steps"), solvers, self.guiders, self.seeds):
+            for prompt, negative, label, text in conditions:
+                for params in guider.expand():
+                    run = PipelineRun(
+                        pipeline=folder,
+                        prompt=prompt,
+                        negative_prompt=negative,
+                        class_label=label,
+                        cond=text,
+                        guider=guider.name,
+                        params=params,
+                        solver=solver,
+                        steps=steps,
+                        grid=p.grid,
+                        grid_params=p.grid_params,
+                        eta=self.eta if solver in ETA_SOLVERS else None,
+                        n=p.n,
+                        seed=seed,
+                        height=p.height,
+                        width=p.width,
+                        dtype=p.dtype,
+                    )
+                    out.append(PipelineRunSpec(run, tuple(p.metrics), guider.label or guider.name, self.name))
+        return out
+
+
+class PipelineRun(BaseModel):
+    """One run on a pipeline: what :func:`~guidelab.pipelines.generate` is called with, for one condition.
+
+    ``pipeline`` is the folder's absolute path; ``cond`` the condition as the report shows it (the prompt, or the
+    class label as given); ``solver`` is resolved (the scheduler's match where the sweep names none); ``eta`` is
+    None where the solver has no churn.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: str
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    class_label: int | None = None
+    cond: str
+    guider: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    solver: str
+    steps: int = Field(20, ge=1)
+    grid: str = "scheduler"
+    grid_params: dict[str, float] = Field(default_factory=dict)
+    eta: float | None = Field(None, ge=0, le=1)
+    n: int = Field(4, ge=1)
+    seed: int = Field(0, ge=0)
+    height: int | None = None
+    width: int | None = None
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class PipelineRunSpec:
+    """One run of a sweep on a pipeline: what to generate, what to measure (metric specs as written)."""
+
+    run: PipelineRun
+    metrics: tuple[str, ...]
+    label: str
+    sweep: str = "sweep"
+
+    @property
+    def hash(self) -> str:
+        """A stable 16-hex-digit hash of everything that determines the run's images and numbers."""
+        blob = json.dumps(
+            {"pipeline_run": self.run.model_dump(), "metrics": sorted(self.metrics)}, sort_keys=True, default=str
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -193,7 +430,9 @@ def load_sweep(path: str | Path) -> SweepConfig:
     """Read and validate a sweep file; every mistake is reported as one ``field: message`` line.
 
     Beyond the schema, every run's target, condition, path parameters, grid and guider are built once so
-    that an unknown guider, a bad parameter or a missing target file fails here, before anything runs.
+    that an unknown guider, a bad parameter or a missing target file fails here, before anything runs. A
+    pipeline sweep is checked against the saved pipeline's files (its networks are not loaded) and its metric
+    functions are imported.
     """
     path = Path(path)
     if not path.exists():
@@ -221,8 +460,84 @@ def load_sweep(path: str | Path) -> SweepConfig:
     return config
 
 
+def _check_pipeline(data: dict[str, Any]) -> list[str]:
+    """Check a pipeline sweep against its saved pipeline, without loading a network: the folder, the kind of
+    conditions it takes (and a DiT's class ids), solvers, grid, metrics (imported) and guiders; one line per
+    mistake."""
+    from guidelab.experiments.image_measures import resolve_image_metrics
+    from guidelab.grids import GRIDS
+    from guidelab.guiders import build_guider
+    from guidelab.pipelines import inspect_pipeline
+    from guidelab.sampling import SOLVERS
+
+    errors: list[str] = []
+    block = data.get("pipeline")
+    if not isinstance(block, dict):
+        return errors  # reported by the schema
+    try:
+        spec: PipelineSweep | None = PipelineSweep.model_validate(block)
+    except ValidationError:
+        spec = None  # reported by the schema; what does not need it is still checked
+    info = None
+    if isinstance(block.get("folder"), str):
+        try:
+            info = inspect_pipeline(block["folder"])
+        except ValueError as err:
+            errors.append(f"pipeline.folder: {str(err).removeprefix('pipeline: ')}")
+    if info is not None and spec is not None:
+        where = f"{block['folder']!r} holds a {info.class_name}"
+        if info.conditioning == "class" and spec.prompts is not None:
+            errors.append(f"pipeline.prompts: {where}, which is class-conditional; give class_labels, not prompts")
+        elif info.conditioning == "text" and spec.class_labels is not None:
+            errors.append(f"pipeline.class_labels: {where}, which is text-to-image; give prompts, not class_labels")
+        elif spec.prompts is None and spec.class_labels is None:
+            field = "class_labels" if info.conditioning == "class" else "prompts"
+            errors.append(f"pipeline.{field}: {where}; give the {field.replace('_', ' ')} to sample")
+        else:
+            try:
+                conditions = spec.conditions()
+            except ValueError as err:
+                errors.append(str(err))
+            else:
+                limit = info.num_classes
+                bad = [c for _, _, c, _ in conditions if c is not None and (c < 0 or (limit and c >= limit))]
+                if bad:
+                    errors.append(f"pipeline.class_labels: {bad} outside 0 … {(limit or 1) - 1} (the model's classes)")
+    if spec is not None:
+        for solver in spec.axis("solver"):
+            if solver is not None and solver not in SOLVERS:
+                errors.append(f"pipeline.solver: unknown solver {solver!r}; accepted: {', '.join(SOLVERS)}")
+        if spec.grid != "scheduler" and spec.grid not in GRIDS:
+            errors.append(f"pipeline.grid: unknown grid {spec.grid!r}; accepted: scheduler, {', '.join(GRIDS)}")
+        elif spec.grid == "scheduler" and spec.grid_params:
+            errors.append("pipeline.grid_params: the scheduler's grid takes none")
+        else:
+            try:
+                check_grid_params(spec.grid, spec.grid_params)
+            except ValueError as err:
+                errors.append(f"pipeline.{err}")
+        try:
+            resolve_image_metrics(spec.metrics)
+        except ValueError as err:
+            errors += [f"pipeline.{line}" for line in str(err).splitlines()]
+    for i, guider in enumerate(data.get("guiders") or [] if isinstance(data.get("guiders"), list) else []):
+        try:
+            sweep = GuiderSweep.model_validate(guider)
+        except ValidationError:
+            continue  # reported by the schema
+        for params in sweep.expand():
+            try:
+                build_guider(sweep.name, **params)
+            except ValueError as err:
+                errors.append(f"guiders[{i}]: {err}")
+                break
+    return errors
+
+
 def _check_buildable(data: dict[str, Any]) -> list[str]:
     """Build every target, condition, grid, solver and guider the raw config names; one line per mistake."""
+    if "pipeline" in data:
+        return _check_pipeline(data)
     from guidelab.grids import make_grid
     from guidelab.guiders import build_guider
     from guidelab.guiders.registry import guider_accepts

@@ -10,6 +10,12 @@ failed runs again (``retry_failed``). One sweep at a time works in a folder: it 
 process, even when it is killed. Every run is seeded by its own configuration and runs on the same number
 of torch threads (``threads``, 1 by default) whatever the executor or the number of workers, so the stored
 metrics are bitwise the same however the sweep is run.
+
+A sweep on a diffusers pipeline (:class:`~guidelab.experiments.config.PipelineSweep`) runs in this process: the
+pipeline is loaded once, the first time a run needs it, and each run (one condition × guider setting × seed ×
+solver × steps) calls :func:`~guidelab.pipelines.generate`, measures the images
+(:mod:`~guidelab.experiments.image_measures`) and writes ``OUT/runs/<hash>/grid.png`` (the run's images side by
+side), one PNG per image and ``run.json`` before its row is committed, with the same resume and retry rules.
 """
 
 from __future__ import annotations
@@ -29,15 +35,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from guidelab.experiments.config import RunSpec, SweepConfig
+from guidelab.experiments.config import PipelineRunSpec, PipelineSweep, RunSpec, SweepConfig
 from guidelab.experiments.measures import MeasureInput, measure, reference_samples
 from guidelab.experiments.store import ResultStore
 from guidelab.io import write_json_atomic, write_npy_atomic
 from guidelab.progress import ProgressBar
 
-__all__ = ["SweepLocked", "SweepSummary", "check_options", "execute_run", "run_sweep"]
+__all__ = ["SweepLocked", "SweepSummary", "check_options", "execute_pipeline_run", "execute_run", "run_sweep"]
 
 
 @dataclass
@@ -128,6 +135,153 @@ def execute_run(spec: RunSpec, out: str, threads: int | None = None) -> dict[str
         row.update(status="error", error=last, nfe=None, diverged=None)
     row["wall_time_s"] = time.perf_counter() - start
     return row
+
+
+def _pipeline_base_row(spec: PipelineRunSpec) -> dict[str, Any]:
+    """A pipeline run's row before it runs: its configuration, no result."""
+    run = spec.run
+    return {
+        "hash": spec.hash,
+        "sweep": spec.sweep,
+        "target": Path(run.pipeline).name,  # the pipeline, by its folder's name
+        "cond": run.cond,
+        "path": None,  # the scheduler's, known once the pipeline is loaded
+        "grid": run.grid,
+        "steps": run.steps,
+        "solver": run.solver,
+        "guider": run.guider,
+        "label": spec.label,
+        "seed": run.seed,
+        "n": run.n,
+        "gamma": None,
+        "guider_config": {"name": run.guider, **run.params},
+        "schedule": [],
+        "config": run.model_dump(exclude={"guider", "params"}),
+        "metrics": {},
+    }
+
+
+def execute_pipeline_run(
+    spec: PipelineRunSpec,
+    pipe: Any,
+    out: str,
+    metrics: list[Any],
+    *,
+    threads: int | None = None,
+    device_settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Generate, measure and save one run on a loaded pipeline; return its store row (never raises).
+
+    Args:
+        spec: the run.
+        pipe: the sweep's pipeline, loaded once (:func:`~guidelab.pipelines.load_pipeline`).
+        out: the sweep folder; the images go to ``out/runs/<hash>/`` (``grid.png``: the n images in one row).
+        metrics: resolved metrics (:func:`~guidelab.experiments.image_measures.resolve_image_metrics`); they see
+            the images of the samples that did not diverge.
+        threads: torch threads of the run.
+        device_settings: ``max_batch`` (and other settings of how, not what, to compute) passed to ``generate``.
+    """
+    from PIL import Image
+
+    from guidelab.experiments.image_measures import ImageMeasureInput, measure_images, to_uint8
+    from guidelab.guiders import build_guider
+    from guidelab.guiders.describe import schedule_table
+    from guidelab.pipelines import generate, pipeline_path, save_images
+    from guidelab.recipe import effective_scale
+
+    if threads:
+        torch.set_num_threads(threads)
+    run = spec.run
+    run_dir = Path(out) / "runs" / spec.hash
+    row = _pipeline_base_row(spec)
+    start = time.perf_counter()
+    try:
+        guider = build_guider(run.guider, **run.params)
+        result = generate(
+            pipe,
+            None if run.prompt is None else [run.prompt],
+            negative_prompt=run.negative_prompt,
+            class_labels=None if run.class_label is None else [run.class_label],
+            guider=guider,
+            solver=run.solver,
+            steps=run.steps,
+            grid=run.grid,
+            grid_params=run.grid_params or None,
+            eta=run.eta,
+            n=run.n,
+            seed=run.seed,
+            height=run.height,
+            width=run.width,
+            output_type="np",
+            **(device_settings or {}),
+        )
+        path = pipeline_path(pipe)
+        times = torch.tensor(result.config["times"], dtype=torch.float64)
+        images = np.asarray(result.images, dtype=np.float32)  # (n, H, W, 3) in [0, 1]
+        keep = np.setdiff1d(np.arange(images.shape[0]), np.asarray(result.diverged_indices, dtype=np.int64))
+        metrics_out: dict[str, float] = {}
+        if keep.size:
+            latents = result.latents.detach().to("cpu", torch.float32).numpy()
+            condition = run.prompt if run.prompt is not None else run.class_label
+            assert condition is not None
+            metrics_out = measure_images(metrics, ImageMeasureInput(images[keep], latents[keep], condition))
+        metrics_out["n_excluded"] = float(result.diverged)
+        save_images([Image.fromarray(im) for im in to_uint8(images)], run_dir, columns=run.n)
+        done = result.config
+        config = {
+            **row["config"],
+            "pipeline_class": done["pipeline"],
+            "family": done["family"],
+            "path": path.name,
+            "path_config": done["path"],
+            "times": done["times"],
+            "latent_shape": done["latent_shape"],
+            "device": done["device"],
+            "max_batch": done["max_batch"],
+            "distilled_guidance": done["distilled_guidance"],
+            "divergence_factor": done["divergence_factor"],
+            "images": f"runs/{spec.hash}/grid.png",
+            "notes": result.notes,
+        }
+        row.update(
+            path=path.name,
+            solver=result.config["solver"],
+            guider_config=guider.config(),
+            gamma=effective_scale(guider, times, path, run.class_label if run.class_label is not None else 0),
+            schedule=schedule_table(guider, path, times),
+            config=config,
+            metrics=metrics_out,
+        )
+        write_json_atomic(run_dir / "run.json", {"hash": spec.hash, "config": config, "metrics": metrics_out})
+        row.update(status="ok", nfe=result.nfe, diverged=result.diverged, error=None)
+    except Exception as err:  # a failing run is recorded, and the sweep goes on
+        last = traceback.format_exception_only(type(err), err)[-1].strip()
+        row.update(status="error", error=last, nfe=None, diverged=None)
+    row["wall_time_s"] = time.perf_counter() - start
+    return row
+
+
+def _pipeline_map(
+    runs: list[PipelineRunSpec], out: str, block: PipelineSweep, threads: int
+) -> Iterator[dict[str, Any]]:
+    """Run ``runs`` one after the other in this process on the pipeline, loaded once when the first run needs it.
+
+    Raises:
+        ValueError: the metrics cannot be resolved or the pipeline cannot be loaded (naming the field).
+    """
+    from guidelab.experiments.image_measures import resolve_image_metrics
+    from guidelab.pipelines import load_pipeline
+
+    if not runs:
+        return
+    try:
+        metrics = resolve_image_metrics(block.metrics)
+    except ValueError as err:
+        raise ValueError("\n".join(f"pipeline.{line}" for line in str(err).splitlines())) from None
+    pipe = load_pipeline(runs[0].run.pipeline, device=block.device, dtype=block.dtype)
+    settings = {"max_batch": block.max_batch} if block.max_batch is not None else {}
+    for spec in runs:
+        yield execute_pipeline_run(spec, pipe, out, metrics, threads=threads, device_settings=settings)
 
 
 def _ray_map(runs: list[RunSpec], out: str, address: str | None, threads: int) -> Iterator[dict[str, Any]]:
@@ -317,8 +471,11 @@ def _torch_threads() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def check_options(*, workers: int = 1, executor: str = "local", address: str | None = None, threads: int = 1) -> None:
-    """A ValueError naming the option when the executor options make no sense (before anything is written)."""
+def check_options(
+    *, workers: int = 1, executor: str = "local", address: str | None = None, threads: int = 1, pipeline: bool = False
+) -> None:
+    """A ValueError naming the option when the executor options make no sense (before anything is written);
+    ``pipeline``: for a sweep on a pipeline, which runs in this process."""
     if executor not in ("local", "ray"):
         raise ValueError(f"executor: unknown {executor!r}; accepted: local, ray")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -329,6 +486,12 @@ def check_options(*, workers: int = 1, executor: str = "local", address: str | N
         raise ValueError("address: only the ray executor uses it (--executor ray); the local executor ignores it")
     if executor == "ray" and workers != 1:
         raise ValueError(f"workers: the ray executor ignores it (Ray places one run per CPU); got {workers}")
+    if pipeline and executor != "local":
+        raise ValueError("executor: a sweep on a pipeline runs locally, in this process (the pipeline is loaded once)")
+    if pipeline and workers != 1:
+        raise ValueError(
+            f"workers: a sweep on a pipeline runs in this process (the pipeline is loaded once); got {workers}"
+        )
 
 
 def run_sweep(
@@ -346,7 +509,8 @@ def run_sweep(
     """Run the sweep into ``out`` (created), skipping runs already in its store.
 
     Args:
-        workers: processes for the local executor (1 runs in this process).
+        workers: processes for the local executor (1 runs in this process; a sweep on a pipeline always
+            runs in this process and takes only 1).
         executor: ``local`` or ``ray`` (``address`` of an existing cluster, or None for a local one).
         threads: torch threads of every run, whatever the executor and workers (the same count gives
             bitwise the same metrics).
@@ -357,7 +521,9 @@ def run_sweep(
             another sweep works in ``out``.
         OSError: the store cannot be written (a full disk); rerun to resume.
     """
-    check_options(workers=workers, executor=executor, address=address, threads=threads)
+    check_options(
+        workers=workers, executor=executor, address=address, threads=threads, pipeline=config.pipeline is not None
+    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with _folder_lock(out), _torch_threads():
@@ -370,7 +536,9 @@ def run_sweep(
             spec for spec in unique if spec.hash not in statuses or (retry_failed and statuses[spec.hash] == "error")
         ]
         retried = sum(spec.hash in statuses for spec in todo)
-        if executor == "ray":
+        if config.pipeline is not None:
+            rows = _pipeline_map(todo, str(out), config.pipeline, threads)  # type: ignore[arg-type]
+        elif executor == "ray":
             rows = _ray_map(todo, str(out), address, threads)
         elif workers > 1 and len(todo) > 1:
             rows = _pool_map(todo, str(out), workers, threads)
