@@ -1,7 +1,10 @@
-"""``write_report``: read a results folder, draw every figure, write one self-contained HTML page.
+"""``write_report``: read a results folder, draw every figure, write one HTML page.
 
 The folder holds a sweep's output (``results.sqlite``, ``runs/<hash>/samples.npy``), or several sweeps
-below it, and/or reproduction outputs (a JSON object with ``claims`` and PNGs beside it), at any depth.
+below it, and/or reproduction outputs (a JSON object with ``claims`` and PNGs beside it), at any depth. Figures
+are embedded, so the page stands alone; only the image grids of sweeps on diffusers pipelines
+(``runs/<hash>/grid.png``, :mod:`guidelab.report.images`) are linked by paths relative to the page, so the page
+moves with its folder.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from guidelab.report.data import (
     params_text,
 )
 from guidelab.report.html import PNG_SIGNATURE, Section, figure, note, page
+from guidelab.report.images import IMAGES_INTRO, image_sections, is_pipeline_run
 from guidelab.report.tables import (
     best_table,
     claim_items,
@@ -90,22 +94,32 @@ def write_report(dir: str | Path, out: str | Path | None = None) -> Path:
             f"dir: {str(root)!r} holds no runs (results.sqlite) and no reproduction output (a JSON with 'claims')"
         )
     target = Path(out) if out is not None else root / "report.html"
-    text = build_report(root, rows, repros)
+    text = build_report(root, rows, repros, report_dir=target.parent)
     write_text_atomic(target, text)
     return target
 
 
-def build_report(root: Path, rows: Sequence[dict[str, Any]], repros: Sequence[Reproduction]) -> str:
-    """The report page as a string (see :func:`write_report`)."""
+def build_report(
+    root: Path, rows: Sequence[dict[str, Any]], repros: Sequence[Reproduction], report_dir: Path | None = None
+) -> str:
+    """The report page as a string (see :func:`write_report`); ``report_dir`` is the folder the page is written
+    to (default ``root``), which the image grids of pipeline runs are linked relative to."""
     from guidelab import __version__
 
     catalog = Catalog(rows)
     metrics = metric_names(rows)
+    pipeline_rows = [r for r in rows if is_pipeline_run(r)]
+    names = dict.fromkeys(str(r["target"]) for r in pipeline_rows)
+    pipelines = {name: f"images-{k}" for k, name in enumerate(names)}
     sections: list[Section] = []
     if rows:
-        sections.append(_overview(rows, catalog))
-        for i, ((target, cond), group) in enumerate(_groups(rows).items()):
-            sections.append(_group_section(i, target, cond, group, catalog))
+        groups = _groups(rows)
+        anchors = [pipelines[key[0]] if key[2] else _anchor(i) for i, key in enumerate(groups)]
+        sections.append(_overview(rows, groups, catalog, anchors))
+        for i, ((target, cond, on_pipeline), group) in enumerate(groups.items()):
+            if not on_pipeline:
+                sections.append(_group_section(i, target, cond, group, catalog))
+        sections += image_sections(pipeline_rows, catalog, report_dir or root, pipelines)
         sections.append(_cost_section(rows, catalog))
         sections.append(_schedule_section(rows, catalog))
         sections.append(Section("runs", f"All runs ({len(rows)})", runs_table(rows, catalog, metrics)))
@@ -119,34 +133,41 @@ def build_report(root: Path, rows: Sequence[dict[str, Any]], repros: Sequence[Re
         f"{len(repros)} reproduction{'' if len(repros) == 1 else 's'}; "
         f"folder {root}; generated {time.strftime('%Y-%m-%d %H:%M')} by guidelab {__version__}"
     )
-    return page(title, meta, _INTRO, sections, expect_table=bool(rows))
+    exact = len(pipeline_rows) < len(rows) or not rows
+    intro = (_INTRO if exact else "") + (IMAGES_INTRO if pipeline_rows else "")
+    return page(title, meta, intro, sections, expect_table=bool(rows))
 
 
 # --- sections ----------------------------------------------------------------------------------------------
 
 
-def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """Runs by (target, condition), in the order of their first run."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, bool], list[dict[str, Any]]]:
+    """Runs by (target, condition, on a pipeline), in the order of their first run."""
+    groups: dict[tuple[str, str, bool], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((str(r["target"]), str(r["cond"])), []).append(r)
+        groups.setdefault((str(r["target"]), str(r["cond"]), is_pipeline_run(r)), []).append(r)
     return groups
 
 
-def _overview(rows: Sequence[dict[str, Any]], catalog: Catalog) -> Section:
-    groups = _groups(rows)
+def _overview(
+    rows: Sequence[dict[str, Any]],
+    groups: dict[tuple[str, str, bool], list[dict[str, Any]]],
+    catalog: Catalog,
+    anchors: Sequence[str],
+) -> Section:
+    """The table of targets (and pipelines) and conditions, each linked to its section (``anchors``, in order)."""
     body = [
         "<table class='best'><thead><tr><th>target</th><th>c</th><th>runs</th><th>ok</th><th>failed</th>"
         "<th>methods</th></tr></thead><tbody>"
     ]
-    for i, ((target, cond), group) in enumerate(groups.items()):
+    for i, ((target, cond, _), group) in enumerate(groups.items()):
         ok = sum(r["status"] == "ok" for r in group)
         labels = list(dict.fromkeys(r["label"] for r in group))
         methods = " ".join(
             f'<span class="swatch" style="background:{catalog.colors[lab]}"></span>{escape(lab)}' for lab in labels
         )
         body.append(
-            f'<tr><td><a href="#{_anchor(i)}">{escape(target)}</a></td><td>{escape(cond)}</td>'
+            f'<tr><td><a href="#{anchors[i]}">{escape(target)}</a></td><td>{escape(cond)}</td>'
             f"<td class='num'>{len(group)}</td><td class='num'>{ok}</td><td class='num'>{len(group) - ok}</td>"
             f"<td>{methods}</td></tr>"
         )
@@ -397,6 +418,9 @@ def _schedule_section(rows: Sequence[dict[str, Any]], catalog: Catalog) -> Secti
             dropped += 1
             continue
         table = r.get("schedule") or []  # the per-step plan the runner stored from the guider it ran
+        if not table and is_pipeline_run(r):  # a pipeline run that failed: its grid is the scheduler's, unknown
+            seen.discard(ident)
+            continue
         if not table:  # a store from before the plan was stored: rebuild it from the stored configuration
             try:
                 path = get_path(cfg.get("path", r["path"]), **(cfg.get("path_params") or {}))

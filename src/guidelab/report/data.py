@@ -61,6 +61,9 @@ METRIC_ORDER = (
     "prdc.recall",
     "prdc.density",
     "prdc.coverage",
+    "saturation",
+    "pixel_diversity",
+    "latent_rms",
     "diverged_fraction",
 )
 # which direction is better, for the arrows in headers and axis labels (absent: no direction)
@@ -81,6 +84,8 @@ BETTER = {
     "prdc.density": "↑",
     "prdc.coverage": "↑",
     "diverged_fraction": "↓",
+    "saturation": "↓",
+    "pixel_diversity": "↑",
     "nfe": "↓",
     "wall_time_s": "↓",
     "diverged": "↓",

@@ -26,6 +26,8 @@ __all__ = [
     "distance_floor",
     "diversity_figure",
     "diversity_plot",
+    "metric_gamma_figure",
+    "metric_gamma_plot",
     "nfe_figure",
     "outside_count",
     "pareto_figure",
@@ -55,6 +57,9 @@ _LABELS = {
     "in_support": "fraction in the class support",
     "prdc.recall": "recall (PRDC)",
     "prdc.coverage": "coverage (PRDC)",
+    "saturation": "saturation: fraction of 8-bit values at 0 or 255",
+    "latent_rms": "RMS of the final latent",
+    "pixel_diversity": "pixel diversity: mean pairwise RMS distance",
 }
 # diversity metrics (first found first) and the value exact samples have: a metric name, a number or None
 DIVERSITY = {
@@ -312,6 +317,49 @@ def diversity_plot(points: Sequence[Point], title: str, metrics: Sequence[str], 
                 handles.append(h)
                 labels.append(lab)
     _legend_outside(axes[-1], handles, labels)
+    return fig
+
+
+def metric_gamma_figure(points: Sequence[Point], title: str, metrics: Sequence[str]) -> bytes:
+    """:func:`metric_gamma_plot` as PNG bytes."""
+    return _png(metric_gamma_plot(points, title, metrics))
+
+
+def metric_gamma_plot(points: Sequence[Point], title: str, metrics: Sequence[str]) -> Any:
+    """One panel per metric against the guidance scale γ: each line's means over its runs (±1 std bars), joined
+    in γ order. Points whose γ is not one number (per-sample scales) are left out. Returns the ``Figure``."""
+    cols = min(len(metrics), 2)
+    rows = -(-len(metrics) // cols)
+    fig = _figure(4.8 * cols + 2.6, 3.3 * rows + 0.4)
+    grid = fig.subplots(rows, cols, squeeze=False)
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[len(metrics) :]:
+        ax.set_visible(False)
+    axes = axes[: len(metrics)]
+    for ax, metric in zip(axes, metrics, strict=True):
+        for line_points in _by_line(points).values():
+            line = line_points[0].line
+            xy = [(gamma_sort(p.gamma), p.mean(metric), p.std(metric)) for p in line_points]
+            xy = sorted((x, y, e) for x, y, e in xy if math.isfinite(x) and math.isfinite(y))
+            if not xy:
+                continue
+            xs, ys, errs = [x for x, _, _ in xy], [y for _, y, _ in xy], [e for _, _, e in xy]
+            ax.plot(xs, ys, color=line.color, linestyle=line.linestyle, linewidth=1.4, alpha=0.8, zorder=2)
+            ax.scatter(xs, ys, color=line.color, marker=line.marker, s=42, zorder=3, label=line.name)
+            if any(errs):
+                ax.errorbar(xs, ys, yerr=errs, fmt="none", ecolor=line.color, alpha=0.5, zorder=2)
+        ax.set_xlabel("guidance scale γ", fontsize=9)
+        ax.set_title(axis_label(metric), fontsize=9, loc="left")
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(title, fontsize=11, x=0.0, ha="left")
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    _legend_outside(axes[cols - 1], handles, labels)
     return fig
 
 

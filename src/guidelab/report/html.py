@@ -59,6 +59,12 @@ td.pass { color: var(--ok); font-weight: 600; } td.fail { color: var(--bad); fon
 .swatch { display: inline-block; width: 0.75em; height: 0.75em; border-radius: 2px; margin-right: 0.35em;
           vertical-align: baseline; }
 code { font-size: 0.85em; }
+table.images { border-collapse: collapse; }
+table.images th[scope="row"] { white-space: nowrap; font-weight: 600; }
+table.images figure { margin: 0; }
+table.images img { width: 24rem; max-width: none; height: auto; border: 1px solid var(--line); border-radius: 4px; }
+table.images figcaption { max-width: 24rem; font-size: 0.75rem; }
+table.images .err { color: var(--bad); }
 """
 
 SCRIPT = """

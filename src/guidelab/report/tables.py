@@ -116,8 +116,8 @@ def runs_table(rows: Sequence[dict[str, Any]], catalog: Catalog, metrics: Sequen
     if any(r["status"] != "ok" or r.get("error") for r in rows):
         columns.append(("error", "the exception of a failed run", lambda r: r.get("error") or "", "err"))
     columns += [
-        ("target", "analytic target", lambda r: r["target"], ""),
-        ("cond", "condition c", lambda r: r["cond"], ""),
+        ("target", "analytic target, or the pipeline's folder", lambda r: r["target"], ""),
+        ("cond", "condition c (a pipeline's prompt or class label)", lambda r: r["cond"], ""),
         ("method", "the sweep's label for the guider", lambda r: r["label"], ""),
         ("guider", "registered guider name", lambda r: r["guider"], ""),
         ("γ", "effective guidance scale (schedule mean)", lambda r: _gamma_value(gamma_of(r)), "num"),
