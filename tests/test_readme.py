@@ -2,7 +2,7 @@
 
 - every ```python block runs, in order, in one namespace (the README reads top to bottom);
 - every ```yaml block loads: a target definition through ``load_target_file``, a sweep through ``load_sweep``
-  (told apart by their keys);
+  (told apart by their keys; a sweep on a pipeline against a tiny one saved where it names its folder);
 - every shell command in a ```bash or ``` block that starts with ``guidelab`` (or ``.venv/bin/guidelab``) names
   only options its subcommand has (read from ``--help``); the cheap ones that run as written (no placeholder such
   as ``NAME|FILE``) run, with sizes capped small; the heavy ones (demo, run, train, learn, a paper-size
@@ -117,7 +117,7 @@ def test_the_readme_has_a_target_and_a_sweep_example():
 
 
 def _yaml_kind(data: object) -> str:
-    if isinstance(data, dict) and "guiders" in data and "targets" in data:
+    if isinstance(data, dict) and "guiders" in data and ("targets" in data or "pipeline" in data):
         return "sweep"
     if isinstance(data, dict) and "classes" in data and "kind" in data:
         return "target"
@@ -125,12 +125,19 @@ def _yaml_kind(data: object) -> str:
 
 
 @pytest.mark.parametrize(("line", "body"), YAML_BLOCKS, ids=[f"line{line}" for line, _ in YAML_BLOCKS])
-def test_every_yaml_block_loads(line, body, tmp_path):
+def test_every_yaml_block_loads(line, body, tmp_path, monkeypatch):
     from guidelab.experiments.config import load_sweep
     from guidelab.targets import load_target_file
 
     data = yaml.safe_load(body)
     kind = _yaml_kind(data)
+    if kind == "sweep" and "pipeline" in data:  # a sweep on a pipeline: save a tiny one where the file names it
+        from tiny_diffusers import make_dit, make_sd
+
+        folder = Path(data["pipeline"]["folder"])
+        assert not folder.is_absolute(), f"README.md line {line}: name the pipeline folder relatively"
+        (make_dit() if "class_labels" in data["pipeline"] else make_sd()).save_pretrained(tmp_path / folder)
+        monkeypatch.chdir(tmp_path)
     file = tmp_path / f"readme-{line}.yaml"
     file.write_text(body)
     try:
