@@ -304,6 +304,8 @@ BAD = [
     ("pipeline: {folder: {sd}, prompts: [a]}\nsolvers: [ddim]\nguiders: [{name: cfg}]", "solvers"),
     ("pipeline: {folder: {sd}, prompts: [a], steps: 0}\nguiders: [{name: cfg}]", "pipeline.steps"),
     ("pipeline: {folder: {sd}}\nguiders: [{name: cfg}]", "pipeline.prompts"),
+    ("pipeline: {folder: {sd}, prompts: [a], device: warp}\nguiders: [{name: cfg}]", "pipeline.device"),
+    ("pipeline: {folder: {sd}, prompts: [a], dtype: float16}\nguiders: [{name: cfg}]", "pipeline.dtype"),
     ("pipeline: {folder: {sd}, prompts: [a]}\n", "guiders"),
     ("guiders: [{name: cfg}]\n", "targets"),
 ]

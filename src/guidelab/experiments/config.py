@@ -504,6 +504,7 @@ def _check_pipeline(data: dict[str, Any]) -> list[str]:
                 if bad:
                     errors.append(f"pipeline.class_labels: {bad} outside 0 … {(limit or 1) - 1} (the model's classes)")
     if spec is not None:
+        errors += _check_device(spec.device, spec.dtype)
         for solver in spec.axis("solver"):
             if solver is not None and solver not in SOLVERS:
                 errors.append(f"pipeline.solver: unknown solver {solver!r}; accepted: {', '.join(SOLVERS)}")
@@ -532,6 +533,23 @@ def _check_pipeline(data: dict[str, Any]) -> list[str]:
                 errors.append(f"guiders[{i}]: {err}")
                 break
     return errors
+
+
+def _check_device(device: str, dtype: str) -> list[str]:
+    """The pipeline's device exists here and can hold ``dtype``; one line per mistake."""
+    import torch
+
+    try:
+        where = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        return [f"pipeline.device: unknown device {device!r} ({str(err).splitlines()[0]})"]
+    if where.type == "cuda" and not torch.cuda.is_available():
+        return [f"pipeline.device: {device!r} but torch sees no CUDA device here"]
+    if where.type == "mps" and not torch.backends.mps.is_available():
+        return [f"pipeline.device: {device!r} but torch sees no MPS device here"]
+    if where.type == "cpu" and dtype != "float32":
+        return [f"pipeline.dtype: {dtype} needs a GPU (pipeline.device: cuda); on the CPU use float32"]
+    return []
 
 
 def _check_buildable(data: dict[str, Any]) -> list[str]:
