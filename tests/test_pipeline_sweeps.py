@@ -349,3 +349,34 @@ def test_the_cli_runs_a_pipeline_sweep_and_its_report(folders, tmp_path, capsys)
     assert len(sources) == 1 and (tmp_path / "out" / sources[0]).is_file()
     with sqlite3.connect(tmp_path / "out" / "results.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM runs WHERE status = 'ok'").fetchone() == (1,)
+
+
+def test_diffusers_apg_beside_guidelab_apg_on_one_pipeline(folders, tmp_path):
+    """A sweep puts diffusers' implementation beside guidelab's on the same pipeline, noise and measures: both rows
+    are stored, and the report shows the two (different by design: diffusers' APG is ``u + γ·U`` in the model's ε,
+    the paper's ``c + (γ − 1)·U`` in x0; docs/methods.md §10) side by side, with their own grids and measures."""
+    sweep = _write(
+        tmp_path / "sweep.yaml",
+        f"""
+name: apg-two-ways
+pipeline:
+  folder: {folders / "sd"}
+  prompts: [a cat]
+  n: 2
+  steps: 4
+guiders:
+  - {{name: apg, params: {{scale: 3.0, eta: 0.0}}}}
+  - {{name: "diffusers:AdaptiveProjectedGuidance", params: {{guidance_scale: 3.0, eta: 0.0}}}}
+seeds: [0]
+""",
+    )
+    out = tmp_path / "out"
+    summary = run_sweep(load_sweep(sweep), out)
+    assert (summary.ran, summary.failed) == (2, 0)
+    rows = {r["guider"]: r for r in ResultStore(out / "results.sqlite").rows()}
+    assert set(rows) == {"apg", "diffusers:AdaptiveProjectedGuidance"}
+    ours, theirs = rows["apg"], rows["diffusers:AdaptiveProjectedGuidance"]
+    assert ours["gamma"] == theirs["gamma"] == 3.0 and ours["nfe"] == theirs["nfe"] == 8
+    assert ours["metrics"]["latent_rms"] != pytest.approx(theirs["metrics"]["latent_rms"], rel=1e-4)  # the difference
+    text = write_report(out).read_text()
+    assert "diffusers:AdaptiveProjectedGuidance" in text and len(_grid_sources(out / "report.html")) == 2

@@ -17,6 +17,7 @@ Loading is strictly local (:func:`load_pipeline`): nothing is ever downloaded.
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -679,11 +680,25 @@ def load_pipeline(folder: str | Path, *, device: str | None = None, dtype: str |
             raise ValueError(f"dtype: unknown {dtype!r}; accepted: float32, float16, bfloat16")
     import diffusers  # the [diffusers] extra
 
+    # recent diffusers name the argument ``dtype`` and warn on ``torch_dtype``; older ones know only ``torch_dtype``
     try:
-        pipe = diffusers.DiffusionPipeline.from_pretrained(str(folder), local_files_only=True, torch_dtype=torch_dtype)
+        renamed = hasattr(
+            importlib.import_module("diffusers.utils.deprecation_utils"), "_TORCH_DTYPE_DEPRECATION_MESSAGE"
+        )
+    except ImportError:
+        renamed = False
+    key = "dtype" if renamed else "torch_dtype"
+    kwargs = {} if torch_dtype in (None, torch.float32) else {key: torch_dtype}  # saved weights load as float32
+    bars = diffusers.utils.logging.is_progress_bar_enabled()
+    diffusers.utils.logging.disable_progress_bar()  # the loading bars; guidelab shows its own progress
+    try:
+        pipe = diffusers.DiffusionPipeline.from_pretrained(str(folder), local_files_only=True, **kwargs)
     except Exception as err:  # diffusers raises many types; the user needs one line
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"pipeline: cannot load {str(folder)!r}: {message}") from None
+    finally:
+        if bars:
+            diffusers.utils.logging.enable_progress_bar()
     if device is not None:
         try:
             pipe = pipe.to(device)
