@@ -131,10 +131,15 @@ def execute_run(spec: RunSpec, out: str, threads: int | None = None) -> dict[str
         )
         row.update(status="ok", nfe=result.nfe, diverged=result.num_diverged, error=None)
     except Exception as err:  # a failing run is recorded, and the sweep goes on
-        last = traceback.format_exception_only(type(err), err)[-1].strip()
-        row.update(status="error", error=last, nfe=None, diverged=None)
+        _record_error(row, err)
     row["wall_time_s"] = time.perf_counter() - start
     return row
+
+
+def _record_error(row: dict[str, Any], err: Exception) -> None:
+    """Mark ``row`` failed with the exception's last line (the sweep goes on)."""
+    last = traceback.format_exception_only(type(err), err)[-1].strip()
+    row.update(status="error", error=last, nfe=None, diverged=None)
 
 
 def _pipeline_base_row(spec: PipelineRunSpec) -> dict[str, Any]:
@@ -255,8 +260,7 @@ def execute_pipeline_run(
         write_json_atomic(run_dir / "run.json", {"hash": spec.hash, "config": config, "metrics": metrics_out})
         row.update(status="ok", nfe=result.nfe, diverged=result.diverged, error=None)
     except Exception as err:  # a failing run is recorded, and the sweep goes on
-        last = traceback.format_exception_only(type(err), err)[-1].strip()
-        row.update(status="error", error=last, nfe=None, diverged=None)
+        _record_error(row, err)
     row["wall_time_s"] = time.perf_counter() - start
     return row
 

@@ -110,6 +110,17 @@ def axis_label(metric: str, axis: str = "y") -> str:
     return f"{text}  ({better} better)"
 
 
+def _shared_legend(axes, anchor) -> None:
+    """One legend for every panel of a figure (each label once), outside ``anchor``."""
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    _legend_outside(anchor, handles, labels)
+
+
 def _legend_outside(ax: Any, handles: list[Any] | None = None, labels: list[str] | None = None, **kw: Any) -> None:
     if handles is None:
         handles, labels = ax.get_legend_handles_labels()
@@ -310,13 +321,7 @@ def diversity_plot(points: Sequence[Point], title: str, metrics: Sequence[str], 
         ax.set_ylabel(axis_label(metric, "y").replace("(", "\n(", 1) if len(metric) > 20 else axis_label(metric))
         ax.grid(True, alpha=0.3)
     fig.suptitle(title, fontsize=11, x=0.0, ha="left")
-    handles, labels = [], []
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    _legend_outside(axes[-1], handles, labels)
+    _shared_legend(axes, axes[-1])
     return fig
 
 
@@ -353,13 +358,7 @@ def metric_gamma_plot(points: Sequence[Point], title: str, metrics: Sequence[str
         ax.ticklabel_format(axis="y", useOffset=False, style="plain")
         ax.grid(True, alpha=0.3)
     fig.suptitle(title, fontsize=11, x=0.0, ha="left")
-    handles, labels = [], []
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    _legend_outside(axes[cols - 1], handles, labels)
+    _shared_legend(axes, axes[cols - 1])
     return fig
 
 
