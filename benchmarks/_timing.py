@@ -17,3 +17,20 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[floa
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times), min(times), max(times)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each of ``fns`` in ``repeats`` rounds after ``warmup`` rounds. Every round calls each
+    function once, in an order reversed every other round, so that a machine whose load drifts (another process
+    on the same cores) slows them alike and per-round ratios stay meaningful."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return times

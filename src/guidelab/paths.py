@@ -83,9 +83,35 @@ class PathCoefficients:
 
 
 class NoisePath(ABC):
-    """A Gaussian noise path ``x_t = α_t·x0 + σ_t·ε`` with t = 0 data and t = 1 noise."""
+    """A Gaussian noise path ``x_t = α_t·x0 + σ_t·ε`` with t = 0 data and t = 1 noise.
+
+    A path is an immutable value: two paths of the same class with the same :meth:`config` (which must name every
+    parameter, as :func:`get_path` rebuilds a path from it) are equal and hash alike, so that the per-time cache of
+    :func:`path_scalars` serves a path rebuilt from the same settings (``generate`` builds one per call).
+    """
 
     name: str
+
+    def _value_key(self) -> tuple[tuple, int]:
+        """(config as a tuple, its hash), computed once: the config of an immutable path does not change."""
+        key = self.__dict__.get("_value")
+        if key is None:
+            items = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in self.config().items())
+            key = self.__dict__["_value"] = (items, hash((type(self), items)))
+        return key
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self is other or self._value_key() == other._value_key()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return self._value_key()[1]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_value", None)  # its hash is per process (string hashes are salted): recomputed after unpickling
+        return state
 
     @abstractmethod
     def coefficients(self, t: Tensor) -> PathCoefficients:

@@ -87,20 +87,30 @@ class GuidedModel:
         self.calls = 0
 
     @property
+    def grid(self) -> Tensor:
+        return self._grid
+
+    @grid.setter
+    def grid(self, grid: Tensor) -> None:
+        self._grid = grid
+        self._times = [float(v) for v in grid.reshape(-1).tolist()]  # t(i) is read several times per step
+
+    @property
     def steps(self) -> int:
         return self.grid.numel() - 1
 
     def t(self, i: int) -> float:
-        return float(self.grid[i])
+        return self._times[i]
 
     def coefficients(self, t: float, like: Tensor) -> PathCoefficients:
-        """Path coefficients at scalar ``t`` (computed in float64) in ``like``'s dtype and device."""
-        c = self.path.coefficients(torch.tensor(t, dtype=torch.float64))
-        return c.expand_as(like)
+        """Path coefficients at scalar ``t`` (computed in float64, from the cached :meth:`scalars`) as 0-d tensors
+        in ``like``'s dtype and device."""
+        values = torch.tensor(self.scalars(t), dtype=like.dtype, device=like.device)
+        return PathCoefficients(*values.unbind())
 
     def context(self, i: int, t: float | None = None, stage: int = 0) -> StepContext:
         t = self.t(i) if t is None else t
-        lam = float(self.path.lam(torch.tensor(t, dtype=torch.float64)))
+        lam = self.lam(t)
         return StepContext(i, self.steps, t, lam, self.grid, self.path, stage, cond=self.cond, evaluate=self.predict)
 
     def predict(self, passes: tuple[Pass, ...], x_t: Tensor, t: float) -> Predictions:
@@ -113,7 +123,7 @@ class GuidedModel:
         for group in groups.values():
             model = group[0].model or self.denoiser
             labels = [self.cond if p.cond == "cond" else null_labels(model, self.cond) for p in group]
-            x_in = x_t if len(group) == 1 else x_t.repeat(len(group), *([1] * (x_t.ndim - 1)))
+            x_in = x_t if len(group) == 1 else torch.cat([x_t] * len(group))
             t_in = torch.full((n * len(group),), t, dtype=x_t.dtype, device=x_t.device)
             out = model(x_in, t_in, torch.cat(labels))
             for k, p in enumerate(group):
@@ -209,7 +219,11 @@ class Monitor:
     def update(self, model: GuidedModel, i: int, x: Tensor, x_next: Tensor, out: GuidedStep) -> Tensor:
         """The state after step ``i`` with diverged samples frozen."""
         flat = x_next.reshape(x_next.shape[0], -1)
-        bad = ~torch.isfinite(flat).all(dim=1) | (flat.abs() > self.bound_at(model.path, model.t(i + 1))).any(dim=1)
+        bound = self.bound_at(model.path, model.t(i + 1))
+        # One comparison flags both a non-finite and an out-of-bound state (NaN and ±∞ fail |x| ≤ bound); with no
+        # finite bound (factor ∞) only non-finite states are flagged.
+        ok = (flat.abs() <= bound) if math.isfinite(bound) else torch.isfinite(flat)
+        bad = ~ok.all(dim=1)
         self.diverged = self.diverged.to(bad.device) | bad
         x_next = torch.where(self.diverged.reshape(-1, *([1] * (x.ndim - 1))), x, x_next)
         if self.record_every is not None and i % self.record_every == 0:

@@ -87,6 +87,9 @@ class ConditionTable:
         self.cond = dict(cond)
         self.null = dict(null)
         self.per_prompt_null = next(iter(null.values())).shape[0] > 1
+        # One stacked table per name, the conditional rows then the null rows, so that a step's rows are one
+        # indexing per tensor (no masked select of the embeddings every step).
+        self._stacked = {k: torch.cat([v, self.null[k].to(v.device)]) for k, v in self.cond.items()}
 
     def null_cond(self, cond: Tensor) -> Tensor:
         """The null label of each sample's condition: ``−2 − i`` (prompt i's negative) where each prompt has its
@@ -95,25 +98,32 @@ class ConditionTable:
             return torch.full_like(cond, NULL_COND)
         return torch.where(cond >= 0, -2 - cond, cond)
 
+    def rows(self, labels: Tensor) -> Tensor:
+        """The rows of ``labels`` (batch,) in the stacked table ``[cond; null]``: label i ≥ 0 → i, a null label
+        → P + its null row (``NULL_COND`` → the first, ``−2 − i`` → prompt i's where each prompt has its own).
+
+        Raises:
+            ValueError: naming ``cond`` for a label beyond the last prompt or a null label naming no prompt.
+        """
+        p = self.num_conditions
+        low = -1 - p if self.per_prompt_null else None  # the smallest valid null label
+        bad = labels >= p if low is None else (labels >= p) | (labels < low)
+        if bool(bad.any()):  # one check (one device sync) per step; the message is worked out only on failure
+            if bool((labels >= p).any()):
+                raise ValueError(f"cond: label {int(labels.max())} but only {p} conditions (prompts 0 … {p - 1})")
+            raise ValueError(f"cond: null label {int(labels.min())} names no prompt's negative ({p} prompts)")
+        if self.per_prompt_null:
+            return torch.where(labels >= 0, labels, p + (-labels - 2).clamp_min(0))
+        return torch.where(labels >= 0, labels, p)
+
     def gather(self, labels: Tensor) -> dict[str, Tensor]:
         """The rows of ``labels`` (batch,): name → tensor (batch, ...)."""
-        p = self.num_conditions
-        if bool((labels >= p).any()):
-            raise ValueError(f"cond: label {int(labels.max())} but only {p} conditions (prompts 0 … {p - 1})")
-        is_null = labels < 0
-        rows = labels.clamp_min(0)
-        null_rows = (-labels - 2).clamp(0, p - 1) if self.per_prompt_null else torch.zeros_like(labels)
-        if bool((is_null & (labels < -1 - p)).any()):
-            raise ValueError(f"cond: null label {int(labels.min())} names no prompt's negative ({p} prompts)")
+        rows = self.rows(labels)
         out = {}
-        for name, value in self.cond.items():
-            device = value.device
-            picked = value[rows.to(device)]
-            if bool(is_null.any()):
-                nulls = self.null[name][null_rows.to(device)]
-                mask = is_null.to(device).reshape(-1, *([1] * (value.ndim - 1)))
-                picked = torch.where(mask, nulls, picked)
-            out[name] = picked
+        for name, value in self._stacked.items():
+            if rows.device != value.device:
+                rows = rows.to(value.device)
+            out[name] = value.index_select(0, rows)
         return out
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ConditionTable:
@@ -161,12 +171,13 @@ class DiffusersDenoiser:
         labels = as_cond(cond, n, x_t.device)
         t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(n)
         size = self.max_batch or n
+        dtype = self.dtype
         outs = []
         for lo in range(0, n, size):
             hi = min(lo + size, n)
-            x = x_t[lo:hi].to(self.dtype)
-            out = self._forward(x, t[lo:hi], labels[lo:hi])
-            outs.append(self._to_prediction(out.to(x_t.dtype), x_t[lo:hi], t[lo:hi]))
+            xs, ts, ls = (x_t, t, labels) if hi - lo == n else (x_t[lo:hi], t[lo:hi], labels[lo:hi])
+            out = self._forward(xs.to(dtype), ts, ls)
+            outs.append(self._to_prediction(out.to(x_t.dtype), xs, ts))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _forward(self, x: Tensor, t: Tensor, labels: Tensor) -> Tensor:
@@ -192,7 +203,7 @@ class _DiscreteMixin(DiffusersDenoiser):
         assert isinstance(self.path, DiscreteVPPath)
         steps = self.path.timestep(t.to(torch.float64))
         top = self.path.num_train_timesteps - 1
-        if bool((steps > top + 1e-6).any()) or bool((steps < -1e-6).any()):
+        if bool(((steps > top + 1e-6) | (steps < -1e-6)).any()):  # one check: one device sync per step
             raise ValueError(
                 f"t: the network was trained on timesteps 0 … {top}; t = {float(t.max()):.6g} asks for timestep "
                 f"{float(steps.max()):.6g} (grids on a discrete path must stay within t ∈ [1/N, 1], or end at t = 0 "
