@@ -13,10 +13,13 @@ from typing import Any
 import pytest
 import torch
 
+from conftest import GaussianDenoiser
+from guidelab.guiders import build_guider
 from guidelab.guiders.cfg import CFG
 from guidelab.guiders.context import StepContext
 from guidelab.guiders.schedules import Schedule
 from guidelab.models.adapters import flux_pack
+from guidelab.paths import get_path
 from guidelab.pipeline_guidance import guided
 from guidelab.pipelines import generate
 from tiny_diffusers import FLUX_HW, make_dit, make_flux, make_sd, make_sd3, make_sdxl
@@ -127,11 +130,18 @@ def test_every_consistent_guider_runs_inside_the_call():
 
 def test_refusals_name_the_field():
     pipe = _quiet(make_sd(scheduler="ddim"))
+    calls = []
+    hook = pipe.text_encoder.register_forward_pre_hook(lambda *a: calls.append(1))
     with (
-        pytest.raises(ValueError, match="^guider: 'cfg\\+\\+' gives a guided pair .* guidelab generate"),
+        pytest.raises(ValueError, match="^guider: 'cfg\\+\\+' gives a guided pair .*guidelab generate"),
         guided(pipe, "cfg++", scale=0.6),
     ):
         pipe("a cat", num_inference_steps=3, guidance_scale=2.0, output_type="latent")
+    hook.remove()
+    assert not calls  # refused on entering the block, before the pipeline encodes anything
+    weak = build_guider("weak-model", guide_model="w", models={"w": GaussianDenoiser(get_path("rf"))})
+    with pytest.raises(ValueError, match="^guider: 'weak-model' asks for the pass"), guided(pipe, weak):
+        pass  # another network's pass: refused on entering
     with (
         pytest.raises(ValueError, match="^guidance_scale: the pipeline ran without its null pass"),
         guided(pipe, "cfg", scale=3.0),

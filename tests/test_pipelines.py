@@ -332,3 +332,24 @@ def test_dit_class_labels_by_name_id_or_digit_string():
     assert out.config["class_labels"] == [pipe.labels["cat"], 5, 7]
     with pytest.raises(ValueError, match="^class_labels: unknown label 'zebra'; known names include"):
         generate(pipe, class_labels=["zebra"], steps=2)
+
+
+def test_cli_generate_names_the_diverged_images(tmp_path, capsys):
+    """A random DiT's latents grow past the divergence bound at 8 steps: the command says which images froze, the
+    sidecar lists them, and --divergence-factor inf keeps them all."""
+    import json
+
+    from guidelab.cli import main
+
+    folder = tmp_path / "dit"
+    make_dit().save_pretrained(folder)
+    argv = ["generate", "--pipeline", str(folder), "--class", "cat", "--class", "3", "--steps", "8", "--guider", "none"]
+    main([*argv, "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    sidecar = json.loads((tmp_path / "a" / "generate.json").read_text())
+    assert sidecar["diverged"] == len(sidecar["diverged_indices"]) > 0
+    assert f"warning: images {sidecar['diverged_indices']} diverged" in err
+    assert sidecar["images"][0] == "image_000.png"  # relative to the sidecar
+    main([*argv, "--out", str(tmp_path / "b"), "--divergence-factor", "inf"])
+    assert "diverged" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "b" / "generate.json").read_text())["diverged"] == 0

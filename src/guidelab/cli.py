@@ -207,27 +207,39 @@ def generate(
     distilled_guidance: Annotated[
         float | None, typer.Option(help="Flux-dev's guidance embedding (default 3.5 where the model has one)")
     ] = None,
+    divergence_factor: Annotated[
+        float, typer.Option(help="freeze a sample whose latent leaves factor·(α + σ); inf turns the check off")
+    ] = 100.0,
 ) -> None:
     """Generate images with a guidelab guider and solver on a diffusers pipeline saved on disk."""
+    from guidelab.guiders.registry import build_guider
     from guidelab.io import write_json_atomic
     from guidelab.pipelines import generate as run_generate
-    from guidelab.pipelines import load_pipeline, save_images
+    from guidelab.pipelines import load_pipeline, quiet_libraries, save_images
+    from guidelab.sampling import SOLVERS
 
     positive(steps, "steps")
     positive(n, "n")
     if max_batch is not None:
         positive(max_batch, "max_batch")
+    if not divergence_factor > 0:
+        raise ValueError(f"divergence_factor: must be > 0, got {divergence_factor}")
     if dtype in ("float16", "bfloat16") and device == "cpu":
         raise ValueError(f"dtype: {dtype} needs a GPU (--device cuda); on the CPU use float32")
+    if solver is not None and solver not in SOLVERS:
+        raise ValueError(f"solver: unknown name {solver!r}; accepted: {', '.join(SOLVERS)}")
+    # the guider and its parameters are checked before the (possibly long) load of the pipeline
+    params = parse_params(param)
+    built = None if guider == "none" else build_guider(guider, **params)
     writable_folder(out, "out")
+    quiet_libraries()
     pipe = load_pipeline(pipeline, device=device, dtype=dtype)
     result = run_generate(
         pipe,
         prompt,
         negative_prompt=negative_prompt,
         class_labels=class_,
-        guider=None if guider == "none" else guider,
-        params=parse_params(param),
+        guider=built,
         solver=solver,
         steps=steps,
         grid=grid,
@@ -239,16 +251,18 @@ def generate(
         width=width,
         max_batch=max_batch,
         distilled_guidance=distilled_guidance,
+        divergence_factor=divergence_factor,
         output_type="pil",
         progress=True,
     )
     files = save_images(result.images, out, columns=n)
     sidecar = {
         "pipeline": str(pipeline),
-        "images": [str(f) for f in files],
+        "images": [f.name for f in files],  # beside this file; prompt-major: image k is prompt k // n, copy k % n
         "nfe": result.nfe,
         "calls": result.calls,
         "diverged": result.diverged,
+        "diverged_indices": result.diverged_indices,
         "wall_time_s": result.wall_time,
         "notes": result.notes,
         "config": result.config,
@@ -258,6 +272,12 @@ def generate(
         f"wrote {len(files) - 1} images and grid.png to {out} (nfe {result.nfe}, diverged {result.diverged}, "
         f"{result.wall_time:.2f} s)"
     )
+    if result.diverged:
+        typer.echo(
+            f"warning: images {result.diverged_indices} diverged and were frozen at their last finite latent (their "
+            "PNGs are not samples); try more steps, a lower scale or another guider, or --divergence-factor",
+            err=True,
+        )
 
 
 @app.command()

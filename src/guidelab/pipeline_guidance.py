@@ -122,9 +122,39 @@ class StepGuidance:
             if p.model is not None or p.name not in ("cond", "uncond"):
                 raise ValueError(
                     f"guider: {self.guider.name!r} asks for the pass {p.name!r} of another model; inside a pipeline's "
-                    "call only its own network's cond and null passes exist: run it with guidelab generate"
+                    "call only its own network's cond and null passes exist: use guidelab.pipelines.generate(pipe, "
+                    "...) or `guidelab generate`"
                 )
         return any(p.name == "uncond" for p in passes)
+
+    def preflight(self, steps: int = 8) -> None:
+        """Refuse, before the pipeline's call, a guider that cannot run inside it: one that asks for another network
+        or extra evaluations, or whose guided pair the scheduler cannot step as one prediction. Probed on random,
+        inconsistent predictions at every step of an ``steps``-step grid of the scheduler (on a copy of it); the
+        guider's state is cleared afterwards. Other errors are left to the real call, which reports them with its
+        own inputs.
+
+        Raises:
+            ValueError: naming ``guider``.
+        """
+        from guidelab.pipelines import scheduler_grid
+
+        saved = (self.grid, self.timesteps, self.last_index)
+        self.grid = scheduler_grid(self.scheduler, steps, self.path, image_seq_len=256)
+        g = torch.Generator().manual_seed(0)
+        try:
+            for i in range(steps):
+                needs = self.needs_uncond(i)
+                x, c, noise = (torch.randn(2, 4, 8, 8, generator=g) for _ in range(3))
+                try:
+                    self.combine(i, x, c, 0.8 * c + 0.6 * noise if needs else None)
+                except ValueError as err:
+                    if str(err).startswith("guider:"):
+                        raise
+                    return  # e.g. a per-sample scale of another length than the probe's batch: the call will tell
+        finally:
+            self.grid, self.timesteps, self.last_index = saved
+            self.batch = None  # the real call resets the guider's state
 
     def _raw(self, pred: Tensor, x_t: Tensor, t: float) -> tuple[Tensor, str]:
         if self.model_output == "flow":
@@ -176,7 +206,7 @@ class StepGuidance:
             raise ValueError(
                 f"guider: {self.guider.name!r} gives a guided pair (x0̂, ε̂) that no single prediction represents "
                 "(it needs the solver step, e.g. CFG++ renoises with the unconditional ε̂); a pipeline's scheduler "
-                "steps one prediction: run it with guidelab generate"
+                "steps one prediction: use guidelab.pipelines.generate(pipe, ...) or `guidelab generate`"
             )
 
 
@@ -232,6 +262,7 @@ def guided(pipe: Any, guider: Guider | str = "cfg", **params: Any) -> Iterator[S
     net = pipe.unet if family in ("sd", "sdxl") else pipe.transformer
     scheduler = pipe.scheduler
     core = StepGuidance(guider, pipeline_path(pipe), model_output_of(pipe), scheduler)
+    core.preflight()  # a guider that cannot run inside the call is refused here, before any encoding
     forward = net.forward
     set_timesteps = scheduler.set_timesteps
 

@@ -56,6 +56,7 @@ __all__ = [
     "matching_solver",
     "pipeline_denoiser",
     "pipeline_path",
+    "quiet_libraries",
     "save_images",
     "scheduler_grid",
 ]
@@ -565,7 +566,10 @@ def _read_index(folder: str | Path) -> tuple[Path, dict[str, Any]]:
     """The folder and its ``model_index.json``, with every listed component present (errors name ``pipeline``)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"pipeline: no folder {str(folder)!r}")
+        raise ValueError(
+            f"pipeline: no folder {str(folder)!r}; guidelab never downloads: save a pipeline first with "
+            "DiffusionPipeline.from_pretrained(...).save_pretrained(folder)"
+        )
     index = folder / "model_index.json"
     if not index.is_file():
         raise ValueError(f"pipeline: {str(folder)!r} is not a saved diffusers pipeline (no model_index.json)")
@@ -663,6 +667,20 @@ def inspect_pipeline(folder: str | Path) -> PipelineInfo:
                     if name.strip() and str(key).isdigit():
                         class_ids[name.strip()] = int(key)
     return PipelineInfo(folder, class_name, family, _listed_class(listed, "scheduler") or "", num_classes, class_ids)
+
+
+def quiet_libraries() -> None:
+    """Keep diffusers' and transformers' info and warning logs (loading bars, optional-dependency notes) off the
+    command line's output; guidelab shows its own progress and errors."""
+    import diffusers
+
+    diffusers.utils.logging.set_verbosity_error()
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers comes with the diffusers extra
+        pass
 
 
 def load_pipeline(folder: str | Path, *, device: str | None = None, dtype: str | None = None) -> Any:
