@@ -68,6 +68,18 @@ def test_sdxl_parity(scheduler):
     assert _rel(out.images, ref) <= RTOL
 
 
+def test_sdxl_parity_at_a_size_other_than_the_default():
+    """SDXL's added time ids hold the image size (original and target size = height, width by default)."""
+    pipe = _quiet(make_sdxl())
+    lat = _latents((2, 4, 12, 8))
+    ref = pipe(
+        PROMPTS, num_inference_steps=4, guidance_scale=5.0, height=24, width=16, latents=lat, output_type="latent"
+    ).images
+    size = {"height": 24, "width": 16}
+    out = generate(pipe, PROMPTS, params={"scale": 5.0}, steps=4, latents=lat, output_type="latent", **size)
+    assert _rel(out.images, ref) <= RTOL
+
+
 def test_sd3_parity():
     pipe = _quiet(make_sd3())
     c, s = pipe.transformer.config.in_channels, pipe.transformer.config.sample_size

@@ -220,10 +220,16 @@ def _as_list(value: str | list[str] | None, name: str) -> list[str] | None:
 
 
 def encode_prompts(
-    pipe: Any, prompts: list[str], negative: list[str] | None, device: torch.device | str
+    pipe: Any,
+    prompts: list[str],
+    negative: list[str] | None,
+    device: torch.device | str,
+    *,
+    size: tuple[int, int] | None = None,
 ) -> ConditionTable:
     """The conditioning of ``prompts`` (P rows) and their negatives (``negative``: one for all or one per prompt;
-    None: the empty prompt) by the pipeline's own encoders."""
+    None: the empty prompt) by the pipeline's own encoders. ``size``: the image's (height, width) in pixels, which
+    SDXL's added time ids hold (default: the model's size)."""
     family = family_of(pipe)
     if negative is not None and len(negative) not in (1, len(prompts)):
         raise ValueError(f"negative_prompt: give one or {len(prompts)} (one per prompt), got {len(negative)}")
@@ -238,7 +244,7 @@ def encode_prompts(
                 prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True,
                 negative_prompt=neg_full,
             )  # fmt: skip
-            time_ids = _sdxl_time_ids(pipe, pos.dtype).to(device).expand(len(prompts), -1)
+            time_ids = _sdxl_time_ids(pipe, pos.dtype, size).to(device).expand(len(prompts), -1)
             cond = {"encoder_hidden_states": pos, "text_embeds": pooled, "time_ids": time_ids}
             null = {"encoder_hidden_states": nul, "text_embeds": null_pooled, "time_ids": time_ids}
         elif family == "sd3":
@@ -261,12 +267,15 @@ def encode_prompts(
     return ConditionTable(cond, null)
 
 
-def _sdxl_time_ids(pipe: Any, dtype: torch.dtype) -> Tensor:
-    """SDXL's added time ids (original size, crop corner, target size) at the default resolution, as the
-    pipeline builds them by default."""
-    size = pipe.default_sample_size * pipe.vae_scale_factor
+def _sdxl_time_ids(pipe: Any, dtype: torch.dtype, size: tuple[int, int] | None = None) -> Tensor:
+    """SDXL's added time ids (original size, crop corner, target size) for an image of ``size`` = (height, width)
+    (default: the model's), as the pipeline builds them by default: both sizes (height, width), corner (0, 0)."""
+    if size is None:
+        side = pipe.default_sample_size * pipe.vae_scale_factor
+        size = (side, side)
+    size = (int(size[0]), int(size[1]))
     proj = pipe.text_encoder_2.config.projection_dim if pipe.text_encoder_2 is not None else None
-    return pipe._get_add_time_ids((size, size), (0, 0), (size, size), dtype=dtype, text_encoder_projection_dim=proj)
+    return pipe._get_add_time_ids(size, (0, 0), size, dtype=dtype, text_encoder_projection_dim=proj)
 
 
 def pipeline_denoiser(
@@ -389,7 +398,8 @@ def generate(
         negative_prompt: the null pass's prompt: one for all, or one per prompt (default: the empty prompt).
         class_labels: class ids or label names (DiT's ``pipe.labels``, e.g. ImageNet's); ``n`` images each.
         conditions: encoded prompts (:func:`encode_prompts`, or your own :class:`ConditionTable`) instead of
-            ``prompt``; samples take rows 0 … P − 1, ``n`` each.
+            ``prompt``; samples take rows 0 … P − 1, ``n`` each (SDXL at another size than the model's: encode with
+            ``size=(height, width)``, which its time ids hold).
         guider: a :class:`~guidelab.guiders.base.Guider`, a registry name (with ``params``), or None for the
             conditional model alone.
         solver: a guidelab solver; default the one that matches the pipeline's scheduler (:func:`matching_solver`).
@@ -435,7 +445,9 @@ def generate(
         if conditions is None:
             if prompts is None:
                 raise ValueError("prompt: give a prompt (or encoded conditions)")
-            conditions = encode_prompts(pipe, prompts, _as_list(negative_prompt, "negative_prompt"), device)
+            shape = latent_shape(pipe, height, width)
+            size = (shape[1] * int(pipe.vae_scale_factor), shape[2] * int(pipe.vae_scale_factor))
+            conditions = encode_prompts(pipe, prompts, _as_list(negative_prompt, "negative_prompt"), device, size=size)
         elif prompts is not None:
             raise ValueError("conditions: give prompts or encoded conditions, not both")
         rows = conditions.num_conditions
