@@ -296,6 +296,35 @@ def test_bad_input_names_the_field(make, kwargs, field):
         generate(pipe, **{"output_type": "latent", **kwargs})
 
 
+@pytest.mark.parametrize(
+    ("scheduler", "steps"),
+    [
+        ("dpm-karras", 50),  # Karras σ rounded to integer timesteps repeat near σ_min
+        ("euler-linspace", 6),  # fractional timesteps: read through σ, whose top rounds a hair past t = 1
+        ("euler-karras", 10),
+    ],
+)
+def test_scheduler_grid_of_sigma_schedules(scheduler, steps):
+    from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    schedule = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+    if scheduler == "dpm-karras":
+        sch = DPMSolverMultistepScheduler(**schedule, algorithm_type="dpmsolver++", use_karras_sigmas=True)
+    elif scheduler == "euler-linspace":
+        sch = EulerDiscreteScheduler(**schedule, timestep_spacing="linspace")
+    else:
+        sch = EulerDiscreteScheduler(**schedule, use_karras_sigmas=True)
+    path = DiscreteVPPath.from_scheduler(sch)
+    grid = scheduler_grid(sch, steps, path)
+    sch.set_timesteps(steps)
+    c = path.coefficients(grid)
+    sigmas = sch.sigmas.to(torch.float64)
+    assert float(grid[0]) == 1.0 and float(grid[-1]) == 0.0
+    torch.testing.assert_close(c.sigma / c.alpha, sigmas, rtol=1e-6, atol=0)
+    if scheduler != "dpm-karras":  # Euler passes its fractional timesteps to the network: the same ones
+        torch.testing.assert_close(path.timestep(grid[:-1]), sch.timesteps.to(torch.float64), rtol=0, atol=1e-3)
+
+
 def test_grid_kinds_on_a_discrete_path_stay_on_the_training_timesteps():
     pipe = _quiet(make_sd(scheduler="ddim"))
     for kind in ("uniform", "geometric", "edm"):

@@ -154,11 +154,14 @@ def current_grid(scheduler: Any, path: NoisePath) -> Tensor:
         timesteps = torch.as_tensor(scheduler.timesteps).to(torch.float64).reshape(-1).cpu()
         sigmas = getattr(scheduler, "sigmas", None)
         sigmas = None if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1).cpu()
-        if bool((timesteps == timesteps.round()).all()):
+        integer = bool((timesteps == timesteps.round()).all())
+        if integer and (sigmas is None or bool((timesteps[1:] < timesteps[:-1]).all())):
             times = path.time_of_timestep(timesteps)
-        else:
+        else:  # fractional timesteps, or integer ones rounded from σ that repeat (DPM-Solver's Karras σ at 50 steps)
             assert sigmas is not None
             times = path.t_of_lam(sigmas[: timesteps.numel()])
+            # the scheduler's float32 σ at its last training timestep rounds a hair past the path's end (t = 1)
+            times = torch.where((times > 1) & (times <= 1 + 1e-6), torch.ones_like(times), times)
         if sigmas is not None:
             last = path.t_of_lam(sigmas[-1:])
         else:
