@@ -58,6 +58,20 @@ def test_sd_parity(prediction_type, scheduler, solver):
     assert out.nfe == 12 and out.calls == 6  # cond + null as one forward per step
 
 
+@pytest.mark.parametrize("spacing", ["linspace", "trailing"])
+def test_sd_parity_euler_spacing(spacing):
+    """EulerDiscreteScheduler with linspace or trailing spacing starts from σ_max·ξ (its init_noise_sigma), not
+    √(σ_max² + 1)·ξ: generate starts where the pipeline does."""
+    from diffusers import EulerDiscreteScheduler
+
+    pipe = _quiet(make_sd(scheduler="euler"))
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing=spacing)
+    lat = _latents((2, 4, 8, 8))
+    ref = pipe(PROMPTS, num_inference_steps=6, guidance_scale=4.5, latents=lat, output_type="latent").images
+    out = generate(pipe, PROMPTS, params={"scale": 4.5}, steps=6, latents=lat, output_type="latent")
+    assert _rel(out.images, ref) <= RTOL
+
+
 @pytest.mark.parametrize("scheduler", ["euler", "ddim"])
 def test_sdxl_parity(scheduler):
     pipe = _quiet(make_sdxl(scheduler=scheduler))

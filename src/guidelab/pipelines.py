@@ -9,7 +9,8 @@ pipelines; the networks are wrapped by :mod:`guidelab.models.adapters`.
 The pipeline's scheduler is read, never stepped: it gives the path (its ``alphas_cumprod``, or flow matching's
 σ = t), the grid (``set_timesteps`` on a copy) and the solver that matches it (:data:`MATCHING_SOLVERS`), so that
 ``generate`` with guidelab's CFG reproduces the pipeline's own call (tests/test_pipelines.py). Latents follow the
-pipelines' convention: unit-variance noise, ``x_T = ξ`` (guidelab draws ξ per sample from ``seed``).
+pipelines' convention: unit-variance noise, ``x_T = ξ`` (guidelab draws ξ per sample from ``seed``); on the
+scheduler's grid times the scheduler's own start (Euler with linspace/trailing spacing: σ_max·ξ in its scaling).
 
 Loading is strictly local (:func:`load_pipeline`): nothing is ever downloaded.
 """
@@ -412,7 +413,8 @@ def generate(
         n: images per prompt or class.
         seed: noise seed; sample k's noise depends only on (seed, k).
         height, width: image size in pixels (default the model's).
-        latents: initial latents (batch, C, h, w) instead of seeded noise.
+        latents: initial latents (batch, C, h, w) instead of seeded noise (on the scheduler's grid, scaled as the
+            pipeline scales them: Euler with linspace/trailing spacing starts from σ_max·ξ, not √(σ_max² + 1)·ξ).
         eta: churn of the stochastic solvers.
         output_type: ``pil``, ``np``, ``pt`` or ``latent``.
         max_batch: largest batch of one network forward (default: all samples, cond and null passes together).
@@ -475,15 +477,20 @@ def generate(
     if guided_channels is not None:
         guide = GuidedChannels(guide, guided_channels)
     dtype = denoiser.dtype if denoiser.dtype in (torch.float32, torch.float64) else torch.float32
+    # the pipeline's own start on its scheduler's grid (Euler with linspace/trailing spacing: σ_max·ξ), else 1
+    own_start = isinstance(grid, str) and grid == "scheduler" and isinstance(path, DiscreteVPPath)
+    start_scale = _start_scale(pipe.scheduler, steps) if own_start else 1.0
     if latents is None:
         a, s = path.coefficients(times[:1].clone()).alpha, path.coefficients(times[:1].clone()).sigma
         scale = float(torch.sqrt(a**2 + s**2))  # unit-variance data: x_T = ξ on VP and at t = 1 on rf
         noise = NoiseSource(seed, device)
-        x_init = scale * noise(torch.empty((total, *shape), dtype=dtype, device=device))
+        x_init = scale * start_scale * noise(torch.empty((total, *shape), dtype=dtype, device=device))
     else:
         if tuple(latents.shape) != (total, *shape):
             raise ValueError(f"latents: expected shape {(total, *shape)}, got {tuple(latents.shape)}")
         x_init = latents.to(device=device, dtype=dtype)
+        if start_scale != 1.0:
+            x_init = x_init * start_scale
     result = sample(
         denoiser, guide, grid=times, cond=cond, solver=solver, seed=seed, eta=eta, x_init=x_init, dtype=dtype,
         device=device, divergence_factor=divergence_factor, progress=progress,
@@ -525,6 +532,17 @@ def generate(
         notes=notes,
         diverged_indices=result.diverged_indices,
     )
+
+
+def _start_scale(scheduler: Any, steps: int) -> float:
+    """The VP state a discrete scheduler's pipeline starts from, per unit of noise: the latents times its
+    ``init_noise_sigma`` as the network sees them (``scale_model_input`` at the first step). 1 for DDIM, DPM-Solver
+    and Euler's ``leading`` spacing; σ_max/√(σ_max² + 1) for Euler's ``linspace`` and ``trailing``."""
+    sch = copy.deepcopy(scheduler)
+    sch.set_timesteps(steps)
+    one = torch.ones(1) * float(sch.init_noise_sigma)
+    scale = float(sch.scale_model_input(one, sch.timesteps[0]))
+    return 1.0 if abs(scale - 1.0) <= 1e-6 else scale
 
 
 def _class_ids(pipe: Any, labels: list[Any]) -> list[int]:
