@@ -146,3 +146,13 @@ def test_refusals_name_the_field():
         guided(flux, "cfg", scale=3.0),
     ):
         flux("a cat", num_inference_steps=3, height=FLUX_HW, width=FLUX_HW, output_type="latent")
+
+
+def test_a_call_without_cfg_on_an_even_batch_is_refused():
+    """Two prompts without CFG make a batch of 2: that must not be split into a null half and a conditional half."""
+    pipe = _quiet(make_sd(scheduler="ddim"))
+    with (
+        pytest.raises(ValueError, match="^guidance_scale: the pipeline ran without its null pass"),
+        guided(pipe, "cfg", scale=3.0),
+    ):
+        pipe(PROMPTS[:2], num_inference_steps=3, guidance_scale=1.0, output_type="latent")

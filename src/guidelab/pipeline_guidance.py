@@ -253,7 +253,8 @@ def guided(pipe: Any, guider: Guider | str = "cfg", **params: Any) -> Iterator[S
         if sequential:
             return _flux_pass(index, x, args, kwargs)
         batch = x.shape[0]
-        if batch % 2:
+        # an even batch need not be doubled (two prompts without CFG): ask the pipeline where it can tell
+        if batch % 2 or getattr(pipe, "do_classifier_free_guidance", True) is False:
             raise ValueError(
                 "guidance_scale: the pipeline ran without its null pass; call it with guidance_scale > 1 (the guidelab "
                 "guider sets the scale)"
