@@ -156,3 +156,22 @@ def test_a_call_without_cfg_on_an_even_batch_is_refused():
         guided(pipe, "cfg", scale=3.0),
     ):
         pipe(PROMPTS[:2], num_inference_steps=3, guidance_scale=1.0, output_type="latent")
+
+
+def test_a_forward_set_on_the_instance_is_restored():
+    """Hooks such as accelerate's (CPU offload) set ``forward`` on the instance; leaving the block keeps them."""
+    pipe = _quiet(make_sd(scheduler="ddim"))
+    original = pipe.unet.forward
+    seen: list[int] = []
+
+    def hooked(*args: Any, **kwargs: Any) -> Any:
+        seen.append(1)
+        return original(*args, **kwargs)
+
+    pipe.unet.forward = hooked
+    with guided(pipe, "cfg", scale=3.0):
+        pipe("a cat", num_inference_steps=2, guidance_scale=2.0, output_type="latent")
+    assert vars(pipe.unet)["forward"] is hooked and len(seen) == 2
+    with guided(pipe, "cfg", scale=3.0), guided(pipe, "cfg", scale=2.0):
+        pass
+    assert vars(pipe.unet)["forward"] is hooked and "set_timesteps" not in vars(pipe.scheduler)

@@ -307,13 +307,22 @@ def guided(pipe: Any, guider: Guider | str = "cfg", **params: Any) -> Iterator[S
     def _with_tensor_like(kwargs: dict, tensor: Tensor) -> Any:
         return (tensor,) if not kwargs.get("return_dict", True) else _flux_output(tensor)
 
+    # what the instances held before (accelerate's offload hooks set ``forward`` on the module; an outer block)
+    patched = ((net, "forward"), (scheduler, "set_timesteps"))
+    saved = [(obj, name, vars(obj).get(name, _ABSENT)) for obj, name in patched]
     net.forward = guided_forward
     scheduler.set_timesteps = set_timesteps_and_begin
     try:
         yield core
     finally:
-        del net.forward
-        del scheduler.set_timesteps
+        for obj, name, value in saved:
+            if value is _ABSENT:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, value)
+
+
+_ABSENT = object()
 
 
 def _flux_hw(kwargs: dict) -> tuple[int, int]:
