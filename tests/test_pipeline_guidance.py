@@ -175,3 +175,29 @@ def test_a_forward_set_on_the_instance_is_restored():
     with guided(pipe, "cfg", scale=3.0), guided(pipe, "cfg", scale=2.0):
         pass
     assert vars(pipe.unet)["forward"] is hooked and "set_timesteps" not in vars(pipe.scheduler)
+
+
+def test_flux_after_an_error_between_its_passes_the_next_call_starts_clean():
+    pipe = _quiet(make_flux())
+    h = FLUX_HW // pipe.vae_scale_factor
+    lat = torch.randn((1, 4, h, h), generator=torch.Generator().manual_seed(2))
+    kwargs = {
+        "negative_prompt": "", "true_cfg_scale": 2.0, "num_inference_steps": 3, "height": FLUX_HW, "width": FLUX_HW,
+        "latents": flux_pack(lat), "output_type": "latent",
+    }  # fmt: skip
+    with guided(pipe, "cfg", scale=3.0):
+        clean = pipe("a cat", **kwargs).images
+    calls = []
+
+    def fail_second(module: Any, args: Any) -> None:
+        calls.append(1)
+        if len(calls) == 2:  # the negative pass of the first step
+            raise RuntimeError("out of memory")
+
+    with guided(pipe, "cfg", scale=3.0):
+        handle = pipe.transformer.register_forward_pre_hook(fail_second)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            pipe("a cat", **kwargs)
+        again = pipe("a cat", **kwargs).images
+        handle.remove()
+    assert _rel(again, clean) <= RTOL

@@ -235,14 +235,15 @@ def guided(pipe: Any, guider: Guider | str = "cfg", **params: Any) -> Iterator[S
     forward = net.forward
     set_timesteps = scheduler.set_timesteps
 
+    sequential = family == "flux"
+    pending: dict[str, Any] = {}  # Flux: the conditional output of the current step, until its negative pass
+
     @functools.wraps(set_timesteps)
     def set_timesteps_and_begin(*args: Any, **kwargs: Any) -> Any:
         result = set_timesteps(*args, **kwargs)
         core.begin()
+        pending.clear()  # a call that failed between Flux's two passes leaves its step here
         return result
-
-    sequential = family == "flux"
-    pending: dict[str, Any] = {}  # Flux: the conditional output of the current step, until its negative pass
 
     def guided_forward(*args: Any, **kwargs: Any) -> Any:
         x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
