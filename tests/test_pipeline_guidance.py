@@ -156,3 +156,58 @@ def test_refusals_name_the_field():
         guided(flux, "cfg", scale=3.0),
     ):
         flux("a cat", num_inference_steps=3, height=FLUX_HW, width=FLUX_HW, output_type="latent")
+
+
+def test_a_call_without_cfg_on_an_even_batch_is_refused():
+    """Two prompts without CFG make a batch of 2: that must not be split into a null half and a conditional half."""
+    pipe = _quiet(make_sd(scheduler="ddim"))
+    with (
+        pytest.raises(ValueError, match="^guidance_scale: the pipeline ran without its null pass"),
+        guided(pipe, "cfg", scale=3.0),
+    ):
+        pipe(PROMPTS[:2], num_inference_steps=3, guidance_scale=1.0, output_type="latent")
+
+
+def test_a_forward_set_on_the_instance_is_restored():
+    """Hooks such as accelerate's (CPU offload) set ``forward`` on the instance; leaving the block keeps them."""
+    pipe = _quiet(make_sd(scheduler="ddim"))
+    original = pipe.unet.forward
+    seen: list[int] = []
+
+    def hooked(*args: Any, **kwargs: Any) -> Any:
+        seen.append(1)
+        return original(*args, **kwargs)
+
+    pipe.unet.forward = hooked
+    with guided(pipe, "cfg", scale=3.0):
+        pipe("a cat", num_inference_steps=2, guidance_scale=2.0, output_type="latent")
+    assert vars(pipe.unet)["forward"] is hooked and len(seen) == 2
+    with guided(pipe, "cfg", scale=3.0), guided(pipe, "cfg", scale=2.0):
+        pass
+    assert vars(pipe.unet)["forward"] is hooked and "set_timesteps" not in vars(pipe.scheduler)
+
+
+def test_flux_after_an_error_between_its_passes_the_next_call_starts_clean():
+    pipe = _quiet(make_flux())
+    h = FLUX_HW // pipe.vae_scale_factor
+    lat = torch.randn((1, 4, h, h), generator=torch.Generator().manual_seed(2))
+    kwargs = {
+        "negative_prompt": "", "true_cfg_scale": 2.0, "num_inference_steps": 3, "height": FLUX_HW, "width": FLUX_HW,
+        "latents": flux_pack(lat), "output_type": "latent",
+    }  # fmt: skip
+    with guided(pipe, "cfg", scale=3.0):
+        clean = pipe("a cat", **kwargs).images
+    calls = []
+
+    def fail_second(module: Any, args: Any) -> None:
+        calls.append(1)
+        if len(calls) == 2:  # the negative pass of the first step
+            raise RuntimeError("out of memory")
+
+    with guided(pipe, "cfg", scale=3.0):
+        handle = pipe.transformer.register_forward_pre_hook(fail_second)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            pipe("a cat", **kwargs)
+        again = pipe("a cat", **kwargs).images
+        handle.remove()
+    assert _rel(again, clean) <= RTOL

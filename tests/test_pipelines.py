@@ -58,6 +58,20 @@ def test_sd_parity(prediction_type, scheduler, solver):
     assert out.nfe == 12 and out.calls == 6  # cond + null as one forward per step
 
 
+@pytest.mark.parametrize("spacing", ["linspace", "trailing"])
+def test_sd_parity_euler_spacing(spacing):
+    """EulerDiscreteScheduler with linspace or trailing spacing starts from σ_max·ξ (its init_noise_sigma), not
+    √(σ_max² + 1)·ξ: generate starts where the pipeline does."""
+    from diffusers import EulerDiscreteScheduler
+
+    pipe = _quiet(make_sd(scheduler="euler"))
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing=spacing)
+    lat = _latents((2, 4, 8, 8))
+    ref = pipe(PROMPTS, num_inference_steps=6, guidance_scale=4.5, latents=lat, output_type="latent").images
+    out = generate(pipe, PROMPTS, params={"scale": 4.5}, steps=6, latents=lat, output_type="latent")
+    assert _rel(out.images, ref) <= RTOL
+
+
 @pytest.mark.parametrize("scheduler", ["euler", "ddim"])
 def test_sdxl_parity(scheduler):
     pipe = _quiet(make_sdxl(scheduler=scheduler))
@@ -65,6 +79,18 @@ def test_sdxl_parity(scheduler):
     lat = _latents((2, 4, s, s))
     ref = pipe(PROMPTS, num_inference_steps=5, guidance_scale=5.0, latents=lat, output_type="latent").images
     out = generate(pipe, PROMPTS, params={"scale": 5.0}, steps=5, latents=lat, output_type="latent")
+    assert _rel(out.images, ref) <= RTOL
+
+
+def test_sdxl_parity_at_a_size_other_than_the_default():
+    """SDXL's added time ids hold the image size (original and target size = height, width by default)."""
+    pipe = _quiet(make_sdxl())
+    lat = _latents((2, 4, 12, 8))
+    ref = pipe(
+        PROMPTS, num_inference_steps=4, guidance_scale=5.0, height=24, width=16, latents=lat, output_type="latent"
+    ).images
+    size = {"height": 24, "width": 16}
+    out = generate(pipe, PROMPTS, params={"scale": 5.0}, steps=4, latents=lat, output_type="latent", **size)
     assert _rel(out.images, ref) <= RTOL
 
 
@@ -282,6 +308,35 @@ def test_bad_input_names_the_field(make, kwargs, field):
     pipe = _quiet(make())
     with pytest.raises(ValueError, match=f"^{field}"):
         generate(pipe, **{"output_type": "latent", **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "steps"),
+    [
+        ("dpm-karras", 50),  # Karras σ rounded to integer timesteps repeat near σ_min
+        ("euler-linspace", 6),  # fractional timesteps: read through σ, whose top rounds a hair past t = 1
+        ("euler-karras", 10),
+    ],
+)
+def test_scheduler_grid_of_sigma_schedules(scheduler, steps):
+    from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    schedule = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+    if scheduler == "dpm-karras":
+        sch = DPMSolverMultistepScheduler(**schedule, algorithm_type="dpmsolver++", use_karras_sigmas=True)
+    elif scheduler == "euler-linspace":
+        sch = EulerDiscreteScheduler(**schedule, timestep_spacing="linspace")
+    else:
+        sch = EulerDiscreteScheduler(**schedule, use_karras_sigmas=True)
+    path = DiscreteVPPath.from_scheduler(sch)
+    grid = scheduler_grid(sch, steps, path)
+    sch.set_timesteps(steps)
+    c = path.coefficients(grid)
+    sigmas = sch.sigmas.to(torch.float64)
+    assert float(grid[0]) == 1.0 and float(grid[-1]) == 0.0
+    torch.testing.assert_close(c.sigma / c.alpha, sigmas, rtol=1e-6, atol=0)
+    if scheduler != "dpm-karras":  # Euler passes its fractional timesteps to the network: the same ones
+        torch.testing.assert_close(path.timestep(grid[:-1]), sch.timesteps.to(torch.float64), rtol=0, atol=1e-3)
 
 
 def test_grid_kinds_on_a_discrete_path_stay_on_the_training_timesteps():

@@ -266,14 +266,15 @@ def guided(pipe: Any, guider: Guider | str = "cfg", **params: Any) -> Iterator[S
     forward = net.forward
     set_timesteps = scheduler.set_timesteps
 
+    sequential = family == "flux"
+    pending: dict[str, Any] = {}  # Flux: the conditional output of the current step, until its negative pass
+
     @functools.wraps(set_timesteps)
     def set_timesteps_and_begin(*args: Any, **kwargs: Any) -> Any:
         result = set_timesteps(*args, **kwargs)
         core.begin()
+        pending.clear()  # a call that failed between Flux's two passes leaves its step here
         return result
-
-    sequential = family == "flux"
-    pending: dict[str, Any] = {}  # Flux: the conditional output of the current step, until its negative pass
 
     def guided_forward(*args: Any, **kwargs: Any) -> Any:
         x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
@@ -284,7 +285,8 @@ def guided(pipe: Any, guider: Guider | str = "cfg", **params: Any) -> Iterator[S
         if sequential:
             return _flux_pass(index, x, args, kwargs)
         batch = x.shape[0]
-        if batch % 2:
+        # an even batch need not be doubled (two prompts without CFG): ask the pipeline where it can tell
+        if batch % 2 or getattr(pipe, "do_classifier_free_guidance", True) is False:
             raise ValueError(
                 "guidance_scale: the pipeline ran without its null pass; call it with guidance_scale > 1 (the guidelab "
                 "guider sets the scale)"
@@ -337,13 +339,22 @@ def guided(pipe: Any, guider: Guider | str = "cfg", **params: Any) -> Iterator[S
     def _with_tensor_like(kwargs: dict, tensor: Tensor) -> Any:
         return (tensor,) if not kwargs.get("return_dict", True) else _flux_output(tensor)
 
+    # what the instances held before (accelerate's offload hooks set ``forward`` on the module; an outer block)
+    patched = ((net, "forward"), (scheduler, "set_timesteps"))
+    saved = [(obj, name, vars(obj).get(name, _ABSENT)) for obj, name in patched]
     net.forward = guided_forward
     scheduler.set_timesteps = set_timesteps_and_begin
     try:
         yield core
     finally:
-        del net.forward
-        del scheduler.set_timesteps
+        for obj, name, value in saved:
+            if value is _ABSENT:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, value)
+
+
+_ABSENT = object()
 
 
 def _flux_hw(kwargs: dict) -> tuple[int, int]:

@@ -9,7 +9,8 @@ pipelines; the networks are wrapped by :mod:`guidelab.models.adapters`.
 The pipeline's scheduler is read, never stepped: it gives the path (its ``alphas_cumprod``, or flow matching's
 σ = t), the grid (``set_timesteps`` on a copy) and the solver that matches it (:data:`MATCHING_SOLVERS`), so that
 ``generate`` with guidelab's CFG reproduces the pipeline's own call (tests/test_pipelines.py). Latents follow the
-pipelines' convention: unit-variance noise, ``x_T = ξ`` (guidelab draws ξ per sample from ``seed``).
+pipelines' convention: unit-variance noise, ``x_T = ξ`` (guidelab draws ξ per sample from ``seed``); on the
+scheduler's grid times the scheduler's own start (Euler with linspace/trailing spacing: σ_max·ξ in its scaling).
 
 Loading is strictly local (:func:`load_pipeline`): nothing is ever downloaded.
 """
@@ -155,11 +156,14 @@ def current_grid(scheduler: Any, path: NoisePath) -> Tensor:
         timesteps = torch.as_tensor(scheduler.timesteps).to(torch.float64).reshape(-1).cpu()
         sigmas = getattr(scheduler, "sigmas", None)
         sigmas = None if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1).cpu()
-        if bool((timesteps == timesteps.round()).all()):
+        integer = bool((timesteps == timesteps.round()).all())
+        if integer and (sigmas is None or bool((timesteps[1:] < timesteps[:-1]).all())):
             times = path.time_of_timestep(timesteps)
-        else:
+        else:  # fractional timesteps, or integer ones rounded from σ that repeat (DPM-Solver's Karras σ at 50 steps)
             assert sigmas is not None
             times = path.t_of_lam(sigmas[: timesteps.numel()])
+            # the scheduler's float32 σ at its last training timestep rounds a hair past the path's end (t = 1)
+            times = torch.where((times > 1) & (times <= 1 + 1e-6), torch.ones_like(times), times)
         if sigmas is not None:
             last = path.t_of_lam(sigmas[-1:])
         else:
@@ -221,10 +225,16 @@ def _as_list(value: str | list[str] | None, name: str) -> list[str] | None:
 
 
 def encode_prompts(
-    pipe: Any, prompts: list[str], negative: list[str] | None, device: torch.device | str
+    pipe: Any,
+    prompts: list[str],
+    negative: list[str] | None,
+    device: torch.device | str,
+    *,
+    size: tuple[int, int] | None = None,
 ) -> ConditionTable:
     """The conditioning of ``prompts`` (P rows) and their negatives (``negative``: one for all or one per prompt;
-    None: the empty prompt) by the pipeline's own encoders."""
+    None: the empty prompt) by the pipeline's own encoders. ``size``: the image's (height, width) in pixels, which
+    SDXL's added time ids hold (default: the model's size)."""
     family = family_of(pipe)
     if negative is not None and len(negative) not in (1, len(prompts)):
         raise ValueError(f"negative_prompt: give one or {len(prompts)} (one per prompt), got {len(negative)}")
@@ -239,7 +249,7 @@ def encode_prompts(
                 prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True,
                 negative_prompt=neg_full,
             )  # fmt: skip
-            time_ids = _sdxl_time_ids(pipe, pos.dtype).to(device).expand(len(prompts), -1)
+            time_ids = _sdxl_time_ids(pipe, pos.dtype, size).to(device).expand(len(prompts), -1)
             cond = {"encoder_hidden_states": pos, "text_embeds": pooled, "time_ids": time_ids}
             null = {"encoder_hidden_states": nul, "text_embeds": null_pooled, "time_ids": time_ids}
         elif family == "sd3":
@@ -262,12 +272,15 @@ def encode_prompts(
     return ConditionTable(cond, null)
 
 
-def _sdxl_time_ids(pipe: Any, dtype: torch.dtype) -> Tensor:
-    """SDXL's added time ids (original size, crop corner, target size) at the default resolution, as the
-    pipeline builds them by default."""
-    size = pipe.default_sample_size * pipe.vae_scale_factor
+def _sdxl_time_ids(pipe: Any, dtype: torch.dtype, size: tuple[int, int] | None = None) -> Tensor:
+    """SDXL's added time ids (original size, crop corner, target size) for an image of ``size`` = (height, width)
+    (default: the model's), as the pipeline builds them by default: both sizes (height, width), corner (0, 0)."""
+    if size is None:
+        side = pipe.default_sample_size * pipe.vae_scale_factor
+        size = (side, side)
+    size = (int(size[0]), int(size[1]))
     proj = pipe.text_encoder_2.config.projection_dim if pipe.text_encoder_2 is not None else None
-    return pipe._get_add_time_ids((size, size), (0, 0), (size, size), dtype=dtype, text_encoder_projection_dim=proj)
+    return pipe._get_add_time_ids(size, (0, 0), size, dtype=dtype, text_encoder_projection_dim=proj)
 
 
 def pipeline_denoiser(
@@ -390,7 +403,8 @@ def generate(
         negative_prompt: the null pass's prompt: one for all, or one per prompt (default: the empty prompt).
         class_labels: class ids or label names (DiT's ``pipe.labels``, e.g. ImageNet's); ``n`` images each.
         conditions: encoded prompts (:func:`encode_prompts`, or your own :class:`ConditionTable`) instead of
-            ``prompt``; samples take rows 0 … P − 1, ``n`` each.
+            ``prompt``; samples take rows 0 … P − 1, ``n`` each (SDXL at another size than the model's: encode with
+            ``size=(height, width)``, which its time ids hold).
         guider: a :class:`~guidelab.guiders.base.Guider`, a registry name (with ``params``), or None for the
             conditional model alone.
         solver: a guidelab solver; default the one that matches the pipeline's scheduler (:func:`matching_solver`).
@@ -400,7 +414,8 @@ def generate(
         n: images per prompt or class.
         seed: noise seed; sample k's noise depends only on (seed, k).
         height, width: image size in pixels (default the model's).
-        latents: initial latents (batch, C, h, w) instead of seeded noise.
+        latents: initial latents (batch, C, h, w) instead of seeded noise (on the scheduler's grid, scaled as the
+            pipeline scales them: Euler with linspace/trailing spacing starts from σ_max·ξ, not √(σ_max² + 1)·ξ).
         eta: churn of the stochastic solvers.
         output_type: ``pil``, ``np``, ``pt`` or ``latent``.
         max_batch: largest batch of one network forward (default: all samples, cond and null passes together).
@@ -436,7 +451,9 @@ def generate(
         if conditions is None:
             if prompts is None:
                 raise ValueError("prompt: give a prompt (or encoded conditions)")
-            conditions = encode_prompts(pipe, prompts, _as_list(negative_prompt, "negative_prompt"), device)
+            shape = latent_shape(pipe, height, width)
+            size = (shape[1] * int(pipe.vae_scale_factor), shape[2] * int(pipe.vae_scale_factor))
+            conditions = encode_prompts(pipe, prompts, _as_list(negative_prompt, "negative_prompt"), device, size=size)
         elif prompts is not None:
             raise ValueError("conditions: give prompts or encoded conditions, not both")
         rows = conditions.num_conditions
@@ -461,15 +478,20 @@ def generate(
     if guided_channels is not None:
         guide = GuidedChannels(guide, guided_channels)
     dtype = denoiser.dtype if denoiser.dtype in (torch.float32, torch.float64) else torch.float32
+    # the pipeline's own start on its scheduler's grid (Euler with linspace/trailing spacing: σ_max·ξ), else 1
+    own_start = isinstance(grid, str) and grid == "scheduler" and isinstance(path, DiscreteVPPath)
+    start_scale = _start_scale(pipe.scheduler, steps) if own_start else 1.0
     if latents is None:
         a, s = path.coefficients(times[:1].clone()).alpha, path.coefficients(times[:1].clone()).sigma
         scale = float(torch.sqrt(a**2 + s**2))  # unit-variance data: x_T = ξ on VP and at t = 1 on rf
         noise = NoiseSource(seed, device)
-        x_init = scale * noise(torch.empty((total, *shape), dtype=dtype, device=device))
+        x_init = scale * start_scale * noise(torch.empty((total, *shape), dtype=dtype, device=device))
     else:
         if tuple(latents.shape) != (total, *shape):
             raise ValueError(f"latents: expected shape {(total, *shape)}, got {tuple(latents.shape)}")
         x_init = latents.to(device=device, dtype=dtype)
+        if start_scale != 1.0:
+            x_init = x_init * start_scale
     result = sample(
         denoiser, guide, grid=times, cond=cond, solver=solver, seed=seed, eta=eta, x_init=x_init, dtype=dtype,
         device=device, divergence_factor=divergence_factor, progress=progress,
@@ -511,6 +533,17 @@ def generate(
         notes=notes,
         diverged_indices=result.diverged_indices,
     )
+
+
+def _start_scale(scheduler: Any, steps: int) -> float:
+    """The VP state a discrete scheduler's pipeline starts from, per unit of noise: the latents times its
+    ``init_noise_sigma`` as the network sees them (``scale_model_input`` at the first step). 1 for DDIM, DPM-Solver
+    and Euler's ``leading`` spacing; σ_max/√(σ_max² + 1) for Euler's ``linspace`` and ``trailing``."""
+    sch = copy.deepcopy(scheduler)
+    sch.set_timesteps(steps)
+    one = torch.ones(1) * float(sch.init_noise_sigma)
+    scale = float(sch.scale_model_input(one, sch.timesteps[0]))
+    return 1.0 if abs(scale - 1.0) <= 1e-6 else scale
 
 
 def _class_ids(pipe: Any, labels: list[Any]) -> list[int]:
