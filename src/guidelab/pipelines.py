@@ -136,11 +136,11 @@ def scheduler_grid(scheduler: Any, steps: int, path: NoisePath, *, image_seq_len
                 raise ValueError("image_seq_len: a dynamically shifted flow scheduler needs the latent's length")
             mu = _flux_shift(image_seq_len, config)
             sigmas = [1.0 - i * (1.0 - 1.0 / steps) / max(steps - 1, 1) for i in range(steps)]
-            sch.set_timesteps(steps, sigmas=sigmas, mu=mu)
+            type(sch).set_timesteps(sch, steps, sigmas=sigmas, mu=mu)  # the class method: not a wrapper on the instance
         else:
-            sch.set_timesteps(steps)
+            type(sch).set_timesteps(sch, steps)
     else:
-        sch.set_timesteps(steps)
+        type(sch).set_timesteps(sch, steps)
     grid = current_grid(sch, path)
     if grid.numel() != steps + 1:
         raise ValueError(f"grid: {type(scheduler).__name__} gave {grid.numel() - 1} steps for {steps}")
@@ -540,7 +540,7 @@ def _start_scale(scheduler: Any, steps: int) -> float:
     ``init_noise_sigma`` as the network sees them (``scale_model_input`` at the first step). 1 for DDIM, DPM-Solver
     and Euler's ``leading`` spacing; σ_max/√(σ_max² + 1) for Euler's ``linspace`` and ``trailing``."""
     sch = copy.deepcopy(scheduler)
-    sch.set_timesteps(steps)
+    type(sch).set_timesteps(sch, steps)  # the class method: not a wrapper set on the instance
     one = torch.ones(1) * float(sch.init_noise_sigma)
     scale = float(sch.scale_model_input(one, sch.timesteps[0]))
     return 1.0 if abs(scale - 1.0) <= 1e-6 else scale
