@@ -6,7 +6,7 @@ tests/tiny_diffusers.py) is called with the same prompts, latents and steps, onc
 (and, for scale, ``apg`` and an interval ``cfg``); what is compared is the whole call's wall time (``output=
 "latents"``, no decoding), so the ratio is the guidelab guider's per-step overhead as a share of the pipeline.
 Two transformer sizes: the tests' tiny one (overhead-bound: the worst case) and a larger one built from config
-(4 layers, 4 heads of 64, 32×32 latents), where the network dominates as it does on real models.
+(bench_generate's: 4 layers, 4 heads of 64, 32×32 latents), where the network dominates as it does on real models.
 
 Target (issue 13): ≤ 1.05× of the pipeline's wall time with diffusers' CFG. The interval row is expected below 1
 (it skips null forwards). Medians with min–max over repeats after a warm-up, ``torch.set_num_threads`` fixed.
@@ -28,12 +28,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from diffusers import SD3Transformer2DModel
 from diffusers.guiders import ClassifierFreeGuidance
 from diffusers.modular_pipelines import StableDiffusion3AutoBlocks
 from diffusers.utils import logging
 
 from _timing import timed
+from bench_generate import large_sd3
 from guidelab.io import write_json_atomic
 from guidelab.modular import GuidelabGuidance
 from tiny_diffusers import make_sd3
@@ -41,27 +41,8 @@ from tiny_diffusers import make_sd3
 PROMPTS = ["a watercolor fox", "a lighthouse at dusk"]
 
 
-def larger_transformer() -> SD3Transformer2DModel:
-    torch.manual_seed(0)
-    return SD3Transformer2DModel(
-        sample_size=32,
-        patch_size=2,
-        in_channels=4,
-        out_channels=4,
-        num_layers=4,
-        attention_head_dim=64,
-        num_attention_heads=4,
-        joint_attention_dim=32,
-        caption_projection_dim=256,
-        pooled_projection_dim=32,
-        pos_embed_max_size=32,
-    ).eval()
-
-
 def modular(size: str):
-    pipe = make_sd3()
-    if size == "larger":
-        pipe.transformer = larger_transformer()
+    pipe = large_sd3() if size == "larger" else make_sd3()  # the larger one is bench_generate's
     mp = StableDiffusion3AutoBlocks().init_pipeline()
     mp.update_components(**{k: v for k, v in pipe.components.items() if v is not None})
     quiet(mp.blocks)
