@@ -380,3 +380,27 @@ seeds: [0]
     assert ours["metrics"]["latent_rms"] != pytest.approx(theirs["metrics"]["latent_rms"], rel=1e-4)  # the difference
     text = write_report(out).read_text()
     assert "diffusers:AdaptiveProjectedGuidance" in text and len(_grid_sources(out / "report.html")) == 2
+
+
+def test_the_report_marks_a_grid_whose_images_diverged(folders, tmp_path):
+    """A random DiT's latents leave the divergence bound at 8 steps: the cell says so and is drawn as not-samples."""
+    sweep = _write(
+        tmp_path / "sweep.yaml",
+        f"""
+name: dit-diverges
+pipeline:
+  folder: {folders / "dit"}
+  class_labels: [cat]
+  n: 2
+  steps: 8
+guiders:
+  - {{name: cfg, params: {{scale: 4.0}}}}
+seeds: [0]
+""",
+    )
+    out = tmp_path / "out"
+    run_sweep(load_sweep(sweep), out)
+    (row,) = ResultStore(out / "results.sqlite").rows()
+    assert row["diverged"] > 0
+    text = write_report(out).read_text()
+    assert '<figure class="diverged">' in text and "diverged: frozen latents, not samples" in text

@@ -64,6 +64,8 @@ table.images th[scope="row"] { white-space: nowrap; font-weight: 600; }
 table.images figure { margin: 0; }
 table.images img { width: 24rem; max-width: none; height: auto; border: 1px solid var(--line); border-radius: 4px; }
 table.images figcaption { max-width: 24rem; font-size: 0.75rem; }
+table.images figure.diverged img { outline: 3px solid #c0392b; opacity: 0.55; }
+table.images figure.diverged figcaption { color: #c0392b; }
 table.images .err { color: var(--bad); }
 """
 

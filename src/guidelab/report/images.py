@@ -166,16 +166,19 @@ def _cell(name: str, line: Line, gamma: Any, cond: str, runs: list[dict[str, Any
         return '<span class="muted">images missing (runs/&lt;hash&gt;/grid.png)</span>'
     facts = [f"seed {run.get('seed')}" + (f" (of {len(runs)})" if len(runs) > 1 else "")]
     facts += [f"{m} {metric_text(m, v)}" for m, v in run["metrics"].items() if m != "n_excluded"]
-    if run.get("diverged"):
-        facts.append(f"{run['diverged']} of {run.get('n')} diverged")
+    diverged = bool(run.get("diverged"))
+    if diverged:
+        facts.append(f"{run['diverged']} of {run.get('n')} diverged: frozen latents, not samples")
     if run.get("nfe") is not None:
         facts.append(f"NFE {fmt(run['nfe'])}")
     failed = len(runs) - len(ok)
     if failed:
         facts.append(f"{failed} failed")
     alt = f"{name}: {line.name}" + (f", γ={gamma_text(gamma)}" if gamma_text(gamma) else "") + f", {cond}"
+    mark = ' class="diverged"' if diverged else ""
+    src = _relative(grid_file(run), report_dir)
     return (
-        f'<figure><a href="{_relative(grid_file(run), report_dir)}"><img src="{_relative(grid_file(run), report_dir)}" '
+        f'<figure{mark}><a href="{src}"><img src="{src}" '
         f'alt="{escape(alt)}" data-figure="image-grid" data-key="{escape(str(run["hash"]))}" loading="eager"></a>'
         f"<figcaption>{escape(' · '.join(facts))}</figcaption></figure>"
     )
