@@ -104,13 +104,13 @@ class GuidelabGuidance(BaseGuidance):
         out.guidelab_guider = guider  # the very object (keeps guide models and state the config cannot carry)
         out.core.guider = guider
         out.attach(scheduler)
-        out.core.scheduler = scheduler
         out.core.preflight()  # refuse here a guider the pipeline cannot run, before its first step
         return out
 
     def attach(self, scheduler: Any) -> GuidelabGuidance:
         """Read the grid from this live scheduler (the pipeline's) at the first step of each run."""
         self.live_scheduler = scheduler
+        self.core.scheduler = scheduler  # the core reads its grid (and the preflight its probe grid) from it
         return self
 
     # --- the diffusers guider protocol ---------------------------------------------------------------------
