@@ -526,33 +526,106 @@ def learn(
 @app.command()
 @_cli_errors
 def train(
-    target: Annotated[str, typer.Option(help="target whose samples are the data")],
-    out: Annotated[Path, typer.Option(help="checkpoint file (.pt)")],
-    path: Annotated[str, typer.Option(help="noise path")] = "rf",
-    steps: Annotated[int, typer.Option(help="Adam steps (few = deliberately under-trained)")] = 2000,
-    batch_size: Annotated[int, typer.Option(help="samples per step")] = 256,
+    out: Annotated[Path, typer.Option(help="checkpoint: .safetensors with --data, .pt with --target")],
+    data: Annotated[str | None, typer.Option(help="shipped image dataset: digits or mnist")] = None,
+    target: Annotated[str | None, typer.Option(help="or: an exact target whose samples are the data")] = None,
+    arch: Annotated[str, typer.Option(help="with --data: unet or mlp")] = "unet",
+    path: Annotated[str, typer.Option(help="noise path: rf, vp-cosine, vp-linear, ve, ou")] = "rf",
+    prediction: Annotated[str, typer.Option(help="with --data: x0, eps or velocity")] = "x0",
+    steps: Annotated[int | None, typer.Option(help="Adam steps (default 4000 with --data, 2000 with --target)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="samples per step (default 128 / 256)")] = None,
     lr: Annotated[float, typer.Option(help="learning rate")] = 2e-3,
-    hidden: Annotated[int, typer.Option(help="hidden width")] = 128,
-    depth: Annotated[int, typer.Option(help="hidden layers")] = 3,
+    channels: Annotated[
+        str, typer.Option(help="with --data --arch unet: channels per level, comma-separated")
+    ] = "32,64",
+    hidden: Annotated[int | None, typer.Option(help="MLP width (default 256 / 128)")] = None,
+    depth: Annotated[int, typer.Option(help="MLP hidden layers")] = 3,
     p_uncond: Annotated[float, typer.Option(help="probability of dropping the label (CFG training)")] = 0.1,
+    ema_decay: Annotated[float, typer.Option(help="with --data: EMA decay of the saved weights")] = 0.999,
+    eval_every: Annotated[int, typer.Option(help="with --data: steps between held-out evaluations")] = 250,
+    patience: Annotated[int, typer.Option(help="with --data: evaluations without improvement before stopping")] = 8,
+    checkpoint_every: Annotated[int, typer.Option(help="with --data: steps between resumable states")] = 100,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    threads: Annotated[int, typer.Option(help="torch threads")] = 1,
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads (default: 1 with --target, all with --data)")
+    ] = None,
 ) -> None:
-    """Train a small conditional MLP denoiser on a target's exact samples (for learned guidance and tests)."""
-    from guidelab.paths import get_path
-    from guidelab.targets import get_target
-    from guidelab.train import train_denoiser
-
-    positive(steps, "steps")
-    positive(batch_size, "batch_size")
-    positive(hidden, "hidden")
+    """Train a class-conditional denoiser: on a shipped image dataset (--data; resumable: run the same command
+    again after a crash), or on an exact target's samples (--target; for learned guidance and tests)."""
+    if (data is None) == (target is None):
+        raise ValueError("data: give exactly one of --data (an image dataset) and --target (an exact target)")
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("hidden", hidden), ("threads", threads)):
+        if value is not None:
+            positive(value, name)
     positive(depth, "depth")
-    positive(threads, "threads")
     if not lr > 0:
         raise ValueError(f"lr: must be > 0, got {lr}")
     if not 0 <= p_uncond < 1:
         raise ValueError(f"p_uncond: must lie in [0, 1), got {p_uncond}")
     writable_file(out, "out")
+    if target is not None:
+        _train_on_target(
+            target, out, path, steps or 2000, batch_size or 256, lr, hidden or 128, depth, p_uncond, seed, threads or 1
+        )
+        return
+    from guidelab.train_images import DenoiserTrainConfig, train_image_denoiser
+
+    config = DenoiserTrainConfig(
+        data=data,
+        arch=arch,
+        path=path,
+        prediction=prediction,
+        steps=steps or 4000,
+        batch_size=batch_size or 128,
+        lr=lr,
+        channels=_int_list(channels, "channels"),
+        hidden=hidden or 256,
+        depth=depth,
+        p_uncond=p_uncond,
+        ema_decay=ema_decay,
+        eval_every=eval_every,
+        patience=patience,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+    )
+    result = train_image_denoiser(config, out, progress=True, threads=threads)
+    _say_trained(result, out)
+
+
+def _int_list(text: str, field: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{field}: expected comma-separated integers, got {text!r}") from None
+
+
+def _say_trained(result: Any, out: Path) -> None:
+    how = "stopped early on held-out loss" if result.stopped_early else "ran all steps"
+    resumed = f", resumed at step {result.resumed_from}" if result.resumed_from else ""
+    accuracy = f", test accuracy {result.test_accuracy:.4f}" if result.test_accuracy is not None else ""
+    typer.echo(
+        f"written to {out} (best held-out loss {result.best_holdout:.4g} at step {result.best_step}{accuracy}; "
+        f"{how} at step {result.steps_run}{resumed}; {result.wall_time:.1f} s)"
+    )
+
+
+def _train_on_target(
+    target: str,
+    out: Path,
+    path: str,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    hidden: int,
+    depth: int,
+    p_uncond: float,
+    seed: int,
+    threads: int,
+) -> None:
+    from guidelab.paths import get_path
+    from guidelab.targets import get_target
+    from guidelab.train import train_denoiser
+
     result = train_denoiser(
         get_target(target),
         get_path(path),
@@ -569,6 +642,30 @@ def train(
     )
     final = f", final loss {result.losses[-1]:.4g}" if result.losses else ""
     typer.echo(f"denoiser written to {out} ({steps} steps{final}, {result.wall_time:.1f} s)")
+
+
+@app.command("train-classifier")
+@_cli_errors
+def train_classifier_command(
+    data: Annotated[str, typer.Option(help="shipped image dataset: digits or mnist")],
+    out: Annotated[Path, typer.Option(help="checkpoint (.safetensors)")],
+    steps: Annotated[int, typer.Option(help="Adam steps")] = 3000,
+    batch_size: Annotated[int, typer.Option(help="images per step")] = 128,
+    lr: Annotated[float, typer.Option(help="learning rate")] = 2e-3,
+    eval_every: Annotated[int, typer.Option(help="steps between held-out evaluations")] = 250,
+    patience: Annotated[int, typer.Option(help="evaluations without improvement before stopping")] = 8,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: all)")] = None,
+) -> None:
+    """Train the classifier of the image metrics (accuracy, and the feature space of the Fréchet distance) on a
+    shipped dataset; its test accuracy is printed and stored in the checkpoint."""
+    from guidelab.train_images import ClassifierTrainConfig, train_classifier
+
+    writable_file(out, "out")
+    config = ClassifierTrainConfig(
+        data=data, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience, seed=seed
+    )
+    _say_trained(train_classifier(config, out, progress=True, threads=threads), out)
 
 
 @app.command()

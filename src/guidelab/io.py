@@ -18,6 +18,8 @@ __all__ = [
     "write_json_atomic",
     "write_npy_atomic",
     "write_text_atomic",
+    "save_safetensors_atomic",
+    "load_safetensors_checked",
 ]
 
 
@@ -52,6 +54,42 @@ def torch_load_checked(path: str | Path) -> Any:
     except Exception as err:  # a truncated or foreign file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"checkpoint: cannot read {str(path)!r} ({first[:160]})") from None
+
+
+def save_safetensors_atomic(tensors: dict[str, Any], path: str | Path, fmt: str, config: dict[str, Any]) -> None:
+    """Write ``tensors`` (name -> contiguous CPU tensor) as a safetensors file, atomically, with the metadata
+    ``{"format": fmt, "config": <config as JSON>}`` (safetensors keeps string metadata only)."""
+    from safetensors.torch import save
+
+    blob = save(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+        metadata={"format": fmt, "config": json.dumps(config, sort_keys=True)},
+    )
+    _atomic(Path(path), lambda h: h.write(blob), "wb")
+
+
+def load_safetensors_checked(path: str | Path, fmt: str, what: str = "checkpoint") -> tuple[dict[str, Any], dict]:
+    """``(tensors, config)`` of a file written by :func:`save_safetensors_atomic` with format ``fmt``; a missing,
+    truncated or foreign file raises one error naming ``what`` and the file."""
+    from safetensors import safe_open
+    from safetensors.torch import load
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no such file {str(path)!r}")
+    data = path.read_bytes()
+    try:
+        with safe_open(path, "pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load(data)
+    except Exception as err:  # a truncated or foreign file: safetensors raises its own error type
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{what}: cannot read {str(path)!r} as safetensors ({first[:160]})") from None
+    found = metadata.get("format")
+    if found != fmt:
+        kind = f"a {found!r} file" if found else "not a guidelab file"
+        raise ValueError(f"{what}: {str(path)!r} is {kind}, expected {fmt!r}")
+    return tensors, json.loads(metadata.get("config", "{}"))
 
 
 def save_figure_atomic(fig: Any, path: str | Path, **savefig_kwargs: Any) -> None:

@@ -25,9 +25,26 @@ from torch import Tensor, nn
 from guidelab.denoiser import NULL_COND, as_cond
 from guidelab.paths import NoisePath, get_path
 
-__all__ = ["MLPDenoiser", "sinusoidal_embedding"]
+__all__ = ["MLPDenoiser", "edm_preconditioning", "sinusoidal_embedding"]
 
 _LOG_LAM_CLAMP = 12.0  # |log λ| ≤ 12 (λ from 6e-6 to 1.6e5) before embedding
+
+
+def edm_preconditioning(
+    path: NoisePath, sigma_data: float, t: Tensor, like: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """EDM's ``c_skip, c_out, c_in, c_noise`` (each (batch,)) on ``path`` at times ``t`` (batch,), computed in
+    float64 and cast to ``like``'s dtype and device (the formulas are in the module docstring)."""
+    c = path.coefficients(t.detach().to(torch.float64).cpu())
+    alpha, sigma = c.alpha, c.sigma
+    sd2 = sigma_data**2
+    rho = torch.sqrt(sigma**2 + alpha**2 * sd2)  # ρ = α·√(λ² + σ_d²)
+    c_skip = sd2 * alpha / rho**2
+    c_out = sigma * sigma_data / rho
+    c_in = 1 / rho
+    log_lam = torch.log(sigma).sub(torch.log(alpha)).nan_to_num(posinf=_LOG_LAM_CLAMP, neginf=-_LOG_LAM_CLAMP)
+    c_noise = 0.25 * log_lam.clamp(-_LOG_LAM_CLAMP, _LOG_LAM_CLAMP)
+    return tuple(v.to(dtype=like.dtype, device=like.device) for v in (c_skip, c_out, c_in, c_noise))  # type: ignore[return-value]
 
 
 def sinusoidal_embedding(u: Tensor, dim: int, max_period: float = 1000.0) -> Tensor:
@@ -122,20 +139,8 @@ class MLPDenoiser(nn.Module):
 
     def preconditioning(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``c_skip, c_out, c_in`` shaped (batch, 1) and ``c_noise`` (batch,), computed in float64."""
-        c = self.path.coefficients(t.detach().to(torch.float64).cpu())
-        alpha, sigma = c.alpha, c.sigma
-        sd2 = self.sigma_data**2
-        rho = torch.sqrt(sigma**2 + alpha**2 * sd2)  # ρ = α·√(λ² + σ_d²)
-        c_skip = sd2 * alpha / rho**2
-        c_out = sigma * self.sigma_data / rho
-        c_in = 1 / rho
-        log_lam = torch.log(sigma).sub(torch.log(alpha)).nan_to_num(posinf=_LOG_LAM_CLAMP, neginf=-_LOG_LAM_CLAMP)
-        c_noise = 0.25 * log_lam.clamp(-_LOG_LAM_CLAMP, _LOG_LAM_CLAMP)
-
-        def cast(v: Tensor) -> Tensor:
-            return v.to(dtype=like.dtype, device=like.device)
-
-        return cast(c_skip)[:, None], cast(c_out)[:, None], cast(c_in)[:, None], cast(c_noise)
+        c_skip, c_out, c_in, c_noise = edm_preconditioning(self.path, self.sigma_data, t, like)
+        return c_skip[:, None], c_out[:, None], c_in[:, None], c_noise
 
     def raw(self, x_scaled: Tensor, c_noise: Tensor, cond: Tensor) -> Tensor:
         """``F_θ(c_in·x_t, c_noise, c)`` (batch, D); ``cond`` is int64 (batch,) with −1 for null."""
