@@ -108,8 +108,16 @@ Param = Annotated[list[str] | None, typer.Option("--param", "-p", help="guider/s
 @app.command()
 @_cli_errors
 def sample(
-    target: Annotated[str, typer.Option(help="built-in target name or YAML/JSON target file")],
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="samples .npy; a sidecar .json is written beside it")],
+    target: Annotated[str | None, typer.Option(help="built-in target name or YAML/JSON target file")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="instead of a target: a shipped model (digits, mnist), a .safetensors checkpoint, or "
+            "package.module:function"
+        ),
+    ] = None,
     cond: Annotated[str, typer.Option(help="class name or index; 'null' for unconditional")] = "0",
     path: Annotated[str, typer.Option(help="rf, vp-cosine, vp-linear, ve, ou")] = "rf",
     path_param: Annotated[list[str] | None, typer.Option(help="path parameter KEY=VALUE")] = None,
@@ -130,17 +138,23 @@ def sample(
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
 ) -> None:
-    """Sample a target's exact denoiser under a guider; write samples and a JSON sidecar."""
-    from guidelab.io import write_json_atomic, write_npy_atomic
+    """Sample a target's exact denoiser, or a trained model, under a guider; write samples and a JSON sidecar
+    (and, for images, a PNG sheet of them beside the samples)."""
+    from guidelab.io import write_image_grid, write_json_atomic, write_npy_atomic
     from guidelab.recipe import SampleConfig, run_sample
 
     if out.suffix != ".npy":
         raise ValueError(f"out: must end in .npy, got {str(out)!r}")
+    if (target is None) == (model is None):
+        raise ValueError("target: give exactly one of --target (an exact target) and --model (a trained model)")
     writable_file(out, "out")
+    # a trained model brings its path: --path only where given (then it must be the model's)
+    on_path = {"path": path} if model is None or _given(ctx, "path") else {}
     config = SampleConfig(
         target=target,
+        model=_model_spec(model) if model is not None else {},
         cond=cond,
-        path=path,
+        **on_path,
         path_params=parse_params(path_param, "--path-param"),
         grid=grid,
         steps=steps,
@@ -158,6 +172,9 @@ def sample(
     outcome = run_sample(config, progress=True)
     result = outcome.result
     write_npy_atomic(out, result.x.cpu().numpy())
+    if result.x.ndim == 4:
+        sheet = out.with_suffix(".png")
+        write_image_grid(result.x[:64].nan_to_num(0.0), sheet, scale=max(1, 64 // result.x.shape[-1]))
     sidecar = {
         "samples": str(out),
         "nfe": result.nfe,
@@ -172,6 +189,28 @@ def sample(
     typer.echo(
         f"wrote {n} samples to {out} (nfe {result.nfe}, diverged {result.num_diverged}, {result.wall_time:.2f} s)"
     )
+
+
+def _model_spec(text: str) -> dict[str, str]:
+    """``--model`` as a model spec: a shipped name, a checkpoint file, or ``package.module:function``."""
+    from guidelab.models.zoo import SHIPPED_DENOISERS
+
+    if text in SHIPPED_DENOISERS:
+        return {"kind": "shipped", "name": text}
+    if text.endswith(".safetensors") or Path(text).is_file():
+        return {"kind": "checkpoint", "path": text}
+    if ":" in text:
+        return {"kind": "python", "factory": text}
+    raise ValueError(
+        f"model: {text!r} is not a shipped model ({', '.join(SHIPPED_DENOISERS)}), a .safetensors checkpoint or "
+        f"package.module:function"
+    )
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the command line gave option ``name`` (a default value is not given)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
 
 
 @app.command()

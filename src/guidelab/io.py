@@ -11,15 +11,15 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "load_safetensors_checked",
     "save_figure_atomic",
+    "save_safetensors_atomic",
     "torch_load_checked",
     "torch_save_atomic",
     "write_atomic",
     "write_json_atomic",
     "write_npy_atomic",
     "write_text_atomic",
-    "save_safetensors_atomic",
-    "load_safetensors_checked",
 ]
 
 
@@ -90,6 +90,28 @@ def load_safetensors_checked(path: str | Path, fmt: str, what: str = "checkpoint
         kind = f"a {found!r} file" if found else "not a guidelab file"
         raise ValueError(f"{what}: {str(path)!r} is {kind}, expected {fmt!r}")
     return tensors, json.loads(metadata.get("config", "{}"))
+
+
+def write_image_grid(images: Any, path: str | Path, *, columns: int = 8, scale: int = 1) -> None:
+    """Write images (n, C, H, W) with values in [−1, 1] (C = 1 grey or 3 RGB; clipped) as one PNG sheet,
+    ``columns`` per row, each pixel ``scale``× (nearest), atomically."""
+    from PIL import Image
+
+    x = np.asarray(images.detach().cpu().float() if hasattr(images, "detach") else images, dtype=np.float64)
+    if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[0] == 0:
+        raise ValueError(f"images: expected (n, 1 or 3, H, W), got shape {tuple(x.shape)}")
+    n, c, h, w = x.shape
+    cols = max(1, min(columns, n))
+    rows = -(-n // cols)
+    sheet = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), 255, dtype=np.uint8)  # 1-pixel white gutters
+    pixels = np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8).transpose(0, 2, 3, 1)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        sheet[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + k * (w + 1) : 1 + k * (w + 1) + w] = pixels[i]
+    image = Image.fromarray(sheet[..., 0] if c == 1 else sheet)
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    _atomic(Path(path), lambda h: image.save(h, format="PNG"), "wb")
 
 
 def save_figure_atomic(fig: Any, path: str | Path, **savefig_kwargs: Any) -> None:

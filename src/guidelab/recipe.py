@@ -7,6 +7,7 @@ configuration (``resolved``) is written beside results so a run can be repeated 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,39 +25,105 @@ from guidelab.targets import Target, get_target
 from guidelab.validation import DTYPES, error_lines
 
 __all__ = [
+    "TRAINED_KINDS",
     "ModelSpec",
     "SampleConfig",
     "SampleOutcome",
     "build_run_guider",
     "check_memory",
+    "class_of",
     "config_error_message",
     "effective_scale",
     "resolve",
+    "resolve_trained",
     "run_sample",
 ]
 
 
+TRAINED_KINDS = ("checkpoint", "shipped", "python")
+
+
 class ModelSpec(BaseModel):
-    """A denoiser for the target: the exact one, or the exact one with a seeded score error of size δ
-    (an imperfect model, e.g. a weaker guide for autoguidance; see ``ScoreErrorDenoiser``)."""
+    """A denoiser. On an exact target: the exact one, the exact one with a seeded score error of size δ
+    (``score-error``; e.g. a weaker guide for autoguidance, see ``ScoreErrorDenoiser``), or the exact denoiser of
+    leaky conditionals ``(1 − leak)·p(x|c) + leak·p(x)`` (``under-conditioned``, an imperfect model with an exact
+    form). A trained model instead of a target: a guidelab checkpoint file (``checkpoint``, ``path``), a model
+    shipped with guidelab (``shipped``, ``name``: see ``guidelab.models.zoo.SHIPPED``), or the user's own code
+    (``python``, ``factory: "package.module:function"``, called without arguments, returning a denoiser with
+    ``path``, ``prediction`` and ``shape``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["exact", "score-error"] = "exact"
+    kind: Literal["exact", "score-error", "under-conditioned", "checkpoint", "shipped", "python"] = "exact"
     delta: float = Field(0.0, ge=0)
     seed: int = Field(0, ge=0)
     frequency_scale: float = Field(1.0, gt=0)
     error_space: Literal["score", "x0"] = "score"
+    leak: float = Field(0.5, gt=0, lt=1, description="under-conditioned: the marginal's share of each conditional")
+    path: str | None = Field(None, description="checkpoint: the .safetensors file")
+    name: str | None = Field(None, description="shipped: the model's name")
+    factory: str | None = Field(None, description="python: 'package.module:function'")
 
-    def build(self, target: Target, path: NoisePath) -> Denoiser:
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> ModelSpec:
+        need = {"checkpoint": "path", "shipped": "name", "python": "factory"}.get(self.kind)
+        if need is not None and getattr(self, need) is None:
+            raise ValueError(f"{need}: a {self.kind} model needs it")
+        for key in ("path", "name", "factory"):
+            if key != need and getattr(self, key) is not None:
+                raise ValueError(f"{key}: not a field of a {self.kind} model")
+        return self
+
+    @property
+    def trained(self) -> bool:
+        """Whether this is a trained model (no exact target)."""
+        return self.kind in TRAINED_KINDS
+
+    def build(self, target: Target | None, path: NoisePath) -> Denoiser:
+        """The denoiser on ``path`` (a trained model must have been trained on it; ValueError otherwise)."""
+        if self.trained:
+            model = self.load()
+            if model.path != path:
+                raise ValueError(
+                    f"model: {self.describe()} was trained on path {model.path.config()}, the run samples on "
+                    f"{path.config()}; every model of a run shares one path"
+                )
+            return model
+        if target is None:
+            raise ValueError(f"model: a {self.kind} model needs an exact target")
         exact = target.denoiser(path)
         if self.kind == "exact":
             return exact
+        if self.kind == "under-conditioned":
+            from guidelab.targets import UnderConditionedDenoiser
+
+            return UnderConditionedDenoiser(target, path, self.leak)
         from guidelab.targets import ScoreErrorDenoiser
 
         return ScoreErrorDenoiser(
             exact, self.delta, seed=self.seed, frequency_scale=self.frequency_scale, error_space=self.error_space
         )
+
+    def describe(self) -> str:
+        """The model in a few words, for messages."""
+        return {"checkpoint": f"checkpoint {self.path!r}", "shipped": f"shipped model {self.name!r}"}.get(
+            self.kind, f"factory {self.factory!r}" if self.kind == "python" else self.kind
+        )
+
+    def load(self) -> Denoiser:
+        """The trained model (loaded once per process and file version); errors name ``model``."""
+        from guidelab.models.trained import load_trained
+
+        if not self.trained:
+            raise ValueError(f"model: a {self.kind} model is built on a target, not loaded")
+        return load_trained(self.kind, self.path or self.name or self.factory or "")
+
+    def digest(self) -> str:
+        """What identifies the model's weights: a checkpoint's (or shipped file's) content hash, or the factory's
+        name (its code is the user's)."""
+        from guidelab.models.trained import model_digest
+
+        return model_digest(self.kind, self.path or self.name or self.factory or "")
 
 
 class SampleConfig(BaseModel):
@@ -64,7 +131,9 @@ class SampleConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    target: str = Field(description="built-in target name or a YAML/JSON target file")
+    target: str | None = Field(
+        None, description="built-in target name or a YAML/JSON target file; None with a trained model"
+    )
     cond: str = Field("0", description="class name or index; 'null' for the unconditional model")
     path: str = "rf"
     path_params: dict[str, float] = Field(default_factory=dict)
@@ -99,6 +168,16 @@ class SampleConfig(BaseModel):
         check_grid_params(self.grid, self.grid_params)
         return self
 
+    @model_validator(mode="after")
+    def _target_or_trained(self) -> SampleConfig:
+        if self.model.trained and self.target is not None:
+            raise ValueError(f"target: a {self.model.kind} model samples its own data; give no target")
+        if not self.model.trained and self.target is None:
+            raise ValueError("target: give a target (or a trained model: kind checkpoint, shipped or python)")
+        if self.model.trained and self.path_params:
+            raise ValueError("path_params: a trained model brings its own path")
+        return self
+
 
 def config_error_message(err: ValidationError) -> str:
     """Pydantic errors as one line each: ``field: message (got value)``."""
@@ -117,7 +196,7 @@ class SampleOutcome:
     """A finished run: the samples, the objects it was built from, and the resolved configuration."""
 
     result: SampleResult
-    target: Target
+    target: Target | None  # None for a trained model
     path: NoisePath
     guider: Guider
     grid: torch.Tensor
@@ -126,7 +205,7 @@ class SampleOutcome:
 
 
 def build_run_guider(
-    name: str, params: dict[str, Any], models: dict[str, ModelSpec], target: Target, path: NoisePath
+    name: str, params: dict[str, Any], models: dict[str, ModelSpec], target: Target | None, path: NoisePath
 ) -> Guider:
     """The guider of a run: ``build_guider(name, **params)`` with the guide models it names built on ``path``
     (every model of a run shares the main model's path; the sampler checks it). Errors name the parameter."""
@@ -139,13 +218,46 @@ def build_run_guider(
 def resolve(config: SampleConfig) -> tuple[Target, int, NoisePath, torch.Tensor, Guider, Denoiser]:
     """The one place where a configuration becomes objects: target, class index, path, grid, guider (with its
     guide models on the run's path) and the main denoiser. Sampling, sweep validation and the sweep runner all
-    go through it; errors name the field."""
+    go through it; errors name the field. (A trained model's run: :func:`resolve_trained`.)"""
+    if config.model.trained:
+        raise ValueError("model: a trained model has no target; resolve it with resolve_trained")
     target = get_target(config.target)
     cond = target.class_index(config.cond)
     path = get_path(config.path, **config.path_params)
     grid = make_grid(config.grid, config.steps, path, t_min=config.t_min, t_max=config.t_max, **config.grid_params)
     guider = build_run_guider(config.guider, config.params, config.models, target, path)
     return target, cond, path, grid, guider, config.model.build(target, path)
+
+
+def class_of(names: tuple[str, ...], cond: str) -> int:
+    """A class given by name or index among ``names`` (``'null'``: −1); ValueError names ``cond``."""
+    text = cond.strip()
+    if text == "null":
+        return NULL_COND
+    if text in names:
+        return names.index(text)
+    try:
+        index = int(text)
+    except ValueError:
+        raise ValueError(f"cond: unknown class {text!r}; accepted: {', '.join(names)}, null") from None
+    if not -1 <= index < len(names):
+        raise ValueError(f"cond: class index must lie in [-1, {len(names) - 1}], got {index}")
+    return index
+
+
+def resolve_trained(config: SampleConfig) -> tuple[Denoiser, int, NoisePath, torch.Tensor, Guider]:
+    """A trained model's run as objects: the model, the class index, its path, the grid on it and the guider
+    (guide models must share the path). ``path`` in the config must be the model's own or left unset."""
+    from guidelab.models.trained import class_names
+
+    model = config.model.load()
+    path = model.path
+    if "path" in config.model_fields_set and config.path != path.config()["name"]:
+        raise ValueError(f"path: the model was trained on {path.config()['name']!r}; leave path out or give that")
+    cond = class_of(class_names(model), config.cond)
+    grid = make_grid(config.grid, config.steps, path, t_min=config.t_min, t_max=config.t_max, **config.grid_params)
+    guider = build_run_guider(config.guider, config.params, config.models, None, path)
+    return model, cond, path, grid, guider
 
 
 WORKING_COPIES = 16  # tensors of the batch's size alive at once in a guided step (state, noise, passes, pair)
@@ -180,15 +292,37 @@ def check_memory(n: int, dim: int, dtype: torch.dtype, *, recorded: bool = False
 
 
 def run_sample(config: SampleConfig, *, progress: bool = False) -> SampleOutcome:
-    """Sample the target's exact denoiser under the configured guider."""
+    """Sample the configured denoiser (a target's exact one, or a trained model) under the configured guider."""
+    if config.model.trained:
+        return _run_trained(config, progress)
     target, cond, path, grid, guider, denoiser = resolve(config)
     check_memory(config.n, target.dim, DTYPES[config.dtype], recorded=config.record_every is not None)
-    result = sample(
+    result = _sample(config, denoiser, guider, grid, (target.dim,), cond, progress)
+    resolved = {
+        **config.model_dump(),
+        "target_config": target.config(),
+        "cond_index": cond,
+        "cond_name": "null" if cond == NULL_COND else target.class_names[cond],
+        **_resolved_common(config, result, path, guider, grid, cond, denoiser),
+    }
+    return SampleOutcome(result, target, path, guider, grid, cond, resolved)
+
+
+def _sample(
+    config: SampleConfig,
+    denoiser: Denoiser,
+    guider: Guider,
+    grid: torch.Tensor,
+    shape: tuple[int, ...],
+    cond: int,
+    progress: bool,
+) -> SampleResult:
+    return sample(
         denoiser,
         guider,
         grid=grid,
         n=config.n,
-        shape=(target.dim,),
+        shape=shape,
         cond=cond,
         solver=config.solver,
         seed=config.seed,
@@ -199,18 +333,44 @@ def run_sample(config: SampleConfig, *, progress: bool = False) -> SampleOutcome
         divergence_factor=config.divergence_factor,
         progress=progress,
     )
-    resolved = {
-        **config.model_dump(),
-        "target_config": target.config(),
-        "cond_index": cond,
-        "cond_name": "null" if cond == NULL_COND else target.class_names[cond],
+
+
+def _resolved_common(
+    config: SampleConfig,
+    result: SampleResult,
+    path: NoisePath,
+    guider: Guider,
+    grid: torch.Tensor,
+    cond: int,
+    denoiser: Denoiser,
+) -> dict[str, Any]:
+    times = result.grid if result.grid is not None else grid
+    return {
         "path_config": path.config(),
         "guider_config": guider.config(),
-        "gamma": effective_scale(guider, result.grid if result.grid is not None else grid, path, cond),
-        "grid_times": result.grid.tolist() if result.grid is not None else grid.tolist(),
+        "gamma": effective_scale(guider, times, path, cond),
+        "grid_times": times.tolist(),
         "data_scale": float(getattr(denoiser, "data_scale", 1.0)),
         "notes": list(result.notes),
         "guidelab_version": __version__,
         "torch_version": torch.__version__,
     }
-    return SampleOutcome(result, target, path, guider, grid, cond, resolved)
+
+
+def _run_trained(config: SampleConfig, progress: bool) -> SampleOutcome:
+    from guidelab.models.trained import class_names, sample_shape
+
+    model, cond, path, grid, guider = resolve_trained(config)
+    shape = sample_shape(model)
+    check_memory(config.n, math.prod(shape), DTYPES[config.dtype], recorded=config.record_every is not None)
+    with torch.no_grad():
+        result = _sample(config, model, guider, grid, shape, cond, progress)
+    resolved = {
+        **config.model_dump(),
+        "model_digest": config.model.digest(),
+        "model_config": getattr(model, "checkpoint_config", None),
+        "cond_index": cond,
+        "cond_name": "null" if cond == NULL_COND else class_names(model)[cond],
+        **_resolved_common(config, result, path, guider, grid, cond, model),
+    }
+    return SampleOutcome(result, None, path, guider, grid, cond, resolved)

@@ -217,9 +217,7 @@ class _ClassifierTask(_Task):
 
     def build(self) -> nn.Module:
         c = self.config
-        return ImageClassifier(
-            self.train.shape, self.train.num_classes, channels=c.channels, feature_dim=c.feature_dim
-        )
+        return ImageClassifier(self.train.shape, self.train.num_classes, channels=c.channels, feature_dim=c.feature_dim)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, g: torch.Generator) -> Tensor:
         return nn.functional.cross_entropy(model(x), y)
@@ -252,7 +250,6 @@ def _fit(
     threads: int | None,
     callback: Callable[[int, float], None] | None,
 ) -> ImageTrainResult:
-    config = task.config
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"out: must end in .safetensors, got {str(out)!r}")

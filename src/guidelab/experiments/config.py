@@ -51,8 +51,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from guidelab.experiments.model_runs import ReferenceSpec
 from guidelab.grids import check_grid_params
-from guidelab.recipe import ModelSpec, SampleConfig
+from guidelab.recipe import TRAINED_KINDS, ModelSpec, SampleConfig
 from guidelab.validation import error_lines
 
 __all__ = [
@@ -227,6 +228,14 @@ _NOT_WITH_PIPELINE = {
     "models": "guide models are not supported on pipelines",
     "save_samples": "a pipeline sweep always saves its images",
     "dtype": "a pipeline sweep sets its dtype in pipeline.dtype",
+    "reference": "a pipeline sweep has no reference data",
+}
+
+_NOT_WITH_TRAINED = {
+    "targets": "a trained model samples its own data; name its real data in reference, not targets",
+    "paths": "a trained model brings its own path",
+    "reference_n": "the reference is the held-out data named in reference",
+    "pipeline": "give a pipeline block or a trained model, not both",
 }
 
 
@@ -250,20 +259,55 @@ class SweepConfig(BaseModel):
     reference_n: int | None = Field(None, ge=2, description="exact samples per condition for the distances")
     model: ModelSpec = Field(default_factory=ModelSpec, description="the main denoiser of every run")
     models: dict[str, ModelSpec] = Field(default_factory=dict, description="named guide models (weak-model)")
+    reference: ReferenceSpec | None = Field(None, description="a trained model's real data, instead of targets")
     save_samples: bool = True
 
     @field_validator("metrics")
     @classmethod
-    def _metrics(cls, v: list[str]) -> list[str]:
+    def _known_metrics(cls, v: list[str]) -> list[str]:
         from guidelab.experiments.measures import MEASURES
+        from guidelab.metrics.images import IMAGE_METRICS
 
         for name in v:
-            if name not in MEASURES:
-                raise ValueError(f"unknown metric {name!r}; accepted: {', '.join(MEASURES)}")
+            if name not in MEASURES and name not in IMAGE_METRICS:
+                accepted = ", ".join(MEASURES)
+                raise ValueError(
+                    f"unknown metric {name!r}; accepted: {accepted} (exact targets); {', '.join(IMAGE_METRICS)} "
+                    f"(trained models)"
+                )
         return v
 
     @model_validator(mode="after")
+    def _metrics(self) -> SweepConfig:
+        from guidelab.experiments.measures import MEASURES
+        from guidelab.metrics.images import IMAGE_METRICS
+
+        if self.model.trained and "metrics" not in self.model_fields_set:
+            self.metrics = list(IMAGE_METRICS)
+        accepted = IMAGE_METRICS if self.model.trained else MEASURES
+        for name in self.metrics:
+            if name not in accepted:
+                of = "a trained model's images" if self.model.trained else "an exact target"
+                raise ValueError(f"metrics: unknown metric {name!r} of {of}; accepted: {', '.join(accepted)}")
+        return self
+
+    @model_validator(mode="after")
     def _one_kind(self) -> SweepConfig:
+        if self.model.trained:
+            wrong = [
+                f"{key}: {why}"
+                for key, why in _NOT_WITH_TRAINED.items()
+                if key in self.model_fields_set and getattr(self, key)
+            ]
+            if self.reference is None:
+                wrong.append("reference: a sweep on a trained model needs one: {dataset: digits} or {samples: x.npz}")
+            if wrong:
+                raise ValueError("\n".join(wrong))
+            return self
+        if self.reference is not None:
+            raise ValueError(
+                "reference: only a sweep on a trained model has one (model kind checkpoint, shipped, python)"
+            )
         if self.pipeline is None:
             if not self.targets:
                 raise ValueError("targets: give at least one target, or a pipeline block (a sweep on a pipeline)")
@@ -279,6 +323,8 @@ class SweepConfig(BaseModel):
 
         if self.pipeline is not None:
             return self._pipeline_runs()
+        if self.model.trained:
+            return self._trained_runs()
         out = []
         for tgt, path, grid, solver, guider, seed in itertools.product(
             self.targets, self.paths, self.grids, self.solvers, self.guiders, self.seeds
@@ -312,6 +358,48 @@ class SweepConfig(BaseModel):
                             self.reference_n,
                             self.save_samples,
                             self.name,
+                        )
+                    )
+        return out
+
+    def _trained_runs(self) -> list[RunSpec]:
+        from guidelab.models.trained import class_names
+        from guidelab.sampling import ETA_SOLVERS
+
+        assert self.reference is not None
+        conds = self.reference.conds or list(class_names(self.model.load()))
+        digest = self.model.digest()
+        out = []
+        for grid, solver, guider, seed in itertools.product(self.grids, self.solvers, self.guiders, self.seeds):
+            for cond in conds:
+                for params in guider.expand():
+                    sample = SampleConfig(
+                        cond=cond,
+                        grid=grid.kind,
+                        steps=grid.steps,
+                        t_min=grid.t_min,
+                        t_max=grid.t_max,
+                        grid_params=grid.params,
+                        solver=solver,
+                        eta=self.eta if solver in ETA_SOLVERS else None,
+                        guider=guider.name,
+                        params=params,
+                        n=self.n,
+                        seed=seed,
+                        dtype=self.dtype,
+                        model=self.model,
+                        models=self.models,
+                    )
+                    out.append(
+                        RunSpec(
+                            sample,
+                            tuple(self.metrics),
+                            guider.label or guider.name,
+                            None,
+                            self.save_samples,
+                            self.name,
+                            self.reference,
+                            digest,
                         )
                     )
         return out
@@ -410,16 +498,23 @@ class RunSpec:
     reference_n: int | None = None
     save_samples: bool = True
     sweep: str = "sweep"
+    reference: ReferenceSpec | None = None  # a trained model's real data
+    model_digest: str | None = None  # a trained model's weights, so new weights are new runs
 
     @property
     def hash(self) -> str:
-        return run_hash(self.sample, self.metrics, self.reference_n)
+        if self.reference is None:
+            return run_hash(self.sample, self.metrics, self.reference_n)
+        extra = {"reference": self.reference.model_dump(), "model_digest": self.model_digest}
+        return run_hash(self.sample, self.metrics, self.reference_n, extra)
 
 
-def run_hash(sample: SampleConfig, metrics: tuple[str, ...], reference_n: int | None) -> str:
+def run_hash(
+    sample: SampleConfig, metrics: tuple[str, ...], reference_n: int | None, extra: dict[str, Any] | None = None
+) -> str:
     """A stable 16-hex-digit hash of everything that determines a run's numbers."""
     blob = json.dumps(
-        {"sample": sample.model_dump(), "metrics": sorted(metrics), "reference_n": reference_n},
+        {"sample": sample.model_dump(), "metrics": sorted(metrics), "reference_n": reference_n, **(extra or {})},
         sort_keys=True,
         default=str,
     )
@@ -556,6 +651,8 @@ def _check_buildable(data: dict[str, Any]) -> list[str]:
     """Build every target, condition, grid, solver and guider the raw config names; one line per mistake."""
     if "pipeline" in data:
         return _check_pipeline(data)
+    if isinstance(data.get("model"), dict) and data["model"].get("kind") in TRAINED_KINDS:
+        return _check_trained(data)
     from guidelab.grids import make_grid
     from guidelab.guiders import build_guider
     from guidelab.guiders.registry import guider_accepts
@@ -631,4 +728,61 @@ def _check_buildable(data: dict[str, Any]) -> list[str]:
                 break
         if message:
             errors.append(message)
+    return errors
+
+
+def _check_trained(data: dict[str, Any]) -> list[str]:
+    """Load a sweep's trained model and check its reference, classes, grids, solvers and guiders against it."""
+    from guidelab.experiments.model_runs import check_reference
+    from guidelab.grids import make_grid
+    from guidelab.models.trained import class_names, sample_shape
+    from guidelab.recipe import build_run_guider, class_of
+    from guidelab.sampling import SOLVERS
+
+    try:
+        spec = ModelSpec.model_validate(data["model"])
+        model = spec.load()
+    except ValidationError:
+        return []  # reported by the schema
+    except (ValueError, FileNotFoundError) as err:
+        return [str(err) if str(err).startswith("model") else f"model: {err}"]
+    errors: list[str] = []
+    try:
+        reference = ReferenceSpec.model_validate(data.get("reference") or {})
+        check_reference(reference, sample_shape(model))
+        for cond in reference.conds or []:
+            try:
+                class_of(class_names(model), cond)
+            except ValueError as err:
+                errors.append(f"reference.conds: {str(err).removeprefix('cond: ')}")
+    except ValidationError:
+        pass  # reported by the schema
+    except (ValueError, FileNotFoundError) as err:
+        errors.append(str(err) if str(err).startswith("reference") else f"reference: {err}")
+    for j, grid in enumerate(data.get("grids") or [{}]):
+        try:
+            g = GridSpec.model_validate(grid)
+            make_grid(g.kind, g.steps, model.path, t_min=g.t_min, t_max=g.t_max, **g.params)
+        except ValidationError:
+            pass
+        except (ValueError, TypeError) as err:
+            errors.append(f"grids[{j}]: {err}")
+    for i, solver in enumerate(data.get("solvers") or []):
+        if solver not in SOLVERS:
+            errors.append(f"solvers[{i}]: unknown solver {solver!r}; accepted: {', '.join(SOLVERS)}")
+    try:
+        specs = {k: ModelSpec.model_validate(v) for k, v in dict(data.get("models") or {}).items()}
+    except (ValidationError, TypeError, ValueError):
+        return errors
+    for i, guider in enumerate(data.get("guiders") or []):
+        try:
+            sweep = GuiderSweep.model_validate(guider)
+        except ValidationError:
+            continue
+        for params in sweep.expand():
+            try:
+                build_run_guider(sweep.name, params, specs, None, model.path)
+            except ValueError as err:
+                errors.append(f"guiders[{i}]: {err}")
+                break
     return errors

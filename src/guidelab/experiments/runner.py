@@ -68,12 +68,15 @@ class SweepLocked(ValueError):
 def _base_row(spec: RunSpec) -> dict[str, Any]:
     """A run's row before it runs: its configuration, no result."""
     cfg = spec.sample
+    config = cfg.model_dump(exclude={"guider", "params"})  # the settings; the guider is stored once
+    if spec.reference is not None:
+        config.update(reference=spec.reference.model_dump(), model_digest=spec.model_digest, path=None)
     return {
         "hash": spec.hash,
         "sweep": spec.sweep,
-        "target": cfg.target,
+        "target": cfg.target if spec.reference is None else spec.reference.name,
         "cond": cfg.cond,
-        "path": cfg.path,
+        "path": cfg.path if spec.reference is None else None,
         "grid": cfg.grid,
         "steps": cfg.steps,
         "solver": cfg.solver,
@@ -84,7 +87,7 @@ def _base_row(spec: RunSpec) -> dict[str, Any]:
         "gamma": None,
         "guider_config": {"name": cfg.guider, **cfg.params},  # as given, until the run resolves it
         "schedule": [],
-        "config": cfg.model_dump(exclude={"guider", "params"}),  # the settings; the guider is stored once
+        "config": config,
         "metrics": {},
     }
 
@@ -105,6 +108,15 @@ def execute_run(spec: RunSpec, out: str, threads: int | None = None) -> dict[str
     cfg = spec.sample
     row = _base_row(spec)
     start = time.perf_counter()
+    if spec.reference is not None:
+        from guidelab.experiments.model_runs import execute_model_run
+
+        try:
+            execute_model_run(spec, out, row)
+        except Exception as err:  # a failing run is recorded, and the sweep goes on
+            _record_error(row, err)
+        row["wall_time_s"] = time.perf_counter() - start
+        return row
     try:
         outcome = run_sample(cfg)
         result = outcome.result

@@ -10,8 +10,9 @@ generated images ``G`` (n, C, H, W) of class c and held-out real images ``R`` (m
 - ``precision``, ``recall``, ``density``, ``coverage``: k-NN manifolds of the features (k = 5;
   :func:`~guidelab.metrics.knn.prdc`, arXiv 1904.06991 and 2002.09797);
 - ``vendi``: the Vendi score of the features with the cosine kernel (Friedman & Dieng 2023, arXiv 2210.02410);
-- ``out_of_range``: the fraction of pixels outside the data range [−1, 1] (the image analogue of ADG's
-  saturation, arXiv 2506.11007); ``x0_rms``: the mean per-image root-mean-square pixel value.
+- ``out_of_range``: the fraction of pixels more than one 8-bit grey level (2/255) outside the data range
+  [−1, 1] (the image analogue of ADG's saturation, arXiv 2506.11007); ``x0_rms``: the mean per-image
+  root-mean-square pixel value (guidance inflates norms).
 
 **Floors.** Two sets of real images differ too: :func:`image_floor` splits R in two halves (a fixed
 permutation) and measures the first as if generated against the second. A generated value at or below its
@@ -34,6 +35,7 @@ __all__ = ["IMAGE_METRICS", "frechet_distance", "image_floor", "image_metrics"]
 IMAGE_METRICS = ("accuracy", "fd", "prdc", "vendi", "out_of_range", "x0_rms")
 _FLOOR_SEED = 20_170_706
 _DATA_RANGE = 1.0
+_TOLERANCE = 2 / 255  # one 8-bit grey level: closer than that to the range rounds onto its edge
 
 
 class _Features(nn.Module):
@@ -65,15 +67,20 @@ def frechet_distance(a: Tensor, b: Tensor) -> float:
 
 
 @torch.no_grad()
-def _classify(classifier: Any, images: Tensor) -> tuple[Tensor, Tensor]:
-    """(logits, features) of images in chunks, in float32 on the classifier's device."""
+def _classify(classifier: Any, images: Tensor) -> tuple[Tensor | None, Tensor]:
+    """(logits, features) of images in chunks, in float32 on the classifier's device; without a classifier
+    (None) no logits and the flattened pixels as features."""
+    if classifier is None:
+        return None, images.detach().double().cpu().flatten(1)
     param = next(classifier.parameters())
     logits, feats = [], []
     for chunk in images.split(512):
         x = chunk.to(device=param.device, dtype=param.dtype)
         f = classifier.features(x)
         feats.append(f.double().cpu())
-        logits.append(classifier.head(f).double().cpu() if hasattr(classifier, "head") else classifier(x).double().cpu())
+        logits.append(
+            classifier.head(f).double().cpu() if hasattr(classifier, "head") else classifier(x).double().cpu()
+        )
     return torch.cat(logits), torch.cat(feats)
 
 
@@ -83,7 +90,7 @@ def _measure(
     out: dict[str, float] = {}
     logits, feats = _classify(classifier, images)
     _, ref_feats = _classify(classifier, reference)
-    if "accuracy" in metrics and cond >= 0:
+    if "accuracy" in metrics and cond >= 0 and logits is not None:
         out["accuracy"] = float((logits.argmax(1) == cond).double().mean())
         out["confidence"] = float(logits.softmax(1)[:, cond].mean())
     if "fd" in metrics:
@@ -96,7 +103,7 @@ def _measure(
         out["vendi"] = vendi_score(feats, kernel="cosine")
     flat = images.double().flatten(1)
     if "out_of_range" in metrics:
-        out["out_of_range"] = float((flat.abs() > _DATA_RANGE + 1e-6).double().mean())
+        out["out_of_range"] = float((flat.abs() > _DATA_RANGE + _TOLERANCE).double().mean())
     if "x0_rms" in metrics:
         out["x0_rms"] = float(flat.pow(2).mean(1).sqrt().mean())
     return out
@@ -133,7 +140,8 @@ def image_metrics(
     accuracy is then left out) against held-out real ``reference`` images (m, C, H, W) of that class.
 
     Args:
-        classifier: has ``features(x)`` (batch, F) and ``head(features)`` or ``__call__(x)`` giving logits.
+        classifier: has ``features(x)`` (batch, F) and ``head(features)`` or ``__call__(x)`` giving logits; None
+            measures in pixel space (the flattened images are the features) and leaves accuracy out.
         metrics: names from :data:`IMAGE_METRICS` (default all); ``prdc`` gives four keys, ``accuracy`` two.
         k: the neighbour count of precision/recall/density/coverage (capped at the set sizes − 1).
     """

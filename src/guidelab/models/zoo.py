@@ -32,6 +32,7 @@ __all__ = [
     "load_image_denoiser",
     "load_model_file",
     "save_image_model",
+    "SHIPPED_DENOISERS",
     "shipped_path",
 ]
 
@@ -45,6 +46,9 @@ SHIPPED = {
     "digits-classifier": "digits-classifier.safetensors",
     "mnist-classifier": "mnist-classifier.safetensors",
 }
+
+
+SHIPPED_DENOISERS = tuple(name for name in SHIPPED if not name.endswith("-classifier"))
 
 
 def shipped_path(name: str) -> Path:

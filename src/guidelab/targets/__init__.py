@@ -1,11 +1,13 @@
 """Analytic targets with exact noisy densities and denoisers on any path: Gaussian and box mixtures with
-classes, a score-error wrapper, and the registry of named and file-defined targets."""
+classes, a score-error wrapper, an under-conditioned (leaky) denoiser, and the registry of named and file-defined
+targets."""
 
 from guidelab.targets.base import ExactDenoiser, Target
 from guidelab.targets.box_mixture import BoxMixture
 from guidelab.targets.gaussian_mixture import GaussianMixture
 from guidelab.targets.registry import TargetSpec, get_target, list_targets, load_target_file
 from guidelab.targets.score_error import ScoreErrorDenoiser
+from guidelab.targets.under_conditioned import UnderConditionedDenoiser
 
 __all__ = [
     "BoxMixture",
@@ -14,6 +16,7 @@ __all__ = [
     "ScoreErrorDenoiser",
     "Target",
     "TargetSpec",
+    "UnderConditionedDenoiser",
     "get_target",
     "list_targets",
     "load_target_file",

@@ -1,0 +1,112 @@
+"""Trained models by reference: a checkpoint file, a shipped model's name, or the user's ``package.module:function``.
+
+:func:`load_trained` loads each once per process (a checkpoint again when its file changes) and checks that the
+result meets the contract a sampler needs: ``path``, ``prediction``, a call ``(x_t, t, cond)``, and ``shape``
+(one sample's shape). :func:`sample_shape` and :func:`class_names` read a model's facts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from guidelab.models.zoo import SHIPPED_DENOISERS, load_image_denoiser, shipped_path
+
+__all__ = ["class_names", "load_trained", "model_digest", "sample_shape"]
+
+_PREDICTIONS = ("x0", "eps", "velocity", "score")
+
+
+def _file(kind: str, ref: str) -> Path:
+    if kind == "shipped":
+        return shipped_path(ref)
+    path = Path(ref).expanduser().resolve()
+    if not path.is_file():
+        raise ValueError(f"model: no such checkpoint file {ref!r}")
+    return path
+
+
+def load_trained(kind: str, ref: str) -> Any:
+    """The model: ``kind`` is ``checkpoint`` (``ref`` a file), ``shipped`` (a name of :data:`SHIPPED`) or
+    ``python`` (``ref`` = ``"package.module:function"``, called without arguments; the current folder is
+    importable). ValueError names ``model`` for anything missing or not a denoiser."""
+    if kind == "python":
+        return _from_factory(ref)
+    if kind == "shipped" and ref not in SHIPPED_DENOISERS:
+        raise ValueError(f"model: unknown shipped model {ref!r}; accepted: {', '.join(SHIPPED_DENOISERS)}")
+    path = _file(kind, ref)
+    stat = path.stat()
+    return _load_file(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=8)
+def _load_file(path: str, mtime_ns: int, size: int) -> Any:
+    return load_image_denoiser(path)
+
+
+@lru_cache(maxsize=8)
+def _from_factory(spec: str) -> Any:
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"model.factory: expected 'package.module:function', got {spec!r}")
+    here = os.getcwd()
+    added = here not in sys.path
+    if added:
+        sys.path.insert(0, here)  # a module beside the sweep file imports, as `python -m` would
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:
+        raise ValueError(f"model.factory: cannot import {module_name!r} ({type(err).__name__}: {err})") from None
+    finally:
+        if added:
+            sys.path.remove(here)
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"model.factory: {module_name!r} has no function {attr!r}")
+    try:
+        model = factory()
+    except Exception as err:
+        raise ValueError(f"model.factory: {spec} raised {type(err).__name__}: {err}") from None
+    missing = [a for a in ("path", "prediction", "shape") if not hasattr(model, a)]
+    if missing or not callable(model):
+        what = f"lacks {', '.join(missing)}" if missing else "is not callable as model(x_t, t, cond)"
+        raise ValueError(
+            f"model.factory: {spec} returned a {type(model).__name__}, which {what}; a denoiser has path (a "
+            f"guidelab NoisePath), prediction (x0, eps, velocity or score), shape (one sample's shape) and a call"
+        )
+    if model.prediction not in _PREDICTIONS:
+        raise ValueError(f"model.factory: prediction {model.prediction!r} is not one of {', '.join(_PREDICTIONS)}")
+    if hasattr(model, "eval"):
+        model.eval()
+    return model
+
+
+def model_digest(kind: str, ref: str) -> str:
+    """A content hash of a checkpoint or shipped file (16 hex digits); for a factory its name."""
+    if kind == "python":
+        return f"python:{ref}"
+    digest = hashlib.sha256(_file(kind, ref).read_bytes()).hexdigest()[:16]
+    return f"{kind}:{digest}"
+
+
+def sample_shape(model: Any) -> tuple[int, ...]:
+    """One sample's shape: the model's ``shape`` (or ``(dim,)``)."""
+    shape = getattr(model, "shape", None)
+    if shape is None and hasattr(model, "dim"):
+        shape = (model.dim,)
+    if shape is None:
+        raise ValueError(f"model: {type(model).__name__} says nothing of its sample shape (give it a shape)")
+    return tuple(int(s) for s in shape)
+
+
+def class_names(model: Any) -> tuple[str, ...]:
+    """The model's class names: its ``class_names``, else ``"0" … "C−1"`` from ``num_classes``."""
+    names = getattr(model, "class_names", None)
+    if names is not None:
+        return tuple(str(n) for n in names)
+    return tuple(str(i) for i in range(int(getattr(model, "num_classes", 0))))
