@@ -68,7 +68,8 @@ usually buys fidelity with distance as γ grows.</dd>
 is the value of exact samples, and guidance that shrinks variance or drops modes falls below it.</dd>
 <dt>Samples</dt><dd>A few runs per method (lowest γ, best distance, highest γ) in colour over exact samples in
 grey, each panel on the target's range with a count of the samples beyond it. Runs with diverged samples are listed
-above the plots; a distance at or below 0 is at the estimate's noise floor ("≤ floor").</dd>
+above the plots; a distance at or below 0 is at the estimate's noise floor ("at the floor"; hover for the
+number).</dd>
 <dt>Cost · Schedules</dt><dd>Network evaluations per sample; the γ each configuration applies per step, noise to data
 (hollow markers: one pass only).</dd>
 <dt>All runs · Reproductions</dt><dd>Every run, failures with their error, sortable by clicking a header (↓/↑: which
