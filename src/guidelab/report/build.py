@@ -3,8 +3,12 @@
 The folder holds a sweep's output (``results.sqlite``, ``runs/<hash>/samples.npy``), or several sweeps
 below it, and/or reproduction outputs (a JSON object with ``claims`` and PNGs beside it), at any depth. Figures
 are embedded, so the page stands alone; only the image grids of sweeps on diffusers pipelines
-(``runs/<hash>/grid.png``, :mod:`guidelab.report.images`) are linked by paths relative to the page, so the page
-moves with its folder.
+(:mod:`guidelab.report.images`) and on trained image models (:mod:`guidelab.report.models`), each run's
+``runs/<hash>/grid.png``, are linked by paths relative to the page, so the page moves with its folder.
+
+Three kinds of run get their own sections: exact-target runs (one section per target and condition), pipeline runs
+(one per pipeline) and model runs (one per reference data set); every run is in the overview, the cost and
+schedule plots and the run table.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from guidelab.report.data import (
 )
 from guidelab.report.html import PNG_SIGNATURE, Section, figure, note, page
 from guidelab.report.images import IMAGES_INTRO, image_sections, is_pipeline_run
+from guidelab.report.models import MODELS_INTRO, is_model_run, model_sections
 from guidelab.report.tables import (
     best_table,
     claim_items,
@@ -68,7 +73,8 @@ usually buys fidelity with distance as γ grows.</dd>
 is the value of exact samples, and guidance that shrinks variance or drops modes falls below it.</dd>
 <dt>Samples</dt><dd>A few runs per method (lowest γ, best distance, highest γ) in colour over exact samples in
 grey, each panel on the target's range with a count of the samples beyond it. Runs with diverged samples are listed
-above the plots; a distance at or below 0 is at the estimate's noise floor ("≤ floor").</dd>
+above the plots; a distance at or below 0 is at the estimate's noise floor ("at the floor"; hover for the
+number).</dd>
 <dt>Cost · Schedules</dt><dd>Network evaluations per sample; the γ each configuration applies per step, noise to data
 (hollow markers: one pass only).</dd>
 <dt>All runs · Reproductions</dt><dd>Every run, failures with their error, sortable by clicking a header (↓/↑: which
@@ -103,23 +109,26 @@ def build_report(
     root: Path, rows: Sequence[dict[str, Any]], repros: Sequence[Reproduction], report_dir: Path | None = None
 ) -> str:
     """The report page as a string (see :func:`write_report`); ``report_dir`` is the folder the page is written
-    to (default ``root``), which the image grids of pipeline runs are linked relative to."""
+    to (default ``root``), which the image grids of pipeline and model runs are linked relative to."""
     from guidelab import __version__
 
     catalog = Catalog(rows)
     metrics = metric_names(rows)
-    pipeline_rows = [r for r in rows if is_pipeline_run(r)]
-    names = dict.fromkeys(str(r["target"]) for r in pipeline_rows)
-    pipelines = {name: f"images-{k}" for k, name in enumerate(names)}
+    pipeline_rows = [r for r in rows if _kind(r) == "pipeline"]
+    model_rows = [r for r in rows if _kind(r) == "model"]
+    pipelines = {name: f"images-{k}" for k, name in enumerate(dict.fromkeys(str(r["target"]) for r in pipeline_rows))}
+    models = {name: f"model-{k}" for k, name in enumerate(dict.fromkeys(str(r["target"]) for r in model_rows))}
     sections: list[Section] = []
     if rows:
         groups = _groups(rows)
-        anchors = [pipelines[key[0]] if key[2] else _anchor(i) for i, key in enumerate(groups)]
+        own = {"pipeline": pipelines, "model": models}
+        anchors = [own[key[2]][key[0]] if key[2] in own else _anchor(i) for i, key in enumerate(groups)]
         sections.append(_overview(rows, groups, catalog, anchors))
-        for i, ((target, cond, on_pipeline), group) in enumerate(groups.items()):
-            if not on_pipeline:
+        for i, ((target, cond, kind), group) in enumerate(groups.items()):
+            if kind == "exact":
                 sections.append(_group_section(i, target, cond, group, catalog))
         sections += image_sections(pipeline_rows, catalog, report_dir or root, pipelines)
+        sections += model_sections(model_rows, catalog, report_dir or root, models)
         sections.append(_cost_section(rows, catalog))
         sections.append(_schedule_section(rows, catalog))
         sections.append(Section("runs", f"All runs ({len(rows)})", runs_table(rows, catalog, metrics)))
@@ -133,25 +142,31 @@ def build_report(
         f"{len(repros)} reproduction{'' if len(repros) == 1 else 's'}; "
         f"folder {root}; generated {time.strftime('%Y-%m-%d %H:%M')} by guidelab {__version__}"
     )
-    exact = len(pipeline_rows) < len(rows) or not rows
-    intro = (_INTRO if exact else "") + (IMAGES_INTRO if pipeline_rows else "")
+    exact = len(pipeline_rows) + len(model_rows) < len(rows) or not rows
+    intro = (_INTRO if exact else "") + (IMAGES_INTRO if pipeline_rows else "") + (MODELS_INTRO if model_rows else "")
     return page(title, meta, intro, sections, expect_table=bool(rows))
 
 
 # --- sections ----------------------------------------------------------------------------------------------
 
 
-def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, bool], list[dict[str, Any]]]:
-    """Runs by (target, condition, on a pipeline), in the order of their first run."""
-    groups: dict[tuple[str, str, bool], list[dict[str, Any]]] = {}
+def _kind(row: dict[str, Any]) -> str:
+    """Which sections show a run: ``pipeline`` (a diffusers pipeline), ``model`` (a trained image model) or
+    ``exact`` (an analytic target)."""
+    return "pipeline" if is_pipeline_run(row) else ("model" if is_model_run(row) else "exact")
+
+
+def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    """Runs by (target, condition, :func:`_kind`), in the order of their first run."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((str(r["target"]), str(r["cond"]), is_pipeline_run(r)), []).append(r)
+        groups.setdefault((str(r["target"]), str(r["cond"]), _kind(r)), []).append(r)
     return groups
 
 
 def _overview(
     rows: Sequence[dict[str, Any]],
-    groups: dict[tuple[str, str, bool], list[dict[str, Any]]],
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]],
     catalog: Catalog,
     anchors: Sequence[str],
 ) -> Section:

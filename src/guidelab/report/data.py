@@ -39,7 +39,8 @@ __all__ = [
 # run settings that may vary within a sweep; a line fixes them
 SETTING_KEYS = ("path", "path_params", "grid", "steps", "t_min", "t_max", "grid_params", "solver", "eta", "dtype")
 
-# metrics in the order tables show them; the rest follow alphabetically
+# metrics in the order tables show them; the rest (the image models' floors, ``<metric>_floor``, among them)
+# follow alphabetically
 METRIC_ORDER = (
     "energy_distance",
     "class_fidelity",
@@ -64,6 +65,15 @@ METRIC_ORDER = (
     "saturation",
     "pixel_diversity",
     "latent_rms",
+    "accuracy",
+    "confidence",
+    "fd",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "out_of_range",
+    "x0_rms",
     "diverged_fraction",
 )
 # which direction is better, for the arrows in headers and axis labels (absent: no direction)
@@ -86,6 +96,14 @@ BETTER = {
     "diverged_fraction": "↓",
     "saturation": "↓",
     "pixel_diversity": "↑",
+    "accuracy": "↑",
+    "confidence": "↑",
+    "fd": "↓",
+    "precision": "↑",
+    "recall": "↑",
+    "density": "↑",
+    "coverage": "↑",
+    "out_of_range": "↓",
     "nfe": "↓",
     "wall_time_s": "↓",
     "diverged": "↓",

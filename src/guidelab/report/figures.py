@@ -26,6 +26,8 @@ __all__ = [
     "distance_floor",
     "diversity_figure",
     "diversity_plot",
+    "fd_accuracy_figure",
+    "fd_accuracy_plot",
     "metric_gamma_figure",
     "metric_gamma_plot",
     "nfe_figure",
@@ -60,6 +62,8 @@ _LABELS = {
     "saturation": "saturation: fraction of 8-bit values at 0 or 255",
     "latent_rms": "RMS of the final latent",
     "pixel_diversity": "pixel diversity: mean pairwise RMS distance",
+    "accuracy": "accuracy: the classifier's, on the samples",
+    "fd": "Fréchet distance to real images (classifier features)",
 }
 # diversity metrics (first found first) and the value exact samples have: a metric name, a number or None
 DIVERSITY = {
@@ -282,6 +286,68 @@ def pareto_plot(
     ax.set_ylabel(axis_label(y_metric, "y"))
     ax.set_title(title, fontsize=11, loc="left")
     ax.set_title("↖ better", fontsize=9, loc="right", color="#555")
+    ax.grid(True, alpha=0.3)
+    _legend_outside(ax)
+    return fig
+
+
+def fd_accuracy_figure(
+    points: Sequence[Point],
+    front: Sequence[Point],
+    title: str,
+    fd_floor: float | None = None,
+    accuracy_floor: float | None = None,
+) -> bytes:
+    """:func:`fd_accuracy_plot` as PNG bytes."""
+    return _png(fd_accuracy_plot(points, front, title, fd_floor, accuracy_floor))
+
+
+def fd_accuracy_plot(
+    points: Sequence[Point],
+    front: Sequence[Point],
+    title: str,
+    fd_floor: float | None = None,
+    accuracy_floor: float | None = None,
+) -> Any:
+    """Fréchet distance (y, lower is better) against classifier accuracy (x, higher is better) of a trained image
+    model's runs, one line per method joined in γ order with γ on each point; the points of ``front`` (the
+    caller's Pareto front, :func:`~guidelab.report.data.pareto_front`) are ringed and joined by a thick grey line.
+    ``fd_floor`` (real images against real images) is the dashed "real-vs-real floor" line, ``accuracy_floor``
+    a dotted vertical line. FD gets a log axis when its values span more than a factor 20. Points without a finite
+    FD and accuracy are left out. Returns the matplotlib ``Figure``."""
+    fig = _figure(8.6, 4.8)
+    ax = fig.add_subplot()
+    drawn = _draw_lines(ax, points, "accuracy", "fd")
+    if front:
+        pts = sorted(front, key=lambda p: (p.mean("accuracy"), p.mean("fd")))
+        fx, fy = [p.mean("accuracy") for p in pts], [p.mean("fd") for p in pts]
+        ax.plot(fx, fy, color="black", linewidth=7, alpha=0.12, zorder=1, solid_capstyle="round")
+        ax.scatter(fx, fy, s=150, facecolors="none", edgecolors="black", linewidths=1.2, zorder=5, label="Pareto front")
+    ys = [y for _, y in drawn]
+    if fd_floor is not None and math.isfinite(fd_floor):
+        ax.axhline(fd_floor, color="black", linestyle="--", linewidth=1.0, alpha=0.7, label="real-vs-real floor")
+        ax.annotate(
+            "real-vs-real floor",
+            (0.01, fd_floor),
+            xycoords=("axes fraction", "data"),
+            xytext=(0, 3),
+            textcoords="offset points",
+            fontsize=7.5,
+            color="#333",
+        )
+        ys.append(fd_floor)
+    xs = [x for x, _ in drawn]
+    if accuracy_floor is not None and math.isfinite(accuracy_floor):
+        ax.axvline(accuracy_floor, color="#555", linestyle=":", linewidth=1.2, label="real images' accuracy")
+        xs.append(accuracy_floor)
+    _fraction_axis(ax, "x", xs, nbins=6)
+    _maybe_log(ax, "y", ys)
+    if ax.get_yscale() == "linear":
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+    ax.set_xlabel(axis_label("accuracy", "x"))
+    ax.set_ylabel(axis_label("fd", "y"))
+    ax.set_title(title, fontsize=11, loc="left")
+    ax.set_title("↘ better", fontsize=9, loc="right", color="#555")
     ax.grid(True, alpha=0.3)
     _legend_outside(ax)
     return fig

@@ -28,7 +28,7 @@ from guidelab.report.data import (
 from guidelab.report.html import Section, figure, note
 from guidelab.report.tables import fmt, metric_text
 
-__all__ = ["IMAGES_INTRO", "grid_file", "image_sections", "is_pipeline_run"]
+__all__ = ["IMAGES_INTRO", "grid_file", "image_sections", "is_pipeline_run", "relative_url"]
 
 _MAX_METRIC_PANELS = 4
 
@@ -62,7 +62,7 @@ def _setting_gamma(row: dict[str, Any]) -> Any:
     return gamma if gamma is not None else row["params"].get("scale")
 
 
-def _relative(file: Path, report_dir: Path) -> str:
+def relative_url(file: Path, report_dir: Path) -> str:
     """``file`` as a URL relative to the folder of the report (forward slashes, escaped)."""
     rel = os.path.relpath(os.path.abspath(file), os.path.abspath(report_dir))
     return quote(Path(rel).as_posix())
@@ -176,7 +176,7 @@ def _cell(name: str, line: Line, gamma: Any, cond: str, runs: list[dict[str, Any
         facts.append(f"{failed} failed")
     alt = f"{name}: {line.name}" + (f", γ={gamma_text(gamma)}" if gamma_text(gamma) else "") + f", {cond}"
     mark = ' class="diverged"' if diverged else ""
-    src = _relative(grid_file(run), report_dir)
+    src = relative_url(grid_file(run), report_dir)
     return (
         f'<figure{mark}><a href="{src}"><img src="{src}" '
         f'alt="{escape(alt)}" data-figure="image-grid" data-key="{escape(str(run["hash"]))}" loading="eager"></a>'

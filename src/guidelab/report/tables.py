@@ -38,8 +38,8 @@ __all__ = [
 ]
 
 # an unbiased distance (data.FLOORED) at or below 0 is shown as this text, never as a negative distance; the
-# cell's sort value keeps the number
-AT_FLOOR = "≤ floor"
+# cell's title attribute and sort value keep the number
+AT_FLOOR = "at the floor"
 _AT_FLOOR_TIP = "at the noise floor: the unbiased estimate is ≤ 0, so the samples are indistinguishable from exact ones"
 
 _VERDICT_KEYS = ("passed", "pass", "ok", "holds", "holds_with_margin", "satisfied", "result")
@@ -72,10 +72,12 @@ def metric_text(metric: str, value: Any) -> str:
 
 
 def _metric_cell(metric: str, value: Any) -> str:
+    """A metric's table cell; at the floor (:func:`metric_text`), its number is in the title (hover), not shown."""
     text = metric_text(metric, value)
     if text == AT_FLOOR:
         sort = escape(_sort_value(value))
-        return f'<td class="num floor" data-v="{sort}" title="{escape(_AT_FLOOR_TIP)}">{text}</td>'
+        tip = escape(f"{metric} = {fmt(value)}: {_AT_FLOOR_TIP}")
+        return f'<td class="num floor" data-v="{sort}" title="{tip}">{escape(text)}</td>'
     return _cell(value, text, "num")
 
 
