@@ -14,10 +14,12 @@ generated images ``G`` (n, C, H, W) of class c and held-out real images ``R`` (m
   [−1, 1] (the image analogue of ADG's saturation, arXiv 2506.11007); ``x0_rms``: the mean per-image
   root-mean-square pixel value (guidance inflates norms).
 
-**Floors.** Two sets of real images differ too: :func:`image_floor` splits R in two halves (a fixed
-permutation) and measures the first as if generated against the second. A generated value at or below its
-floor is indistinguishable from real data at this sample size (the halves are smaller than R, so the floor
-of a distance is a slight overestimate of the noise of a run's value).
+**Floors.** Two sets of real images differ too, and set metrics are biased by the set sizes (the Fréchet
+distance by about tr Σ·(1/n + 1/m)), so a floor must be measured at the run's sizes. For each of 5 seeded
+halvings (A, B) of R, :func:`image_floor` measures A against B and :func:`image_metrics` a random |A|-subset of G
+against B; both average over the halvings. A generated value at or under its floor is indistinguishable from real
+data at this size. The point metrics (accuracy, confidence, out_of_range, x0_rms) use all of G, and their floor
+all of R (real images' accuracy is the classifier's).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from torch import Tensor, nn
 from guidelab.metrics.diversity import vendi_score
 from guidelab.metrics.knn import prdc
 
-__all__ = ["IMAGE_METRICS", "frechet_distance", "image_floor", "image_metrics"]
+__all__ = ["IMAGE_METRICS", "frechet_distance", "image_floor", "image_metrics", "splits"]
 
 IMAGE_METRICS = ("accuracy", "fd", "prdc", "vendi", "out_of_range", "x0_rms")
 _FLOOR_SEED = 20_170_706
@@ -84,15 +86,9 @@ def _classify(classifier: Any, images: Tensor) -> tuple[Tensor | None, Tensor]:
     return torch.cat(logits), torch.cat(feats)
 
 
-def _measure(
-    images: Tensor, cond: int, reference: Tensor, classifier: Any, metrics: tuple[str, ...], k: int
-) -> dict[str, float]:
+def _set_metrics(feats: Tensor, ref_feats: Tensor, metrics: tuple[str, ...], k: int) -> dict[str, float]:
+    """The metrics of a generated set against a reference set, both as features."""
     out: dict[str, float] = {}
-    logits, feats = _classify(classifier, images)
-    _, ref_feats = _classify(classifier, reference)
-    if "accuracy" in metrics and cond >= 0 and logits is not None:
-        out["accuracy"] = float((logits.argmax(1) == cond).double().mean())
-        out["confidence"] = float(logits.softmax(1)[:, cond].mean())
     if "fd" in metrics:
         out["fd"] = frechet_distance(feats, ref_feats)
     if "prdc" in metrics:
@@ -101,12 +97,64 @@ def _measure(
         out.update(precision=rec.precision, recall=rec.recall, density=rec.density, coverage=rec.coverage)
     if "vendi" in metrics:
         out["vendi"] = vendi_score(feats, kernel="cosine")
+    return out
+
+
+def _point_metrics(images: Tensor, logits: Tensor | None, cond: int, metrics: tuple[str, ...]) -> dict[str, float]:
+    """The metrics that are means over single images."""
+    out: dict[str, float] = {}
+    if "accuracy" in metrics and cond >= 0 and logits is not None:
+        out["accuracy"] = float((logits.argmax(1) == cond).double().mean())
+        out["confidence"] = float(logits.softmax(1)[:, cond].mean())
     flat = images.double().flatten(1)
     if "out_of_range" in metrics:
         out["out_of_range"] = float((flat.abs() > _DATA_RANGE + _TOLERANCE).double().mean())
     if "x0_rms" in metrics:
         out["x0_rms"] = float(flat.pow(2).mean(1).sqrt().mean())
     return out
+
+
+def splits(m: int, count: int, seed: int) -> list[tuple[Tensor, Tensor]]:
+    """``count`` random halvings of ``range(m)``: (first half, second half) index pairs, from ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    half = m // 2
+    return [(order[:half], order[half:]) for order in (torch.randperm(m, generator=g) for _ in range(count))]
+
+
+def _mean(records: list[dict[str, float]]) -> dict[str, float]:
+    return {key: float(sum(r[key] for r in records) / len(records)) for key in records[0]} if records else {}
+
+
+def _measure(
+    images: Tensor | None,
+    cond: int,
+    reference: Tensor,
+    classifier: Any,
+    metrics: tuple[str, ...],
+    k: int,
+    count: int,
+    seed: int,
+) -> dict[str, float]:
+    """Set metrics averaged over ``count`` halvings (A, B) of the reference: M(G_k, B) with G_k a random subset of
+    the generated images of |A| rows (all of them when fewer), or M(A, B) for the floor (``images`` None);
+    point metrics over every generated (or, for the floor, reference) image."""
+    if reference.shape[0] < 4:
+        raise ValueError(f"reference: need at least 4 images for two halves, got {reference.shape[0]}")
+    ref_logits, ref_feats = _classify(classifier, reference)
+    if images is None:
+        point = _point_metrics(reference, ref_logits, cond, metrics)
+    else:
+        logits, feats = _classify(classifier, images)
+        point = _point_metrics(images, logits, cond, metrics)
+    g = torch.Generator().manual_seed(seed + 1)
+    records = []
+    for first, second in splits(reference.shape[0], count, seed):
+        if images is None:
+            chosen = ref_feats[first]
+        else:
+            chosen = feats[torch.randperm(feats.shape[0], generator=g)[: first.numel()]]
+        records.append(_set_metrics(chosen, ref_feats[second], metrics, k))
+    return {**point, **_mean(records)}
 
 
 def _check(images: Tensor, field: str) -> Tensor:
@@ -135,9 +183,15 @@ def image_metrics(
     *,
     metrics: tuple[str, ...] | list[str] | None = None,
     k: int = 5,
+    count: int = 5,
+    seed: int = _FLOOR_SEED,
 ) -> dict[str, float]:
     """The metrics (module docstring) of generated ``images`` (n, C, H, W) of class ``cond`` (−1: no class;
-    accuracy is then left out) against held-out real ``reference`` images (m, C, H, W) of that class.
+    accuracy is then left out) against held-out real ``reference`` images (m ≥ 4, C, H, W) of that class.
+
+    The set metrics (fd, prdc, vendi) are measured at the sizes of their floor (:func:`image_floor`), so the two
+    compare: for each of ``count`` halvings (A, B) of the reference (seeded by ``seed``), a random subset of |A|
+    generated images against B, averaged. Point metrics use every generated image.
 
     Args:
         classifier: has ``features(x)`` (batch, F) and ``head(features)`` or ``__call__(x)`` giving logits; None
@@ -145,7 +199,8 @@ def image_metrics(
         metrics: names from :data:`IMAGE_METRICS` (default all); ``prdc`` gives four keys, ``accuracy`` two.
         k: the neighbour count of precision/recall/density/coverage (capped at the set sizes − 1).
     """
-    return _measure(_check(images, "images"), cond, _check(reference, "reference"), classifier, _names(metrics), k)
+    images, reference = _check(images, "images"), _check(reference, "reference")
+    return _measure(images, cond, reference, classifier, _names(metrics), k, count, seed)
 
 
 def image_floor(
@@ -155,14 +210,11 @@ def image_floor(
     *,
     metrics: tuple[str, ...] | list[str] | None = None,
     k: int = 5,
+    count: int = 5,
     seed: int = _FLOOR_SEED,
 ) -> dict[str, float]:
-    """The same metrics of one half of ``reference`` (a fixed permutation by ``seed``) against the other: what
-    real data scores, the floor under which differences are noise. Needs at least 4 reference images."""
+    """The same metrics of real data: the set metrics of half A of ``reference`` against half B, averaged over
+    the same ``count`` halvings as :func:`image_metrics`; point metrics over every reference image. What real
+    data scores: a generated value at its floor is indistinguishable from real data at these sizes."""
     reference = _check(reference, "reference")
-    if reference.shape[0] < 4:
-        raise ValueError(f"reference: need at least 4 images for two halves, got {reference.shape[0]}")
-    order = torch.randperm(reference.shape[0], generator=torch.Generator().manual_seed(seed))
-    half = reference.shape[0] // 2
-    first, second = reference[order[:half]], reference[order[half:]]
-    return _measure(first, cond, second, classifier, _names(metrics), k)
+    return _measure(None, cond, reference, classifier, _names(metrics), k, count, seed)
