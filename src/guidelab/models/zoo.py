@@ -28,11 +28,11 @@ __all__ = [
     "CLASSIFIER_FORMAT",
     "DENOISER_FORMAT",
     "SHIPPED",
+    "SHIPPED_DENOISERS",
     "load_classifier",
     "load_image_denoiser",
     "load_model_file",
     "save_image_model",
-    "SHIPPED_DENOISERS",
     "shipped_path",
 ]
 
