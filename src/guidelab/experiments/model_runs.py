@@ -186,6 +186,6 @@ def execute_model_run(spec: Any, out: str, row: dict[str, Any]) -> None:
 
 
 def _scale(x: torch.Tensor) -> int:
-    """Pixel zoom of the grid: small images are drawn larger (at least ~64 pixels a side)."""
-    side = int(x.shape[-1]) if x.ndim == 4 else 64
-    return max(1, 64 // max(side, 1))
+    """Pixel zoom of the grid: small images are drawn larger (about 32 pixels a side at least)."""
+    side = int(x.shape[-1]) if x.ndim == 4 else 32
+    return max(1, 32 // max(side, 1))

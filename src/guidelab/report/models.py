@@ -143,7 +143,7 @@ def _model_section(anchor: str, name: str, rows: list[dict[str, Any]], catalog: 
     conds = list(dict.fromkeys(str(r["cond"]) for r in rows))
     config = (ok or rows)[0]["config"]
     facts = [f"{len(rows)} runs, {len(ok)} ok", f"{len(conds)} classes"]
-    facts += [f"{k} {_compact(config[k])}" for k in ("model", "reference") if config.get(k)]
+    facts += [f"{k} {_compact(_set_fields(config[k]))}" for k in ("model", "reference") if config.get(k)]
     if config.get("n"):
         facts.append(f"{config['n']} images per run")
     parts = [f"<p class='muted'>{escape('; '.join(facts))}.</p>"]
@@ -163,6 +163,18 @@ def _model_section(anchor: str, name: str, rows: list[dict[str, Any]], catalog: 
         parts.append(f"<h4>class {escape(cond)}</h4>")
         parts.append(class_grid_table(name, cond, in_class, catalog, report_dir))
     return Section(anchor, title, "".join(parts))
+
+
+_MODEL_FIELDS = {"checkpoint": "path", "shipped": "name", "python": "factory"}
+
+
+def _set_fields(spec: Any) -> Any:
+    """A model or reference spec without its unset fields (a trained model: its kind and what names it)."""
+    if not isinstance(spec, dict):
+        return spec
+    if spec.get("kind") in _MODEL_FIELDS:
+        return {k: spec[k] for k in ("kind", _MODEL_FIELDS[spec["kind"]]) if spec.get(k) is not None}
+    return {k: v for k, v in spec.items() if v is not None}
 
 
 def _compact(value: Any) -> str:
@@ -297,13 +309,19 @@ def _sort_gamma(gamma: Any) -> str:
 
 
 def _setting_gamma(row: dict[str, Any]) -> Any:
-    """γ of a run: the stored effective scale, or (a run that failed before resolving) the scale it was given."""
+    """The scale a run was given (its schedule's nominal γ, so that an interval or a TV-CFG run sits in the column
+    of the scale the sweep named), else its stored effective scale."""
+    schedule = (row.get("guider_config") or {}).get("schedule")
+    nominal = schedule.get("scale") if isinstance(schedule, dict) else None
+    if isinstance(nominal, (int, float)) and not isinstance(nominal, bool):
+        return float(nominal)
     gamma = row.get("gamma")
-    return gamma if gamma is not None else row["params"].get("scale")
+    return gamma if gamma is not None else (row.get("params") or {}).get("scale")
 
 
 def class_grid_table(name: str, cond: str, rows: Sequence[dict[str, Any]], catalog: Catalog, report_dir: Path) -> str:
-    """One class's image grids: a row per method line, a column per γ (by :func:`gamma_text`, in γ order), each
+    """One class's image grids: a row per method line, a column per scale the sweep named (:func:`_setting_gamma`,
+    in order; a run's effective γ is in its caption where it differs), each
     cell the lowest seed's ``grid.png`` linked relative to ``report_dir`` with its accuracy and FD; "—" where
     nothing ran, the error where every run failed."""
     gammas: dict[str, Any] = {}
@@ -318,7 +336,7 @@ def class_grid_table(name: str, cond: str, rows: Sequence[dict[str, Any]], catal
         cells.setdefault((line.key, key), []).append(r)
     columns = sorted(gammas, key=lambda k: gamma_sort(gammas[k]))
     order = {line.key: i for i, line in enumerate(catalog.lines)}
-    head = "".join(f'<th scope="col">γ = {escape(k)}</th>' for k in columns)
+    head = "".join(f'<th scope="col">scale {escape(k)}</th>' for k in columns)
     body = []
     for line in sorted(lines.values(), key=lambda line: order[line.key]):
         label = f'<span class="swatch" style="background:{line.color}"></span>{escape(line.name)}'
@@ -348,6 +366,8 @@ def _cell(name: str, line: Line, gamma: str, cond: str, runs: list[dict[str, Any
         return '<span class="muted">images missing (runs/&lt;hash&gt;/grid.png)</span>'
     metrics = run["metrics"]
     facts = [f"seed {run.get('seed')}" + (f" (of {len(runs)})" if len(runs) > 1 else "")]
+    if gamma_text(run.get("gamma")) and gamma_text(run.get("gamma")) != gamma:
+        facts.append(f"effective γ {gamma_text(run.get('gamma'))}")
     facts.append(f"accuracy {fmt(metrics.get('accuracy'))}")
     facts.append(f"FD {fd_text(metrics.get('fd', math.nan), metrics.get('fd_floor', math.nan))}")
     if run.get("diverged"):
