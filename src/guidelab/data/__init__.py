@@ -14,7 +14,7 @@ Example::
 
     from guidelab.data import load_dataset
     data = load_dataset("digits", "test")
-    data.images.shape       # torch.Size([360, 1, 8, 8])
+    data.images.shape       # torch.Size([359, 1, 8, 8])
     data.of_class(3).shape  # the test images of class 3
 """
 

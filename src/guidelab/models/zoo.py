@@ -81,7 +81,11 @@ def _load(path: str | Path, fmt: str, cls: type, expect: dict[str, Any] | None, 
     tensors, config = load_safetensors_checked(path, fmt, what)
     _expect(config, path, expect, what)
     model = cls.from_config(config)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as err:  # a weight of another shape: torch's message is one line per tensor
+        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), type(err).__name__)
+        raise ValueError(f"{what}: {str(path)!r} does not match its own config ({detail[:160]})") from None
     if missing or unexpected:
         first = (missing or unexpected)[0]
         raise ValueError(f"{what}: {str(path)!r} does not match its own config (weight {first!r})")
