@@ -15,14 +15,7 @@ import guidelab.metrics.images as images_mod
 from guidelab.data import load_dataset
 from guidelab.metrics.images import frechet_distance, image_floor, image_metrics
 from guidelab.train_images import train_classifier
-
-
-def _fd_scipy(a: np.ndarray, b: np.ndarray) -> float:
-    """‖μ_a − μ_b‖² + tr(Σ_a + Σ_b − 2(Σ_a Σ_b)^{1/2}), unbiased covariances."""
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False, ddof=1), np.cov(b, rowvar=False, ddof=1)
-    root = scipy.linalg.sqrtm(cov_a @ cov_b)
-    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root).real)
+from image_reference import fd_scipy, floor_fd, halvings, matched_fd
 
 
 def _features(seed: int, n: int, dim: int, shift: float) -> np.ndarray:
@@ -36,7 +29,7 @@ def _features(seed: int, n: int, dim: int, shift: float) -> np.ndarray:
 def test_frechet_distance_equals_scipy_sqrtm(seed, dim):
     a = _features(seed, 61, dim, 0.0)
     b = _features(seed + 100, 97, dim, 0.5)
-    expected = _fd_scipy(a, b)
+    expected = fd_scipy(a, b)
     got = frechet_distance(torch.from_numpy(a), torch.from_numpy(b))
     assert got == pytest.approx(expected, rel=1e-6)
     assert frechet_distance(torch.from_numpy(b), torch.from_numpy(a)) == pytest.approx(got, rel=1e-10)  # symmetric
@@ -64,7 +57,7 @@ def test_without_a_classifier_the_features_are_the_pixels():
     x, ref = _images(0, 30), _images(1, 41) + 0.2
     out = image_metrics(x, 3, ref, None)
     assert "accuracy" not in out and "confidence" not in out
-    expected = _fd_scipy(x.flatten(1).numpy(), ref.flatten(1).numpy())
+    expected = matched_fd(x.flatten(1).numpy(), ref.flatten(1).numpy())
     assert out["fd"] == pytest.approx(expected, rel=1e-6)
 
 
@@ -120,7 +113,7 @@ def test_accuracy_confidence_and_fd_from_the_classifier(kind, trained_classifier
     accuracy, confidence = _by_hand(logits, cond)
     assert out["accuracy"] == pytest.approx(accuracy, abs=1e-12)
     assert out["confidence"] == pytest.approx(confidence, rel=1e-5)
-    assert out["fd"] == pytest.approx(_fd_scipy(feats, ref_feats), rel=1e-5)
+    assert out["fd"] == pytest.approx(matched_fd(feats, ref_feats), rel=1e-5)
     other = (cond + 1) % logits.shape[1]
     assert image_metrics(x, other, ref, clf, metrics=["accuracy"])["accuracy"] == pytest.approx(
         _by_hand(logits, other)[0], abs=1e-12
@@ -151,53 +144,41 @@ def test_out_of_range_counts_only_pixels_beyond_one_grey_level_and_rms_by_hand()
     assert out["x0_rms"] == pytest.approx(np.mean([np.sqrt(np.mean(row**2)) for row in flat]), rel=1e-12)
 
 
-def _labelled(m: int) -> torch.Tensor:
-    """m reference images, image i filled with the value i (so a row says which image it is)."""
-    return torch.arange(m, dtype=torch.float64).reshape(m, 1, 1, 1).expand(m, 1, 2, 2).clone()
-
-
-def _ids(x: torch.Tensor) -> list[int]:
-    return [int(v) for v in x[:, 0, 0, 0]]
-
-
 @pytest.mark.parametrize("m", [9, 12])
-def test_floor_measures_one_half_of_a_fixed_permutation_against_the_other(m, monkeypatch):
-    seen: list[tuple[list[int], list[int]]] = []
-
-    def spy(images, cond, reference, classifier, metrics, k):
-        seen.append((_ids(images), _ids(reference)))
-        return {}
-
-    monkeypatch.setattr(images_mod, "_measure", spy)
-    ref = _labelled(m)
-    image_floor(ref, 0, None)
-    image_floor(ref, 0, None)
-    image_floor(ref, 0, None, seed=123)
-    image_floor(ref, 0, None, seed=124)
-    (first, second), again, seeded, other = seen
-    assert (first, second) == again  # deterministic
-    assert len(first) == m // 2 and len(second) == m - m // 2
-    assert not set(first) & set(second) and sorted(first + second) == list(range(m))  # disjoint, all of it
-    order = torch.randperm(m, generator=torch.Generator().manual_seed(123)).tolist()
-    assert seeded == (order[: m // 2], order[m // 2 :])  # the documented seeded permutation, cut in the middle
-    assert other != seeded
+def test_halvings_are_disjoint_cover_the_set_and_follow_the_documented_seed(m):
+    pairs = images_mod.splits(m, 5, 123)
+    assert len(pairs) == 5
+    for (first, second), (a, b) in zip(pairs, halvings(m, 5, 123), strict=True):
+        assert first.numel() == m // 2 and second.numel() == m - m // 2
+        assert not set(first.tolist()) & set(second.tolist())
+        assert sorted(first.tolist() + second.tolist()) == list(range(m))
+        assert first.tolist() == a.tolist() and second.tolist() == b.tolist()
+    assert [p[0].tolist() for p in pairs] != [p[0].tolist() for p in images_mod.splits(m, 5, 124)]
 
 
-def test_floor_values_are_the_metrics_of_its_halves():
+def test_floor_is_the_mean_over_halvings_of_real_against_real():
     clf = _Linear(4, 3, 5, seed=8)
     ref = _images(6, 30)
-    seen = []
-    real = images_mod._measure
-
-    def spy(images, cond, reference, classifier, metrics, k):
-        seen.append((images, reference))
-        return real(images, cond, reference, classifier, metrics, k)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(images_mod, "_measure", spy)
-        floor = image_floor(ref, 2, clf)
-    ((first, second),) = seen
-    assert floor == image_metrics(first, 2, second, clf)
-    assert floor == image_floor(ref, 2, clf)
+    floor = image_floor(ref, 2, clf)
+    with torch.no_grad():
+        feats = clf.features(ref).double().numpy()
+        logits = clf(ref).double().numpy()
+    assert floor["fd"] == pytest.approx(floor_fd(feats), rel=1e-6)
+    assert floor["accuracy"] == pytest.approx(_by_hand(logits, 2)[0], abs=1e-12)  # point metrics: every image
+    assert floor == image_floor(ref, 2, clf)  # deterministic
+    assert floor["fd"] != image_floor(ref, 2, clf, seed=5)["fd"]
     with pytest.raises(ValueError, match=r"^reference: "):
         image_floor(ref[:3], 2, clf)
+
+
+def test_a_run_and_its_floor_compare_at_the_same_sizes():
+    """A 'generated' set drawn from the reference's own distribution scores about its floor, however many images
+    it has: the set metrics are measured at the floor's sizes."""
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(40, 1, 2, 2, generator=g, dtype=torch.float64)
+    floor = image_floor(ref, -1, None, metrics=["fd"])["fd"]
+    for n in (25, 400):
+        gen = torch.randn(n, 1, 2, 2, generator=g, dtype=torch.float64)
+        value = image_metrics(gen, -1, ref, None, metrics=["fd"])["fd"]
+        assert value == pytest.approx(matched_fd(gen.flatten(1).numpy(), ref.flatten(1).numpy()), rel=1e-6)
+        assert 0.4 * floor < value < 2.5 * floor

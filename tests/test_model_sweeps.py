@@ -13,7 +13,6 @@ import sys
 
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
 import yaml
 from PIL import Image
@@ -26,6 +25,7 @@ from guidelab.experiments.store import ResultStore
 from guidelab.metrics.images import image_floor
 from guidelab.models.zoo import load_classifier, load_image_denoiser, save_image_model
 from guidelab.train_images import train_classifier, train_image_denoiser
+from image_reference import floor_fd, matched_fd
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +74,6 @@ def _write(tmp_path, data: dict, name: str = "sweep.yaml"):
     return path
 
 
-def _fd_scipy(a: np.ndarray, b: np.ndarray) -> float:
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False, ddof=1), np.cov(b, rowvar=False, ddof=1)
-    root = scipy.linalg.sqrtm(cov_a @ cov_b).real
-    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * root))
-
-
 def _samples(out, row) -> np.ndarray:
     return np.load(out / "runs" / row["hash"] / "samples.npy")
 
@@ -108,9 +101,10 @@ def test_a_sweep_on_a_checkpoint_runs_measures_resumes_and_follows_new_weights(t
         assert x.shape == (16, 1, 8, 8) and row["cond"] == "3" and row["target"] == "digits"
         with torch.no_grad():
             feats, logits = clf.features(x).double().numpy(), clf(x).numpy()
-        assert m["fd"] == pytest.approx(_fd_scipy(feats, ref_feats), rel=1e-5)
+        assert m["fd"] == pytest.approx(matched_fd(feats, ref_feats), rel=1e-5)
         assert m["accuracy"] == np.mean(np.argmax(logits, axis=1) == 3)
         assert m["fd_floor"] == floor["fd"] and m["accuracy_floor"] == floor["accuracy"]
+        assert m["fd_floor"] == pytest.approx(floor_fd(ref_feats), rel=1e-5)
     first = {r["hash"]: _samples(out, r) for r in rows}
     assert not np.array_equal(*first.values())  # γ = 1 and γ = 3 differ
 

@@ -220,7 +220,7 @@ def test_grid_tables_are_methods_by_scales_with_failures_and_gaps(model_report):
     _, page, _ = model_report
     tables = dict(re.findall(r'<table class="images model-grids" data-cond="([^"]+)">(.*?)</table>', page.text, re.S))
     assert set(tables) == {"3", "7"}
-    heads = {c: re.findall(r'<th scope="col">γ = ([^<]+)</th>', t) for c, t in tables.items()}
+    heads = {c: re.findall(r'<th scope="col">scale ([^<]+)</th>', t) for c, t in tables.items()}
     assert heads == {"3": ["1", "3", "5", "7"], "7": ["1", "3", "5"]}  # sorted; the failed run's scale in class 3
     cfg7 = re.search(r'<tr data-label="cfg">.*?<td data-gamma="7">(.*?)</td>', tables["3"], re.S).group(1)
     assert "failed: RuntimeError: CUDA out of memory &lt;b&gt;bold&lt;/b&gt;" in cfg7 and "…" in cfg7
@@ -274,3 +274,14 @@ def test_negative_energy_distance_is_at_the_floor(mixed_report):
     assert "0.0031" not in visible and "0.0215" in visible
     assert not re.search(r"(^|\s)[-−]0\.00\d", visible)
     assert math.isclose(float(re.search(r'data-v="(0\.0215)"', page.text).group(1)), 0.0215)
+
+
+def test_a_scheduled_run_sits_in_the_column_of_the_scale_it_was_given():
+    from guidelab.report.models import _setting_gamma
+
+    interval = {"gamma": 1.4375, "guider_config": {"name": "cfg", "schedule": {"name": "interval", "scale": 2.0}}}
+    assert _setting_gamma(interval) == 2.0  # the nominal scale, not the effective mean
+    plain = {"gamma": 3.0, "guider_config": {"name": "apg", "scale": 3.0}}
+    assert _setting_gamma(plain) == 3.0
+    failed = {"gamma": None, "guider_config": {"name": "cfg"}, "params": {"scale": 7.0}}
+    assert _setting_gamma(failed) == 7.0

@@ -2,7 +2,8 @@
 
 :func:`load_trained` loads each once per process (a checkpoint again when its file changes) and checks that the
 result meets the contract a sampler needs: ``path``, ``prediction``, a call ``(x_t, t, cond)``, and ``shape``
-(one sample's shape). :func:`sample_shape` and :func:`class_names` read a model's facts.
+(one sample's shape). A checkpoint is loaded again when its content changes. :func:`sample_shape` and
+:func:`class_names` read a model's facts.
 """
 
 from __future__ import annotations
@@ -40,12 +41,12 @@ def load_trained(kind: str, ref: str) -> Any:
     if kind == "shipped" and ref not in SHIPPED_DENOISERS:
         raise ValueError(f"model: unknown shipped model {ref!r}; accepted: {', '.join(SHIPPED_DENOISERS)}")
     path = _file(kind, ref)
-    stat = path.stat()
-    return _load_file(str(path), stat.st_mtime_ns, stat.st_size)
+    return _load_file(str(path), hashlib.sha256(path.read_bytes()).hexdigest())
 
 
 @lru_cache(maxsize=8)
-def _load_file(path: str, mtime_ns: int, size: int) -> Any:
+def _load_file(path: str, digest: str) -> Any:
+    """Loaded once per file content (the digest keys the cache: a rewritten file is loaded again)."""
     return load_image_denoiser(path)
 
 
@@ -76,7 +77,8 @@ def _from_factory(spec: str) -> Any:
     if missing or not callable(model):
         what = f"lacks {', '.join(missing)}" if missing else "is not callable as model(x_t, t, cond)"
         raise ValueError(
-            f"model.factory: {spec} returned a {type(model).__name__}, which {what}; a denoiser has path (a "
+            f"model.factory: {spec} returned an object of type {type(model).__name__}, which {what}; a denoiser has "
+            f"path (a "
             f"guidelab NoisePath), prediction (x0, eps, velocity or score), shape (one sample's shape) and a call"
         )
     if model.prediction not in _PREDICTIONS:
