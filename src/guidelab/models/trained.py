@@ -78,8 +78,8 @@ def _from_factory(spec: str) -> Any:
         what = f"lacks {', '.join(missing)}" if missing else "is not callable as model(x_t, t, cond)"
         raise ValueError(
             f"model.factory: {spec} returned an object of type {type(model).__name__}, which {what}; a denoiser has "
-            f"path (a "
-            f"guidelab NoisePath), prediction (x0, eps, velocity or score), shape (one sample's shape) and a call"
+            f"path (a guidelab NoisePath), prediction (x0, eps, velocity or score), shape (one sample's shape) and "
+            f"a call"
         )
     if model.prediction not in _PREDICTIONS:
         raise ValueError(f"model.factory: prediction {model.prediction!r} is not one of {', '.join(_PREDICTIONS)}")
