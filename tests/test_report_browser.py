@@ -178,3 +178,37 @@ def test_header_click_sorts_the_run_table(chromium, report, tmp_path):
     assert numbers_up == sorted(numbers_up) and len(numbers_up) == 6
     assert numbers_down == sorted(numbers_down, reverse=True)
     assert re.fullmatch(r"[0-9.e+-]+", up[0])
+
+
+MODEL_SWEEP = """
+name: browser-digits
+model: {kind: shipped, name: digits}
+reference: {dataset: digits, conds: [3, 8]}
+grids: [{kind: uniform, steps: 6}]
+guiders:
+  - {name: cfg, params: {scale: [1.0, 3.0]}}
+  - {name: apg, params: {scale: [3.0]}}
+n: 24
+"""
+
+
+@pytest.fixture(scope="module")
+def model_report(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("browser-model")
+    (tmp / "sweep.yaml").write_text(textwrap.dedent(MODEL_SWEEP))
+    run_sweep(load_sweep(tmp / "sweep.yaml"), tmp / "out")
+    return write_report(tmp / "out", tmp / "pages" / "report.html")  # the grids are linked from another folder
+
+
+def test_a_trained_model_report_shows_its_image_grids_and_the_pareto_plot(chromium, model_report, tmp_path):
+    url = model_report.resolve().as_uri()
+    dom, stderr = _run(chromium, tmp_path, "--dump-dom", url)
+    body = _body(dom)
+    assert body.attrs.get("data-images-ok") == "true", body.attrs  # every image, linked grids included, loaded
+    assert "data-js-errors" not in body.attrs
+    assert not _console_lines(stderr, url)
+    assert dom.count('data-figure="model-grid"') == 6  # 2 classes × 3 settings
+    assert 'data-figure="model-pareto"' in dom
+    shot = tmp_path / "model.png"
+    _run(chromium, tmp_path, "--window-size=1280,3000", f"--screenshot={shot}", url)
+    assert shot.stat().st_size > 50_000
