@@ -117,7 +117,7 @@ def test_the_readme_has_a_target_and_a_sweep_example():
 
 
 def _yaml_kind(data: object) -> str:
-    if isinstance(data, dict) and "guiders" in data and ("targets" in data or "pipeline" in data):
+    if isinstance(data, dict) and "guiders" in data and ({"targets", "pipeline", "reference"} & set(data)):
         return "sweep"
     if isinstance(data, dict) and "classes" in data and "kind" in data:
         return "target"
