@@ -130,6 +130,9 @@ class ImageDenoiser(nn.Module):
         sigma_data: σ_d of the preconditioning (the data's standard deviation).
         path_params: parameters of ``path`` when it is given by name.
 
+    Attributes:
+        data_range: ``(−1.0, 1.0)``, the pixel range of guidelab's datasets (what thresholding guiders clip to).
+
     Calling it: ``model(x_t, t, cond)`` with x_t (batch, C, H, W), t (batch,) or a scalar, cond (batch,) int64
     (−1 the null class) or None; returns the prediction (batch, C, H, W) in ``x_t``'s dtype.
     """
@@ -174,6 +177,8 @@ class ImageDenoiser(nn.Module):
         self.class_embed = nn.Embedding(num_classes + 1, embed_dim)
         dim = shape[0] * shape[1] * shape[2]
         self.net = _UNet(shape[0], channels, embed_dim) if arch == "unet" else _MLP(dim, self.hidden, depth, embed_dim)
+
+    data_range = (-1.0, 1.0)
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments (plain JSON) that rebuild this network."""
