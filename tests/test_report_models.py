@@ -285,3 +285,17 @@ def test_a_scheduled_run_sits_in_the_column_of_the_scale_it_was_given():
     assert _setting_gamma(plain) == 3.0
     failed = {"gamma": None, "guider_config": {"name": "cfg"}, "params": {"scale": 7.0}}
     assert _setting_gamma(failed) == 7.0
+
+
+def test_settings_name_lines_only_where_they_vary_within_a_target():
+    from guidelab.report.data import Catalog
+
+    def row(target, steps, label="cfg"):
+        return {"status": "ok", "target": target, "label": label, "params": {"scale": 2.0},
+                "config": {"path": "rf", "steps": steps, "solver": "heun"}}  # fmt: skip
+
+    across = Catalog([row("digits", 12), row("multimodal-2d", 32)])
+    assert across.varying == [] and [line.name for line in across.lines] == ["cfg"]
+    within = Catalog([row("digits", 12), row("digits", 32), row("multimodal-2d", 32)])
+    assert within.varying == ["steps"]
+    assert sorted(line.name for line in within.lines) == ["cfg (steps=12)", "cfg (steps=32)"]

@@ -276,7 +276,16 @@ class Catalog:
 
     def __init__(self, rows: Sequence[dict[str, Any]]):
         ok = [r for r in rows if r["status"] == "ok"] or list(rows)
-        self.varying = [k for k in SETTING_KEYS if len({_key(r["config"].get(k)) for r in ok}) > 1]
+        by_target: dict[str, list[dict[str, Any]]] = {}
+        for r in ok:
+            by_target.setdefault(str(r.get("target")), []).append(r)
+        # a setting names the lines where it varies among one target's runs (runs on different targets are never
+        # drawn as one line, so a sweep on images at 12 steps does not rename the 32-step lines of another)
+        self.varying = [
+            k
+            for k in SETTING_KEYS
+            if any(len({_key(r["config"].get(k)) for r in group}) > 1 for group in by_target.values())
+        ]
         labels: list[str] = []
         for r in rows:
             if r["label"] not in labels:
