@@ -67,6 +67,8 @@ table.images figcaption { max-width: 24rem; font-size: 0.75rem; }
 table.images figure.diverged img { outline: 3px solid #c0392b; opacity: 0.55; }
 table.images figure.diverged figcaption { color: #c0392b; }
 table.images .err { color: var(--bad); }
+table.model-grids img { width: 15rem; image-rendering: pixelated; }
+table.model-grids figcaption { max-width: 15rem; }
 """
 
 SCRIPT = """
