@@ -1,7 +1,8 @@
 """Benchmark: the image lab (PERFORMANCE.md, "sampling a shipped image model" and "training the shipped digits
 model").
 
-1. **Sampling throughput per method.** Each guider samples ``--n`` images of one class from the shipped digits UNet
+1. **Sampling throughput per method.** Each guider samples ``--n`` images of one class from a shipped UNet
+   (``--model digits`` or ``mnist``)
    (``--steps`` Heun steps). Reported: images per second, and the guidance overhead: (sampling wall time − the
    time of the network's forwards inside it) / the forwards' time, i.e. what the combine and the solver cost on
    top of the network, per forward. The forwards are timed by a wrapper around the network in the same run
@@ -12,8 +13,8 @@ model").
 
 Usage:
 
-    .venv/bin/python benchmarks/bench_images.py [--threads 2] [--n 256] [--steps 16] [--train-steps 100]
-        [--methods cfg,apg,adg,...] [--out results.json]
+    .venv/bin/python benchmarks/bench_images.py [--model digits|mnist] [--threads 2] [--n 256] [--steps 16]
+        [--train-steps 100] [--no-train] [--methods cfg,apg,adg,...] [--out results.json]
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class TimedNetwork:
     def __init__(self, model: object):
         self.model, self.seconds, self.calls = model, 0.0, 0
         self.path, self.prediction, self.shape = model.path, model.prediction, model.shape  # type: ignore[attr-defined]
+        self.data_range = model.data_range  # type: ignore[attr-defined]
 
     def __call__(self, x_t, t, cond):
         start = time.perf_counter()
@@ -60,10 +62,10 @@ class TimedNetwork:
         return out
 
 
-def bench_sampling(methods: list[str], n: int, steps: int, repeats: int) -> dict[str, dict[str, float]]:
+def bench_sampling(methods: list[str], n: int, steps: int, repeats: int, name: str) -> dict[str, dict[str, float]]:
     from guidelab.grids import make_grid
 
-    model = load_trained("shipped", "digits")
+    model = load_trained("shipped", name)
     grid = make_grid("uniform", steps, model.path)
     out = {}
     for name in methods:
@@ -131,6 +133,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=100)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--model", default="digits", choices=["digits", "mnist"], help="the shipped model sampled")
+    parser.add_argument("--no-train", action="store_true", help="skip the training measurement")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -139,8 +143,8 @@ def main() -> None:
     if unknown:
         parser.error(f"--methods: unknown {unknown}; accepted: {', '.join(METHODS)}")
     results = {
-        "sampling": bench_sampling(methods, args.n, args.steps, args.repeats),
-        "training": bench_training(args.train_steps, args.threads),
+        "sampling": bench_sampling(methods, args.n, args.steps, args.repeats, args.model),
+        "training": None if args.no_train else bench_training(args.train_steps, args.threads),
         "threads": args.threads,
     }
     if args.out:
