@@ -20,7 +20,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from guidelab.paths import NoisePath
 
-__all__ = ["NULL_COND", "Denoiser", "as_cond", "null_labels"]
+__all__ = ["NULL_COND", "Denoiser", "as_cond", "as_times", "null_labels"]
 
 NULL_COND = -1
 
@@ -56,6 +56,16 @@ def as_cond(cond: Tensor | int | None, batch: int, device: torch.device | str | 
     if cond.shape != (batch,):
         raise ValueError(f"cond: expected shape ({batch},), got {tuple(cond.shape)}")
     return cond.long()
+
+
+def as_times(t: Tensor | float, batch: int, device: torch.device | str | None = None) -> Tensor:
+    """Times as a tensor (batch,): a scalar (or one-element tensor) is repeated; ValueError names ``t``."""
+    t = torch.as_tensor(t, device=device).reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(batch)
+    if t.numel() != batch:
+        raise ValueError(f"t: expected a scalar or {batch} times, got shape {tuple(t.shape)}")
+    return t
 
 
 def null_labels(model: object, cond: Tensor) -> Tensor:

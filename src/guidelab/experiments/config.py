@@ -319,8 +319,6 @@ class SweepConfig(BaseModel):
 
     def runs(self) -> list[RunSpec] | list[PipelineRunSpec]:
         """All runs, in a stable order (:class:`PipelineRunSpec` for a sweep on a pipeline)."""
-        from guidelab.sampling import ETA_SOLVERS
-
         if self.pipeline is not None:
             return self._pipeline_runs()
         if self.model.trained:
@@ -331,25 +329,7 @@ class SweepConfig(BaseModel):
         ):
             for cond in tgt.conds:
                 for params in guider.expand():
-                    sample = SampleConfig(
-                        target=tgt.target,
-                        cond=cond,
-                        path=path,
-                        grid=grid.kind,
-                        steps=grid.steps,
-                        t_min=grid.t_min,
-                        t_max=grid.t_max,
-                        grid_params=grid.params,
-                        solver=solver,
-                        eta=self.eta if solver in ETA_SOLVERS else None,
-                        guider=guider.name,
-                        params=params,
-                        n=self.n,
-                        seed=seed,
-                        dtype=self.dtype,
-                        model=self.model,
-                        models=self.models,
-                    )
+                    sample = self._sample(grid, solver, guider, params, seed, target=tgt.target, cond=cond, path=path)
                     out.append(
                         RunSpec(
                             sample,
@@ -362,9 +342,33 @@ class SweepConfig(BaseModel):
                     )
         return out
 
+    def _sample(
+        self, grid: GridSpec, solver: str, guider: GuiderSweep, params: dict[str, Any], seed: int, **where: Any
+    ) -> SampleConfig:
+        """One run's sampling settings: the sweep's grid, solver, guider setting and seed, sampling ``where``
+        (target, condition and path; or, for a trained model, the condition)."""
+        from guidelab.sampling import ETA_SOLVERS
+
+        return SampleConfig(
+            **where,
+            grid=grid.kind,
+            steps=grid.steps,
+            t_min=grid.t_min,
+            t_max=grid.t_max,
+            grid_params=grid.params,
+            solver=solver,
+            eta=self.eta if solver in ETA_SOLVERS else None,
+            guider=guider.name,
+            params=params,
+            n=self.n,
+            seed=seed,
+            dtype=self.dtype,
+            model=self.model,
+            models=self.models,
+        )
+
     def _trained_runs(self) -> list[RunSpec]:
         from guidelab.models.trained import class_names
-        from guidelab.sampling import ETA_SOLVERS
 
         assert self.reference is not None
         conds = self.reference.conds or list(class_names(self.model.load()))
@@ -373,23 +377,7 @@ class SweepConfig(BaseModel):
         for grid, solver, guider, seed in itertools.product(self.grids, self.solvers, self.guiders, self.seeds):
             for cond in conds:
                 for params in guider.expand():
-                    sample = SampleConfig(
-                        cond=cond,
-                        grid=grid.kind,
-                        steps=grid.steps,
-                        t_min=grid.t_min,
-                        t_max=grid.t_max,
-                        grid_params=grid.params,
-                        solver=solver,
-                        eta=self.eta if solver in ETA_SOLVERS else None,
-                        guider=guider.name,
-                        params=params,
-                        n=self.n,
-                        seed=seed,
-                        dtype=self.dtype,
-                        model=self.model,
-                        models=self.models,
-                    )
+                    sample = self._sample(grid, solver, guider, params, seed, cond=cond)
                     out.append(
                         RunSpec(
                             sample,

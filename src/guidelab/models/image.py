@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from guidelab.denoiser import NULL_COND, as_cond
+from guidelab.denoiser import NULL_COND, as_cond, as_times
 from guidelab.models.mlp import edm_preconditioning, sinusoidal_embedding
 from guidelab.paths import NoisePath, get_path
 
@@ -232,11 +232,7 @@ class ImageDenoiser(nn.Module):
         if tuple(x_t.shape[1:]) != self.shape:
             raise ValueError(f"x_t: expected shape (batch, {', '.join(map(str, self.shape))}), got {tuple(x_t.shape)}")
         batch = x_t.shape[0]
-        t = torch.as_tensor(t, device=x_t.device).reshape(-1)
-        if t.numel() == 1:
-            t = t.expand(batch)
-        if t.numel() != batch:
-            raise ValueError(f"t: expected a scalar or {batch} times, got shape {tuple(t.shape)}")
+        t = as_times(t, batch, x_t.device)
         labels = as_cond(cond, batch, x_t.device)
         w = next(self.parameters())
         x_in = x_t.to(w.dtype)
