@@ -39,6 +39,19 @@ __all__ = [
 # run settings that may vary within a sweep; a line fixes them
 SETTING_KEYS = ("path", "path_params", "grid", "steps", "t_min", "t_max", "grid_params", "solver", "eta", "dtype")
 
+# the metrics of a trained image model's runs (guidelab.metrics.images), in the order the tables show them
+MODEL_METRICS = (
+    "accuracy",
+    "confidence",
+    "fd",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "vendi",
+    "out_of_range",
+    "x0_rms",
+)
 # metrics in the order tables show them; the rest (the image models' floors, ``<metric>_floor``, among them)
 # follow alphabetically
 METRIC_ORDER = (
@@ -65,15 +78,7 @@ METRIC_ORDER = (
     "saturation",
     "pixel_diversity",
     "latent_rms",
-    "accuracy",
-    "confidence",
-    "fd",
-    "precision",
-    "recall",
-    "density",
-    "coverage",
-    "out_of_range",
-    "x0_rms",
+    *(m for m in MODEL_METRICS if m != "vendi"),  # vendi sits above, with the exact targets' diversity
     "diverged_fraction",
 )
 # which direction is better, for the arrows in headers and axis labels (absent: no direction)

@@ -25,6 +25,7 @@ from typing import Any
 from guidelab.report import figures
 from guidelab.report.data import (
     BETTER,
+    MODEL_METRICS,
     Catalog,
     Line,
     Point,
@@ -51,19 +52,6 @@ __all__ = [
     "model_sections",
 ]
 
-# the metrics of a trained image model's runs (guidelab.metrics.images), in the order the table shows them
-MODEL_METRICS = (
-    "accuracy",
-    "confidence",
-    "fd",
-    "precision",
-    "recall",
-    "density",
-    "coverage",
-    "vendi",
-    "out_of_range",
-    "x0_rms",
-)
 _MAX_ERROR_CHARS = 120
 
 MODELS_INTRO = """
