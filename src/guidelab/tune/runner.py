@@ -548,6 +548,7 @@ class _Tuner:
                 "metrics": objective.names,
                 "directions": objective.dirs,
                 "constraints": [c.describe(self._baseline_metrics()) for c in objective.constraints],
+                "constraint_metrics": list(dict.fromkeys(c.metric for c in objective.constraints)),
                 "pareto": objective.pareto,
                 "text": objective.describe(self._baseline_metrics()),
             },
