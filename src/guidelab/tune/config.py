@@ -186,8 +186,16 @@ class SearchParam(BaseModel):
         assert self.low is not None and self.high is not None
         if self.integer:
             step = 1 if self.step is None else max(1, round(self.step))
-            return IntDistribution(int(self.low), int(self.high), log=self.log, step=step)
-        return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+            high = int(self.low) + (int(self.high) - int(self.low)) // step * step
+            return IntDistribution(int(self.low), high, log=self.log, step=step)
+        return FloatDistribution(self.low, self._lattice_high(), log=self.log, step=self.step)
+
+    def _lattice_high(self) -> float:
+        """``high``, or with a step the last point of the lattice ``low + k·step`` not above it."""
+        assert self.low is not None and self.high is not None
+        if self.step is None:
+            return float(self.high)
+        return round(float(self.low) + math.floor((self.high - self.low) / self.step + 1e-9) * self.step, 12)
 
     def grid(self, points: int) -> list[Choice]:
         """``points`` values spanning the range (geometric for a log range, on the step lattice where there is a
@@ -195,9 +203,7 @@ class SearchParam(BaseModel):
         if self.choices is not None:
             return list(self.choices)
         assert self.low is not None and self.high is not None
-        lo, hi = float(self.low), float(self.high)
-        if self.step is not None:  # Optuna's lattice: low + k·step up to high
-            hi = lo + math.floor((hi - lo) / self.step + 1e-9) * self.step
+        lo, hi = float(self.low), self._lattice_high()  # with a step, Optuna's lattice: low + k·step up to high
         fractions = [k / (points - 1) for k in range(points)]
         if self.log:
             values = [math.exp(math.log(lo) + f * (math.log(hi) - math.log(lo))) for f in fractions]
@@ -205,7 +211,7 @@ class SearchParam(BaseModel):
             values = [lo + f * (hi - lo) for f in fractions]
         values[0], values[-1] = lo, hi
         if self.step is not None:
-            values = [min(hi, lo + round((v - lo) / self.step) * self.step) for v in values]
+            values = [min(hi, round(lo + round((v - lo) / self.step) * self.step, 12)) for v in values]
         if self.integer:
             return list(dict.fromkeys(round(v) for v in values))
         return list(dict.fromkeys(min(hi, max(lo, v)) for v in values))
@@ -257,8 +263,17 @@ class Constraint(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     metric: str
-    min: float | Literal["baseline"] | None = None
-    max: float | Literal["baseline"] | None = None
+    min: float | str | None = None
+    max: float | str | None = None
+
+    @field_validator("min", "max", mode="before")
+    @classmethod
+    def _number_or_baseline(cls, v: Any) -> Any:
+        if v is None or v == "baseline":
+            return v
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ValueError(f"expected a number or baseline, got {v!r}")
+        return float(v)
 
     @model_validator(mode="after")
     def _one_bound(self) -> Constraint:
@@ -312,7 +327,7 @@ class Objective(BaseModel):
             if self.directions is not None:
                 raise ValueError("directions: for metrics (a Pareto front); one metric takes direction")
             if self.direction is None:
-                self.direction = _direction(self.metric, "metric")  # type: ignore[assignment]
+                self.direction = _direction(self.metric)  # type: ignore[assignment]
             return self
         assert self.metrics is not None
         if self.direction is not None:
@@ -320,7 +335,8 @@ class Objective(BaseModel):
         if len(self.metrics) != 2 or len(set(self.metrics)) != 2:
             raise ValueError(f"metrics: a Pareto front takes two different metrics, got {self.metrics}")
         if self.directions is None:
-            self.directions = [_direction(m, f"metrics[{i}]") for i, m in enumerate(self.metrics)]  # type: ignore[misc]
+            known = [_direction(m) for m in self.metrics]
+            self.directions = None if None in known else known  # type: ignore[assignment]
         elif len(self.directions) != 2:
             raise ValueError(f"directions: one per metric (2), got {len(self.directions)}")
         return self
@@ -348,11 +364,22 @@ class Objective(BaseModel):
         return text
 
 
-def _direction(metric: str, where: str) -> str:
-    base = metric.removesuffix("_floor")
-    if base in DIRECTIONS:
-        return DIRECTIONS[base]
-    raise ValueError(f"{where}: {metric!r} has no known better direction; give direction: minimize or maximize")
+def _direction(metric: str) -> str | None:
+    """The better direction of ``metric`` where it has a known one (check_tune asks for it otherwise)."""
+    return DIRECTIONS.get(metric.removesuffix("_floor"))
+
+
+def _directions_given(objective: Objective) -> list[str]:
+    """A line naming the objective's direction field where a metric has no known better direction."""
+    if objective.metric is not None and objective.direction is None:
+        return [
+            f"objective.direction: {objective.metric!r} has no known better direction; give direction: minimize or "
+            "maximize"
+        ]
+    if objective.metrics is not None and objective.directions is None:
+        unknown = [m for m in objective.metrics if _direction(m) is None]
+        return [f"objective.directions: {unknown[0]!r} has no known better direction; give directions, one per metric"]
+    return []
 
 
 class Budget(BaseModel):
@@ -542,6 +569,7 @@ def check_tune(data: dict[str, Any], compare: list[str] | None = None) -> TunePl
     metrics = _metrics(config, sweep_data, kind)
     if metrics is not None:
         sweep_data["metrics"] = metrics
+    errors += _directions_given(config.objective)
     sweep = check_sweep({**sweep_data, "name": config.name, "guiders": [{"name": "cfg"}], "seeds": config.seeds})
     errors += _one_setting(sweep, kind)
     methods, method_errors = _methods(config, compare)
@@ -686,10 +714,9 @@ def _methods(config: TuneConfig, compare: list[str] | None) -> tuple[list[Method
     for label in {lab for lab in labels if labels.count(lab) > 1}:
         errors.append(f"compare: two methods are labelled {label!r}; give each a distinct label")
     if config.reference_cfg and methods and not any(_plain_cfg(m) for m in methods):
-        if "cfg" in labels:
-            errors.append("compare: the label 'cfg' is the reference CFG's; label your method otherwise")
+        label = "cfg" if "cfg" not in labels else "cfg-reference"  # beside a method labelled cfg (cfg + interval)
         search = {"scale": SearchParam(low=1.0, high=10.0, log=True)}
-        methods.append(Method("cfg", "cfg", {}, search, "reference_cfg", reference=True))
+        methods.append(Method(label, "cfg", {}, search, "reference_cfg", reference=True))
     return methods, errors
 
 
