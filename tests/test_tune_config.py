@@ -26,6 +26,15 @@ BASE = {
 }
 
 
+@pytest.fixture
+def one_thread():
+    """Small tensors: one torch thread is much faster than two on a busy two-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tune(**changes):
     data = {**BASE, **changes}
     return check_tune({k: v for k, v in data.items() if v is not None})
@@ -40,16 +49,16 @@ def error_of(**changes) -> list[str]:
 # --- what the runs write -----------------------------------------------------------------------------------
 
 
-def test_every_measure_writes_exactly_the_keys_the_tuner_expects():
+def test_every_measure_writes_exactly_the_keys_the_tuner_expects(one_thread):
     target = get_target("multimodal-2d")
-    x = target.reference_samples(300, 0, 5)
-    inp = MeasureInput(x, target, 0, reference_samples(target, 0, 300), 0.0)
+    x = target.reference_samples(200, 0, 5)
+    inp = MeasureInput(x, target, 0, reference_samples(target, 0, 200), 0.0)
     assert set(MEASURE_KEYS) == set(MEASURES)
     for name, fn in MEASURES.items():
         assert set(fn(inp)) == set(MEASURE_KEYS[name]), name
 
 
-def test_every_image_metric_writes_exactly_the_keys_the_tuner_expects():
+def test_every_image_metric_writes_exactly_the_keys_the_tuner_expects(one_thread):
     from guidelab.data import load_dataset
     from guidelab.models.zoo import load_classifier, shipped_path
 
