@@ -101,9 +101,9 @@ def test_grids_lie_in_their_optuna_distributions():
 
 def test_searched_values_go_flat_or_into_the_schedule_block():
     assert apply_values({"eta": 0}, {"scale": 2.0}) == {"eta": 0, "scale": 2.0}
-    assert apply_values({"schedule": "interval", "scale": 3}, {"schedule.lam_lo": 0.5}) == {
-        "schedule": {"name": "interval", "lam_lo": 0.5},
-        "scale": 3,
+    assert apply_values({"schedule": "interval", "scale": 3, "eta": 0}, {"schedule.lam_lo": 0.5}) == {
+        "schedule": {"name": "interval", "scale": 3, "lam_lo": 0.5},  # the flat schedule parameters join the block
+        "eta": 0,
     }
     fixed = {"schedule": {"name": "interval", "scale": 3}}
     assert apply_values(fixed, {"schedule.lam_hi": 2.0})["schedule"] == {"name": "interval", "scale": 3, "lam_hi": 2.0}

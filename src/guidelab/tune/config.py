@@ -488,18 +488,34 @@ class Method:
 
 
 def apply_values(params: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """``params`` with searched ``values`` set: a key ``schedule.K`` goes into the nested schedule block (made from
-    a schedule name where ``params`` gives one), any other key sits flat beside the guider's own."""
+    """``params`` with searched ``values`` set: a key ``schedule.K`` goes into the nested schedule block, any other
+    key sits flat beside the guider's own. Where the block is made from a flat form (``schedule: interval`` with
+    ``scale: 3`` beside it), the schedule's flat parameters move into it."""
     out = json.loads(json.dumps(params))  # a deep copy of plain data
     for key, value in values.items():
         if key.startswith("schedule."):
             schedule = out.get("schedule")
-            block = {"name": schedule} if isinstance(schedule, str) else dict(schedule or {"name": "constant"})
+            if isinstance(schedule, dict):
+                block = dict(schedule)
+            else:
+                block = {"name": schedule or "constant"}
+                for name in _schedule_keys(block["name"]) & set(out):
+                    block[name] = out.pop(name)
             block[key.removeprefix("schedule.")] = value
             out["schedule"] = block
         else:
             out[key] = value
     return out
+
+
+def _schedule_keys(name: str) -> set[str]:
+    """The parameters of schedule ``name`` (none for an unknown name: building the guider reports it)."""
+    import inspect
+
+    from guidelab.guiders.schedules import SCHEDULES
+
+    cls = SCHEDULES.get(name)
+    return set() if cls is None else set(inspect.signature(cls).parameters)
 
 
 @dataclass
@@ -765,7 +781,8 @@ def _check_spaces(plan: TunePlan) -> list[str]:
     errors = []
     for method in plan.methods:
         where = "search" if method.where == "guider" else f"{method.where}.search"
-        twice = [k for k in method.search if k in method.params]
+        nested = method.params.get("schedule") if isinstance(method.params.get("schedule"), dict) else {}
+        twice = [k for k in method.search if k in method.params or k.removeprefix("schedule.") in (nested or {})]
         errors += [f"{where}.{k}: also fixed in the guider's params; give it in one place" for k in twice]
         if twice:
             continue
