@@ -518,6 +518,7 @@ def tune(
         if not names or len(set(names)) != len(names):
             raise ValueError(f"compare: give distinct method names separated by commas, got {compare!r}")
     plan = load_tune(config, compare=names)  # a bad tune file leaves no output folder behind
+    check_options(executor=executor, address=address, threads=threads, pipeline=plan.kind == "pipeline")
     writable_folder(out, "out")
     summary = run_tune(plan, out, executor=executor, address=address, threads=threads, progress=True)
     for line in _tune_lines(summary):
