@@ -79,7 +79,7 @@ def test_nsga2_gives_a_mutually_non_dominated_front(tmp_path):
     tune = {
         **SMALL,
         "objective": {"metrics": ["energy_distance", "class_fidelity"]},
-        "budget": {"trials": 12},
+        "budget": {"trials": 10},
         "population_size": 4,
         "reference_cfg": False,
     }
