@@ -1,12 +1,13 @@
 """Every snippet of the README runs as written, so the documentation cannot drift from the API.
 
 - every ```python block runs, in order, in one namespace (the README reads top to bottom);
-- every ```yaml block loads: a target definition through ``load_target_file``, a sweep through ``load_sweep``
-  (told apart by their keys; a sweep on a pipeline against a tiny one saved where it names its folder);
+- every ```yaml block loads: a target definition through ``load_target_file``, a sweep through ``load_sweep``, a
+  tune through ``load_tune`` (told apart by their keys; a sweep on a pipeline against a tiny one saved where it
+  names its folder);
 - every shell command in a ```bash or ``` block that starts with ``guidelab`` (or ``.venv/bin/guidelab``) names
   only options its subcommand has (read from ``--help``); the cheap ones that run as written (no placeholder such
   as ``NAME|FILE``) run, with sizes capped small; the heavy ones (demo, run, train, learn, a paper-size
-  reproduction) are only checked against their ``--help``.
+  reproduction, tune) are only checked against their ``--help``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 TEXT = README.read_text()
 
-HEAVY = {"demo", "run", "train", "learn"}
+HEAVY = {"demo", "run", "train", "learn", "tune"}
 CAPS = {"--n": 200, "--steps": 16}  # cheap commands run with at most these sizes
 
 
@@ -117,6 +118,8 @@ def test_the_readme_has_a_target_and_a_sweep_example():
 
 
 def _yaml_kind(data: object) -> str:
+    if isinstance(data, dict) and "objective" in data and ("search" in data or "compare" in data):
+        return "tune"
     if isinstance(data, dict) and "guiders" in data and ({"targets", "pipeline", "reference"} & set(data)):
         return "sweep"
     if isinstance(data, dict) and "classes" in data and "kind" in data:
@@ -141,7 +144,12 @@ def test_every_yaml_block_loads(line, body, tmp_path, monkeypatch):
     file = tmp_path / f"readme-{line}.yaml"
     file.write_text(body)
     try:
-        if kind == "target":
+        if kind == "tune":
+            from guidelab.tune import load_tune
+
+            plan = load_tune(file)
+            assert plan.methods and plan.config.budget.trials >= 1
+        elif kind == "target":
             target = load_target_file(file)
             assert target.dim == data["dim"]
             x = target.sample(16, cond=0, generator=torch.Generator().manual_seed(0))

@@ -103,6 +103,27 @@ def positive(value: int, field: str) -> int:
 
 
 Param = Annotated[list[str] | None, typer.Option("--param", "-p", help="guider/schedule parameter KEY=VALUE")]
+GuiderFile = Annotated[
+    Path | None,
+    typer.Option(
+        help="a guider file {name, params} (e.g. the best.yaml of `guidelab tune`), instead of --guider/--param"
+    ),
+]
+
+
+def _guider_choice(
+    ctx: typer.Context, guider: str, param: list[str] | None, guider_file: Path | None
+) -> tuple[str, dict[str, Any]]:
+    """The guider and its parameters: from ``--guider-file``, or from ``--guider``/``--param`` (not both)."""
+    if guider_file is None:
+        return guider, parse_params(param)
+    given = [f"--{name}" for name in ("guider", "param") if _given(ctx, name)]
+    if given:
+        raise ValueError(f"guider_file: give --guider-file or {'/'.join(given)}, not both")
+    from guidelab.guiders.registry import load_guider_file
+
+    spec = load_guider_file(guider_file)
+    return spec["name"], spec["params"]
 
 
 @app.command()
@@ -134,6 +155,7 @@ def sample(
     ] = None,
     guider: Annotated[str, typer.Option(help="guider name (see `guidelab methods`)")] = "cfg",
     param: Param = None,
+    guider_file: GuiderFile = None,
     n: Annotated[int, typer.Option(help="number of samples")] = 1000,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
@@ -147,6 +169,7 @@ def sample(
         raise ValueError(f"out: must end in .npy, got {str(out)!r}")
     if (target is None) == (model is None):
         raise ValueError("target: give exactly one of --target (an exact target) and --model (a trained model)")
+    guider, params = _guider_choice(ctx, guider, param, guider_file)
     writable_file(out, "out")
     # a trained model brings its path: --path only where given (then it must be the model's)
     on_path = {"path": path} if model is None or _given(ctx, "path") else {}
@@ -164,7 +187,7 @@ def sample(
         solver=solver,
         eta=eta,
         guider=guider,
-        params=parse_params(param),
+        params=params,
         n=n,
         seed=seed,
         dtype=dtype,
@@ -216,6 +239,7 @@ def _given(ctx: typer.Context, name: str) -> bool:
 @app.command()
 @_cli_errors
 def generate(
+    ctx: typer.Context,
     pipeline: Annotated[
         Path, typer.Option(help="a diffusers pipeline saved on disk (save_pretrained); never downloaded")
     ],
@@ -229,6 +253,7 @@ def generate(
     ] = None,
     guider: Annotated[str, typer.Option(help="guider name (see `guidelab methods`); 'none' for no guidance")] = "cfg",
     param: Param = None,
+    guider_file: GuiderFile = None,
     solver: Annotated[str | None, typer.Option(help="guidelab solver (default: the scheduler's match)")] = None,
     steps: Annotated[int, typer.Option(help="number of steps")] = 30,
     grid: Annotated[
@@ -268,7 +293,7 @@ def generate(
     if solver is not None and solver not in SOLVERS:
         raise ValueError(f"solver: unknown name {solver!r}; accepted: {', '.join(SOLVERS)}")
     # the guider and its parameters are checked before the (possibly long) load of the pipeline
-    params = parse_params(param)
+    guider, params = _guider_choice(ctx, guider, param, guider_file)
     built = None if guider == "none" else build_guider(guider, **params)
     writable_folder(out, "out")
     quiet_libraries()
@@ -411,6 +436,10 @@ def run(
     address: Annotated[str | None, typer.Option(help="Ray cluster address (with --executor ray)")] = None,
     threads: Annotated[int, typer.Option(help="torch threads per run, the same in every mode")] = 1,
     retry_failed: Annotated[bool, typer.Option(help="run again the runs that failed before")] = True,
+    guider_file: Annotated[
+        list[Path] | None,
+        typer.Option(help="add a guider file's setting (e.g. tune's best.yaml) to the sweep's guiders (repeatable)"),
+    ] = None,
 ) -> None:
     """Run a sweep; restarting the same command resumes it without repeating finished runs and retries failed ones.
 
@@ -420,9 +449,15 @@ def run(
 
     from guidelab.experiments.config import load_sweep
     from guidelab.experiments.runner import check_options, run_sweep
+    from guidelab.guiders.registry import load_guider_file
 
     check_options(workers=workers, executor=executor, address=address, threads=threads)
-    sweep = load_sweep(config)  # a bad sweep file or option leaves no output folder behind
+    extra = []
+    for file in guider_file or []:  # each file's setting joins the sweep's guiders, labelled as in the file
+        spec = load_guider_file(file)
+        params = {k: [v] if isinstance(v, list) else v for k, v in spec["params"].items()}  # a list is a value here
+        extra.append({"name": spec["name"], "params": params, "label": spec["label"] or file.stem})
+    sweep = load_sweep(config, extra_guiders=extra)  # a bad sweep file or option leaves no output folder behind
     if sweep.pipeline is not None:  # runs in this process: the pipeline is loaded once
         check_options(workers=workers, executor=executor, address=address, threads=threads, pipeline=True)
     writable_folder(out, "out")
@@ -452,6 +487,88 @@ def run(
             err=True,
         )
         raise typer.Exit(1)
+
+
+@app.command()
+@_cli_errors
+def tune(
+    config: Annotated[Path, typer.Argument(help="tune file (YAML): runs, guider, search space, objective, budget")],
+    out: Annotated[Path, typer.Option(help="output folder (study.sqlite, results.sqlite, best.yaml, report.html)")],
+    compare: Annotated[
+        str | None, typer.Option(help="tune these methods alike and rank them, comma-separated: cfg,apg,adg")
+    ] = None,
+    executor: Annotated[str, typer.Option(help="local or ray (each trial's runs as Ray tasks)")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (with --executor ray)")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads per run, the same in every mode")] = 1,
+    write_report: Annotated[bool, typer.Option("--report/--no-report", help="write OUT/report.html at the end")] = True,
+) -> None:
+    """Tune a guider's parameters (Optuna, or a coordinate search) on common seeds, re-score the best setting on
+    held-out seeds and write it as a guider file; rerunning the same command resumes a killed tune.
+
+    Exit code 0 when every method has a feasible best setting, 1 when one has none, 2 for bad input."""
+    from guidelab.experiments.runner import check_options
+    from guidelab.tune import load_tune
+    from guidelab.tune.runner import BEST_FILE, import_optuna, run_tune
+
+    import_optuna()
+    check_options(executor=executor, address=address, threads=threads)
+    names = None
+    if compare is not None:
+        names = [n.strip() for n in compare.split(",") if n.strip()]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"compare: give distinct method names separated by commas, got {compare!r}")
+    plan = load_tune(config, compare=names)  # a bad tune file leaves no output folder behind
+    check_options(executor=executor, address=address, threads=threads, pipeline=plan.kind == "pipeline")
+    writable_folder(out, "out")
+    summary = run_tune(plan, out, executor=executor, address=address, threads=threads, progress=True)
+    for line in _tune_lines(summary):
+        typer.echo(line)
+    if summary["best_file"]:
+        typer.echo(f"best setting: {out / BEST_FILE} (guidelab sample --guider-file {out / BEST_FILE} ...)")
+    if write_report:
+        from guidelab.report import write_report as write_html
+
+        typer.echo(f"report written to {write_html(out)}")
+    missing = [s["label"] for s in summary["studies"] if s["best"] is None]
+    if missing:
+        typer.echo(
+            f"error: no feasible trial for {', '.join(missing)}; widen the space or loosen the constraints", err=True
+        )
+        raise typer.Exit(1)
+
+
+def _tune_lines(summary: dict[str, Any]) -> list[str]:
+    """What ``guidelab tune`` prints: per method its trials and best setting on both seed sets; the ranking."""
+    names = summary["objective"]["metrics"]
+    held = {e["study"]: e for e in summary["heldout"] if e["setting"] == "tuned"}
+
+    def values(part: dict[str, Any] | None) -> str:
+        if not part or part["values"] is None:
+            return "failed"
+        text = ", ".join(f"{m} {v:.4g}" for m, v in zip(names, part["values"], strict=True))
+        return text + ("" if part["feasible"] else " (infeasible)")
+
+    lines = [f"objective: {summary['objective']['text']}"]
+    for study in summary["studies"]:
+        done = f"{study['label']}: {len(study['trials'])} trials ({study['stopped'] or 'done'})"
+        best = study["best"]
+        if best is None:
+            lines.append(f"{done}; no feasible trial")
+            continue
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+        entry = held.get(study["label"])
+        lines.append(
+            f"{done}; best trial {best['number']} ({params}): {values(entry['search'] if entry else None)} on the "
+            f"search seeds, {values(entry['heldout'] if entry else None)} on the held-out seeds"
+        )
+    if len(summary["ranking"]) > 1:
+        lines.append("ranking on the held-out seeds:")
+        for r in summary["ranking"]:
+            value = "failed" if r["heldout"] is None else f"{r['heldout']:.4g}"
+            lines.append(
+                f"  {r['rank']}. {r['study']}  {names[0]} {value}" + ("" if r["heldout_feasible"] else " (infeasible)")
+            )
+    return lines
 
 
 @app.command()

@@ -12,7 +12,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from guidelab import __version__
 from guidelab.denoiser import NULL_COND, Denoiser
@@ -45,21 +55,26 @@ TRAINED_KINDS = ("checkpoint", "shipped", "python")
 
 class ModelSpec(BaseModel):
     """A denoiser. On an exact target: the exact one, the exact one with a seeded score error of size δ
-    (``score-error``; e.g. a weaker guide for autoguidance, see ``ScoreErrorDenoiser``), or the exact denoiser of
+    (``score-error``; e.g. a weaker guide for autoguidance, see ``ScoreErrorDenoiser``), the exact denoiser of
     leaky conditionals ``(1 − leak)·p(x|c) + leak·p(x)`` (``under-conditioned``, an imperfect model with an exact
-    form). A trained model instead of a target: a guidelab checkpoint file (``checkpoint``, ``path``), a model
+    form), or the exact conditional denoiser pulled toward the unconditional one, ``ρ·x0̂_c + (1 − ρ)·x0̂_u``
+    (``scaled-conditional``, ``rho``; CFG at γ = 1/ρ undoes it exactly, see ``ScaledConditionalDenoiser``). A
+    trained model instead of a target: a guidelab checkpoint file (``checkpoint``, ``path``), a model
     shipped with guidelab (``shipped``, ``name``: see ``guidelab.models.zoo.SHIPPED``), or the user's own code
     (``python``, ``factory: "package.module:function"``, called without arguments, returning a denoiser with
     ``path``, ``prediction`` and ``shape``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["exact", "score-error", "under-conditioned", "checkpoint", "shipped", "python"] = "exact"
+    kind: Literal[
+        "exact", "score-error", "under-conditioned", "scaled-conditional", "checkpoint", "shipped", "python"
+    ] = "exact"
     delta: float = Field(0.0, ge=0)
     seed: int = Field(0, ge=0)
     frequency_scale: float = Field(1.0, gt=0)
     error_space: Literal["score", "x0"] = "score"
     leak: float = Field(0.5, gt=0, lt=1, description="under-conditioned: the marginal's share of each conditional")
+    rho: float = Field(0.5, gt=0, allow_inf_nan=False, description="scaled-conditional: the exact conditional's share")
     path: str | None = Field(None, description="checkpoint: the .safetensors file")
     name: str | None = Field(None, description="shipped: the model's name")
     factory: str | None = Field(None, description="python: 'package.module:function'")
@@ -72,7 +87,17 @@ class ModelSpec(BaseModel):
         for key in ("path", "name", "factory"):
             if key != need and getattr(self, key) is not None:
                 raise ValueError(f"{key}: not a field of a {self.kind} model")
+        if "rho" in self.model_fields_set and self.kind != "scaled-conditional":
+            raise ValueError(f"rho: not a field of a {self.kind} model (only of scaled-conditional)")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave ``rho`` out of other kinds' dumps, so their run hashes (and stores written before it) stay."""
+        data = handler(self)
+        if self.kind != "scaled-conditional":
+            data.pop("rho", None)
+        return data
 
     @property
     def trained(self) -> bool:
@@ -98,6 +123,10 @@ class ModelSpec(BaseModel):
             from guidelab.targets import UnderConditionedDenoiser
 
             return UnderConditionedDenoiser(target, path, self.leak)
+        if self.kind == "scaled-conditional":
+            from guidelab.targets import ScaledConditionalDenoiser
+
+            return ScaledConditionalDenoiser(target, path, self.rho)
         from guidelab.targets import ScoreErrorDenoiser
 
         return ScoreErrorDenoiser(

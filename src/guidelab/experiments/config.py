@@ -65,7 +65,9 @@ __all__ = [
     "RunSpec",
     "SweepConfig",
     "TargetSweep",
+    "check_sweep",
     "load_sweep",
+    "read_yaml_mapping",
     "run_hash",
 ]
 
@@ -509,27 +511,44 @@ def run_hash(
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def load_sweep(path: str | Path) -> SweepConfig:
-    """Read and validate a sweep file; every mistake is reported as one ``field: message`` line.
-
-    Beyond the schema, every run's target, condition, path parameters, grid and guider are built once so
-    that an unknown guider, a bad parameter or a missing target file fails here, before anything runs. A
-    pipeline sweep is checked against the saved pipeline's files (its networks are not loaded) and its metric
-    functions are imported.
-    """
+def read_yaml_mapping(path: str | Path, what: str = "sweep file") -> dict[str, Any]:
+    """The mapping a YAML file holds; a ValueError naming ``config`` where it is missing, a folder, not text, not
+    YAML or not a mapping."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"config: no such file {str(path)!r}")
     if path.is_dir():
-        raise ValueError(f"config: {str(path)!r} is a folder; give the sweep file (YAML)")
+        raise ValueError(f"config: {str(path)!r} is a folder; give the {what} (YAML)")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ValueError(f"config: {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     except UnicodeDecodeError:
-        raise ValueError(f"config: {path} is not a text file (not UTF-8); a sweep file is YAML") from None
+        raise ValueError(f"config: {path} is not a text file (not UTF-8); a {what} is YAML") from None
     if not isinstance(data, dict):
         raise ValueError(f"config: {path} must hold a mapping at the top level")
+    return data
+
+
+def load_sweep(path: str | Path, extra_guiders: list[dict[str, Any]] | None = None) -> SweepConfig:
+    """Read and validate a sweep file; every mistake is reported as one ``field: message`` line.
+
+    Beyond the schema, every run's target, condition, path parameters, grid and guider are built once so
+    that an unknown guider, a bad parameter or a missing target file fails here, before anything runs. A
+    pipeline sweep is checked against the saved pipeline's files (its networks are not loaded) and its metric
+    functions are imported. ``extra_guiders`` (``{name, params, label}`` blocks, e.g. guider files) are added
+    after the file's own guiders.
+    """
+    data = read_yaml_mapping(path)
+    if extra_guiders:
+        own = data.get("guiders")
+        data = {**data, "guiders": (own if isinstance(own, list) else []) + list(extra_guiders)}
+    return check_sweep(data)
+
+
+def check_sweep(data: dict[str, Any]) -> SweepConfig:
+    """Validate a sweep given as a mapping (what :func:`load_sweep` reads), building what it names; a ValueError
+    of one ``field: message`` line per mistake."""
     errors: list[str] = []
     config = None
     try:

@@ -19,7 +19,7 @@ from torch import Tensor
 from guidelab import metrics as m
 from guidelab.targets import Target
 
-__all__ = ["MEASURES", "MeasureInput", "measure", "reference_samples"]
+__all__ = ["MEASURES", "MEASURE_KEYS", "MeasureInput", "measure", "measure_of_key", "reference_samples"]
 
 _REFERENCE_SEED = 1_000_003
 _DATA_T = 0.0
@@ -122,6 +122,27 @@ MEASURES: dict[str, Callable[[MeasureInput], dict[str, float]]] = {
     "vendi": _vendi,
     "diverged": _diverged,
 }
+
+
+# the keys each measure writes into a run's metrics (tests/test_tune_config.py checks them against the measures)
+MEASURE_KEYS: dict[str, tuple[str, ...]] = {
+    "energy_distance": ("energy_distance",),
+    "mmd": ("mmd2",),
+    "w2": ("w2",),
+    "class_fidelity": ("class_fidelity", "class_accuracy"),
+    "mode_weights": ("mode_weight_tv", "mode_coverage", "weak_mode_weight", "weak_mode_weight_true"),
+    "within_mode_variance": ("within_mode_variance_ratio",),
+    "nll": ("nll", "out_of_support"),
+    "support": ("in_support", "support_distance_mean"),
+    "prdc": ("prdc.precision", "prdc.recall", "prdc.density", "prdc.coverage"),
+    "vendi": ("vendi", "vendi_true"),
+    "diverged": ("diverged_fraction",),
+}
+
+
+def measure_of_key(key: str) -> str | None:
+    """The measure that writes metric ``key`` (``class_accuracy`` → ``class_fidelity``), or None."""
+    return next((name for name, keys in MEASURE_KEYS.items() if key in keys), None)
 
 
 def measure(names: tuple[str, ...] | list[str], inp: MeasureInput) -> dict[str, float]:

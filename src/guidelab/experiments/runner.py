@@ -44,7 +44,18 @@ from guidelab.experiments.store import ResultStore
 from guidelab.io import write_json_atomic, write_npy_atomic
 from guidelab.progress import ProgressBar
 
-__all__ = ["SweepLocked", "SweepSummary", "check_options", "execute_pipeline_run", "execute_run", "run_sweep"]
+__all__ = [
+    "SweepLocked",
+    "SweepSummary",
+    "check_options",
+    "execute_pipeline_run",
+    "execute_run",
+    "folder_lock",
+    "map_runs",
+    "ray_cluster",
+    "run_sweep",
+    "torch_threads",
+]
 
 
 @dataclass
@@ -300,7 +311,14 @@ def _pipeline_map(
         yield execute_pipeline_run(spec, pipe, out, metrics, threads=threads, device_settings=settings)
 
 
-def _ray_map(runs: list[RunSpec], out: str, address: str | None, threads: int) -> Iterator[dict[str, Any]]:
+@contextlib.contextmanager
+def ray_cluster(address: str | None) -> Iterator[Any]:
+    """Connect to the Ray cluster at ``address`` (None: start a local one) unless this process already is, and
+    yield the ``ray`` module; disconnect at the end only where connected here.
+
+    Raises:
+        ValueError: naming ``executor`` where ray is not installed.
+    """
     try:
         import ray
     except ImportError:
@@ -309,6 +327,14 @@ def _ray_map(runs: list[RunSpec], out: str, address: str | None, threads: int) -
     if started_here:
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     try:
+        yield ray
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _ray_map(runs: list[RunSpec], out: str, address: str | None, threads: int) -> Iterator[dict[str, Any]]:
+    with ray_cluster(address) as ray:
         remote = ray.remote(num_cpus=1)(execute_run)  # Ray retries a task whose worker died, then we record it
         specs = {remote.remote(spec, out, threads): spec for spec in runs}
         pending = list(specs)
@@ -319,9 +345,6 @@ def _ray_map(runs: list[RunSpec], out: str, address: str | None, threads: int) -
                     yield ray.get(ref)
                 except Exception as err:  # execute_run never raises: its worker (or node) died
                     yield _failed_row(specs[ref], f"worker died: {type(err).__name__}: {str(err).splitlines()[0]}")
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -445,8 +468,28 @@ def _pool_map(runs: list[RunSpec], out: str, workers: int, threads: int) -> Iter
             worker.stop()
 
 
+def map_runs(
+    runs: list[RunSpec],
+    out: str | Path,
+    *,
+    executor: str = "local",
+    address: str | None = None,
+    workers: int = 1,
+    threads: int = 1,
+) -> Iterator[dict[str, Any]]:
+    """The rows of ``runs`` (exact-target or trained-model runs), yielded as they finish: in this process, on
+    ``workers`` spawned processes, or as Ray tasks (``executor="ray"``; on the cluster at ``address``, or the one
+    this process is connected to). Each row is what :func:`execute_run` returns; a run whose worker died gets an
+    error row. Close the iterator to end the workers early."""
+    if executor == "ray":
+        return _ray_map(runs, str(out), address, threads)
+    if workers > 1 and len(runs) > 1:
+        return _pool_map(runs, str(out), workers, threads)
+    return (execute_run(spec, str(out), threads) for spec in runs)
+
+
 @contextlib.contextmanager
-def _folder_lock(out: Path) -> Iterator[None]:
+def folder_lock(out: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``out/.lock`` (the OS releases it when the process dies); raise
     :class:`SweepLocked`, naming the holder, where another process holds it."""
     try:
@@ -478,7 +521,7 @@ def _folder_lock(out: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _torch_threads() -> Iterator[None]:
+def torch_threads() -> Iterator[None]:
     """Give the process back its torch thread count after runs in it set their own."""
     before = torch.get_num_threads()
     try:
@@ -542,7 +585,7 @@ def run_sweep(
     )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with _folder_lock(out), _torch_threads():
+    with folder_lock(out), torch_threads():
         write_json_atomic(out / "sweep.json", config.model_dump())
         store = ResultStore(out / "results.sqlite")
         runs = config.runs()
@@ -554,12 +597,8 @@ def run_sweep(
         retried = sum(spec.hash in statuses for spec in todo)
         if config.pipeline is not None:
             rows = _pipeline_map(todo, str(out), config.pipeline, threads)  # type: ignore[arg-type]
-        elif executor == "ray":
-            rows = _ray_map(todo, str(out), address, threads)
-        elif workers > 1 and len(todo) > 1:
-            rows = _pool_map(todo, str(out), workers, threads)
         else:
-            rows = (execute_run(spec, str(out), threads) for spec in todo)
+            rows = map_runs(todo, out, executor=executor, address=address, workers=workers, threads=threads)  # type: ignore[arg-type]
         failed = 0
         try:
             with ProgressBar(progress, len(todo), "runs", transient=False) as bar:

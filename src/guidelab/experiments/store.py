@@ -148,6 +148,21 @@ class ResultStore:
         with self._connect() as db:
             return dict(db.execute("SELECT hash, status FROM runs"))
 
+    def rows_by_hash(self, hashes: list[str]) -> dict[str, dict[str, Any]]:
+        """The stored rows of ``hashes`` (those recorded), by hash, JSON columns decoded."""
+        out: dict[str, dict[str, Any]] = {}
+        with self._connect() as db:
+            db.row_factory = sqlite3.Row
+            for start in range(0, len(hashes), 500):
+                chunk = hashes[start : start + 500]
+                marks = ", ".join("?" for _ in chunk)
+                for r in db.execute(f"SELECT * FROM runs WHERE hash IN ({marks})", chunk):
+                    row = dict(r)
+                    for c in _JSON_COLUMNS:
+                        row[c] = json.loads(row[c])
+                    out[row["hash"]] = row
+        return out
+
     def rows(self) -> list[dict[str, Any]]:
         """All rows as dicts with the JSON columns decoded, in insertion order."""
         with self._connect() as db:

@@ -11,12 +11,17 @@ constant schedule. Where no scale is given for a ``constant`` schedule (the defa
 A name ``diffusers:ClassName`` builds diffusers' own guider of that class, wrapped
 (:mod:`guidelab.guiders.diffusers_guiders`, docs/methods.md §10), with the diffusers constructor's parameters;
 these names are not in :data:`GUIDERS`, and diffusers is imported only when one is built.
+
+A **guider file** (``--guider-file`` of ``sample``, ``run`` and ``generate``; what ``guidelab tune`` writes as
+``best.yaml``) is a YAML mapping ``{name: apg, params: {scale: 4.2, eta: 0}, label: tuned-apg}`` (``params`` and
+``label`` optional): :func:`load_guider_file` reads and checks it.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from guidelab.guiders._checks import construct, signature_params
@@ -27,7 +32,15 @@ from guidelab.guiders.schedules import SCHEDULES, Schedule, build_schedule
 if TYPE_CHECKING:
     from guidelab.guiders.base import Guider
 
-__all__ = ["GUIDERS", "build_guider", "build_schedule", "guider_accepts", "guider_parameters", "register_guider"]
+__all__ = [
+    "GUIDERS",
+    "build_guider",
+    "build_schedule",
+    "guider_accepts",
+    "guider_parameters",
+    "load_guider_file",
+    "register_guider",
+]
 
 GUIDERS: dict[str, type[Guider]] = {}
 
@@ -110,3 +123,47 @@ def build_guider(name: str, **params: Any) -> Guider:
             flat["scale"] = _default_scale(cls)
         params["schedule"] = build_schedule({"name": schedule_name, **flat})
     return construct(cls, f"guider {name!r}", params)
+
+
+_GUIDER_FILE_KEYS = ("name", "params", "label")
+
+
+def load_guider_file(path: str | Path, field: str = "guider_file") -> dict[str, Any]:
+    """A guider file (module docstring) as ``{"name", "params", "label"}`` (label None where the file has none).
+
+    The guider is built once, so a bad name or parameter fails here. A guider that needs guide models
+    (``weak-model``'s ``models``) is not built: only its name is checked.
+
+    Raises:
+        ValueError: one line naming ``field`` (and the key) for a missing file, bad YAML, an unknown key, or a
+            guider that cannot be built from the file.
+    """
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"{field}: no such file {str(file)!r}")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{field}: {str(file)!r} is not valid YAML ({first})") from None
+    if not isinstance(data, Mapping) or not isinstance(data.get("name"), str):
+        raise ValueError(
+            f"{field}: {str(file)!r} must hold a mapping with a guider name: {{name: cfg, params: {{...}}}}"
+        )
+    unknown = sorted(set(data) - set(_GUIDER_FILE_KEYS))
+    if unknown:
+        raise ValueError(f"{field}.{unknown[0]}: unknown key; a guider file has {', '.join(_GUIDER_FILE_KEYS)}")
+    params = data.get("params") or {}
+    if not isinstance(params, Mapping):
+        raise ValueError(f"{field}.params: expected a mapping of parameters, got {type(params).__name__}")
+    label = data.get("label")
+    if label is not None and not isinstance(label, str):
+        raise ValueError(f"{field}.label: expected text, got {label!r}")
+    try:
+        if not guider_accepts(data["name"], "models"):  # guide models are the caller's to build (a sweep's models)
+            build_guider(data["name"], **dict(params))
+    except ValueError as err:
+        raise ValueError(f"{field}: {err}") from None
+    return {"name": data["name"], "params": dict(params), "label": label}

@@ -32,9 +32,18 @@ from torch import Tensor, nn
 from guidelab.metrics.diversity import vendi_score
 from guidelab.metrics.knn import prdc
 
-__all__ = ["IMAGE_METRICS", "frechet_distance", "image_floor", "image_metrics", "splits"]
+__all__ = ["IMAGE_METRICS", "IMAGE_METRIC_KEYS", "frechet_distance", "image_floor", "image_metrics", "splits"]
 
 IMAGE_METRICS = ("accuracy", "fd", "prdc", "vendi", "out_of_range", "x0_rms")
+# the keys each metric writes (each also as ``<key>_floor`` in a sweep's row)
+IMAGE_METRIC_KEYS: dict[str, tuple[str, ...]] = {
+    "accuracy": ("accuracy", "confidence"),
+    "fd": ("fd",),
+    "prdc": ("precision", "recall", "density", "coverage"),
+    "vendi": ("vendi",),
+    "out_of_range": ("out_of_range",),
+    "x0_rms": ("x0_rms",),
+}
 _FLOOR_SEED = 20_170_706
 _DATA_RANGE = 1.0
 _TOLERANCE = 2 / 255  # one 8-bit grey level: closer than that to the range rounds onto its edge

@@ -54,6 +54,7 @@ from guidelab.report.tables import (
     n_diverged,
     runs_table,
 )
+from guidelab.report.tune import TUNE_INTRO, find_tunes, tune_sections
 
 __all__ = ["build_report", "write_report"]
 
@@ -95,7 +96,7 @@ def write_report(dir: str | Path, out: str | Path | None = None) -> Path:
     stores = find_stores(root)
     rows = load_runs(stores)
     repros = find_reproductions(root)
-    if not rows and not repros:
+    if not rows and not repros and not find_tunes(root):
         raise ValueError(
             f"dir: {str(root)!r} holds no runs (results.sqlite) and no reproduction output (a JSON with 'claims')"
         )
@@ -119,11 +120,14 @@ def build_report(
     pipelines = {name: f"images-{k}" for k, name in enumerate(dict.fromkeys(str(r["target"]) for r in pipeline_rows))}
     models = {name: f"model-{k}" for k, name in enumerate(dict.fromkeys(str(r["target"]) for r in model_rows))}
     sections: list[Section] = []
+    tunes = find_tunes(root)
     if rows:
         groups = _groups(rows)
         own = {"pipeline": pipelines, "model": models}
         anchors = [own[key[2]][key[0]] if key[2] in own else _anchor(i) for i, key in enumerate(groups)]
         sections.append(_overview(rows, groups, catalog, anchors))
+    sections += tune_sections(root, tunes)
+    if rows:
         for i, ((target, cond, kind), group) in enumerate(groups.items()):
             if kind == "exact":
                 sections.append(_group_section(i, target, cond, group, catalog))
@@ -144,6 +148,7 @@ def build_report(
     )
     exact = len(pipeline_rows) + len(model_rows) < len(rows) or not rows
     intro = (_INTRO if exact else "") + (IMAGES_INTRO if pipeline_rows else "") + (MODELS_INTRO if model_rows else "")
+    intro += TUNE_INTRO if tunes else ""
     return page(title, meta, intro, sections, expect_table=bool(rows))
 
 
