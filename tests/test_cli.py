@@ -225,3 +225,18 @@ def test_learn_help_lists_every_learn_config_field_and_reproduce_list_describes_
     lines = result.output.strip().splitlines()
     assert [line.split()[0] for line in lines] == list(REPRODUCTIONS)
     assert all("arXiv" in line and len(line.split()) > 4 for line in lines)
+
+
+def test_run_says_on_stderr_when_runs_have_diverged_samples(tmp_path):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(
+        "targets: [{target: multimodal-2d, conds: [a]}]\ngrids: [{kind: uniform, steps: 4}]\n"
+        "guiders: [{name: cfg, params: {scale: [1.0, 1.0e9]}}]\nn: 16\nmetrics: [energy_distance]\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "guidelab.cli", "run", str(sweep), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert lines == [lines[0]] and lines[0].startswith("warning: 1 of the 2 runs have diverged samples")

@@ -121,8 +121,8 @@ def test_accuracy_confidence_and_fd_from_the_classifier(kind, trained_classifier
     assert "accuracy" not in image_metrics(x, -1, ref, clf, metrics=["accuracy"])  # no class, no fidelity
 
 
-def test_out_of_range_counts_only_pixels_beyond_one_grey_level_and_rms_by_hand():
-    edge = 1 + 2 / 255
+def test_out_of_range_counts_only_pixels_beyond_the_tolerance_and_rms_by_hand():
+    edge = 1 + 0.05
     values = [
         edge,  # on the tolerance: in range
         np.nextafter(edge, np.inf),  # just beyond: out
@@ -130,8 +130,8 @@ def test_out_of_range_counts_only_pixels_beyond_one_grey_level_and_rms_by_hand()
         np.nextafter(-edge, -np.inf),  # out
         1.0,
         -1.0,
-        1.003,  # within one grey level of the edge: in
-        -1.005,
+        1.03,  # within the tolerance of the edge: in
+        -1.049,
         1.5,  # out
         -3.0,  # out
         0.0,

@@ -223,3 +223,34 @@ def test_cli_sample_errors_name_the_field(extra, field, checkpoint, tmp_path, ca
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {field}: "), err
     assert not out.exists()
+
+
+def test_new_weights_behind_the_same_factory_are_new_runs_and_separate_lines(trained, checkpoint, tmp_path, modules):
+    from guidelab.models import trained as trained_models
+    from guidelab.report.data import Catalog, load_runs
+
+    modules.append("tiny_factory_moves")
+    (tmp_path / "tiny_factory_moves.py").write_text(
+        "from guidelab.models.zoo import load_image_denoiser\n\n\n"
+        f"def build():\n    return load_image_denoiser({str(checkpoint)!r})\n"
+    )
+    file = _write(tmp_path, _sweep({"kind": "python", "factory": "tiny_factory_moves:build"}, trained))
+    out = tmp_path / "out"
+    run_sweep(load_sweep(file), out)
+    # other weights behind the same function (a new process would see them; this one forgets its cache)
+    blob = load_image_denoiser(checkpoint)
+    with torch.no_grad():
+        for p in blob.parameters():
+            p.add_(0.01)
+    save_image_model(blob, checkpoint, {"data": "digits"})
+    trained_models._from_factory.cache_clear()
+    again = run_sweep(load_sweep(file), out)
+    assert (again.skipped, again.ran) == (0, 2)  # not mistaken for the old runs
+    rows = ResultStore(out / "results.sqlite").rows()
+    digests = {r["config"]["model_digest"] for r in rows}
+    assert (
+        len(rows) == 4 and len(digests) == 2 and all(d.startswith("python:tiny_factory_moves:build:") for d in digests)
+    )
+    loaded = load_runs([out / "results.sqlite"])
+    lines = {Catalog(loaded).line(r).name for r in loaded}
+    assert len(lines) == 2 and all("model_digest=" in name for name in lines)  # two models, never averaged

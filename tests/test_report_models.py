@@ -180,7 +180,8 @@ def mixed_report(tmp_path_factory):
 
 def test_model_section_exists_with_its_figure(model_report):
     _, page, _ = model_report
-    assert "model-0" in page.sections and "Model: digits" in page.sections["model-0"]
+    assert "model-0" in page.sections and "shipped model digits on digits" in page.sections["model-0"]
+    assert "reference: the digits test split" in page.sections["model-0"]
     assert ("model-pareto", "digits") in page.figures
     assert "indistinguishable from real data at this sample size" in page.visible()
     assert not [s for s in page.sections if s.startswith("group-")]  # no exact-target section for model runs

@@ -203,3 +203,22 @@ def test_classifier_stores_its_test_accuracy_measured_by_hand(tmp_path):
     assert correct > 0.3 * len(test)  # it learned something: a wrong split or label order would show
     assert clf.checkpoint_config["test_accuracy"] == correct / len(test)
     assert result.test_accuracy == correct / len(test)
+
+
+def test_a_run_too_short_for_its_ema_is_warned_about_on_one_line(tmp_path):
+    from guidelab.train_images import ClassifierTrainConfig, DenoiserTrainConfig, ema_note
+
+    assert ema_note(DenoiserTrainConfig()) is None  # the defaults: 4,000 steps for an average over ~1,000
+    assert ema_note(ClassifierTrainConfig()) is None
+    note = ema_note(DenoiserTrainConfig(steps=300))
+    assert note.startswith("ema_decay: 300 steps") and f"{0.999**300:.0%}" in note and "\n" not in note
+    assert ema_note(DenoiserTrainConfig(steps=300, ema_decay=0.99)) is None
+    done = subprocess.run(
+        [sys.executable, "-m", "guidelab.cli", "train", "--data", "digits", "--arch", "mlp", "--hidden", "8",
+         "--steps", "10", "--eval-every", "10", "--threads", "1", "--out", str(tmp_path / "m.safetensors")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: ema_decay: 10 steps")
+    assert "UserWarning" not in done.stderr

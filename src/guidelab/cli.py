@@ -480,6 +480,12 @@ def run(
         f"{summary.total} runs: {summary.skipped} already done, {summary.ran} ran{retried}, {summary.failed} failed; "
         f"results in {summary.out / 'results.sqlite'}"
     )
+    if summary.diverged:
+        typer.echo(
+            f"warning: {summary.diverged} of the {summary.ran} runs have diverged samples (frozen, left out of their "
+            f"metrics); the report lists them",
+            err=True,
+        )
     if summary.failed_total:
         typer.echo(
             f"error: {summary.failed_total} of {summary.total} runs failed; "
@@ -744,8 +750,22 @@ def train(
         checkpoint_every=checkpoint_every,
         seed=seed,
     )
-    result = train_image_denoiser(config, out, progress=True, threads=threads)
+    result = _quiet_ema_warning(train_image_denoiser, config, out, threads)
     _say_trained(result, out)
+
+
+def _quiet_ema_warning(train: Callable[..., Any], config: Any, out: Path, threads: int | None) -> Any:
+    """Train, printing a too-short-for-its-EMA warning as one ``warning:`` line first (not a Python warning)."""
+    import warnings
+
+    from guidelab.train_images import ema_note
+
+    note = ema_note(config)
+    if note is not None:
+        typer.echo(f"warning: {note}", err=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return train(config, out, progress=True, threads=threads)
 
 
 def _int_list(text: str, field: str) -> list[int]:
@@ -821,7 +841,7 @@ def train_classifier_command(
     config = ClassifierTrainConfig(
         data=data, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience, seed=seed
     )
-    _say_trained(train_classifier(config, out, progress=True, threads=threads), out)
+    _say_trained(_quiet_ema_warning(train_classifier, config, out, threads), out)
 
 
 @app.command()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ __all__ = [
     "ClassifierTrainConfig",
     "DenoiserTrainConfig",
     "ImageTrainResult",
+    "ema_note",
     "state_path",
     "train_classifier",
     "train_image_denoiser",
@@ -127,6 +129,21 @@ class ImageTrainResult:
     history: list[tuple[int, float]] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     test_accuracy: float | None = None
+
+
+def ema_note(config: _Common) -> str | None:
+    """A warning where the run is too short for its EMA: the saved weights average about the last 1/(1 − decay)
+    steps, starting from the initial weights, so with fewer than twice that many steps the start still weighs
+    ``decay^steps`` (more than 13%) in what is saved."""
+    horizon = 1 / (1 - config.ema_decay) if config.ema_decay < 1 else float("inf")
+    if config.steps >= 2 * horizon:
+        return None
+    share = config.ema_decay**config.steps
+    return (
+        f"ema_decay: {config.steps} steps with ema_decay {config.ema_decay} leave the initial weights a share of "
+        f"{share:.0%} in the saved EMA weights (it averages ~{horizon:.0f} steps); train at least {2 * horizon:.0f} "
+        f"steps or lower --ema-decay (e.g. {1 - 2 / config.steps:.3g})"
+    )
 
 
 def state_path(out: str | Path) -> Path:
@@ -253,6 +270,9 @@ def _fit(
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"out: must end in .safetensors, got {str(out)!r}")
+    note = ema_note(task.config)
+    if note is not None:
+        warnings.warn(note, UserWarning, stacklevel=3)
     threads_before = torch.get_num_threads()
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:

@@ -70,6 +70,7 @@ class SweepSummary:
     out: Path
     retried: int = 0
     failed_total: int = 0
+    diverged: int = 0  # runs of this call with samples that diverged (left out of their metrics)
 
 
 class SweepLocked(ValueError):
@@ -599,12 +600,13 @@ def run_sweep(
             rows = _pipeline_map(todo, str(out), config.pipeline, threads)  # type: ignore[arg-type]
         else:
             rows = map_runs(todo, out, executor=executor, address=address, workers=workers, threads=threads)  # type: ignore[arg-type]
-        failed = 0
+        failed = diverged = 0
         try:
             with ProgressBar(progress, len(todo), "runs", transient=False) as bar:
                 for row in rows:
                     store.put(row)
                     failed += row["status"] == "error"
+                    diverged += bool(row.get("diverged"))
                     if on_row is not None:
                         on_row(row)
                     bar.advance(description=f"{row['label']} {row['target']} ({row['status']})")
@@ -614,7 +616,7 @@ def run_sweep(
                 close()  # ends the workers, also when the store or a callback raised
         statuses = store.statuses()
     failed_total = sum(statuses.get(spec.hash) == "error" for spec in unique)
-    return SweepSummary(len(unique), len(unique) - len(todo), len(todo), failed, out, retried, failed_total)
+    return SweepSummary(len(unique), len(unique) - len(todo), len(todo), failed, out, retried, failed_total, diverged)
 
 
 def default_workers() -> int:

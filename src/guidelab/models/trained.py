@@ -16,6 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from guidelab.models.zoo import SHIPPED_DENOISERS, load_image_denoiser, shipped_path
 
 __all__ = ["class_names", "load_trained", "model_digest", "sample_shape"]
@@ -89,11 +91,21 @@ def _from_factory(spec: str) -> Any:
 
 
 def model_digest(kind: str, ref: str) -> str:
-    """A content hash of a checkpoint or shipped file (16 hex digits); for a factory its name."""
-    if kind == "python":
+    """What identifies the weights a run samples: a content hash (16 hex digits) of a checkpoint or shipped file; for
+    a factory, a hash of the returned model's ``state_dict`` (names, shapes, dtypes and bytes), so that new weights
+    behind the same function are new runs (a model without a ``state_dict`` is known by the factory's name)."""
+    if kind != "python":
+        return f"{kind}:{hashlib.sha256(_file(kind, ref).read_bytes()).hexdigest()[:16]}"
+    model = _from_factory(ref)
+    state = getattr(model, "state_dict", None)
+    if state is None:
         return f"python:{ref}"
-    digest = hashlib.sha256(_file(kind, ref).read_bytes()).hexdigest()[:16]
-    return f"{kind}:{digest}"
+    h = hashlib.sha256(ref.encode())
+    for name, tensor in sorted(state().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return f"python:{ref}:{h.hexdigest()[:16]}"
 
 
 def sample_shape(model: Any) -> tuple[int, ...]:

@@ -37,7 +37,21 @@ __all__ = [
 ]
 
 # run settings that may vary within a sweep; a line fixes them
-SETTING_KEYS = ("path", "path_params", "grid", "steps", "t_min", "t_max", "grid_params", "solver", "eta", "dtype")
+# run settings that name a line where they vary among one target's runs; a trained model's weights (its digest:
+# a checkpoint rewritten between two sweeps into one folder) are one of them, so two models are never averaged
+SETTING_KEYS = (
+    "path",
+    "path_params",
+    "grid",
+    "steps",
+    "t_min",
+    "t_max",
+    "grid_params",
+    "solver",
+    "eta",
+    "dtype",
+    "model_digest",
+)
 
 # the metrics of a trained image model's runs (guidelab.metrics.images), in the order the tables show them
 MODEL_METRICS = (

@@ -126,12 +126,18 @@ def model_sections(
 
 
 def _model_section(anchor: str, name: str, rows: list[dict[str, Any]], catalog: Catalog, report_dir: Path) -> Section:
-    title = f"Model: {name}"
     ok = [r for r in rows if r["status"] == "ok"]
     conds = list(dict.fromkeys(str(r["cond"]) for r in rows))
     config = (ok or rows)[0]["config"]
-    facts = [f"{len(rows)} runs, {len(ok)} ok", f"{len(conds)} classes"]
-    facts += [f"{k} {_compact(_set_fields(config[k]))}" for k in ("model", "reference") if config.get(k)]
+    models = list(dict.fromkeys(_model_text(r["config"].get("model")) for r in rows))
+    title = f"{' and '.join(models)} on {name}"
+    facts = [f"{len(rows)} runs, {len(ok)} ok", f"classes {', '.join(conds)}"]
+    reference = _set_fields(config.get("reference") or {})
+    source = (reference.get("dataset") and f"the {reference['dataset']} test split") or reference.get("samples")
+    if source:
+        facts.append(f"reference: {source}")
+    if reference.get("classifier"):
+        facts.append(f"classifier {reference['classifier']}")
     if config.get("n"):
         facts.append(f"{config['n']} images per run")
     parts = [f"<p class='muted'>{escape('; '.join(facts))}.</p>"]
@@ -156,6 +162,17 @@ def _model_section(anchor: str, name: str, rows: list[dict[str, Any]], catalog: 
 _MODEL_FIELDS = {"checkpoint": "path", "shipped": "name", "python": "factory"}
 
 
+def _model_text(spec: Any) -> str:
+    """A trained model in a few words: ``shipped model digits``, ``checkpoint m.safetensors``, ``factory pkg:fn``."""
+    if not isinstance(spec, dict) or spec.get("kind") not in _MODEL_FIELDS:
+        return "model"
+    kind = spec["kind"]
+    value = str(spec.get(_MODEL_FIELDS[kind]))
+    return {"shipped": f"shipped model {value}", "checkpoint": f"checkpoint {Path(value).name}"}.get(
+        kind, f"factory {value}"
+    )
+
+
 def _set_fields(spec: Any) -> Any:
     """A model or reference spec without its unset fields (a trained model: its kind and what names it)."""
     if not isinstance(spec, dict):
@@ -163,12 +180,6 @@ def _set_fields(spec: Any) -> Any:
     if spec.get("kind") in _MODEL_FIELDS:
         return {k: spec[k] for k in ("kind", _MODEL_FIELDS[spec["kind"]]) if spec.get(k) is not None}
     return {k: v for k, v in spec.items() if v is not None}
-
-
-def _compact(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_compact(v)}" for k, v in value.items()) + "}"
-    return str(value)
 
 
 def front_points(points: Sequence[Point]) -> list[Point]:
