@@ -300,3 +300,14 @@ def test_settings_name_lines_only_where_they_vary_within_a_target():
     within = Catalog([row("digits", 12), row("digits", 32), row("multimodal-2d", 32)])
     assert within.varying == ["steps"]
     assert sorted(line.name for line in within.lines) == ["cfg (steps=12)", "cfg (steps=32)"]
+
+
+def test_cost_and_schedules_draw_one_figure_per_sweep(tmp_path):
+    other = [{**r, "hash": "x" + r["hash"], "sweep": "second"} for r in model_rows()]
+    write_sweep(tmp_path / "sweep", [*model_rows(), *other])
+    text = write_report(tmp_path / "sweep").read_text()
+    sweeps = {r["sweep"] for r in model_rows()} | {"second"}
+    assert len(sweeps) == 2
+    for kind in ("nfe", "schedule"):
+        keys = set(re.findall(rf'data-figure="{kind}" data-key="([^"]+)"', text))
+        assert keys == sweeps, kind  # never one line across two sweeps

@@ -398,25 +398,48 @@ def _target_facts(target_name: str, cond: str) -> tuple[np.ndarray | None, tuple
         return None, None, f"{type(err).__name__}: {err}"
 
 
+def _by_sweep(rows: Sequence[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Rows per sweep, in the order of their first row: the cost and schedule plots draw one figure per sweep, so
+    two sweeps (the demo's exact targets at 32 steps and its image model at 12) never share a line."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(str(r.get("sweep") or "sweep"), []).append(r)
+    return list(groups.items())
+
+
 def _cost_section(rows: Sequence[dict[str, Any]], catalog: Catalog) -> Section:
-    points = [p for p in aggregate(rows, catalog) if any(r.get("nfe") is not None for r in p.rows)]
-    if not points:
+    groups = _by_sweep(rows)
+    parts = []
+    for sweep, group in groups:
+        points = [p for p in aggregate(group, catalog) if any(r.get("nfe") is not None for r in p.rows)]
+        if not points:
+            continue
+        of = f" of sweep {sweep}" if len(groups) > 1 else ""
+        parts.append(
+            figure(
+                figures.nfe_figure(points, catalog.lines),
+                f"network evaluations per sample for each method and guidance scale{of}",
+                f"All targets and conditions{of} together; labels give γ.",
+                "nfe",
+                sweep if len(groups) > 1 else "all",
+            )
+        )
+    if not parts:
         return Section("cost", "Cost", note("No NFE recorded: no run finished."))
-    png = figures.nfe_figure(points, catalog.lines)
-    return Section(
-        "cost",
-        "Cost",
-        figure(
-            png,
-            "network evaluations per sample for each method and guidance scale",
-            "All targets and conditions together; labels give γ.",
-            "nfe",
-            "all",
-        ),
-    )
+    return Section("cost", "Cost", "".join(parts))
 
 
 def _schedule_section(rows: Sequence[dict[str, Any]], catalog: Catalog) -> Section:
+    groups = _by_sweep(rows)
+    parts: list[str] = []
+    for sweep, group in groups:
+        if len(groups) > 1:
+            parts.append(f"<h3>{escape(sweep)}</h3>")
+        parts += _schedule_parts(group, catalog, sweep if len(groups) > 1 else "all")
+    return Section("schedules", "Guidance schedules", "".join(parts))
+
+
+def _schedule_parts(rows: Sequence[dict[str, Any]], catalog: Catalog, key: str) -> list[str]:
     from guidelab.grids import make_grid
     from guidelab.guiders import build_guider
     from guidelab.guiders.describe import schedule_table
@@ -474,7 +497,7 @@ def _schedule_section(rows: Sequence[dict[str, Any]], catalog: Catalog) -> Secti
                 "guidance scale per step for each distinct guider configuration",
                 "γ is piecewise constant over each step; per-sample scales show their mean.",
                 "schedule",
-                "all",
+                key,
             )
         )
     else:
@@ -483,7 +506,7 @@ def _schedule_section(rows: Sequence[dict[str, Any]], catalog: Catalog) -> Secti
         parts.append(note(f"{label}: schedule not drawn ({why})."))
     if dropped:
         parts.append(note(f"{dropped} further configurations not drawn (at most {_MAX_CURVES_PER_METHOD} per method)."))
-    return Section("schedules", "Guidance schedules", "".join(parts))
+    return parts
 
 
 def _stable(value: Any) -> str:
