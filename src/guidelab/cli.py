@@ -209,8 +209,10 @@ def sample(
         "config": outcome.resolved,
     }
     write_json_atomic(out.with_suffix(".json"), sidecar)
+    sheet = f", a sheet of them in {out.with_suffix('.png')}" if result.x.ndim == 4 else ""
     typer.echo(
-        f"wrote {n} samples to {out} (nfe {result.nfe}, diverged {result.num_diverged}, {result.wall_time:.2f} s)"
+        f"wrote {n} samples to {out}{sheet} (nfe {result.nfe}, diverged {result.num_diverged}, "
+        f"{result.wall_time:.2f} s)"
     )
 
 
@@ -765,7 +767,11 @@ def _quiet_ema_warning(train: Callable[..., Any], config: Any, out: Path, thread
         typer.echo(f"warning: {note}", err=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return train(config, out, progress=True, threads=threads)
+        try:
+            return train(config, out, progress=True, threads=threads)
+        except KeyboardInterrupt as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(130) from None
 
 
 def _int_list(text: str, field: str) -> list[int]:

@@ -311,7 +311,10 @@ def _loop(
         record = saved["record"]
     resumed_from = record["step"]
 
+    saved = [resumed_from]  # the step of the last state written
+
     def save_state() -> None:
+        saved[0] = record["step"]
         optim_tensors, groups = _flatten_optimizer(optimizer)
         tensors = {
             **{f"model.{k}": v for k, v in model.state_dict().items()},
@@ -339,36 +342,44 @@ def _loop(
     with ProgressBar(progress, config.steps, f"training {kind} on {config.data}") as bar:
         if resumed_from:
             bar.advance(resumed_from, status=f"resumed at step {resumed_from}")
-        while not record["done"] and record["step"] < config.steps:
-            step = record["step"]
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * min(1.0, (step + 1) / max(config.warmup, 1))
-            rows = torch.randint(n_train, (config.batch_size,), generator=generator)
-            loss = task.loss(model, task.train.images[rows], task.train.labels[rows], generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            ema.update_parameters(model)
-            record["step"] = step + 1
-            losses.append(float(loss.detach()))
-            if callback is not None:
-                callback(step, losses[-1])
-            evaluate = record["step"] % config.eval_every == 0 or record["step"] == config.steps
-            status = f"loss {losses[-1]:.4f}"
-            if evaluate:
-                ema.module.eval()
-                held = task.holdout(ema.module)
-                record["history"].append([record["step"], held])
-                if held < record["best"]:
-                    record.update(best=held, best_step=record["step"], bad=0)
-                    save_best()
-                else:
-                    record["bad"] += 1
-                    record["done"] = record["bad"] >= config.patience
-                status += f" · held-out {held:.4f} (best {record['best']:.4f} at {record['best_step']})"
-            if evaluate or record["step"] % config.checkpoint_every == 0:
-                save_state()
-            bar.advance(status=status)
+        try:
+            while not record["done"] and record["step"] < config.steps:
+                step = record["step"]
+                for group in optimizer.param_groups:
+                    group["lr"] = config.lr * min(1.0, (step + 1) / max(config.warmup, 1))
+                rows = torch.randint(n_train, (config.batch_size,), generator=generator)
+                loss = task.loss(model, task.train.images[rows], task.train.labels[rows], generator)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                ema.update_parameters(model)
+                record["step"] = step + 1
+                losses.append(float(loss.detach()))
+                if callback is not None:
+                    callback(step, losses[-1])
+                evaluate = record["step"] % config.eval_every == 0 or record["step"] == config.steps
+                status = f"loss {losses[-1]:.4f}"
+                if evaluate:
+                    ema.module.eval()
+                    held = task.holdout(ema.module)
+                    record["history"].append([record["step"], held])
+                    if held < record["best"]:
+                        record.update(best=held, best_step=record["step"], bad=0)
+                        save_best()
+                    else:
+                        record["bad"] += 1
+                        record["done"] = record["bad"] >= config.patience
+                    status += f" · held-out {held:.4f} (best {record['best']:.4f} at {record['best_step']})"
+                if evaluate or record["step"] % config.checkpoint_every == 0:
+                    save_state()
+                bar.advance(status=status)
+        except KeyboardInterrupt:
+            where = (
+                f"resumes from step {saved[0]}, the last state saved in {state_file}"
+                if state_file.exists()
+                else f"starts over (no state is saved before step {config.checkpoint_every})"
+            )
+            raise KeyboardInterrupt(f"interrupted at step {record['step']}; the same command {where}") from None
     result_model = _reload(out, kind)
     return ImageTrainResult(
         model=result_model,
@@ -400,7 +411,7 @@ def _check_same_recipe(saved: dict[str, Any], recipe: dict[str, Any], state_file
             raise ValueError(
                 f"out: {str(state_file)!r} holds the training state of a run with {key} "
                 f"{json.dumps(saved.get(key))}, not {json.dumps(recipe.get(key))}; rerun with the same settings to "
-                f"resume it, or give another --out"
+                f"resume it, give another --out, or delete that file to start afresh"
             )
 
 
