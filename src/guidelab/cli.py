@@ -752,26 +752,18 @@ def train(
         checkpoint_every=checkpoint_every,
         seed=seed,
     )
-    result = _quiet_ema_warning(train_image_denoiser, config, out, threads)
+    result = _train_reporting(train_image_denoiser, config, out, threads)
     _say_trained(result, out)
 
 
-def _quiet_ema_warning(train: Callable[..., Any], config: Any, out: Path, threads: int | None) -> Any:
-    """Train, printing a too-short-for-its-EMA warning as one ``warning:`` line first (not a Python warning)."""
-    import warnings
-
-    from guidelab.train_images import ema_note
-
-    note = ema_note(config)
-    if note is not None:
-        typer.echo(f"warning: {note}", err=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        try:
-            return train(config, out, progress=True, threads=threads)
-        except KeyboardInterrupt as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(130) from None
+def _train_reporting(train: Callable[..., Any], config: Any, out: Path, threads: int | None) -> Any:
+    """Train with a progress bar; a warning that the run is too short for its EMA is one warning line, an
+    interrupt one error line saying where the same command resumes."""
+    try:
+        return train(config, out, progress=True, threads=threads, warn=lambda m: typer.echo(f"warning: {m}", err=True))
+    except KeyboardInterrupt as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(130) from None
 
 
 def _int_list(text: str, field: str) -> list[int]:
@@ -847,7 +839,7 @@ def train_classifier_command(
     config = ClassifierTrainConfig(
         data=data, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience, seed=seed
     )
-    _say_trained(_quiet_ema_warning(train_classifier, config, out, threads), out)
+    _say_trained(_train_reporting(train_classifier, config, out, threads), out)
 
 
 @app.command()

@@ -266,26 +266,29 @@ def _fit(
     progress: bool,
     threads: int | None,
     callback: Callable[[int, float], None] | None,
+    warn: Callable[[str], None] | None = None,
 ) -> ImageTrainResult:
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"out: must end in .safetensors, got {str(out)!r}")
-    note = ema_note(task.config)
-    if note is not None:
-        warnings.warn(note, UserWarning, stacklevel=3)
     threads_before = torch.get_num_threads()
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads: must be an integer ≥ 1 or None, got {threads!r}")
         torch.set_num_threads(threads)
     try:
-        return _loop(task, kind, out, progress, callback)
+        return _loop(task, kind, out, progress, callback, warn)
     finally:
         torch.set_num_threads(threads_before)
 
 
 def _loop(
-    task: _Task, kind: str, out: Path, progress: bool, callback: Callable[[int, float], None] | None
+    task: _Task,
+    kind: str,
+    out: Path,
+    progress: bool,
+    callback: Callable[[int, float], None] | None,
+    warn: Callable[[str], None] | None,
 ) -> ImageTrainResult:
     config = task.config
     recipe = {"kind": kind, **config.model_dump()}
@@ -310,6 +313,9 @@ def _loop(
         generator.set_state(tensors["rng"])
         record = saved["record"]
     resumed_from = record["step"]
+    note = ema_note(config)
+    if note is not None:  # after the state file is accepted: a refused run says one thing only
+        (warn or (lambda m: warnings.warn(m, UserWarning, stacklevel=4)))(note)
 
     saved = [resumed_from]  # the step of the last state written
 
@@ -422,9 +428,11 @@ def train_image_denoiser(
     progress: bool = False,
     threads: int | None = None,
     callback: Callable[[int, float], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> ImageTrainResult:
     """Train (or resume) a class-conditional :class:`~guidelab.models.image.ImageDenoiser` on ``config.data``;
-    the best EMA weights go to ``out`` (``.safetensors``). See the module docstring.
+    the best EMA weights go to ``out`` (``.safetensors``). See the module docstring. ``warn`` receives a one-line
+    warning when the run is too short for its EMA (:func:`ema_note`; default: ``warnings.warn``).
 
     Raises:
         ValueError: a bad setting (``field: message``), or a state file beside ``out`` of another run.
@@ -439,7 +447,7 @@ def train_image_denoiser(
                 f"{len(config.channels) - 1} times; use at most {_max_levels(shape)} levels"
             )
     task = _DenoiserTask(config, load_dataset(config.data, "train"), load_dataset(config.data, "val"))
-    return _fit(task, "denoiser", out, progress, threads, callback)
+    return _fit(task, "denoiser", out, progress, threads, callback, warn)
 
 
 def _max_levels(shape: tuple[int, ...]) -> int:
@@ -456,12 +464,14 @@ def train_classifier(
     progress: bool = False,
     threads: int | None = None,
     callback: Callable[[int, float], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> ImageTrainResult:
     """Train (or resume) the metrics' :class:`~guidelab.models.classifier.ImageClassifier` on ``config.data``;
-    its accuracy on the test split is measured at the end and written into the checkpoint's config."""
+    its accuracy on the test split is measured at the end and written into the checkpoint's config. ``warn`` as for
+    :func:`train_image_denoiser`."""
     config = ClassifierTrainConfig.model_validate(config) if isinstance(config, dict) else config
     task = _ClassifierTask(config, load_dataset(config.data, "train"), load_dataset(config.data, "val"))
-    result = _fit(task, "classifier", out, progress, threads, callback)
+    result = _fit(task, "classifier", out, progress, threads, callback, warn)
     test = load_dataset(config.data, "test")
     with torch.no_grad():
         accuracy = float((result.model(test.images).argmax(1) == test.labels).double().mean())
