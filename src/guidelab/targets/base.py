@@ -352,11 +352,10 @@ class FusedTarget(Target):
         return self._evaluate(x_t, t, path, cond, want_mean=True)
 
 
-class ExactDenoiser:
-    """The exact posterior mean ``E[x0 | x_t, c]`` of an analytic target on a path (prediction ``x0``).
-
-    Swaps freely with a network: samplers and guiders run on ground truth through the same protocol.
-    """
+class TargetModel:
+    """A model computed from an analytic target's exact posterior means on a path (prediction ``x0``): the exact
+    denoiser, and the imperfect models with an exact form built from it (``targets.under_conditioned``,
+    ``targets.scaled_conditional``)."""
 
     prediction = "x0"
 
@@ -373,6 +372,25 @@ class ExactDenoiser:
     def data_range(self) -> tuple[float, float]:
         """The target's coordinate range (low, high) (the default range of thresholding guiders)."""
         return self.target.data_range
+
+    def exact_pair(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+        """``(x0̂_u, x0̂_c, has_class, labels)``: the exact unconditional and conditional posterior means (batch, D)
+        (``x0̂_c`` None where no sample has a class; rows of the null class hold class 0's), which samples have a
+        class (batch,), and the labels with the null class read as 0 (batch,)."""
+        labels = as_cond(cond, x_t.shape[0], x_t.device)
+        uncond = self.target.posterior_mean(x_t, t, self.path, None)
+        has_class = labels != NULL_COND
+        safe = torch.where(has_class, labels, torch.zeros_like(labels))
+        if not bool(has_class.any()):
+            return uncond, None, has_class, safe
+        return uncond, self.target.posterior_mean(x_t, t, self.path, safe), has_class, safe
+
+
+class ExactDenoiser(TargetModel):
+    """The exact posterior mean ``E[x0 | x_t, c]`` of an analytic target on a path (prediction ``x0``).
+
+    Swaps freely with a network: samplers and guiders run on ground truth through the same protocol.
+    """
 
     def __call__(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         return self.target.posterior_mean(x_t, t, self.path, cond)

@@ -17,14 +17,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from guidelab.denoiser import NULL_COND, as_cond
 from guidelab.paths import NoisePath
-from guidelab.targets.base import Target
+from guidelab.targets.base import Target, TargetModel
 
 __all__ = ["ScaledConditionalDenoiser"]
 
 
-class ScaledConditionalDenoiser:
+class ScaledConditionalDenoiser(TargetModel):
     """``ρ·E[x0 | x_t, c] + (1 − ρ)·E[x0 | x_t]`` for a class, ``E[x0 | x_t]`` for the null class (module
     docstring); x0 prediction.
 
@@ -34,29 +33,16 @@ class ScaledConditionalDenoiser:
         rho: ρ > 0, the share of the exact conditional in the conditional prediction (1: the exact denoiser).
     """
 
-    prediction = "x0"
-
     def __init__(self, target: Target, path: NoisePath, rho: float):
         if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not rho > 0 or rho == float("inf"):
             raise ValueError(f"rho: must be a finite number > 0, got {rho!r}")
-        self.target, self.path, self.rho = target, path, float(rho)
-
-    @property
-    def data_scale(self) -> float:
-        return self.target.data_scale
-
-    @property
-    def data_range(self) -> tuple[float, float]:
-        return self.target.data_range
+        super().__init__(target, path)
+        self.rho = float(rho)
 
     def __call__(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
-        labels = as_cond(cond, x_t.shape[0], x_t.device)
-        uncond = self.target.posterior_mean(x_t, t, self.path, None)  # (batch, D)
-        has_class = labels != NULL_COND
-        if not bool(has_class.any()):
+        uncond, conditional, has_class, _ = self.exact_pair(x_t, t, cond)
+        if conditional is None:
             return uncond
-        safe = torch.where(has_class, labels, torch.zeros_like(labels))
-        conditional = self.target.posterior_mean(x_t, t, self.path, safe)  # (batch, D)
         scaled = self.rho * conditional + (1 - self.rho) * uncond  # ρ·x0̂_c + (1 − ρ)·x0̂_u
         return torch.where(has_class[:, None], scaled, uncond)
 

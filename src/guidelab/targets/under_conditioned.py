@@ -22,14 +22,13 @@ import math
 import torch
 from torch import Tensor
 
-from guidelab.denoiser import NULL_COND, as_cond
 from guidelab.paths import NoisePath
-from guidelab.targets.base import Target
+from guidelab.targets.base import Target, TargetModel
 
 __all__ = ["UnderConditionedDenoiser"]
 
 
-class UnderConditionedDenoiser:
+class UnderConditionedDenoiser(TargetModel):
     """``E_q[x0 | x_t, c]`` under ``q(x | c) = (1 − leak)·p(x | c) + leak·p(x)`` (module docstring); x0 prediction.
 
     Args:
@@ -38,30 +37,17 @@ class UnderConditionedDenoiser:
         leak: ℓ in (0, 1), the share of the marginal in every conditional.
     """
 
-    prediction = "x0"
-
     def __init__(self, target: Target, path: NoisePath, leak: float):
         if not (isinstance(leak, (int, float)) and 0 < leak < 1):
             raise ValueError(f"leak: must lie in (0, 1), got {leak!r}")
-        self.target, self.path, self.leak = target, path, float(leak)
-
-    @property
-    def data_scale(self) -> float:
-        return self.target.data_scale
-
-    @property
-    def data_range(self) -> tuple[float, float]:
-        return self.target.data_range
+        super().__init__(target, path)
+        self.leak = float(leak)
 
     def __call__(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
-        labels = as_cond(cond, x_t.shape[0], x_t.device)
-        uncond = self.target.posterior_mean(x_t, t, self.path, None)
-        has_class = labels != NULL_COND
-        if not bool(has_class.any()):
+        uncond, conditional, has_class, labels = self.exact_pair(x_t, t, cond)
+        if conditional is None:
             return uncond
-        safe = torch.where(has_class, labels, torch.zeros_like(labels))
-        conditional = self.target.posterior_mean(x_t, t, self.path, safe)
-        log_c = self.target.log_prob_t(x_t, t, self.path, safe) + math.log1p(-self.leak)
+        log_c = self.target.log_prob_t(x_t, t, self.path, labels) + math.log1p(-self.leak)
         log_u = self.target.log_prob_t(x_t, t, self.path, None) + math.log(self.leak)
         w = torch.sigmoid(log_c - log_u)[:, None]  # (1 − ℓ)p_c / ((1 − ℓ)p_c + ℓ p)
         mixed = w * conditional + (1 - w) * uncond
