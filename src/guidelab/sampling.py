@@ -651,6 +651,9 @@ def sample(
         options["noise"] = noise
     if solver in ETA_SOLVERS:
         options["eta"] = _ETA_DEFAULT[solver] if eta is None else eta
+    check_solver = getattr(model.guider, "check_solver", None)  # a guider whose rule is a whole step (rectified-cfg++)
+    if check_solver is not None:
+        check_solver(solver, options.get("eta", 0.0))
     start = time.perf_counter()
     with ProgressBar(progress, model.steps, f"sampling ({solver})") as bar:
         monitor = Monitor(

@@ -17,6 +17,7 @@ from guidelab.guiders.cfg_zero import CFGZeroStar
 from guidelab.guiders.describe import describe_guiders, describe_schedules, schedule_table
 from guidelab.guiders.diffusers_guiders import DiffusersGuider
 from guidelab.guiders.mambo import MamboG
+from guidelab.guiders.rectified_cfg_pp import RectifiedCFGPlusPlus
 from guidelab.guiders.registry import GUIDERS, build_guider, guider_parameters, register_guider
 from guidelab.guiders.rescale import GuidanceRescale
 from guidelab.guiders.scales import extra_to_ho, ho_to_extra
@@ -62,6 +63,7 @@ __all__ = [
     "NegativeWindowSchedule",
     "Pass",
     "Predictions",
+    "RectifiedCFGPlusPlus",
     "Schedule",
     "ScheduledGuider",
     "StepContext",
