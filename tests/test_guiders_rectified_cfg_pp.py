@@ -2,6 +2,7 @@
 and the official code's update written out in numpy on inconsistent random models, NFE, refusals, half precision and
 sweeps."""
 
+import itertools
 import textwrap
 
 import numpy as np
@@ -115,7 +116,7 @@ def test_pins_need_the_sigma_time_convention():
 
 
 def numpy_paper(model, grid, x, w_extra, kappa):
-    for t, t_next in zip(grid[:-1], grid[1:], strict=True):
+    for t, t_next in itertools.pairwise(grid):
         dt = t_next - t
         w = w_extra * (1 - t) ** kappa
         out = []
@@ -133,7 +134,7 @@ def numpy_paper(model, grid, x, w_extra, kappa):
 def numpy_official(model, grid, x, true_cfg):
     """rect-cfg-SD3-pipeline/pipeline.py's loop without predictor noise: timesteps = 1000·σ, ``dt`` in σ units,
     ``x_pred = latents + dt·v_c``, corrector at timestep ``t + dt`` (σ + dt/1000), Euler step with the sum."""
-    for sigma, sigma_next in zip(grid[:-1], grid[1:], strict=True):
+    for sigma, sigma_next in itertools.pairwise(grid):
         dt = sigma_next - sigma
         timestep = 1000 * sigma
         out = []

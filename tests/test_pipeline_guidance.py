@@ -120,8 +120,8 @@ def test_every_consistent_guider_runs_inside_the_call():
 
     pipe = _quiet(make_sd(scheduler="ddim"))
     for name in GUIDERS:
-        if name in ("learned", "weak-model", "cfg++"):
-            continue  # a checkpoint; another model; an inconsistent pair (refused below)
+        if name in ("learned", "weak-model", "cfg++", "rectified-cfg++"):
+            continue  # checkpoint; another model; inconsistent pair; extra evaluations (last two refused below)
         params = {"scale": 2.0} if name == "beta-cfg" else {}
         with guided(pipe, name, **params):
             lat = pipe("a cat", num_inference_steps=3, guidance_scale=2.0, output_type="latent").images
@@ -135,6 +135,11 @@ def test_refusals_name_the_field():
     with (
         pytest.raises(ValueError, match="^guider: 'cfg\\+\\+' gives a guided pair .*guidelab generate"),
         guided(pipe, "cfg++", scale=0.6),
+    ):
+        pipe("a cat", num_inference_steps=3, guidance_scale=2.0, output_type="latent")
+    with (
+        pytest.raises(ValueError, match="^guider: 'rectified-cfg\\+\\+' evaluates the model at a predictor point"),
+        guided(pipe, "rectified-cfg++"),
     ):
         pipe("a cat", num_inference_steps=3, guidance_scale=2.0, output_type="latent")
     hook.remove()

@@ -150,10 +150,7 @@ class RectifiedCFGPlusPlus(ScheduledGuider):
             x_pred = x_pred + self.sigma_noise * self._noise(x_pred)
         pred = ctx.evaluate((COND, UNCOND), x_pred.to(preds.dtype), t_pred)
         diff = pred.get("cond", "velocity") - pred.get("uncond", "velocity")
-        if isinstance(w, float):
-            v_hat = torch.add(v0, diff, alpha=w)
-        else:
-            v_hat = torch.addcmul(v0, per_sample(w, diff), diff)
+        v_hat = torch.add(v0, diff, alpha=w) if isinstance(w, float) else torch.addcmul(v0, per_sample(w, diff), diff)
         return preds.pair(v_hat, self.space)
 
     def combine(self, preds: Predictions, ctx: StepContext, gamma: Scale) -> GuidedStep:
