@@ -38,6 +38,8 @@ class StepContext:
     ``t`` is ``grid[index]`` except at a solver's intermediate stage (Heun's corrector evaluates at
     ``grid[index + 1]``, ``stage = 1``). ``lam`` is the noise level σ/α at ``t``. ``cond`` holds the
     samples' class labels (batch,) (``NULL_COND`` = unconditional), for guiders whose rule depends on the class.
+    ``evaluate(passes, x, t)`` runs extra passes at another point ``x`` (batch, ...) and time ``t`` and returns their
+    :class:`~guidelab.guiders.base.Predictions` (a predictor-corrector rule such as Rectified-CFG++ uses it).
     """
 
     index: int
@@ -48,7 +50,8 @@ class StepContext:
     path: NoisePath
     stage: int = 0
     cond: Tensor | None = field(default=None, repr=False, compare=False)
-    evaluate: Callable[[Tensor, float, Tensor], Tensor] | None = field(default=None, repr=False, compare=False)
+    # evaluate(passes, x, t) -> Predictions: extra network evaluations at another point (counted in the NFE)
+    evaluate: Callable[[tuple[Pass, ...], Tensor, float], Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def progress(self) -> float:
