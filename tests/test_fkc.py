@@ -166,3 +166,43 @@ def test_config_checks_and_round_trip():
     cfg = FKCConfig(increment="first-order", ess_threshold=0.5, clamp=1.0)
     assert FKCConfig.from_config(cfg.config()) == cfg
     assert FKCConfig.from_config(True) == FKCConfig() and FKCConfig.from_config(None) is None
+
+
+def test_cli_sample_with_fkc_writes_ess_and_resamplings(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from guidelab.cli import app
+
+    out = tmp_path / "s.npy"
+    args = ["sample", "--target", "multimodal-2d", "--cond", "a", "--steps", "8", "--solver", "euler-ancestral"]
+    result = CliRunner().invoke(app, [*args, "--fkc-param", "ess_threshold=0.9", "--n", "32", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert len(sidecar["fkc_ess"]) == 7 and len(sidecar["fkc_ess"][0]) == 1
+    assert sidecar["fkc_resamplings"] >= 1
+    assert sidecar["config"]["fkc"] == {"increment": "log", "ess_threshold": 0.9, "clamp": None}
+    refused = CliRunner().invoke(app, ["sample", "--target", "multimodal-2d", "--fkc", "--out", str(out)])
+    assert refused.exit_code == 2 and "solver: FKC resampling" in refused.output
+
+
+def test_sweep_field_reaches_every_run_and_plain_hashes_do_not_move(tmp_path):
+    from guidelab.experiments.config import SweepConfig
+    from guidelab.recipe import SampleConfig
+
+    base = {"targets": [{"target": "multimodal-2d", "conds": ["a"]}], "guiders": [{"name": "cfg"}]}
+    plain = SweepConfig(**base, solvers=["ddim"], eta=1.0).runs()
+    with_fkc = SweepConfig(**base, solvers=["ddim"], eta=1.0, fkc={"increment": "first-order"}).runs()
+    assert with_fkc[0].sample.fkc == {"increment": "first-order", "ess_threshold": None, "clamp": None}
+    assert plain[0].sample.fkc is None and plain[0].hash != with_fkc[0].hash
+    # the hash of a run without FKC is the hash of its settings without the field (stores written before it)
+    import hashlib
+    import json
+
+    spec = plain[0]
+    blob = {"sample": spec.sample.model_dump(exclude={"fkc"}), "metrics": sorted(spec.metrics), "reference_n": None}
+    old = hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert spec.hash == old
+    with pytest.raises(ValueError, match="solver: FKC"):
+        SampleConfig(target="multimodal-2d", solver="ddim", fkc={})
