@@ -159,6 +159,17 @@ def sample(
     n: Annotated[int, typer.Option(help="number of samples")] = 1000,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
+    fkc: Annotated[
+        bool,
+        typer.Option(
+            "--fkc",
+            help="Feynman–Kac correctors toward p(x|c)^γ p(x)^(1−γ) (cfg guider, stochastic solver); the sidecar "
+            "records the ESS per step and the resamplings",
+        ),
+    ] = False,
+    fkc_param: Annotated[
+        list[str] | None, typer.Option(help="FKC parameter KEY=VALUE (increment, ess_threshold, clamp); implies --fkc")
+    ] = None,
 ) -> None:
     """Sample a target's exact denoiser, or a trained model, under a guider; write samples and a JSON sidecar
     (and, for images, a PNG sheet of them beside the samples)."""
@@ -173,6 +184,7 @@ def sample(
     writable_file(out, "out")
     # a trained model brings its path: --path only where given (then it must be the model's)
     on_path = {"path": path} if model is None or _given(ctx, "path") else {}
+    fkc_spec = parse_params(fkc_param, "--fkc-param") if fkc or fkc_param else None
     config = SampleConfig(
         target=target,
         model=_model_spec(model) if model is not None else {},
@@ -191,6 +203,7 @@ def sample(
         n=n,
         seed=seed,
         dtype=dtype,
+        fkc=fkc_spec,
     )
     outcome = run_sample(config, progress=True)
     result = outcome.result
@@ -206,6 +219,7 @@ def sample(
         "diverged_indices": result.diverged_indices,
         "notes": result.notes,
         "wall_time_s": result.wall_time,
+        **({} if result.ess is None else {"fkc_ess": result.ess.tolist(), "fkc_resamplings": result.resamplings}),
         "config": outcome.resolved,
     }
     write_json_atomic(out.with_suffix(".json"), sidecar)

@@ -26,11 +26,12 @@ from pydantic import (
 
 from guidelab import __version__
 from guidelab.denoiser import NULL_COND, Denoiser
+from guidelab.fkc import FKCConfig
 from guidelab.grids import GRIDS, check_grid_params, make_grid
 from guidelab.guiders import Guider, build_guider
 from guidelab.guiders.registry import guider_accepts
 from guidelab.paths import PATHS, NoisePath, get_path
-from guidelab.sampling import SOLVERS, SampleResult, sample
+from guidelab.sampling import ETA_SOLVERS, SOLVERS, STOCHASTIC_SOLVERS, SampleResult, sample
 from guidelab.targets import Target, get_target
 from guidelab.validation import DTYPES, error_lines
 
@@ -183,6 +184,18 @@ class SampleConfig(BaseModel):
     divergence_bound: float | None = Field(None, gt=0, description="fixed bound on |x| (default: relative)")
     divergence_factor: float = Field(100.0, gt=0, description="relative bound: factor·(α_t·data_scale + σ_t)")
     record_every: int | None = Field(None, ge=1)
+    fkc: dict[str, Any] | None = Field(
+        None,
+        description="Feynman–Kac correctors (guidelab.fkc.FKCConfig: increment, ess_threshold, clamp); {} for the "
+        "defaults; needs the cfg guider with a constant scale and a stochastic solver",
+    )
+
+    @field_validator("fkc")
+    @classmethod
+    def _fkc(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None:
+            return None
+        return FKCConfig.from_config(v).config()  # type: ignore[union-attr]
 
     @field_validator("path", "grid", "solver", "dtype")
     @classmethod
@@ -191,6 +204,18 @@ class SampleConfig(BaseModel):
         if v not in accepted:
             raise ValueError(f"unknown {info.field_name} {v!r}; accepted: {', '.join(accepted)}")
         return v
+
+    @model_validator(mode="after")
+    def _fkc_needs_noise(self) -> SampleConfig:
+        if self.fkc is None:
+            return self
+        no_churn = self.solver in ETA_SOLVERS and (self.eta == 0 or (self.eta is None and self.solver == "ddim"))
+        if self.solver not in STOCHASTIC_SOLVERS or no_churn:
+            raise ValueError(
+                f"solver: FKC resampling with the deterministic solver {self.solver!r} (eta {self.eta}) collapses the "
+                "particles; use euler-maruyama, ddim with eta > 0, euler-ancestral or dpm++2s-ancestral"
+            )
+        return self
 
     @model_validator(mode="after")
     def _grid_params(self) -> SampleConfig:
@@ -361,6 +386,7 @@ def _sample(
         divergence_bound=config.divergence_bound,
         divergence_factor=config.divergence_factor,
         progress=progress,
+        fkc=FKCConfig.from_config(config.fkc),
     )
 
 
@@ -381,9 +407,17 @@ def _resolved_common(
         "grid_times": times.tolist(),
         "data_scale": float(getattr(denoiser, "data_scale", 1.0)),
         "notes": list(result.notes),
+        **_fkc_record(result),
         "guidelab_version": __version__,
         "torch_version": torch.__version__,
     }
+
+
+def _fkc_record(result: SampleResult) -> dict[str, Any]:
+    """FKC's record of a run: the ESS per weighted step and class group (fractions of the group), resamplings."""
+    if result.ess is None:
+        return {}
+    return {"fkc_ess": result.ess.tolist(), "fkc_resamplings": result.resamplings}
 
 
 def _run_trained(config: SampleConfig, progress: bool) -> SampleOutcome:

@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -36,6 +36,9 @@ from guidelab.guiders.cfg import CFG
 from guidelab.noise import NoiseSource
 from guidelab.paths import NoisePath, PathCoefficients, combine, path_scalars
 from guidelab.progress import ProgressBar
+
+if TYPE_CHECKING:
+    from guidelab.fkc import FKCConfig, FKCorrector
 
 __all__ = [
     "ETA_SOLVERS",
@@ -204,6 +207,7 @@ class Monitor:
         self.record_every = record_every
         self.callback = callback
         self.progress = progress
+        self.corrector: FKCorrector | None = None  # weights and resamples the particles after each step
         self.diverged = torch.zeros(batch, dtype=torch.bool)
         self.times: list[float] = []
         self.states: list[Tensor] = []
@@ -226,6 +230,8 @@ class Monitor:
         bad = ~ok.all(dim=1)
         self.diverged = self.diverged.to(bad.device) | bad
         x_next = torch.where(self.diverged.reshape(-1, *([1] * (x.ndim - 1))), x, x_next)
+        if self.corrector is not None:
+            x_next = self.corrector.correct(model, i, x_next, self)
         if self.record_every is not None and i % self.record_every == 0:
             self.times.append(model.t(i))
             self.states.append(x.detach().clone())
@@ -510,6 +516,9 @@ class SampleResult:
         times: recorded times (R,), when recording.
         trajectory: states at ``times`` (R, n, ...), when recording.
         x0_trajectory: guided x0̂ at ``times`` (R, n, ...) (the last entry is the final state).
+        ess: with FKC, the effective sample size of each class group before resampling, as a fraction of the
+            group's size, per weighted step (N − 1, groups).
+        resamplings: with FKC, the number of group resamplings.
     """
 
     x: Tensor
@@ -522,6 +531,8 @@ class SampleResult:
     times: Tensor | None = None
     trajectory: Tensor | None = None
     x0_trajectory: Tensor | None = None
+    ess: Tensor | None = None
+    resamplings: int | None = None
 
     @property
     def num_diverged(self) -> int:
@@ -579,6 +590,7 @@ def sample(
     data_scale: float | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
+    fkc: FKCConfig | None = None,
 ) -> SampleResult:
     """Sample ``n`` points of shape ``shape`` from the guided model.
 
@@ -603,6 +615,9 @@ def sample(
         data_scale: the data's coordinate scale; default the denoiser's ``data_scale`` attribute, else 1.
         callback: called after every step with a dict of the step's tensors.
         progress: show a progress bar.
+        fkc: Feynman–Kac correctors (:class:`guidelab.fkc.FKCConfig`): particles weighted toward
+            p(x|c)^γ p(x)^(1−γ) and resampled per class after every step; needs the ``cfg`` guider with a constant
+            scale and a stochastic solver. ``result.ess`` and ``result.resamplings`` record them.
 
     Raises:
         ValueError: naming the field, for an unknown solver, a bad grid, counts or bounds.
@@ -643,6 +658,12 @@ def sample(
         x = x_init
     scale = data_scale if data_scale is not None else float(getattr(denoiser, "data_scale", 1.0))
     labels = as_cond(cond, n, device)
+    corrector = None
+    if fkc is not None:
+        churn = (_ETA_DEFAULT[solver] if eta is None else eta) if solver in ETA_SOLVERS else 1.0
+        stochastic = solver in STOCHASTIC_SOLVERS and churn > 0
+        corrector = fkc.start(guider, labels, solver=solver, stochastic=stochastic, seed=seed)
+        guider = corrector.guider
     model = GuidedModel(denoiser, guider, labels, grid)
     model.guider.reset(n)
     model.guider.prepare(model.grid, denoiser.path, denoiser)  # whole-grid checks before any evaluation
@@ -665,6 +686,7 @@ def sample(
             callback=callback,
             progress=bar.advance if bar.enabled else None,
         )
+        monitor.corrector = corrector
         with torch.no_grad():
             x = SOLVERS[solver](model, x, monitor=monitor, **options)
     wall = time.perf_counter() - start
@@ -680,4 +702,6 @@ def sample(
         times=torch.tensor(monitor.times, dtype=torch.float64) if recorded else None,
         trajectory=torch.stack(monitor.states) if recorded else None,
         x0_trajectory=torch.stack(monitor.x0_hats) if recorded else None,
+        ess=corrector.ess_tensor() if corrector is not None else None,
+        resamplings=corrector.resamplings if corrector is not None else None,
     )

@@ -219,6 +219,7 @@ class PipelineSweep(BaseModel):
 
 
 _NOT_WITH_PIPELINE = {
+    "fkc": "FKC runs in guidelab's own sampler (exact targets, trained models), not in a pipeline's loop",
     "targets": "a pipeline sweep samples the pipeline's model; give targets or a pipeline block, not both",
     "paths": "a pipeline sweep takes its path from the pipeline's scheduler",
     "grids": "a pipeline sweep sets its grid in pipeline.grid and pipeline.steps",
@@ -253,6 +254,9 @@ class SweepConfig(BaseModel):
     grids: list[GridSpec] = Field(default_factory=lambda: [GridSpec()], min_length=1)
     solvers: list[str] = Field(default_factory=lambda: ["euler"], min_length=1)
     eta: float | None = Field(None, ge=0, le=1, description="churn of the solvers that have one (ddim, ancestral)")
+    fkc: dict[str, Any] | None = Field(
+        None, description="Feynman–Kac correctors for every run (guidelab.fkc.FKCConfig fields; {} for the defaults)"
+    )
     guiders: list[GuiderSweep] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     n: int = Field(1000, ge=2)
@@ -367,6 +371,7 @@ class SweepConfig(BaseModel):
             dtype=self.dtype,
             model=self.model,
             models=self.models,
+            fkc=self.fkc,
         )
 
     def _trained_runs(self) -> list[RunSpec]:
@@ -503,8 +508,11 @@ def run_hash(
     sample: SampleConfig, metrics: tuple[str, ...], reference_n: int | None, extra: dict[str, Any] | None = None
 ) -> str:
     """A stable 16-hex-digit hash of everything that determines a run's numbers."""
+    dump = sample.model_dump()
+    if dump.get("fkc") is None:
+        dump.pop("fkc", None)  # runs without FKC keep the hashes they had before the field existed
     blob = json.dumps(
-        {"sample": sample.model_dump(), "metrics": sorted(metrics), "reference_n": reference_n, **(extra or {})},
+        {"sample": dump, "metrics": sorted(metrics), "reference_n": reference_n, **(extra or {})},
         sort_keys=True,
         default=str,
     )
