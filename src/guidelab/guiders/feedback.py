@@ -130,7 +130,8 @@ class FeedbackGuidance(Guider):
 
     Defaults: π = 0.999, t0 = 0.556, t1 = 0.429, γ_max = 10, the README's reported optimum (its Example 1, the DinoV2
     optimum on EDM2-XS); on a 32-step EDM grid they give δ = −0.4576, τ = 0.0515, L_min = −6.802395. The official
-    command-line defaults (π = 0.5, γ_max = 2) keep γ fixed at 2 (L is clipped at L_min = 0 from the start).
+    command-line defaults (π = 0.5, t0 = 0.5, t1 = 0.35, γ_max = 2) keep γ at 2: L_min = 0 = L_0 and δ < 0, so γ
+    starts at its cap 2 and only strong class evidence (L > 0) lowers it.
 
     ``t0`` and ``t1`` are fractions of the step count (the official code's), not times: pure drift from L = 0 reaches
     γ = 3 after (1 − t0)·N steps, and τ is read off σ̃² at index t1·N of the table of :func:`transition_variances`.
