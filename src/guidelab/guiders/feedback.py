@@ -100,7 +100,10 @@ def fbg_constants(
 
 @register_guider
 class FeedbackGuidance(Guider):
-    """Feedback guidance, per sample, with the official code's update of the log posterior ratio L::
+    """Feedback guidance: a per-sample γ = e^L/(e^L − (1 − π)) fed back from a running estimate L of the class log
+    posterior ratio, updated after every step as the official code does.
+
+    The rule, per sample::
 
         γ_k  = e^{L_k}/(e^{L_k} − (1 − π)) + (γ_s(k) − 1),      L_0 = 0          (γ_s: the schedule, 1 = pure FBG)
         x0̂   = x0̂_u + γ_k·(x0̂_c − x0̂_u)                                          (CFG at γ_k, per sample)
