@@ -3,6 +3,7 @@ generate_images_FBG.py: ``edm_sampler``, ``update_log_posterior``, ``delta_from_
 ``get_sigma_square_tilde``), written out in numpy here; its pinned constants; its per-sample state; and on an exact
 target, that γ rises for the samples whose class evidence is weak."""
 
+import itertools
 import json
 import math
 import textwrap
@@ -36,10 +37,10 @@ def official_constants(num_steps, pi, t_0, t_1, max_guidance, constant_guidance=
     """delta_from_t0, Temp_from_t1 (lambda_ref = 3, alpha = 10) and the minimal log posterior of edm_sampler."""
     t_steps = official_sigmas(num_steps, rho=rho)[:-1]
     s2 = np.zeros(num_steps)
-    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:], strict=True)):
+    for i, (t_cur, t_next) in enumerate(itertools.pairwise(t_steps)):
         s2[num_steps - i - 1] = (t_cur**2 - t_next**2) * t_next**2 / t_cur**2
     delta = round(1 / ((1 - t_0) * num_steps) * math.log((1 - pi) * 3.0 / (3.0 - 1)), 4)
-    lower = int(math.floor(t_1 * num_steps))
+    lower = math.floor(t_1 * num_steps)
     a = t_1 * num_steps - lower
     temp = round(abs(2 * ((1 - a) * s2[lower] + a * s2[lower + 1]) / 10.0 * delta), 4)
     if constant_guidance is None:
@@ -57,7 +58,7 @@ def official_sampler(net, gnet, noise, num_steps, guidance_type, sampling_type, 
     x_next = noise * t_steps[0]
     log_posterior = np.zeros(noise.shape[0])
     gammas = []
-    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:], strict=True)):
+    for i, (t_cur, t_next) in enumerate(itertools.pairwise(t_steps)):
         guidance_scale = np.exp(log_posterior) / (np.exp(log_posterior) - (1 - pi))
         if guidance_type == "FBG_CFG":
             guidance_scale = guidance_scale + constant_guidance - 1
@@ -156,8 +157,11 @@ CASES = [
     ("FBG_pure", {}, {}),
     ("FBG_pure", {"pi": 0.9, "tau": 0.8, "delta": -0.05}, {}),  # a strong feedback: L moves per sample
     ("FBG_CFG", {"pi": 0.95, "tau": 0.5, "delta": -0.1, "scale": 2.0}, {"constant_guidance": 2.0}),
-    ("FBG_LIG", {"pi": 0.95, "tau": 0.5, "delta": -0.1, "schedule": "interval", "scale": 2.6, "lam_lo": 0.5,
-                 "lam_hi": 2.9}, {"constant_guidance": 2.6, "t_start": 2.9, "t_end": 0.5}),  # fmt: skip
+    (
+        "FBG_LIG",
+        {"pi": 0.95, "tau": 0.5, "delta": -0.1, "schedule": "interval", "scale": 2.6, "lam_lo": 0.5, "lam_hi": 2.9},
+        {"constant_guidance": 2.6, "t_start": 2.9, "t_end": 0.5},
+    ),
 ]
 
 
@@ -210,8 +214,9 @@ def test_ddim_eta_one_updates_as_the_official_stochastic_sampler():
     guider = build_guider("fbg", pi=0.9, tau=0.8, delta=-0.05)
     grid = make_grid("edm", steps, VE)
     seen = []
+    record = lambda s: seen.append((s["x"].numpy(), s["x_next"].numpy()))  # noqa: E731
     sample(FakeDenoiser(), guider, grid=grid, n=n, shape=(DIM,), cond=0, solver="ddim", eta=1.0, seed=4, dtype=D64,
-           divergence_factor=math.inf, callback=lambda s: seen.append((s["x"].numpy(), s["x_next"].numpy())))  # fmt: skip
+           divergence_factor=math.inf, callback=record)  # fmt: skip
     consts = guider.constants(grid, VE)
     sig = official_sigmas(steps)
     log_posterior = np.zeros(n)

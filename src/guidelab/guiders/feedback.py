@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from guidelab.guiders._checks import check_number
-from guidelab.guiders.base import COND, UNCOND, Guider, GuidedStep, Pass, Predictions, Scale, StepContext
+from guidelab.guiders.base import COND, UNCOND, GuidedStep, Guider, Pass, Predictions, Scale, StepContext
 from guidelab.guiders.combine import affine_pair
 from guidelab.guiders.context import as_batch, is_neutral, step_contexts
 from guidelab.guiders.reductions import dot, upcast
