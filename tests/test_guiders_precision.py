@@ -100,6 +100,7 @@ HALF_CASES = [
     ("cfg++", {"scale": [0.3, 1.0]}),
     ("cfg-zero-star", {"scale": 4.0, "zero_init_steps": 0}),
     ("dynamic-thresholding", {"scale": 3.0}),  # latents beyond [−1, 1]: clipping acts
+    ("fbg", {"pi": 0.5, "scale": 2.0}),  # γ = 1/π + 1 = 3 at L = 0 (its update: tests/test_guiders_feedback.py)
     ("learned", {}),
     ("mambo-g", {"scale": 6.0}),
     ("rescale", {"scale": 5.0}),

@@ -5,7 +5,10 @@ takes a ``schedule`` (:mod:`guidelab.guiders.schedules`). :func:`describe_guider
 guiders build as ``diffusers:ClassName`` (:class:`DiffusersGuider`; diffusers is imported only then).
 """
 
-from guidelab.guiders import learned  # noqa: F401 - registers the learned guider (arXiv 2510.00815)
+from guidelab.guiders import (
+    feedback,  # noqa: F401 - registers feedback guidance, fbg (arXiv 2506.06085)
+    learned,  # noqa: F401 - registers the learned guider (arXiv 2510.00815)
+)
 from guidelab.guiders.adamag import AdaMaG
 from guidelab.guiders.adg import ADG
 from guidelab.guiders.apg import APG
