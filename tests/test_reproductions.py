@@ -16,7 +16,15 @@ from scipy.integrate import solve_ivp
 
 from guidelab.experiments.reproductions import REPRODUCTIONS, SIZES, run_reproduction
 
-OWN = ("chidambaram-edge", "chidambaram-score-error", "stagewise", "variance-shrinkage", "conservation", "adg-norm")
+OWN = (
+    "chidambaram-edge",
+    "chidambaram-score-error",
+    "stagewise",
+    "variance-shrinkage",
+    "conservation",
+    "adg-norm",
+    "tilted-target",
+)
 
 # Claims that reproduce, and claims that do not (asserted to come out false, with the reason; a change that
 # makes one hold fails its test, so it is noticed and moved to HOLDS).
@@ -59,6 +67,12 @@ HOLDS: dict[str, tuple[str, ...]] = {
         for claim in ("adamag_lower_residual_than_cfg", "adamag_closer_to_conditional_than_cfg")
     ),
     "adg-norm": ("cfg_x0_norm_grows_with_gamma", "adg_x0_norm_bounded"),
+    "tilted-target": (
+        "cfg_ode_misses_tilted_target",
+        "cfg_sde_misses_tilted_target",
+        "fkc_within_k_floor",
+        "fkc_nfe_equals_sde_nfe",
+    ),
 }
 FAILS: dict[str, dict[str, str]] = {
     "chidambaram-edge": {
@@ -218,6 +232,38 @@ def test_variance_window_is_reported_with_its_parameters(ci):
         assert w["schedule"] == "negative-switch" and 0 < w["p_switch"] < 1 and w["gamma_high"] > 1
         assert abs(w["ratio"] - 1) <= 0.05 and w["fidelity"] >= res["gamma_1"]["fidelity"]
         assert w["constant_ratio_at_equal_fidelity"] < 1
+
+
+def test_tilted_target_margins_and_means(ci):
+    """The claims hold with room a wrong sampler would not have, and the class-axis means say the same: CFG
+    overshoots the tilted mean (more as an ODE), FKC's populations average onto it."""
+    result = ci("tilted-target")[0]["results"]
+    m = result["margins"]
+    assert m["cfg_ode_misses_tilted_target"]["margin"] > 5 and m["cfg_sde_misses_tilted_target"]["margin"] > 2
+    assert m["fkc_within_k_floor"]["margin"] > 2
+    for row in result["mixture"]:
+        ode, sde, fkc = row["cfg-ode"], row["cfg-sde"], row["fkc"]
+        assert ode["mean_x1_error"] > sde["mean_x1_error"] > 0.1  # CFG overshoots along the class axis
+        assert abs(fkc["mean_x1_error"]) < 0.1
+        assert fkc["nfe"] == sde["nfe"] == ode["nfe"] == 100 and fkc["resamplings"] == 49
+        assert fkc["effective_size_from_mean_error"] < 2000  # correlated particles: why k is 8, not ~1
+        # the exact reference agrees with the quadrature of the tilted marginal (exact mean within 4 s.e.)
+        se = row["tilted_sd_x1"] / math.sqrt(2000)
+        assert abs(row["exact_reference_mean_x1"] - row["tilted_mean_x1"]) < 4 * se
+
+
+def test_tilted_target_fkc_claim_fails_without_fkc():
+    """The core comparison with the corrector off (the 'fkc' slot runs the plain SDE sampler): FKC's claim flips,
+    the CFG claims and the NFE claim do not depend on it."""
+    from guidelab.experiments.reproductions import tilted_target as tt
+
+    cfg = tt.SIZES["ci"]
+    rows = tt.compare(tt.two_class_mixture(), "+", cfg, fkc=False, class_axis=False)
+    claims, margins = tt.judge(rows, cfg)
+    assert claims["fkc_within_k_floor"] is False
+    assert margins["fkc_within_k_floor"]["max_over_gamma_of_median_ratio_to_floor"] > 3 * cfg.fkc_factor
+    assert claims["cfg_ode_misses_tilted_target"] and claims["cfg_sde_misses_tilted_target"]
+    assert all(r["fkc"]["resamplings"] is None for r in rows)
 
 
 # --- paper size -----------------------------------------------------------------------------------------------

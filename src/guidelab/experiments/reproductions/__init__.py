@@ -17,6 +17,8 @@ name                           claim                                            
 ``conservation``               divergence of the guidance field as t → 0; AdaMaG vs CFG  arXiv 2605.20079
 ``adg-norm``                   ‖x0̂‖ grows with γ under CFG, stays bounded under ADG       arXiv 2506.11039
 ``learned-guidance``           learned guidance weights vs constant and interval          arXiv 2510.00815
+``tilted-target``              CFG (ODE or SDE) misses p(x|c)^γ p(x)^(1−γ); FKC on the    arXiv 2409.13074,
+                               SDE reaches it at the same NFE                             2503.02819
 =============================  ========================================================  ===================
 
 Modules are imported on first use, so listing the registry is cheap.
@@ -65,6 +67,11 @@ _TABLE: dict[str, tuple[str, str, str]] = {  # name -> (module, the claim reprod
         "learned_guidance",
         "learned guidance weights vs constant and interval guidance",
         "arXiv 2510.00815",
+    ),
+    "tilted-target": (
+        "tilted_target",
+        "CFG (ODE or SDE) misses the tilted target p(x|c)^γ p(x)^(1−γ); FKC on the SDE reaches it",
+        "arXiv 2409.13074, 2503.02819",
     ),
 }
 
