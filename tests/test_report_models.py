@@ -311,3 +311,26 @@ def test_cost_and_schedules_draw_one_figure_per_sweep(tmp_path):
     for kind in ("nfe", "schedule"):
         keys = set(re.findall(rf'data-figure="{kind}" data-key="([^"]+)"', text))
         assert keys == sweeps, kind  # never one line across two sweeps
+
+
+def test_a_far_point_is_named_outside_the_view_not_squashing_the_front(tmp_path):
+    from guidelab.report.data import Catalog, aggregate, load_runs
+    from guidelab.report.models import front_points
+
+    far = [_row(f"cfg-{c}-9-0", "cfg", c, 9.0, 0) for c in ("3", "7")]
+    for row in far:
+        row["metrics"].update(accuracy=0.3, fd=500.0)
+    write_sweep(tmp_path / "sweep", [*model_rows(), *far])
+    rows = [r for r in load_runs([tmp_path / "sweep" / "results.sqlite"]) if r["status"] == "ok"]
+    catalog = Catalog(rows)
+    points = [ClassMeanPoint(p.line, p.gamma, p.rows) for p in aggregate(rows, catalog)]
+    front = front_points(points)
+    fig = fd_accuracy_plot(points, front, "t", fd_floor=10.5)
+    ax = fig.axes[0]
+    cap = 2 * max([p.mean("fd") for p in front] + [10.5])
+    assert ax.get_ylim()[1] == pytest.approx(cap) and cap < 500  # the view ends at twice the front's worst
+    assert ax.get_xlim()[0] > 0.3  # the far point's accuracy does not stretch the x axis either
+    notes = [t.get_text() for t in ax.texts if "above the view" in t.get_text()]
+    assert len(notes) == 1 and "1 point above the view" in notes[0] and "FD 500" in notes[0]
+    plain = fd_accuracy_plot([p for p in points if p.gamma != 9.0], front, "t", fd_floor=10.5)
+    assert not [t for t in plain.axes[0].texts if "above the view" in t.get_text()]  # nothing far: no note

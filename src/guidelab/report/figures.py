@@ -291,6 +291,9 @@ def pareto_plot(
     return fig
 
 
+_VIEW_FACTOR = 2.0  # the FD view reaches twice the worst of the front and the floor
+
+
 def fd_accuracy_figure(
     points: Sequence[Point],
     front: Sequence[Point],
@@ -313,8 +316,10 @@ def fd_accuracy_plot(
     model's runs, one line per method joined in γ order with γ on each point; the points of ``front`` (the
     caller's Pareto front, :func:`~guidelab.report.data.pareto_front`) are ringed and joined by a thick grey line.
     ``fd_floor`` (real images against real images) is the dashed "real-vs-real floor" line, ``accuracy_floor``
-    a dotted vertical line. FD gets a log axis when its values span more than a factor 20. Points without a finite
-    FD and accuracy are left out. Returns the matplotlib ``Figure``."""
+    a dotted vertical line. FD gets a log axis when its values span more than a factor 20. The view reaches twice the
+    highest FD of the front and the floor: points above it (a scale that broke a method) are named in a note on
+    the plot, not drawn squashing the rest. Points without a finite FD and accuracy are left out. Returns the
+    matplotlib ``Figure``."""
     fig = _figure(8.6, 4.8)
     ax = fig.add_subplot()
     drawn = _draw_lines(ax, points, "accuracy", "fd")
@@ -337,6 +342,16 @@ def fd_accuracy_plot(
         )
         ys.append(fd_floor)
     xs = [x for x, _ in drawn]
+    # the view: the front, the floor and what lies near them; a point far above them (a scale that broke the
+    # method) would squash everything else into a strip, so it is left outside and named in a note
+    anchors = [p.mean("fd") for p in front] + ([fd_floor] if fd_floor is not None and math.isfinite(fd_floor) else [])
+    anchors = [a for a in anchors if math.isfinite(a) and a > 0]
+    cap = _VIEW_FACTOR * max(anchors) if anchors else math.inf
+    outside = [(x, y) for x, y in drawn if y > cap]
+    if outside:
+        kept = [(x, y) for x, y in drawn if y <= cap]
+        xs = [x for x, _ in kept]
+        ys = [y for _, y in kept] + [a for a in ys if a <= cap]
     if accuracy_floor is not None and math.isfinite(accuracy_floor):
         ax.axvline(accuracy_floor, color="#555", linestyle=":", linewidth=1.2, label="real images' accuracy")
         xs.append(accuracy_floor)
@@ -344,6 +359,19 @@ def fd_accuracy_plot(
     _maybe_log(ax, "y", ys)
     if ax.get_yscale() == "linear":
         ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+    if outside:
+        low = min(ys) if ys else 0.0
+        ax.set_ylim(low - 0.05 * (cap - low) if ax.get_yscale() == "linear" else low / 1.15, cap)
+        worst = max(outside, key=lambda p: p[1])
+        ax.annotate(
+            f"{len(outside)} point{'s' if len(outside) > 1 else ''} above the view (FD > {cap:.3g}; worst: "
+            f"accuracy {worst[0]:.3g}, FD {worst[1]:.3g}); see the table",
+            (0.01, 0.97),
+            xycoords="axes fraction",
+            va="top",
+            fontsize=7.5,
+            color="#a33",
+        )
     ax.set_xlabel(axis_label("accuracy", "x"))
     ax.set_ylabel(axis_label("fd", "y"))
     ax.set_title(title, fontsize=11, loc="left")
