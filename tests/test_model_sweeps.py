@@ -244,6 +244,7 @@ def test_new_weights_behind_the_same_factory_are_new_runs_and_separate_lines(tra
             p.add_(0.01)
     save_image_model(blob, checkpoint, {"data": "digits"})
     trained_models._from_factory.cache_clear()
+    trained_models._factory_digest.cache_clear()
     again = run_sweep(load_sweep(file), out)
     assert (again.skipped, again.ran) == (0, 2)  # not mistaken for the old runs
     rows = ResultStore(out / "results.sqlite").rows()

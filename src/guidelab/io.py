@@ -72,16 +72,14 @@ def load_safetensors_checked(path: str | Path, fmt: str, what: str = "checkpoint
     """``(tensors, config)`` of a file written by :func:`save_safetensors_atomic` with format ``fmt``; a missing,
     truncated or foreign file raises one error naming ``what`` and the file."""
     from safetensors import safe_open
-    from safetensors.torch import load
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what}: no such file {str(path)!r}")
-    data = path.read_bytes()
-    try:
+    try:  # one open gives the metadata and the tensors
         with safe_open(path, "pt") as f:
             metadata = f.metadata() or {}
-        tensors = load(data)
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
     except Exception as err:  # a truncated or foreign file: safetensors raises its own error type
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"{what}: cannot read {str(path)!r} as safetensors ({first[:160]})") from None

@@ -2,7 +2,7 @@
 
 :func:`load_trained` loads each once per process (a checkpoint again when its file changes) and checks that the
 result meets the contract a sampler needs: ``path``, ``prediction``, a call ``(x_t, t, cond)``, and ``shape``
-(one sample's shape). A checkpoint is loaded again when its content changes. :func:`sample_shape` and
+(one sample's shape). A checkpoint is loaded (and hashed) once per file version. :func:`sample_shape` and
 :func:`class_names` read a model's facts.
 """
 
@@ -42,14 +42,26 @@ def load_trained(kind: str, ref: str) -> Any:
         return _from_factory(ref)
     if kind == "shipped" and ref not in SHIPPED_DENOISERS:
         raise ValueError(f"model: unknown shipped model {ref!r}; accepted: {', '.join(SHIPPED_DENOISERS)}")
-    path = _file(kind, ref)
-    return _load_file(str(path), hashlib.sha256(path.read_bytes()).hexdigest())
+    return _load_file(*_file_version(_file(kind, ref)))
+
+
+def _file_version(path: Path) -> tuple[str, int, int, int]:
+    """What identifies one version of a file without reading it: path, inode, size and mtime in ns (a rewrite by
+    ``os.replace``, as guidelab writes checkpoints, always gets a new inode)."""
+    stat = path.stat()
+    return str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 @lru_cache(maxsize=8)
-def _load_file(path: str, digest: str) -> Any:
-    """Loaded once per file content (the digest keys the cache: a rewritten file is loaded again)."""
+def _load_file(path: str, inode: int, size: int, mtime_ns: int) -> Any:
+    """Loaded once per file version (:func:`_file_version`)."""
     return load_image_denoiser(path)
+
+
+@lru_cache(maxsize=16)
+def _file_digest(path: str, inode: int, size: int, mtime_ns: int) -> str:
+    """The content hash of one file version, read once per process."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 @lru_cache(maxsize=8)
@@ -95,7 +107,13 @@ def model_digest(kind: str, ref: str) -> str:
     a factory, a hash of the returned model's ``state_dict`` (names, shapes, dtypes and bytes), so that new weights
     behind the same function are new runs (a model without a ``state_dict`` is known by the factory's name)."""
     if kind != "python":
-        return f"{kind}:{hashlib.sha256(_file(kind, ref).read_bytes()).hexdigest()[:16]}"
+        return f"{kind}:{_file_digest(*_file_version(_file(kind, ref)))}"
+    return _factory_digest(ref)
+
+
+@lru_cache(maxsize=8)
+def _factory_digest(ref: str) -> str:
+    """The digest of the model a factory returned in this process (cached like the model itself)."""
     model = _from_factory(ref)
     state = getattr(model, "state_dict", None)
     if state is None:
