@@ -218,3 +218,38 @@ def test_second_order_ancestral_solver_and_the_official_clamp():
         r = run(target, "rf", "dpm++2s-ancestral", 3.0, steps=25, fkc=cfg)
         assert r.nfe == 96 and r.resamplings == 24
         assert energy_distance(r.x, ref) < plain / 3, (energy_distance(r.x, ref), plain)
+
+
+def test_resampling_permutes_every_particle_state_together():
+    """One corrector step on hand-made particles: the states and the divergence flags move with the same
+    indices (a particle's row and its flag stay together), indices stay inside their class group, and the
+    permutation is the systematic resampling of the step's increments (official ``sample_cat_sys``)."""
+    from types import SimpleNamespace
+
+    n = 8
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    guider = build_guider("cfg", scale=3.0)
+    corrector = FKCConfig().start(guider, labels, solver="euler-maruyama", stochastic=True, seed=11)
+    eps_u = torch.zeros(n, 2, dtype=torch.float64)
+    eps_c = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.2], [0.5, 0.5]] * 2, dtype=torch.float64)
+    corrector.guider.last = (0, eps_c, eps_u)
+    lam = {0: 2.0, 1: 1.6}
+    model = SimpleNamespace(steps=4, t=lambda i: i, lam=lambda t: lam[t], context=lambda i: SimpleNamespace(index=i))
+    x = torch.arange(n, dtype=torch.float64)[:, None].repeat(1, 2)  # row i holds i: its identity
+    flags = torch.tensor([False, True, False, False, False, False, True, False])
+    monitor = SimpleNamespace(diverged=flags.clone())
+    out = corrector.correct(model, 0, x.clone(), monitor)
+    idx = out[:, 0].long()
+    assert not torch.equal(idx, torch.arange(n))  # the step did resample
+    assert torch.equal(monitor.diverged, flags[idx])  # each flag moved with its particle
+    assert bool((labels[idx] == labels).all())  # resampled within the class
+    assert not bool(flags[idx].any())  # diverged particles carry weight −∞: never chosen
+    # the same indices from the increments written out (group by group, offsets from the corrector's stream)
+    rng = np.random.default_rng(np.random.SeedSequence([11, 0xF4C]))
+    inc = 3.0 * 2.0 * eps_c.square().sum(1) * math.log(2.0 / 1.6)
+    inc[flags] = -math.inf
+    for g in (0, 1):
+        members = torch.nonzero(labels == g).reshape(-1)
+        expect = members[systematic_resample(inc[members], float(rng.random()))]
+        assert torch.equal(idx[members], expect)
+    assert corrector.resamplings == 2 and torch.all(corrector.log_w == 0)
