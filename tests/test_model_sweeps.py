@@ -255,3 +255,32 @@ def test_new_weights_behind_the_same_factory_are_new_runs_and_separate_lines(tra
     loaded = load_runs([out / "results.sqlite"])
     lines = {Catalog(loaded).line(r).name for r in loaded}
     assert len(lines) == 2 and all("model_digest=" in name for name in lines)  # two models, never averaged
+
+
+def test_the_beyond_cfg_guiders_run_on_a_trained_model_with_their_nfe_and_report(trained, checkpoint, tmp_path):
+    """FBG and Rectified-CFG++ (issue 'beyond CFG') on a trained image model, in a sweep and its report: every run
+    measured, NFE as each method counts it (FBG: both passes every step; Rectified-CFG++: 3 evaluations per guided
+    step, 1 on the last, unguided Euler step onto t = 0), FBG's effective γ its run's mean per-sample γ."""
+    from guidelab.report import write_report
+
+    guiders = [
+        {"name": "fbg", "params": {"pi": 0.99}},
+        {"name": "rectified-cfg++", "params": {"scale": [1.5, 3.0]}},
+    ]
+    file = _write(tmp_path, _sweep({"kind": "checkpoint", "path": str(checkpoint)}, trained, guiders=guiders,
+                                   solvers=["euler"]))  # fmt: skip
+    out = tmp_path / "out"
+    summary = run_sweep(load_sweep(file), out)
+    assert (summary.total, summary.ran, summary.failed) == (3, 3, 0)
+    rows = ResultStore(out / "results.sqlite").rows()
+    assert all(r["status"] == "ok" and np.isfinite(r["metrics"]["fd"]) for r in rows), [r["error"] for r in rows]
+    by_guider = {(r["guider"], r["gamma"]): r for r in rows}
+    fbg = next(r for (g, _), r in by_guider.items() if g == "fbg")
+    assert fbg["nfe"] == 2 * 4 and 1 / 0.99 < fbg["gamma"] < 10
+    rect = [r for (g, _), r in by_guider.items() if g == "rectified-cfg++"]
+    assert sorted(r["gamma"] for r in rect) == [1.5, 3.0]
+    assert {r["nfe"] for r in rect} == {3 * 3 + 1}
+    a, b = (_samples(out, r) for r in rect)
+    assert not np.array_equal(a, b)
+    html = write_report(out).read_text()
+    assert "fbg" in html and "rectified-cfg++" in html

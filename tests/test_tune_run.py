@@ -20,7 +20,7 @@ from guidelab.report import write_report
 from guidelab.targets import get_target
 from guidelab.tune import check_tune
 from guidelab.tune.objective import dominates
-from guidelab.tune.runner import run_tune
+from guidelab.tune.runner import _file_part, run_tune
 
 SMALL = {
     "targets": [{"target": "multimodal-2d", "conds": ["a"]}],
@@ -213,3 +213,23 @@ def test_run_adds_a_guider_files_setting_to_the_sweep(tmp_path):
     tuned = [r for r in rows if r["label"] == "tuned-apg"]
     assert len(rows) == 2 and len(tuned) == 1
     assert tuned[0]["guider_config"]["eta"] == 0.0 and tuned[0]["gamma"] == 2.5
+
+
+def test_the_beyond_cfg_guiders_tune_and_rank_beside_cfg(tmp_path):
+    """FBG and Rectified-CFG++ in a comparison tune (issue 'beyond CFG'): each tunes its scale over the same budget and
+    seeds, every trial is measured, and the best files load back as the best trials' guiders."""
+    import yaml
+
+    tune = {**SMALL, "solvers": ["euler"], "objective": {"metric": "energy_distance"}, "budget": {"trials": 3}}
+    config = tmp_path / "tune.yaml"
+    config.write_text(yaml.safe_dump(tune))
+    out = tmp_path / "out"
+    main_ok(["tune", str(config), "--compare", "cfg,fbg,rectified-cfg++", "--out", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["label"] for s in summary["studies"]] == ["cfg", "fbg", "rectified-cfg++"]
+    for study in summary["studies"]:
+        assert len(study["trials"]) == 3 and all(np.isfinite(t["values"][0]) for t in study["trials"])
+        best = load_guider_file(out / f"best-{_file_part(study['label'])}.yaml")
+        chosen = min(study["trials"], key=lambda t: t["values"][0])
+        assert best["name"] == study["label"] and best["params"]["scale"] == chosen["params"]["scale"]
+    assert {r["guider"]["name"] for r in summary["ranking"]} == {"cfg", "fbg", "rectified-cfg++"}
