@@ -253,3 +253,36 @@ def test_resampling_permutes_every_particle_state_together():
         expect = members[systematic_resample(inc[members], float(rng.random()))]
         assert torch.equal(idx[members], expect)
     assert corrector.resamplings == 2 and torch.all(corrector.log_w == 0)
+
+
+def test_a_sweep_run_with_fkc_records_ess_and_resamplings_in_its_sidecar_and_store(tmp_path):
+    """The store row carries the lowest ESS and the resamplings, the run's sidecar the ESS per step; both equal
+    what :func:`sample` gives for the same settings."""
+    import json
+
+    from guidelab.experiments.config import SweepConfig
+    from guidelab.experiments.runner import run_sweep
+    from guidelab.experiments.store import ResultStore
+    from guidelab.targets import get_target
+
+    sweep = SweepConfig(
+        targets=[{"target": "multimodal-2d", "conds": ["a"]}],
+        paths=["ve"],
+        grids=[{"kind": "edm", "steps": 10}],
+        solvers=["euler-maruyama"],
+        guiders=[{"name": "cfg", "params": {"scale": 2.0}}],
+        fkc={"clamp": 1.0, "ess_threshold": 0.8},
+        n=200,
+        metrics=["energy_distance"],
+    )
+    run_sweep(sweep, tmp_path)
+    (row,) = ResultStore(tmp_path / "results.sqlite").rows()
+    sidecar = json.loads((tmp_path / "runs" / row["hash"] / "run.json").read_text())["resolved"]
+    target, path = get_target("multimodal-2d"), get_path("ve")
+    direct = sample(ExactDenoiser(target, path), build_guider("cfg", scale=2.0), grid=make_grid("edm", 10, path),
+                    n=200, shape=(2,), cond=0, solver="euler-maruyama", seed=0,
+                    fkc=FKCConfig(clamp=1.0, ess_threshold=0.8))  # fmt: skip
+    assert np.allclose(sidecar["fkc_ess"], direct.ess.numpy(), rtol=1e-6)
+    assert sidecar["fkc_resamplings"] == direct.resamplings == row["metrics"]["fkc_resamplings"]
+    assert 1 <= direct.resamplings < 9  # the threshold skipped some steps
+    assert row["metrics"]["fkc_min_ess"] == pytest.approx(float(direct.ess.min()), rel=1e-6)

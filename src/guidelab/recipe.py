@@ -413,6 +413,14 @@ def _resolved_common(
     }
 
 
+def fkc_metrics(result: SampleResult) -> dict[str, float]:
+    """A run's FKC summary for the results store: the lowest ESS over weighted steps and class groups (fraction of
+    the group) and the number of resamplings; empty without FKC. The ESS per step is in the sidecar."""
+    if result.ess is None:
+        return {}
+    return {"fkc_min_ess": float(result.ess.min()), "fkc_resamplings": float(result.resamplings or 0)}
+
+
 def _fkc_record(result: SampleResult) -> dict[str, Any]:
     """FKC's record of a run: the ESS per weighted step and class group (fractions of the group), resamplings."""
     if result.ess is None:

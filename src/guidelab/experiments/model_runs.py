@@ -150,7 +150,7 @@ def execute_model_run(spec: Any, out: str, row: dict[str, Any]) -> None:
     image grid and ``run.json``, and fill ``row`` (raises on failure; the caller records it)."""
     from guidelab.guiders.describe import schedule_table
     from guidelab.metrics.images import image_metrics
-    from guidelab.recipe import run_sample
+    from guidelab.recipe import fkc_metrics, run_sample
 
     run_dir = Path(out) / "runs" / spec.hash
     cfg, reference = spec.sample, spec.reference
@@ -170,6 +170,7 @@ def execute_model_run(spec: Any, out: str, row: dict[str, Any]) -> None:
         write_npy_atomic(run_dir / "samples.npy", result.x.cpu().numpy())
     write_image_grid(result.x[:_GRID_IMAGES].nan_to_num(0.0), run_dir / "grid.png", columns=8, scale=_scale(x))
     metrics: dict[str, float] = {"diverged_fraction": result.num_diverged / cfg.n, "n_excluded": result.num_diverged}
+    metrics.update(fkc_metrics(result))
     names = tuple(spec.metrics)
     if x.shape[0] >= 2:
         ref = reference_images(reference, outcome.cond)

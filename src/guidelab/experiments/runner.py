@@ -112,7 +112,7 @@ def _failed_row(spec: RunSpec, error: str) -> dict[str, Any]:
 def execute_run(spec: RunSpec, out: str, threads: int | None = None) -> dict[str, Any]:
     """Sample and measure one run, write its artifacts; return its store row (never raises)."""
     from guidelab.guiders.describe import schedule_table
-    from guidelab.recipe import run_sample
+    from guidelab.recipe import fkc_metrics, run_sample
 
     if threads:
         torch.set_num_threads(threads)
@@ -150,6 +150,7 @@ def execute_run(spec: RunSpec, out: str, threads: int | None = None) -> dict[str
         else:
             row["metrics"] = {"diverged_fraction": result.num_diverged / cfg.n}
         row["metrics"]["n_excluded"] = result.num_diverged  # diverged samples left out of every metric
+        row["metrics"].update(fkc_metrics(result))
         write_json_atomic(
             run_dir / "run.json", {"hash": spec.hash, "resolved": outcome.resolved, "metrics": row["metrics"]}
         )
