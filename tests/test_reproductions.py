@@ -78,6 +78,13 @@ HOLDS: dict[str, tuple[str, ...]] = {
         )
     ),
 }
+PAPER_FAILS: dict[str, dict[str, str]] = {  # hold at ci size, not at paper size
+    "tilted-target": {
+        "multimodal_2d_fkc_within_k_floor": "at n = 8000 the floor is 4× lower while the weak mode's share still "
+        "moves by ±0.04-0.09 between FKC populations at γ ≥ 3 (resampled particles descend from few ancestors), "
+        "so the median reaches 11× (γ 3) and 62× (γ 5) the floor; CFG (SDE) is 140-680×",
+    },
+}
 FAILS: dict[str, dict[str, str]] = {
     "chidambaram-edge": {
         "gauss_p_above_sqrt_w_tends_to_1": "the exact ODE ends at x ≈ 0.933·√w for large w, so P(x ≥ √w) → 0",
@@ -299,9 +306,14 @@ def test_tilted_target_fkc_claim_fails_without_fkc():
 @pytest.mark.parametrize("name", OWN)
 def test_paper_size(name: str, tmp_path: Path):
     """Every claim holds at paper size except those that do not reproduce (paper size has more γ, δ and grids, so
-    more claims than ci)."""
+    more claims than ci); those that hold at ci size only are false at paper size."""
     result = REPRODUCTIONS[name]("paper", tmp_path)
     assert json.loads((tmp_path / f"{name}.json").read_text())["claims"] == result["claims"]
     assert set(HOLDS[name]) <= set(result["claims"])
-    failed = {c for c, ok in result["claims"].items() if not ok and c not in FAILS.get(name, {})}
+    expected = {**FAILS.get(name, {}), **PAPER_FAILS.get(name, {})}
+    failed = {c for c, ok in result["claims"].items() if not ok and c not in expected}
     assert failed == set(), result["notes"]
+    for claim, reason in PAPER_FAILS.get(name, {}).items():
+        assert result["claims"][claim] is False, (
+            f"{claim} now holds at paper size: remove it from PAPER_FAILS ({reason})"
+        )
