@@ -11,6 +11,12 @@ With ``Σ_k = U_k diag(s_k) U_kᵀ`` everything is diagonal in the rotated resid
 rotations at once ``x_t @ [U_1 … U_K]`` (D × K·D) and the back-projection ``Σ_k r_k U_k (g_k ⊙ y_k)`` as
 (n, K·D) @ (K·D, D). See e.g. Karras et al. 2024 (arXiv 2406.02507) ``toy_example.py`` for the same exact
 mixture denoiser written per component.
+
+**Singular covariances** (``allow_singular=True``): data on a low-dimensional affine subspace, e.g. rank r < D
+with ``Σ_k = A_k A_kᵀ``, A_k (D, r). Every formula above holds for σ > 0 with the zero eigenvalues as they are: the
+noisy covariance ``α²Σ_k + σ²I`` stays invertible and the gain is 0 off the support, so the denoiser projects onto
+the component's subspace, ``E[x0 | x_t, k] = μ_k + α·A_k(α²A_kᵀA_k + σ²I_r)⁻¹A_kᵀ(x_t − α·μ_k)``. At σ = 0 the
+density is degenerate (a point mass across the support's normal directions), so any evaluation there is refused.
 """
 
 from __future__ import annotations
@@ -53,13 +59,16 @@ class GaussianMixture(FusedTarget):
 
     Args:
         means: (K, D) component means μ_k.
-        covariances: (K, D, D) symmetric positive-definite covariances Σ_k.
+        covariances: (K, D, D) symmetric positive-definite covariances Σ_k (positive semi-definite with
+            ``allow_singular``).
         weights: (K,) non-negative component weights, normalized within each class (default equal).
         component_class: (K,) class index of every component (default: one class).
         class_names: one name per class (default ``"0"``, ``"1"``, ...).
         class_prior: (C,) non-negative class priors π_c, normalized (default uniform).
         name: identifier used in configs and reports.
         description: one line for listings.
+        allow_singular: accept rank-deficient covariances (eigenvalues ≥ −1e-9·max, clamped to 0): data on a
+            subspace; noisy densities and denoisers are then defined for σ > 0 only (ValueError naming ``t``).
 
     Attributes:
         max_chunk_bytes: bound on the working memory of one chunk of particles (default 200 MB).
@@ -80,6 +89,7 @@ class GaussianMixture(FusedTarget):
         *,
         name: str = "gaussian-mixture",
         description: str = "",
+        allow_singular: bool = False,
     ):
         mu = as_float_array(means, "means", 2)
         K, D = mu.shape
@@ -94,8 +104,16 @@ class GaussianMixture(FusedTarget):
             raise ValueError(f"covariances[{k}]: not symmetric (largest asymmetry {asym[k]:.3g})")
         cov = 0.5 * (cov + cov.transpose(0, 2, 1))
         s, U = np.linalg.eigh(cov)  # Σ_k = U_k diag(s_k) U_kᵀ, s ascending
-        for k in np.flatnonzero(s[:, 0] <= 1e-12 * np.maximum(s[:, -1], 1e-300)):
-            raise ValueError(f"covariances[{k}]: not positive definite (smallest eigenvalue {s[k, 0]:.3g})")
+        top = np.maximum(s[:, -1], 1e-300)
+        if allow_singular:
+            for k in np.flatnonzero(s[:, 0] < -1e-9 * top):
+                raise ValueError(f"covariances[{k}]: not positive semi-definite (smallest eigenvalue {s[k, 0]:.3g})")
+            s = np.where(s <= 1e-12 * top[:, None], 0.0, s)  # round-off of the null space to exact zeros
+            cov = np.einsum("kij,kj,klj->kil", U, s, U)
+        else:
+            for k in np.flatnonzero(s[:, 0] <= 1e-12 * top):
+                raise ValueError(f"covariances[{k}]: not positive definite (smallest eigenvalue {s[k, 0]:.3g})")
+        self.singular = bool((s[:, 0] == 0).any())
         init_classes(self, K, weights, component_class, class_names, class_prior)
         self.dim = D
         self.name = str(name)
@@ -144,6 +162,8 @@ class GaussianMixture(FusedTarget):
         n, D, K = x_t.shape[0], self.dim, self.num_components
         p = self._params(x_t.dtype, x_t.device)
         time = path_time(path, t, x_t)
+        if self.singular and (time.sigma0 == 0 if time.shared else bool((time.sigma == 0).any())):
+            raise ValueError("t: σ = 0 with a singular covariance: the density is degenerate there; evaluate at σ > 0")
         rows = None if cond is None and not want_mean else self.cond_rows(cond, n, x_t.device)
         inplace = not (torch.is_grad_enabled() and x_t.requires_grad)
         if time.shared:
