@@ -119,8 +119,11 @@ def ci(tmp_path_factory: pytest.TempPathFactory):
 # --- registry ------------------------------------------------------------------------------------------------
 
 
+IMAGES_B = ("conservation-images", "variance-shrinkage-images", "learned-guidance-images")  # own test files
+
+
 def test_registry_lists_every_reproduction():
-    assert set(REPRODUCTIONS) == {*OWN, "learned-guidance"}
+    assert set(REPRODUCTIONS) == {*OWN, "learned-guidance", *IMAGES_B}
     assert all(callable(f) for f in REPRODUCTIONS.values())
     assert SIZES == ("ci", "paper")
 
@@ -132,7 +135,7 @@ def test_unknown_name_or_size_is_a_clear_error(tmp_path: Path):
         run_reproduction("stagewise", "huge", tmp_path)
 
 
-@pytest.mark.parametrize("name", [*OWN, "learned-guidance"])
+@pytest.mark.parametrize("name", [*OWN, "learned-guidance", *IMAGES_B])
 def test_each_function_checks_its_size(name: str, tmp_path: Path):
     with pytest.raises(ValueError, match="size"):
         REPRODUCTIONS[name]("huge", tmp_path)

@@ -17,6 +17,11 @@ name                           claim                                            
 ``conservation``               divergence of the guidance field as t → 0; AdaMaG vs CFG  arXiv 2605.20079
 ``adg-norm``                   ‖x0̂‖ grows with γ under CFG, stays bounded under ADG       arXiv 2506.11039
 ``learned-guidance``           learned guidance weights vs constant and interval          arXiv 2510.00815
+``conservation-images``        AdaMaG vs CFG at matched accuracy on digits/MNIST;       arXiv 2605.20079
+                               |∇·g| as t → 0 on data on manifolds (planes, boxes, images)
+``variance-shrinkage-images``  the negative window restores within-class feature          arXiv 2602.00716
+                               variance at matched accuracy
+``learned-guidance-images``    learned ω on an image model vs constant and interval       arXiv 2510.00815
 ``tilted-target``              CFG (ODE or SDE) misses p(x|c)^γ p(x)^(1−γ); FKC on the    arXiv 2409.13074,
                                SDE reaches it at the same NFE                             2503.02819
 =============================  ========================================================  ===================
@@ -66,6 +71,21 @@ _TABLE: dict[str, tuple[str, str, str]] = {  # name -> (module, the claim reprod
     "learned-guidance": (
         "learned_guidance",
         "learned guidance weights vs constant and interval guidance",
+        "arXiv 2510.00815",
+    ),
+    "conservation-images": (
+        "conservation_images",
+        "AdaMaG vs CFG at matched accuracy on images; |∇·g| as t → 0 where data lie on manifolds",
+        "arXiv 2605.20079",
+    ),
+    "variance-shrinkage-images": (
+        "variance_shrinkage_images",
+        "a negative-guidance window restores the within-class feature variance at matched accuracy",
+        "arXiv 2602.00716",
+    ),
+    "learned-guidance-images": (
+        "learned_guidance_images",
+        "learned ω(c, s, t) on an image model vs the best constant γ and interval, FD at matched accuracy",
         "arXiv 2510.00815",
     ),
     "tilted-target": (
