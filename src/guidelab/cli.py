@@ -651,8 +651,11 @@ _LEARN_FIELDS = (  # LearnConfig's fields, listed here so that --help needs no t
 def learn(
     out: Annotated[Path, typer.Option(help="output folder (checkpoint.pt, weights.pt)")],
     target: Annotated[str | None, typer.Option(help="target to learn on (not needed for an mlp denoiser)")] = None,
-    denoiser: Annotated[str, typer.Option(help="exact, score-error or mlp")] = "exact",
-    model: Annotated[Path | None, typer.Option(help="the mlp denoiser checkpoint (from `guidelab train`)")] = None,
+    denoiser: Annotated[str, typer.Option(help="exact, score-error, mlp or image")] = "exact",
+    model: Annotated[
+        Path | None,
+        typer.Option(help="the mlp denoiser checkpoint (from `guidelab train`); image: a shipped name or checkpoint"),
+    ] = None,
     score_error: Annotated[float, typer.Option(help="δ of the score-error denoiser")] = 0.5,
     path: Annotated[str, typer.Option(help="noise path")] = "rf",
     steps: Annotated[int, typer.Option(help="optimisation steps")] = 1000,

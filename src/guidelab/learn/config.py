@@ -41,7 +41,9 @@ class LearnConfig(BaseModel):
 
     The denoiser is ``exact`` (the target's exact posterior mean), ``score-error`` (the exact one with an
     injected score error of size ``score_error``) or ``mlp`` (a network checkpoint written by
-    ``guidelab train``, in ``model``). Training data are exact samples of ``target``.
+    ``guidelab train``, in ``model``) or ``image`` (an image denoiser: a shipped name such as ``digits`` or a checkpoint
+    written by ``guidelab train --data``, in ``model``). Training data are exact samples of ``target``, or for
+    ``image`` the train split of the dataset the model was trained on.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -49,8 +51,10 @@ class LearnConfig(BaseModel):
     # what to learn on
     target: str | None = Field(None, description="built-in target name; default for mlp: the model's target")
     target_params: dict[str, Any] = Field(default_factory=dict)
-    denoiser: Literal["exact", "score-error", "mlp"] = "exact"
-    model: str | None = Field(None, description="MLP denoiser checkpoint (denoiser = mlp)")
+    denoiser: Literal["exact", "score-error", "mlp", "image"] = "exact"
+    model: str | None = Field(
+        None, description="MLP denoiser checkpoint (denoiser = mlp); shipped image model or checkpoint (image)"
+    )
     score_error: float = Field(0.5, ge=0, description="size δ of the injected score error (denoiser = score-error)")
     score_error_seed: int = Field(0, ge=0)
     path: str = Field("rf", description="noise path (exact and score-error; an mlp keeps the path it was trained on)")
@@ -121,6 +125,15 @@ class LearnConfig(BaseModel):
             raise ValueError(f"s_min + delta + zeta must be < 1, got {self.s_min} + {self.delta} + {self.zeta}")
         if self.denoiser == "mlp" and not self.model:
             raise ValueError("model: required when denoiser = 'mlp' (a checkpoint written by `guidelab train`)")
+        if self.denoiser == "image":
+            if not self.model:
+                raise ValueError(
+                    "model: required when denoiser = 'image' (a shipped name such as digits, or a checkpoint)"
+                )
+            if self.reward != "none":
+                raise ValueError("reward: log-posterior needs an exact target; denoiser = 'image' has none")
+            if self.dtype != "float32":
+                raise ValueError(f"dtype: an image denoiser runs in float32, got {self.dtype!r}")
         if self.repulsion > 0 and self.particles < 2:
             raise ValueError(f"particles: the repulsive term (repulsion > 0) needs at least 2, got {self.particles}")
         if self.reward_weight > 0 and self.reward == "none":

@@ -24,6 +24,7 @@ __all__ = [
     "build_denoiser",
     "build_reward",
     "draw_batch",
+    "image_data",
     "target_data",
     "to_x0",
 ]
@@ -55,6 +56,8 @@ def build_denoiser(config: LearnConfig) -> tuple[Denoiser, Any, NoisePath]:
             meta = {**json.loads(sidecar.read_text()), **meta}
         target = _target(config, meta)
         return model, target, model.path
+    if config.denoiser == "image":
+        return _image_denoiser(config.model or "")
     if not config.target:
         raise ValueError(f"target: required when denoiser = {config.denoiser!r}")
     target = _target(config, None)
@@ -67,10 +70,39 @@ def build_denoiser(config: LearnConfig) -> tuple[Denoiser, Any, NoisePath]:
     return ScoreErrorDenoiser(exact, config.score_error, config.score_error_seed), target, path
 
 
+def _image_denoiser(model: str) -> tuple[Denoiser, Any, NoisePath]:
+    """A shipped image model (by name) or an image checkpoint, the train split of its dataset, and its path."""
+    from guidelab.data import load_dataset
+    from guidelab.models.trained import load_trained
+    from guidelab.models.zoo import SHIPPED_DENOISERS
+
+    denoiser = load_trained("shipped" if model in SHIPPED_DENOISERS else "checkpoint", model)
+    dataset = (getattr(denoiser, "checkpoint_config", None) or {}).get("data")
+    if not dataset:
+        raise ValueError(f"model: {model!r} does not record the dataset it was trained on (its config's data)")
+    return denoiser, load_dataset(str(dataset), "train"), denoiser.path
+
+
+def image_data(data: Any) -> DataSource:
+    """Images ``(x0 (n, C, H, W), c (n,))`` of an :class:`~guidelab.data.ImageData` split, drawn uniformly with
+    replacement from ``generator`` only."""
+    images, labels = data.images, data.labels
+
+    def draw(n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        idx = torch.randint(len(labels), (n,), generator=generator)
+        return images[idx], labels[idx]
+
+    return draw
+
+
 def target_data(target: Any) -> DataSource:
-    """Exact samples ``(x0, c)`` of a target with labels from its class prior (:func:`guidelab.train.sample_data`)."""
+    """Exact samples ``(x0, c)`` of a target with labels from its class prior (:func:`guidelab.train.sample_data`);
+    for an image dataset split, :func:`image_data`."""
+    from guidelab.data import ImageData
     from guidelab.train import sample_data
 
+    if isinstance(target, ImageData):
+        return image_data(target)
     return lambda n, generator: sample_data(target, n, generator)
 
 
