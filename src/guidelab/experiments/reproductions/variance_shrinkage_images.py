@@ -75,12 +75,12 @@ SIZES = {
     ),
     "paper": VarianceImagesConfig(
         dataset="mnist",
-        per_class=40,
-        scales=(1.0, 1.5, 2.0, 3.0, 4.0),
-        gamma_high=(1.5, 2.0, 3.0, 4.0, 6.0),
-        p_switch=(0.3, 0.5, 0.7),
+        per_class=16,
+        scales=(1.0, 2.0, 3.0),
+        gamma_high=(2.0, 3.0, 4.0),
+        p_switch=(0.4, 0.6),
         accuracy_target=0.99,
-        steps=24,
+        steps=12,
     ),
 }
 
