@@ -150,3 +150,30 @@ def test_validation_of_singular_covariances():
         GaussianMixture(means, bad, weights, classes, allow_singular=True)
     full = GaussianMixture(means, covs + np.eye(DIM), weights, classes, allow_singular=True)
     assert not full.singular
+
+
+def test_spec_round_trip_and_file_validation():
+    from guidelab.targets import get_target
+
+    target = _mixture()[0]
+    spec = target.to_spec()
+    assert spec["allow_singular"] is True
+    again = get_target(spec)
+    x = target.sample(8, None, torch.Generator().manual_seed(6), dtype=torch.float64) * 0.8
+    path = get_path("rf")
+    torch.testing.assert_close(again.posterior_mean(x, 0.2, path, 1), target.posterior_mean(x, 0.2, path, 1))
+    flat = {
+        "kind": "gaussian-mixture",
+        "classes": [{"name": "a", "components": [{"mean": [0, 0], "cov": [[1, 0], [0, 0]]}]}],
+    }
+    with pytest.raises(ValueError, match="not positive definite"):
+        get_target(flat)
+    assert get_target({**flat, "allow_singular": True}).singular
+    with pytest.raises(ValueError, match="allow_singular: only for kind gaussian-mixture"):
+        get_target(
+            {
+                "kind": "box-mixture",
+                "allow_singular": True,
+                "classes": [{"name": "a", "components": [{"low": [0], "high": [1]}]}],
+            }
+        )

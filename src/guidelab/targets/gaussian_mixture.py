@@ -277,13 +277,16 @@ class GaussianMixture(FusedTarget):
                 for k in members
             ]
             classes.append({"name": name, "prior": prior[c], "components": components})
-        return {
+        spec = {
             "kind": "gaussian-mixture",
             "name": self.name,
             "description": self.description,
             "dim": self.dim,
             "classes": classes,
         }
+        if self.singular:
+            spec["allow_singular"] = True
+        return spec
 
     def config(self) -> dict:
         """The built-in name, or the full spec for a mixture built from parameters or a file."""

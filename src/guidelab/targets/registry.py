@@ -89,10 +89,15 @@ class TargetSpec(BaseModel):
     description: str = ""
     dim: int | None = Field(None, ge=1, description="dimension (default: from the first component)")
     classes: list[ClassSpec] = Field(min_length=1)
+    allow_singular: bool | None = Field(
+        None, description="gaussian-mixture: accept rank-deficient (positive semi-definite) covariances, data on planes"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TargetSpec:
         first = self.classes[0].components[0]
+        if self.allow_singular is not None and self.kind != "gaussian-mixture":
+            raise ValueError("allow_singular: only for kind gaussian-mixture")
         if self.dim is None:
             field = "mean" if self.kind == "gaussian-mixture" else "low"
             ref = getattr(first, field)
@@ -148,7 +153,10 @@ class TargetSpec(BaseModel):
             if not np.allclose(arr, arr.T, rtol=1e-9, atol=1e-12 * np.abs(arr).max()):
                 raise ValueError(f"{where}.cov: not symmetric")
             eig = np.linalg.eigvalsh(0.5 * (arr + arr.T))
-            if not eig[0] > 1e-12 * max(eig[-1], 0.0):
+            if self.allow_singular:
+                if eig[0] < -1e-9 * max(eig[-1], 0.0):
+                    raise ValueError(f"{where}.cov: not positive semi-definite (smallest eigenvalue {eig[0]:.3g})")
+            elif not eig[0] > 1e-12 * max(eig[-1], 0.0):
                 raise ValueError(f"{where}.cov: not positive definite (smallest eigenvalue {eig[0]:.3g})")
 
     def _check_box(self, comp: ComponentSpec, where: str) -> None:
@@ -191,6 +199,7 @@ class TargetSpec(BaseModel):
                 prior,
                 name=self.name,
                 description=self.description,
+                allow_singular=bool(self.allow_singular),
             )
         else:
             target = BoxMixture(

@@ -210,7 +210,7 @@ def learned_guidance_images(size: str = "ci", out_dir: str | Path = NAME) -> dic
                 }
             },
             run.figure_path("omega"),
-            title="learned ω(c, t_{k+1}, t_k) per class (γ = 1 + ω)",
+            title="learned ω per class (γ = 1 + ω)",
         )
         picks = lab_.labels(1) * cfg.per_class
         save_grid(
