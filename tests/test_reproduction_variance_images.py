@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from guidelab.experiments.reproductions import REPRODUCTIONS
+from guidelab.experiments.reproductions._image_lab import at_accuracy
 from guidelab.report.data import find_reproductions
 
 NAME = "variance-shrinkage-images"
@@ -79,3 +80,14 @@ def test_paper_size(tmp_path: Path):
     result = REPRODUCTIONS[NAME]("paper", tmp_path)
     assert result["claims"]["cfg_shrinks_within_class_variance"], result["notes"]
     assert result["results"]["cfg_matched"] is not None
+
+
+def test_matching_interpolates_at_the_first_crossing():
+    rows = [{"accuracy": 0.8, "fd": 1.0}, {"accuracy": 0.96, "fd": 2.0}, {"accuracy": 0.9, "fd": 3.0}]
+    rows.append({"accuracy": 1.0, "fd": 4.0})
+    scales = [1.0, 2.0, 3.0, 4.0]
+    m = at_accuracy(scales, rows, 0.88)  # between the first two: w = 0.5
+    assert m == pytest.approx({"accuracy": 0.88, "fd": 1.5, "scale": 1.5})
+    assert at_accuracy(scales, rows, 0.7) == {**rows[0], "scale": 1.0}
+    assert at_accuracy(scales, rows, 0.98)["scale"] == pytest.approx(3.8)  # the dip at γ 3 is passed over
+    assert at_accuracy(scales, rows, 1.01) is None

@@ -142,7 +142,7 @@ def at_accuracy(scales: Sequence[float], rows: Sequence[dict[str, float]], targe
     acc = [r["accuracy"] for r in rows]
     for i, a in enumerate(acc):
         if a >= target:
-            if i == 0 or acc[i - 1] >= a:
+            if i == 0:
                 return {**rows[i], "scale": float(scales[i])}
             w = (target - acc[i - 1]) / (a - acc[i - 1])
             out = {k: (1 - w) * rows[i - 1][k] + w * rows[i][k] for k in rows[i]}
