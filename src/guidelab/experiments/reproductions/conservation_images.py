@@ -375,7 +375,7 @@ def _notes(run: Run, results: dict[str, Any], claims: dict[str, bool], cfg: Cons
             "share one manifold or lie a gap apart, the class posterior stays smooth (or saturates to exactly 1) "
             "at the data, as on the full-rank mixtures: the claim does not hold there."
         )
-    for n in grows:
+    for n in (n for n in grows if "contact" not in div[n]):  # the contact-set note below covers the others
         e = div[n]["abs_divergence_exponent"]
         run.notes.append(
             f"{n}: |∇·g| grows as t → 0 over the samples themselves (|∇·g| ∝ t^p with p = "
