@@ -122,7 +122,7 @@ def test_sampling_reaches_the_planes_and_sigma_zero_is_refused():
         build_guider("cfg", scale=2.0),
         n=64,
         cond=1,
-        grid=make_grid("uniform", 64, path),
+        grid=make_grid("uniform", 16, path),
         shape=(DIM,),
         seed=0,
         dtype=torch.float64,
@@ -134,7 +134,7 @@ def test_sampling_reaches_the_planes_and_sigma_zero_is_refused():
         q, _ = np.linalg.qr(factors[k])
         r = x - means[k]
         dist.append(np.linalg.norm(r - r @ q @ q.T, axis=1))
-    assert np.median(np.min(np.stack(dist), axis=0)) < 0.1  # Euler's last step lands within ~Δt of the support
+    assert np.min(np.stack(dist), axis=0).max() < 1e-9  # rf Euler's last step lands on x0̂, on a class-1 plane
     with pytest.raises(ValueError, match="t: σ = 0 with a singular covariance"):
         target.posterior_mean(torch.zeros(2, DIM, dtype=torch.float64), 0.0, path, 0)
 
