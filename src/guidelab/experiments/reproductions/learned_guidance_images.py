@@ -11,7 +11,9 @@ Selection and evaluation are separate: the grids (constant γ; interval (λ_lo, 
 arXiv 2404.07724) are searched on the selection seed, each method's best is the lowest Fréchet distance (classifier
 features, against the test split) **among the settings whose accuracy reaches** ``accuracy_target`` (the matched-
 accuracy constraint), and every method, the learned ω included (it never sees the metric), is then measured on a fresh
-evaluation seed. ``floor`` is real train images against the test split at the evaluation size.
+evaluation seed. The learned ω beats a baseline when its evaluation FD is lower **at matched accuracy**: its
+evaluation accuracy at least the baseline's minus ``ACCURACY_SLACK`` (one point). ``floor`` is real train images
+against the test split at the evaluation size.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = ["SIZES", "LearnedImagesConfig", "learned_guidance_images"]
 
 NAME = "learned-guidance-images"
 SOURCE = "arXiv 2510.00815"
+ACCURACY_SLACK = 0.01  # "matched accuracy" of the comparison: the learned ω's accuracy ≥ the baseline's − this
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,8 @@ def learned_guidance_images(size: str = "ci", out_dir: str | Path = NAME) -> dic
         "model": cfg.dataset,
         "classifier": f"{cfg.dataset}-classifier",
         "selection": f"lowest FD among settings with accuracy ≥ {cfg.accuracy_target} on seed {cfg.selection_seed}",
-        "evaluation": f"every method on seed {cfg.evaluation_seed}",
+        "evaluation": f"every method on seed {cfg.evaluation_seed}; learned beats a baseline when its FD is lower "
+        f"and its accuracy ≥ the baseline's − {ACCURACY_SLACK}",
         "paper": "FID 2.40 → 1.99 on ImageNet 64 (learned vs constant guidance)",
     }
     with Run(NAME, SOURCE, size, out_dir, cfg, settings) as run:
@@ -238,7 +242,11 @@ def _claims(results: dict[str, Any], cfg: LearnedImagesConfig) -> dict[str, bool
     out = {"learned_reaches_accuracy_target": ok}
     for base in ("best_constant", "best_interval"):
         other = ev.get(base)
-        out[f"learned_lower_fd_than_{base}"] = ok and other is not None and learned["fd"] < other["fd"]
+        out[f"learned_lower_fd_than_{base}"] = (
+            other is not None
+            and learned["fd"] < other["fd"]
+            and learned["accuracy"] >= other["accuracy"] - ACCURACY_SLACK
+        )
     out["learned_omega_finite_and_nonnegative"] = all(
         math.isfinite(v) and v >= 0 for row in results["omega"]["per_class"].values() for v in row
     )
@@ -252,11 +260,18 @@ def _notes(run: Run, results: dict[str, Any], claims: dict[str, bool], cfg: Lear
             run.notes.append(f"{base}: no setting of its grid reaches accuracy {cfg.accuracy_target}")
             continue
         if not claims[f"learned_lower_fd_than_{base}"]:
+            lower = ev["learned"]["fd"] < ev[base]["fd"]
+            why = "but its accuracy is lower by more than the slack" if lower else "not below it"
             run.notes.append(
-                f"learned ω: FD {ev['learned']['fd']:.3g} (accuracy {ev['learned']['accuracy']:.3f}) is not below "
-                f"the {base.replace('_', ' ')}'s {ev[base]['fd']:.3g} (accuracy {ev[base]['accuracy']:.3f}) on the "
-                f"evaluation seed; γ = 1 scores {ev['gamma_1']['fd']:.3g}, real data {results['floor']['fd']:.3g}"
+                f"learned ω: FD {ev['learned']['fd']:.3g} (accuracy {ev['learned']['accuracy']:.3f}) against the "
+                f"{base.replace('_', ' ')}'s {ev[base]['fd']:.3g} (accuracy {ev[base]['accuracy']:.3f}) on the "
+                f"evaluation seed, {why}; γ = 1 scores {ev['gamma_1']['fd']:.3g}, real data "
+                f"{results['floor']['fd']:.3g}"
             )
+    if not claims["learned_reaches_accuracy_target"]:
+        run.notes.append(
+            f"learned ω: evaluation accuracy {ev['learned']['accuracy']:.3f} is below the target {cfg.accuracy_target}"
+        )
     bc = sel["best_constant"]
     if bc is not None and bc["gamma"] == cfg.gammas[0]:
         run.notes.append(
