@@ -160,3 +160,20 @@ def test_conservation_along_a_guided_trajectory():
     json.dumps(hutch.to_dict(), allow_nan=False)
     with pytest.raises(ValueError, match="grid"):
         conservation_along_trajectory(den, CFG(3.0), target, out.times + 0.01, out.trajectory, 0, grid)
+
+
+@pytest.mark.parametrize("estimator", ["exact", "hutchinson"])
+def test_autograd_refuses_a_field_without_a_graph_instead_of_reading_zero(estimator):
+    """A field evaluated under no_grad (or detached) has no graph to x; autograd would read its divergence as 0.
+    It is refused naming the method, and the finite differences give the true value."""
+    x = torch.randn(5, 3, dtype=torch.float64)
+
+    def field(z):
+        with torch.no_grad():
+            return 2.0 * z  # ∇·g = 6
+
+    run = divergence_exact if estimator == "exact" else divergence_hutchinson
+    with pytest.raises(ValueError, match="^method: the field's output has no autograd graph"):
+        run(field, x, method="autograd")
+    fd = run(field, x, method="fd")
+    assert torch.allclose(fd if estimator == "exact" else fd.mean, torch.full((5,), 6.0, dtype=torch.float64))

@@ -92,6 +92,9 @@ def divergence_exact(
         method: ``"autograd"`` (the field must be differentiable) or ``"fd"``.
         step: finite-difference step (default relative, see above).
         max_rows: largest batch passed to the field at once (fd).
+
+    Raises:
+        ValueError: ``method`` unknown, or (autograd) a field output without a graph to x.
     """
     x = _check_field_input(x)
     n, D = x.shape
@@ -106,13 +109,22 @@ def divergence_exact(
     div = torch.zeros(n, dtype=x.dtype, device=x.device)
     with torch.enable_grad():
         y = field(x)
-        if not y.requires_grad:
-            return div  # a field that does not depend on x
+        _check_differentiable(y)
         for d in range(D):
             (g,) = torch.autograd.grad(y[:, d].sum(), x, retain_graph=d < D - 1, allow_unused=True)
             if g is not None:
                 div += g[:, d].detach()
     return div
+
+
+def _check_differentiable(y: Tensor) -> None:
+    """A field evaluated for autograd must carry a graph back to x: one computed under ``torch.no_grad``, detached
+    or constant would otherwise read as divergence 0."""
+    if not y.requires_grad:
+        raise ValueError(
+            "method: the field's output has no autograd graph to x (computed under torch.no_grad, detached, or "
+            "constant), so autograd cannot differentiate it; use method='fd'"
+        )
 
 
 @dataclass
@@ -153,13 +165,13 @@ def divergence_hutchinson(
         est = torch.zeros(num_probes, n, dtype=x.dtype, device=x.device)
         with torch.enable_grad():
             y = field(xg)
-            if y.requires_grad:
-                for j in range(num_probes):
-                    (g,) = torch.autograd.grad(
-                        (y * probes[j]).sum(), xg, retain_graph=j < num_probes - 1, allow_unused=True
-                    )
-                    if g is not None:
-                        est[j] = (g.detach() * probes[j]).sum(dim=1)
+            _check_differentiable(y)
+            for j in range(num_probes):
+                (g,) = torch.autograd.grad(
+                    (y * probes[j]).sum(), xg, retain_graph=j < num_probes - 1, allow_unused=True
+                )
+                if g is not None:
+                    est[j] = (g.detach() * probes[j]).sum(dim=1)
     else:
         raise ValueError(f"method: unknown derivative method {method!r}; accepted: autograd, fd")
     return HutchinsonEstimate(est.mean(dim=0), est.std(dim=0, unbiased=True) / math.sqrt(num_probes), num_probes)
