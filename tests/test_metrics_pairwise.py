@@ -92,7 +92,7 @@ def test_cached_self_term_gives_identical_energy_distance(monkeypatch):
     x, y = randn(gen, 300, 2), randn(gen, 250, 2)
     calls = []
     real = pw.self_distance_mean
-    monkeypatch.setattr(pw, "self_distance_mean", lambda p: calls.append(1) or real(p))
+    monkeypatch.setattr(pw, "self_distance_mean", lambda p, **kw: calls.append(1) or real(p, **kw))
     monkeypatch.setattr(pw, "_self_cache", type(pw._self_cache)())
     first = pw.cached_self_distance_mean(y)
     second = pw.cached_self_distance_mean(y.clone())
@@ -128,3 +128,37 @@ def test_one_d_ties_and_unsorted_input():
     y = torch.from_numpy(gen.integers(-3, 9, 333).astype(np.float64))[:, None]
     assert pw.pairwise_distance_sum(x, y) == brute_distance_sum(x.numpy(), y.numpy())
     assert pw.pairwise_distance_sum(x) == brute_distance_sum(x.numpy())
+
+
+def test_compiled_tiling_with_eager_kernels(monkeypatch):
+    """The compiled path's tiling (1024-point tiles, masked diagonal tiles) with the eager kernels in place of
+    the compiled ones (no compile here): brute-force sums; "auto" picks it only from COMPILE_MIN_PAIRS pairs."""
+    gen = torch.Generator().manual_seed(15)
+    x, y = randn(gen, 1100, 2), randn(gen, 1030, 2, shift=0.4)
+    monkeypatch.setattr(pw, "_kernels", (pw._cross_kernel, pw._diag_kernel))
+    calls = []
+    real = pw._compiled_tiles
+    monkeypatch.setattr(pw, "_compiled_tiles", lambda *a: calls.append(1) or real(*a))
+    assert pw.pairwise_distance_sum(x, y, compiled=True) == pytest.approx(
+        brute_distance_sum(x.numpy(), y.numpy()), rel=1e-13
+    )
+    assert pw.pairwise_distance_sum(x, compiled=True) == pytest.approx(brute_distance_sum(x.numpy()), rel=1e-13)
+    assert len(calls) == 2
+    pw.pairwise_distance_sum(x, y, compiled="auto")  # 1.1e6 pairs < COMPILE_MIN_PAIRS: eager tiles
+    monkeypatch.setattr(pw, "COMPILE_MIN_PAIRS", 1000)
+    pw.pairwise_distance_sum(x, y, compiled="auto")
+    assert len(calls) == 3
+    with pytest.raises(ValueError, match="compiled"):
+        pw.pairwise_distance_sum(x, y, compiled="yes")
+
+
+@pytest.mark.slow
+def test_compiled_kernels_equal_old_energy_distance():
+    """The torch.compile kernels (where this machine can compile) against the old implementation, 1e-10."""
+    kernels = pw._compiled_kernels()
+    if not kernels:
+        pytest.skip("torch.compile is not available here (no C++ compiler)")
+    gen = torch.Generator().manual_seed(16)
+    for d in (2, 5):
+        x, y = randn(gen, 2100, d, shift=0.2), randn(gen, 1900, d)
+        assert energy_distance(x, y, compiled=True) == pytest.approx(energy_distance_old(x, y), rel=1e-10)

@@ -47,7 +47,7 @@ def _pair_count(n: int, m: int, same: bool) -> int:
     return n * (n - 1) if same else n * m
 
 
-def energy_distance(x: Tensor, y: Tensor, *, y_self: float | None = None) -> float:
+def energy_distance(x: Tensor, y: Tensor, *, y_self: float | None = None, compiled: bool | str = False) -> float:
     """Energy distance ``2E‖X − Y‖ − E‖X − X'‖ − E‖Y − Y'‖`` (Székely & Rizzo 2013), within-set terms as
     U-statistics (diagonal excluded), so it is unbiased and ≈ 0 for two samples of one distribution.
 
@@ -59,15 +59,17 @@ def energy_distance(x: Tensor, y: Tensor, *, y_self: float | None = None) -> flo
         y_self: ``E‖Y − Y'‖`` of this ``y`` if already known (e.g. from
             :func:`~guidelab.metrics.pairwise.cached_self_distance_mean`, for a reference set measured against
             many sample sets); None computes it.
+        compiled: the pairwise sums as a fused ``torch.compile`` kernel where available (``True``, or
+            ``"auto"`` from 10⁸ pairs), see :func:`~guidelab.metrics.pairwise.pairwise_distance_sum`.
     """
     x, y = as_points(x, "x"), as_points(y, "y")
     check_same_dim(x, y, "energy_distance")
     if min(x.shape[0], y.shape[0]) < 2:
         raise ValueError("energy_distance: need at least 2 samples in each set")
     n, m = x.shape[0], y.shape[0]
-    xy = pairwise_distance_sum(x, y) / (n * m)
-    xx = self_distance_mean(x)
-    yy = self_distance_mean(y) if y_self is None else float(y_self)
+    xy = pairwise_distance_sum(x, y, compiled=compiled) / (n * m)
+    xx = self_distance_mean(x, compiled=compiled)
+    yy = self_distance_mean(y, compiled=compiled) if y_self is None else float(y_self)
     return float(2 * xy - xx - yy)
 
 

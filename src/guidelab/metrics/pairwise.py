@@ -23,12 +23,17 @@ that every d² lies in float32's range.
 
 Every tile is summed in float64 and the tile sums are added with :func:`math.fsum`, so the result does not
 depend on the tile sizes beyond rounding (≲ 10⁻¹³ relative in practice).
+
+Optionally (``compiled=``), for 2 ≤ D ≤ 8 the whole tile (differences, float64 ``sqrt``, sum) is one kernel
+fused by ``torch.compile``: about 4× faster than the eager tiles on a 2-core AVX-512 machine, at a compile of
+~10 s once per process; a sweep's energy-distance measure uses it from :data:`COMPILE_MIN_PAIRS` pairs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections import OrderedDict
 
 import torch
@@ -184,12 +189,80 @@ def _gemm_tiles(x: Tensor, y: Tensor, same: bool) -> list[float]:
     return [float(s) for s in sums]
 
 
-def pairwise_distance_sum(x: Tensor, y: Tensor | None = None) -> float:
+def _cross_kernel(xb: Tensor, yt: Tensor) -> Tensor:
+    """Σ_ij ‖xb_i − y_j‖ of a tile: xb (r, D), yt (D, w); written per coordinate so that inductor fuses it."""
+    d2 = (xb[:, 0, None] - yt[None, 0, :]) ** 2
+    for k in range(1, xb.shape[1]):
+        d2 = d2 + (xb[:, k, None] - yt[None, k, :]) ** 2
+    return d2.sqrt().sum()
+
+
+def _diag_kernel(xb: Tensor, xt: Tensor) -> Tensor:
+    """Σ_{i<j} ‖xb_i − xb_j‖ of a diagonal tile: xb (r, D), xt = xbᵀ (D, r)."""
+    d2 = (xb[:, 0, None] - xt[None, 0, :]) ** 2
+    for k in range(1, xb.shape[1]):
+        d2 = d2 + (xb[:, k, None] - xt[None, k, :]) ** 2
+    i = torch.arange(xb.shape[0], device=xb.device)
+    return torch.where(i[None, :] > i[:, None], d2.sqrt(), 0.0).sum()
+
+
+_kernels: tuple | None = None  # (cross, diag) compiled, or () where compiling is off or failed
+COMPILE_MIN_PAIRS = 10**8  # "auto" compiles from this many pairs (eager ≳ 0.5 s; compiling takes ~10 s once)
+_COMPILED_TILE = 1024  # rows and columns of a compiled tile
+
+
+def _compiled_kernels() -> tuple:
+    """The tile kernels under ``torch.compile`` (inductor; needs a C++ compiler), built and checked against
+    the eager ones once per process; ``()`` where compiling is unavailable, fails, or is turned off by the
+    environment variable ``GUIDELAB_COMPILE=0``."""
+    global _kernels
+    if _kernels is None:
+        _kernels = ()
+        if os.environ.get("GUIDELAB_COMPILE", "1") != "0" and hasattr(torch, "compile"):
+            try:
+                cross = torch.compile(_cross_kernel, dynamic=True)
+                diag = torch.compile(_diag_kernel, dynamic=True)
+                probe = torch.linspace(-1, 1, 2 * 37, dtype=torch.float64).reshape(37, 2).cos()
+                pt = probe.T.contiguous()
+                ok = all(
+                    math.isclose(float(c(probe, pt)), float(e(probe, pt)), rel_tol=1e-12)
+                    for c, e in ((cross, _cross_kernel), (diag, _diag_kernel))
+                )
+                _kernels = (cross, diag) if ok else ()
+            except Exception:  # no compiler, an unsupported platform: the eager path
+                _kernels = ()
+    return _kernels
+
+
+def _compiled_tiles(x: Tensor, y: Tensor, same: bool, kernels: tuple) -> list[float]:
+    """Tile sums by the compiled kernels; ``same``: pairs i < j only (diagonal tiles by the masked kernel)."""
+    cross, diag = kernels
+    n, m = x.shape[0], y.shape[0]
+    yt = y.T.contiguous()
+    step = _COMPILED_TILE
+    sums: list[Tensor] = []
+    for lo in range(0, n, step):
+        xb = x[lo : lo + step]
+        start = lo
+        if same:
+            sums.append(diag(xb, yt[:, lo : lo + step]))
+            start = lo + xb.shape[0]
+        for co in range(start if same else 0, m, step):
+            sums.append(cross(xb, yt[:, co : co + step]))
+    return [float(s) for s in sums]
+
+
+def pairwise_distance_sum(x: Tensor, y: Tensor | None = None, *, compiled: bool | str = False) -> float:
     """``Σ_i Σ_j ‖x_i − y_j‖`` over all n·m pairs, or with ``y=None`` ``Σ_{i<j} ‖x_i − x_j‖`` over the
     n(n−1)/2 pairs of one set, exact in float64 (see the module docstring for the method per dimension).
 
     Args:
         x: (n, D) float64 points; y: (m, D) float64 points or None.
+        compiled: for 2 ≤ D ≤ :data:`DIRECT_MAX_DIM`, the tiles as one fused ``torch.compile`` kernel (about
+            4× faster here once compiled; compiling costs seconds once per process): ``True`` where available,
+            ``"auto"`` where available and there are at least :data:`COMPILE_MIN_PAIRS` pairs, ``False``
+            eager. Never required: without a C++ compiler (or with ``GUIDELAB_COMPILE=0``) the eager tiles;
+            the two agree to rounding (~10⁻¹⁵ relative), not bit for bit.
 
     Returns:
         The sum, in the points' units (times the number of pairs).
@@ -204,32 +277,40 @@ def pairwise_distance_sum(x: Tensor, y: Tensor | None = None) -> float:
     scale = _pow2_scale(x) if y is None else _pow2_scale(x, y)
     x = x / scale
     y = None if y is None else y / scale
+    if compiled not in (True, False, "auto"):
+        raise ValueError(f"compiled: expected True, False or 'auto', got {compiled!r}")
+    pairs = x.shape[0] * (x.shape[0] - 1) // 2 if y is None else x.shape[0] * y.shape[0]
+    want = compiled is True or (compiled == "auto" and pairs >= COMPILE_MIN_PAIRS)
+    kernels = _compiled_kernels() if want and d <= DIRECT_MAX_DIM and x.device.type == "cpu" else ()
+    if kernels:
+        return scale * math.fsum(_compiled_tiles(x, x if y is None else y, y is None, kernels))
     tiles = _direct_tiles if d <= DIRECT_MAX_DIM else _gemm_tiles
     return scale * math.fsum(tiles(x, x, True) if y is None else tiles(x, y, False))
 
 
-def self_distance_mean(y: Tensor) -> float:
-    """``E‖Y − Y'‖`` as the U-statistic ``2/(m(m−1)) Σ_{i<j} ‖y_i − y_j‖`` of (m, D) points, m ≥ 2."""
+def self_distance_mean(y: Tensor, *, compiled: bool | str = False) -> float:
+    """``E‖Y − Y'‖`` as the U-statistic ``2/(m(m−1)) Σ_{i<j} ‖y_i − y_j‖`` of (m, D) points, m ≥ 2
+    (``compiled``: as in :func:`pairwise_distance_sum`)."""
     m = y.shape[0]
     if m < 2:
         raise ValueError("y: need at least 2 points")
-    return 2.0 * pairwise_distance_sum(y) / (m * (m - 1))
+    return 2.0 * pairwise_distance_sum(y, compiled=compiled) / (m * (m - 1))
 
 
-_self_cache: OrderedDict[tuple[str, tuple[int, ...]], float] = OrderedDict()
+_self_cache: OrderedDict[tuple[str, tuple[int, ...], bool | str], float] = OrderedDict()
 
 
-def cached_self_distance_mean(y: Tensor) -> float:
+def cached_self_distance_mean(y: Tensor, *, compiled: bool | str = False) -> float:
     """:func:`self_distance_mean` of ``y``, remembered in this process by the points' bytes (SHA-256), so the
     reference set of a sweep, the same for each of its runs, is measured once per worker process. The value
     is the one computed from the same bytes, so cached and uncached results are identical. The last
     16 sets are kept."""
     y = as_points(y, "y").cpu().contiguous()
-    key = (hashlib.sha256(y.numpy().tobytes()).hexdigest(), tuple(y.shape))
+    key = (hashlib.sha256(y.numpy().tobytes()).hexdigest(), tuple(y.shape), compiled)
     if key in _self_cache:
         _self_cache.move_to_end(key)
         return _self_cache[key]
-    value = self_distance_mean(y)
+    value = self_distance_mean(y, compiled=compiled)
     _self_cache[key] = value
     if len(_self_cache) > _CACHE_SIZE:
         _self_cache.popitem(last=False)
