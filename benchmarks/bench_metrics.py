@@ -17,7 +17,7 @@ each of these once (order reversed every other round, so that a drifting load sl
 Prints medians with min–max and the ratios per round (median, min–max); ``torch.set_num_threads`` fixed
 (1 by default, as a sweep's runs). Targets: metrics ≤ sampling, or ≤ 2× the roofline. Usage:
 
-    PYTHONPATH=src:tests .venv/bin/python benchmarks/bench_metrics.py [--n 20000] [--repeats 5] [--threads 1]
+    .venv/bin/python benchmarks/bench_metrics.py [--n 20000] [--repeats 5] [--threads 1] [--no-old]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -106,7 +107,8 @@ def main() -> None:
     times = interleaved(fns, args.repeats)
     old = None
     if not args.no_old:
-        from distance_reference import energy_distance_old  # tests/: the oracle
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from distance_reference import energy_distance_old  # the tests' oracle: the previous implementation
 
         start = time.perf_counter()
         energy_distance_old(x, ref)

@@ -101,14 +101,15 @@ _SPAWN_S = 3.0  # starting a spawned worker (python, torch and guidelab imports)
 _WORKER_MEMORY = 1 << 30  # bytes a worker may take (torch, a compiled kernel, a run of 10⁵ points)
 _SAMPLE_S = 2e-7  # seconds per sample per network evaluation of an exact-target run (measured, one thread)
 _PAIR_S = 3e-9  # seconds per pair of the energy distance (eager tiles, one thread)
+_RUN_S = 0.1  # seconds of a run's fixed costs (building it, writing samples, run.json and its row)
 
 
 def estimated_run_seconds(spec: RunSpec) -> float:
     """A rough one-thread cost of a run, used only to decide whether worker processes pay for their start:
-    ``n · steps · 4`` network evaluations (a second-order solver, conditional and unconditional) at
-    ``_SAMPLE_S``, and the energy distance's pairs at ``_PAIR_S``."""
+    ``_RUN_S``, ``n · steps · 4`` network evaluations (a second-order solver, conditional and unconditional)
+    at ``_SAMPLE_S``, and the energy distance's pairs at ``_PAIR_S``."""
     cfg = spec.sample
-    seconds = _SAMPLE_S * cfg.n * cfg.steps * 4
+    seconds = _RUN_S + _SAMPLE_S * cfg.n * cfg.steps * 4
     if "energy_distance" in spec.metrics:
         m = spec.reference_n or cfg.n
         seconds += _PAIR_S * (cfg.n * m + (cfg.n**2 + m**2) / 2)
