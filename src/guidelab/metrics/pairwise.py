@@ -1,6 +1,6 @@
-"""Sums of pairwise Euclidean distances ``Σ_ij ‖x_i − y_j‖``, the O(n·m) core of the energy distance, computed
-exactly in float64 at a fraction of ``torch.cdist``'s cost, and a per-process cache of a reference set's
-self-term.
+"""Sums of pairwise Euclidean distances ``Σ_ij ‖x_i − y_j‖``, the O(n·m) core of the energy distance (Székely &
+Rizzo 2013, doi:10.1016/j.jspi.2013.03.018), computed exactly in float64 at a fraction of ``torch.cdist``'s
+cost, and a per-process cache of a reference set's self-term.
 
 Three exact methods, chosen by the dimension D:
 
@@ -15,7 +15,8 @@ Three exact methods, chosen by the dimension D:
   rounding error ``≲ (D + 2)·ε·(‖a‖² + ‖b‖²)`` could reach 10⁻¹² of the distance, are recomputed by
   differences (near-duplicates, exact duplicates: distance exactly 0).
 
-The square roots, the costliest step (a float64 ``sqrt`` costs about ten float32 ``rsqrt``), are taken as a
+The square roots, the costliest step (an eager float64 ``sqrt`` costs about ten float32 ``rsqrt`` in torch 2.13 on
+AVX-512), are taken as a
 float32 ``r ≈ 1/√d²`` refined by one Newton step in float64: with ``t = d²·r``, ``√d² = t + t(1 − t·r)/2`` to
 within 1.5·(relative error of r)² ≈ 2·10⁻¹⁴ (checked once per process; float64 ``sqrt`` where the platform's
 float32 ``rsqrt`` is not correctly rounded to 10⁻⁶). The points are first divided by a power of two (exact) so
@@ -26,7 +27,9 @@ depend on the tile sizes beyond rounding (≲ 10⁻¹³ relative in practice).
 
 Optionally (``compiled=``), for 2 ≤ D ≤ 8 the whole tile (differences, float64 ``sqrt``, sum) is one kernel
 fused by ``torch.compile``: about 4× faster than the eager tiles on a 2-core AVX-512 machine, at a compile of
-~10 s once per process; a sweep's energy-distance measure uses it from :data:`COMPILE_MIN_PAIRS` pairs.
+~10 s once per process; a sweep's energy-distance measure uses it from :data:`COMPILE_MIN_PAIRS` pairs. Its
+sums depend on the torch thread count in the last bits (its reduction is split across threads), like other
+torch reductions: a sweep fixes the thread count of every run.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from torch import Tensor
 from guidelab.metrics.base import as_points
 
 __all__ = [
+    "COMPILE_MIN_PAIRS",
     "DIRECT_MAX_DIM",
     "GEMM_GUARD",
     "cached_self_distance_mean",
