@@ -162,3 +162,14 @@ def test_compiled_kernels_equal_old_energy_distance():
     for d in (2, 5):
         x, y = randn(gen, 2100, d, shift=0.2), randn(gen, 1900, d)
         assert energy_distance(x, y, compiled=True) == pytest.approx(energy_distance_old(x, y), rel=1e-10)
+
+
+def test_a_failing_compiled_kernel_falls_back_to_the_eager_tiles(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("recompile failed")
+
+    gen = torch.Generator().manual_seed(17)
+    x, y = randn(gen, 300, 2), randn(gen, 200, 2)
+    monkeypatch.setattr(pw, "_kernels", (broken, broken))
+    assert pw.pairwise_distance_sum(x, y, compiled=True) == pw.pairwise_distance_sum(x, y)
+    assert pw._kernels == ()

@@ -287,7 +287,11 @@ def pairwise_distance_sum(x: Tensor, y: Tensor | None = None, *, compiled: bool 
     want = compiled is True or (compiled == "auto" and pairs >= COMPILE_MIN_PAIRS)
     kernels = _compiled_kernels() if want and d <= DIRECT_MAX_DIM and x.device.type == "cpu" else ()
     if kernels:
-        return scale * math.fsum(_compiled_tiles(x, x if y is None else y, y is None, kernels))
+        try:
+            return scale * math.fsum(_compiled_tiles(x, x if y is None else y, y is None, kernels))
+        except Exception:  # a recompile for a new shape failed: the eager tiles from now on in this process
+            global _kernels
+            _kernels = ()
     tiles = _direct_tiles if d <= DIRECT_MAX_DIM else _gemm_tiles
     return scale * math.fsum(tiles(x, x, True) if y is None else tiles(x, y, False))
 
