@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from guidelab.experiments import runner
 from guidelab.experiments.config import load_sweep
 from guidelab.experiments.runner import run_sweep
 from guidelab.experiments.store import ResultStore
@@ -157,12 +158,38 @@ def test_kill_minus_nine_and_resume_gives_the_uninterrupted_store(tmp_path):
     assert metrics_by_hash(out) == expected
 
 
-def test_local_workers_give_the_same_rows(tmp_path):
-    """Bitwise: every run has the same torch thread count (1 by default) in-process and in workers."""
+def test_default_split_gives_the_same_rows_as_one_worker(tmp_path, monkeypatch):
+    """Bitwise: every run has the same torch thread count (1 by default) in-process and in workers. The
+    default split, on a machine seen as 2 cores where workers start for free, takes 2 worker processes
+    (reused across the 18 runs) and says so in the sweep's log."""
     config = load_sweep(write(tmp_path, SWEEP))
-    run_sweep(config, tmp_path / "one")
-    run_sweep(config, tmp_path / "two", workers=2)
-    assert metrics_by_hash(tmp_path / "one") == metrics_by_hash(tmp_path / "two")
+    run_sweep(config, tmp_path / "one", workers=1)
+    monkeypatch.setattr(runner, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(runner, "_SPAWN_S", 0.0)
+    summary = run_sweep(config, tmp_path / "auto")
+    assert "on 2 worker processes × 1 torch thread(s) per run" in summary.split
+    assert summary.split in (tmp_path / "auto" / "sweep.log").read_text()
+    assert "in this process" in (tmp_path / "one" / "sweep.log").read_text()
+    assert metrics_by_hash(tmp_path / "one") == metrics_by_hash(tmp_path / "auto")
+
+
+@pytest.mark.parametrize(
+    ("n", "cores", "memory", "workers"),
+    [
+        (20_000, 2, None, 2),  # long runs: one worker per core
+        (20_000, 32, None, 18),  # at most one worker per run
+        (20_000, 16, 3 << 30, 3),  # one per GB of available memory
+        (20_000, 1, None, 1),  # one core: this process
+        (64, 2, None, 1),  # a few seconds of work in all: starting workers would cost more
+    ],
+)
+def test_choose_split(tmp_path, n, cores, memory, workers):
+    config = load_sweep(write(tmp_path, SWEEP.replace("n: 64", f"n: {n}")))
+    runs = config.runs()
+    assert len(runs) == 18
+    split = runner.choose_split(runs, threads=1, cores=cores, memory=memory)
+    assert (split.workers, split.threads) == (workers, 1)
+    assert runner.choose_split(runs, threads=2, cores=cores, memory=memory).workers == max(1, min(workers, cores // 2))
 
 
 def test_ray_executor_gives_the_same_rows_as_local(tmp_path):

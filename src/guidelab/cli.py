@@ -447,7 +447,13 @@ def schedule(
 def run(
     config: Annotated[Path, typer.Argument(help="sweep file (YAML)")],
     out: Annotated[Path, typer.Option(help="output folder (results.sqlite, runs/)")],
-    workers: Annotated[int, typer.Option(help="local worker processes")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="local worker processes (default: the usable cores at --threads each, fewer for few or short "
+            "runs; the split is written to OUT/sweep.log)"
+        ),
+    ] = None,
     executor: Annotated[str, typer.Option(help="local or ray")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (with --executor ray)")] = None,
     threads: Annotated[int, typer.Option(help="torch threads per run, the same in every mode")] = 1,

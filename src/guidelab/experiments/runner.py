@@ -11,6 +11,12 @@ process, even when it is killed. Every run is seeded by its own configuration an
 of torch threads (``threads``, 1 by default) whatever the executor or the number of workers, so the stored
 metrics are bitwise the same however the sweep is run.
 
+By default (``workers=None``) the split of the machine is chosen by :func:`choose_split`: as many worker
+processes as the usable cores hold at ``threads`` each (and memory allows), fewer where there are fewer runs,
+and none (this process) where the whole sweep is too short to pay for starting them. The workers live for the
+sweep and take its runs one after the other, importing torch once each. The split is appended to
+``OUT/sweep.log`` (and printed with the progress).
+
 A sweep on a diffusers pipeline (:class:`~guidelab.experiments.config.PipelineSweep`) runs in this process: the
 pipeline is loaded once, the first time a run needs it, and each run (one condition × guider setting × seed ×
 solver × steps) calls :func:`~guidelab.pipelines.generate`, measures the images
@@ -45,9 +51,12 @@ from guidelab.io import write_json_atomic, write_npy_atomic
 from guidelab.progress import ProgressBar
 
 __all__ = [
+    "Split",
     "SweepLocked",
     "SweepSummary",
     "check_options",
+    "choose_split",
+    "estimated_run_seconds",
     "execute_pipeline_run",
     "execute_run",
     "folder_lock",
@@ -71,6 +80,80 @@ class SweepSummary:
     retried: int = 0
     failed_total: int = 0
     diverged: int = 0  # runs of this call with samples that diverged (left out of their metrics)
+    split: str = ""  # how the runs were spread over the machine (as written to OUT/sweep.log)
+
+
+@dataclass(frozen=True)
+class Split:
+    """How a sweep's runs use the machine: ``workers`` processes (1: this process) × ``threads`` torch threads
+    per run, and why."""
+
+    workers: int
+    threads: int
+    reason: str
+
+    def describe(self) -> str:
+        where = "in this process" if self.workers == 1 else f"on {self.workers} worker processes"
+        return f"{where} × {self.threads} torch thread(s) per run ({self.reason})"
+
+
+_SPAWN_S = 3.0  # starting a spawned worker (python, torch and guidelab imports), seconds on a loaded 2-core machine
+_WORKER_MEMORY = 1 << 30  # bytes a worker may take (torch, a compiled kernel, a run of 10⁵ points)
+_SAMPLE_S = 2e-7  # seconds per sample per network evaluation of an exact-target run (measured, one thread)
+_PAIR_S = 3e-9  # seconds per pair of the energy distance (eager tiles, one thread)
+_RUN_S = 0.1  # seconds of a run's fixed costs (building it, writing samples, run.json and its row)
+
+
+def estimated_run_seconds(spec: RunSpec) -> float:
+    """A rough one-thread cost of a run, used only to decide whether worker processes pay for their start:
+    ``_RUN_S``, ``n · steps · 4`` network evaluations (a second-order solver, conditional and unconditional)
+    at ``_SAMPLE_S``, and the energy distance's pairs at ``_PAIR_S``."""
+    cfg = spec.sample
+    seconds = _RUN_S + _SAMPLE_S * cfg.n * cfg.steps * 4
+    if "energy_distance" in spec.metrics:
+        m = spec.reference_n or cfg.n
+        seconds += _PAIR_S * (cfg.n * m + (cfg.n**2 + m**2) / 2)
+    return seconds
+
+
+def _usable_cores() -> int:
+    with contextlib.suppress(AttributeError, OSError):
+        return max(1, len(os.sched_getaffinity(0)))  # type: ignore[attr-defined]
+    return max(1, os.cpu_count() or 1)
+
+
+def _available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes, or None where unknown."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def choose_split(
+    runs: list[RunSpec], *, threads: int = 1, cores: int | None = None, memory: int | None = None
+) -> Split:
+    """The default split of the machine for ``runs`` at ``threads`` torch threads per run (kept as given: the
+    thread count is part of a run's numbers, so a chosen split never changes them).
+
+    Workers: ``cores // threads`` (the usable cores, ``os.sched_getaffinity``), at most one per run and one
+    per GB of available memory; 1 (this process) where the runs' estimated total (:func:`estimated_run_seconds`)
+    is under twice a worker's start-up, which parallel workers would not win back.
+    """
+    cores = _usable_cores() if cores is None else cores
+    memory = _available_memory() if memory is None else memory
+    slots = max(1, cores // threads)
+    why = f"{cores} usable cores"
+    if memory is not None and memory // _WORKER_MEMORY < slots:
+        slots = max(1, int(memory // _WORKER_MEMORY))
+        why += f", memory for {slots}"
+    if slots == 1 or len(runs) <= 1:
+        return Split(1, threads, f"{why}, {len(runs)} run(s)")
+    total = sum(estimated_run_seconds(spec) for spec in runs)
+    if total < 2 * _SPAWN_S:
+        return Split(1, threads, f"{why}; about {total:.1f} s of work, less than starting workers costs")
+    return Split(min(slots, len(runs)), threads, f"{why}, {len(runs)} runs of about {total / len(runs):.1f} s")
 
 
 class SweepLocked(ValueError):
@@ -533,12 +616,19 @@ def torch_threads() -> Iterator[None]:
 
 
 def check_options(
-    *, workers: int = 1, executor: str = "local", address: str | None = None, threads: int = 1, pipeline: bool = False
+    *,
+    workers: int | None = 1,
+    executor: str = "local",
+    address: str | None = None,
+    threads: int = 1,
+    pipeline: bool = False,
 ) -> None:
     """A ValueError naming the option when the executor options make no sense (before anything is written);
-    ``pipeline``: for a sweep on a pipeline, which runs in this process."""
+    ``pipeline``: for a sweep on a pipeline, which runs in this process; ``workers=None``: chosen later."""
     if executor not in ("local", "ray"):
         raise ValueError(f"executor: unknown {executor!r}; accepted: local, ray")
+    if workers is None:
+        workers = 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers: must be an integer ≥ 1, got {workers!r}")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
@@ -559,7 +649,7 @@ def run_sweep(
     config: SweepConfig,
     out: str | Path,
     *,
-    workers: int = 1,
+    workers: int | None = None,
     executor: str = "local",
     address: str | None = None,
     threads: int = 1,
@@ -571,7 +661,8 @@ def run_sweep(
 
     Args:
         workers: processes for the local executor (1 runs in this process; a sweep on a pipeline always
-            runs in this process and takes only 1).
+            runs in this process and takes only 1); None: :func:`choose_split` picks them for the runs to do.
+            The split is appended to ``out/sweep.log``.
         executor: ``local`` or ``ray`` (``address`` of an existing cluster, or None for a local one).
         threads: torch threads of every run, whatever the executor and workers (the same count gives
             bitwise the same metrics).
@@ -598,9 +689,23 @@ def run_sweep(
         ]
         retried = sum(spec.hash in statuses for spec in todo)
         if config.pipeline is not None:
+            split = Split(1, threads, "a pipeline sweep runs in this process")
+        elif executor == "ray":
+            split = Split(1, threads, "ray places one run per CPU")
+        elif workers is None:
+            split = choose_split(todo, threads=threads)  # type: ignore[arg-type]
+        else:
+            split = Split(min(workers, max(1, len(todo))), threads, f"--workers {workers}")
+        described = f"{len(todo)} of {len(unique)} runs to do, " + (
+            f"ray executor × {threads} torch thread(s) per run" if executor == "ray" else split.describe()
+        )
+        _log(out, described)
+        if progress:
+            print(described, file=sys.stderr)
+        if config.pipeline is not None:
             rows = _pipeline_map(todo, str(out), config.pipeline, threads)  # type: ignore[arg-type]
         else:
-            rows = map_runs(todo, out, executor=executor, address=address, workers=workers, threads=threads)  # type: ignore[arg-type]
+            rows = map_runs(todo, out, executor=executor, address=address, workers=split.workers, threads=threads)  # type: ignore[arg-type]
         failed = diverged = 0
         try:
             with ProgressBar(progress, len(todo), "runs", transient=False) as bar:
@@ -617,8 +722,13 @@ def run_sweep(
                 close()  # ends the workers, also when the store or a callback raised
         statuses = store.statuses()
     failed_total = sum(statuses.get(spec.hash) == "error" for spec in unique)
-    return SweepSummary(len(unique), len(unique) - len(todo), len(todo), failed, out, retried, failed_total, diverged)
+    return SweepSummary(
+        len(unique), len(unique) - len(todo), len(todo), failed, out, retried, failed_total, diverged, described
+    )
 
 
-def default_workers() -> int:
-    return max(1, (os.cpu_count() or 1))
+def _log(out: Path, line: str) -> None:
+    """Append a timestamped line to ``out/sweep.log``."""
+    stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    with open(out / "sweep.log", "a", encoding="utf-8") as f:
+        f.write(f"{stamp} {line}\n")

@@ -1,6 +1,8 @@
 """Metrics: distances between sample sets and statistics against exact targets (vectorized, seeded, offline).
 
 - :mod:`~guidelab.metrics.distances`: energy distance, MMD², W2 (1D exact, POT exact, sliced), Gaussian W2.
+- :mod:`~guidelab.metrics.pairwise`: exact sums of pairwise distances (the energy distance's core), a cached
+  self-term.
 - :mod:`~guidelab.metrics.density`: KL and TV against an exact density on a grid, NLL.
 - :mod:`~guidelab.metrics.classes`: class fidelity, mode weights and coverage, within-mode variance.
 - :mod:`~guidelab.metrics.support`: in-support fraction, distance to support, edge concentration.

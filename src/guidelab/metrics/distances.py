@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from guidelab.metrics.base import as_points, check_same_dim, chunk_rows, seeded_generator
+from guidelab.metrics.pairwise import pairwise_distance_sum, self_distance_mean
 
 __all__ = [
     "energy_distance",
@@ -46,21 +47,29 @@ def _pair_count(n: int, m: int, same: bool) -> int:
     return n * (n - 1) if same else n * m
 
 
-def energy_distance(x: Tensor, y: Tensor, *, chunk: int = 2048) -> float:
+def energy_distance(x: Tensor, y: Tensor, *, y_self: float | None = None, compiled: bool | str = False) -> float:
     """Energy distance ``2E‖X − Y‖ − E‖X − X'‖ − E‖Y − Y'‖`` (Székely & Rizzo 2013), within-set terms as
     U-statistics (diagonal excluded), so it is unbiased and ≈ 0 for two samples of one distribution.
 
+    Exact in float64: in 1-D by sorting, O((n + m) log(n + m)); in D ≥ 2 by summing every pairwise distance
+    in cache-sized tiles, the within-set terms over i < j only (:mod:`guidelab.metrics.pairwise`).
+
     Args:
-        x: samples (n, ...) ; y: samples (m, ...), flattened over non-batch dimensions, in float64.
+        x: samples (n, ...); y: samples (m, ...), flattened over non-batch dimensions, in float64; n, m ≥ 2.
+        y_self: ``E‖Y − Y'‖`` of this ``y`` if already known (e.g. from
+            :func:`~guidelab.metrics.pairwise.cached_self_distance_mean`, for a reference set measured against
+            many sample sets); None computes it.
+        compiled: the pairwise sums as a fused ``torch.compile`` kernel where available (``True``, or
+            ``"auto"`` from 10⁸ pairs), see :func:`~guidelab.metrics.pairwise.pairwise_distance_sum`.
     """
     x, y = as_points(x, "x"), as_points(y, "y")
     check_same_dim(x, y, "energy_distance")
     if min(x.shape[0], y.shape[0]) < 2:
         raise ValueError("energy_distance: need at least 2 samples in each set")
     n, m = x.shape[0], y.shape[0]
-    xy = _pairwise_sum(x, y, lambda d: d, False, chunk) / _pair_count(n, m, False)
-    xx = _pairwise_sum(x, x, lambda d: d, True, chunk) / _pair_count(n, n, True)
-    yy = _pairwise_sum(y, y, lambda d: d, True, chunk) / _pair_count(m, m, True)
+    xy = pairwise_distance_sum(x, y, compiled=compiled) / (n * m)
+    xx = self_distance_mean(x, compiled=compiled)
+    yy = self_distance_mean(y, compiled=compiled) if y_self is None else float(y_self)
     return float(2 * xy - xx - yy)
 
 

@@ -1,0 +1,175 @@
+"""Exact pairwise-distance sums (guidelab.metrics.pairwise) and the energy distance built on them, against the
+previous implementation kept as an oracle (tests/distance_reference.py: torch.cdist over row chunks) and a
+brute force by explicit float64 differences summed exactly (near-duplicates, where the old GEMM-form cdist
+itself loses digits)."""
+
+import numpy as np
+import pytest
+import torch
+
+from distance_reference import brute_distance_sum, brute_energy_exact, energy_distance_old
+from guidelab.experiments.measures import MeasureInput, measure
+from guidelab.metrics import energy_distance
+from guidelab.metrics import pairwise as pw
+from guidelab.targets import get_target
+
+
+def randn(gen, n, d, shift=0.0, scale=1.0):
+    return shift + scale * torch.randn(n, d, generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    ("d", "n", "m"),
+    [(1, 3000, 2000), (2, 1100, 1030), (3, 500, 501), (8, 300, 350), (9, 300, 260), (64, 300, 250)],
+)
+def test_energy_distance_equals_old_implementation(d, n, m):
+    """1-D by sorting, D ≤ 8 by differences, D > 8 by the GEMM form: the old cdist values to 1e-10 relative,
+    on unequal sizes (2-D: partial tiles of the 2¹⁸-pair tiles of 1024 columns)."""
+    gen = torch.Generator().manual_seed(100 + d)
+    x, y = randn(gen, n, d, shift=0.3, scale=1.5), randn(gen, m, d)
+    new, old = energy_distance(x, y), energy_distance_old(x, y)
+    assert new == pytest.approx(old, rel=1e-10)
+    assert pw.pairwise_distance_sum(x, y) == pytest.approx(float(torch.cdist(x, y).sum()), rel=1e-12)
+
+
+@pytest.mark.parametrize("d", [1, 2, 64])
+def test_near_and_exact_duplicates_against_explicit_differences(d):
+    """Sets made of a few points repeated exactly and perturbed by 1e-9, far (1e3) from the origin: the GEMM
+    form's ‖a‖² + ‖b‖² − 2a·b would lose the small distances; the exact sums keep them (brute force by
+    differences, summed with fsum)."""
+    gen = torch.Generator().manual_seed(7 + d)
+    base = randn(gen, 6, d, shift=1e3)
+    x = base[torch.randint(0, 6, (150,), generator=gen)] + 1e-9 * randn(gen, 150, d) * (torch.rand(150, 1) < 0.5)
+    y = base[torch.randint(0, 6, (130,), generator=gen)]  # exact duplicates of x's centres
+    xs, ys = x.numpy(), y.numpy()
+    assert pw.pairwise_distance_sum(x, y) == pytest.approx(brute_distance_sum(xs, ys), rel=1e-12)
+    assert pw.pairwise_distance_sum(x) == pytest.approx(brute_distance_sum(xs), rel=1e-12)
+    assert pw.pairwise_distance_sum(y) == pytest.approx(brute_distance_sum(ys), rel=1e-12)
+    assert energy_distance(x, y) == pytest.approx(brute_energy_exact(xs, ys), rel=1e-10, abs=1e-12)
+
+
+def test_identical_points_give_zero():
+    x = torch.full((50, 3), 2.5, dtype=torch.float64)
+    assert pw.pairwise_distance_sum(x) == 0.0
+    assert pw.pairwise_distance_sum(x, x[:20]) == 0.0
+
+
+@pytest.mark.parametrize("d", [2, 12])
+def test_tile_size_does_not_change_the_sum(monkeypatch, d):
+    """Tiny tiles (7 columns × 5 rows) cut the sets and the diagonal block everywhere: same sums (brute force)."""
+    gen = torch.Generator().manual_seed(11)
+    x, y = randn(gen, 53, d), randn(gen, 41, d, shift=0.5)
+    monkeypatch.setattr(pw, "_TILE_COLS", 7)
+    monkeypatch.setattr(pw, "_TILE_ELEMENTS", 35)
+    assert pw.pairwise_distance_sum(x, y) == pytest.approx(brute_distance_sum(x.numpy(), y.numpy()), rel=1e-13)
+    assert pw.pairwise_distance_sum(x) == pytest.approx(brute_distance_sum(x.numpy()), rel=1e-13)
+
+
+def test_float32_rsqrt_with_newton_step_equals_float64_sqrt(monkeypatch):
+    """The Newton-refined float32 rsqrt against the plain float64 sqrt path (the fallback), to 1e-13."""
+    gen = torch.Generator().manual_seed(12)
+    x, y = randn(gen, 400, 2), randn(gen, 300, 2, shift=0.2)
+    fast = pw.pairwise_distance_sum(x, y), pw.pairwise_distance_sum(x)
+    monkeypatch.setattr(pw, "_rsqrt_ok", False)
+    slow = pw.pairwise_distance_sum(x, y), pw.pairwise_distance_sum(x)
+    assert fast == pytest.approx(slow, rel=1e-13)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_scale_beyond_float32_range(scale):
+    """Distances of 1e±30 (d² outside float32's range): the sums scale exactly with the points."""
+    gen = torch.Generator().manual_seed(13)
+    x, y = randn(gen, 200, 2), randn(gen, 150, 2)
+    assert pw.pairwise_distance_sum(scale * x, scale * y) == pytest.approx(
+        scale * pw.pairwise_distance_sum(x, y), rel=1e-14
+    )
+    assert energy_distance(scale * x, scale * y) == pytest.approx(scale * energy_distance(x, y), rel=1e-12)
+
+
+def test_cached_self_term_gives_identical_energy_distance(monkeypatch):
+    """The cached reference self-term is the uncached one bit for bit, computed once per set of points."""
+    gen = torch.Generator().manual_seed(14)
+    x, y = randn(gen, 300, 2), randn(gen, 250, 2)
+    calls = []
+    real = pw.self_distance_mean
+    monkeypatch.setattr(pw, "self_distance_mean", lambda p, **kw: calls.append(1) or real(p, **kw))
+    monkeypatch.setattr(pw, "_self_cache", type(pw._self_cache)())
+    first = pw.cached_self_distance_mean(y)
+    second = pw.cached_self_distance_mean(y.clone())
+    assert first == second == real(y)
+    assert len(calls) == 1
+    assert energy_distance(x, y, y_self=first) == energy_distance(x, y)
+    pw.cached_self_distance_mean(y + 1e-12)  # other bytes: computed again
+    assert len(calls) == 2
+
+
+def test_sweep_measure_equals_old_energy_distance():
+    """The sweep's energy-distance measure (cached self-term) equals the old implementation on a target."""
+    target = get_target("multimodal-2d")
+    ref = target.reference_samples(900, 0, 5)
+    x = target.reference_samples(700, 0, 6) * 1.1
+    out = measure(["energy_distance"], MeasureInput(x.double(), target, 0, ref.double(), 0.0))
+    assert out["energy_distance"] == pytest.approx(energy_distance_old(x, ref), rel=1e-10)
+    again = measure(["energy_distance"], MeasureInput(x.double(), target, 0, ref.double(), 0.0))
+    assert again == out
+
+
+def test_bad_shapes_name_the_field():
+    with pytest.raises(ValueError, match="x, y"):
+        pw.pairwise_distance_sum(torch.zeros(3, 2), torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="y: need at least 2"):
+        pw.self_distance_mean(torch.zeros(1, 2))
+
+
+def test_one_d_ties_and_unsorted_input():
+    """1-D with many ties (integers), in scrambled order: the gap formula against the brute force."""
+    gen = np.random.default_rng(3)
+    x = torch.from_numpy(gen.integers(-5, 6, 400).astype(np.float64))[:, None]
+    y = torch.from_numpy(gen.integers(-3, 9, 333).astype(np.float64))[:, None]
+    assert pw.pairwise_distance_sum(x, y) == brute_distance_sum(x.numpy(), y.numpy())
+    assert pw.pairwise_distance_sum(x) == brute_distance_sum(x.numpy())
+
+
+def test_compiled_tiling_with_eager_kernels(monkeypatch):
+    """The compiled path's tiling (1024-point tiles, masked diagonal tiles) with the eager kernels in place of
+    the compiled ones (no compile here): brute-force sums; "auto" picks it only from COMPILE_MIN_PAIRS pairs."""
+    gen = torch.Generator().manual_seed(15)
+    x, y = randn(gen, 1100, 2), randn(gen, 1030, 2, shift=0.4)
+    monkeypatch.setattr(pw, "_kernels", (pw._cross_kernel, pw._diag_kernel))
+    calls = []
+    real = pw._compiled_tiles
+    monkeypatch.setattr(pw, "_compiled_tiles", lambda *a: calls.append(1) or real(*a))
+    assert pw.pairwise_distance_sum(x, y, compiled=True) == pytest.approx(
+        brute_distance_sum(x.numpy(), y.numpy()), rel=1e-13
+    )
+    assert pw.pairwise_distance_sum(x, compiled=True) == pytest.approx(brute_distance_sum(x.numpy()), rel=1e-13)
+    assert len(calls) == 2
+    pw.pairwise_distance_sum(x, y, compiled="auto")  # 1.1e6 pairs < COMPILE_MIN_PAIRS: eager tiles
+    monkeypatch.setattr(pw, "COMPILE_MIN_PAIRS", 1000)
+    pw.pairwise_distance_sum(x, y, compiled="auto")
+    assert len(calls) == 3
+    with pytest.raises(ValueError, match="compiled"):
+        pw.pairwise_distance_sum(x, y, compiled="yes")
+
+
+@pytest.mark.slow
+def test_compiled_kernels_equal_old_energy_distance():
+    """The torch.compile kernels (where this machine can compile) against the old implementation, 1e-10."""
+    kernels = pw._compiled_kernels()
+    if not kernels:
+        pytest.skip("torch.compile is not available here (no C++ compiler)")
+    gen = torch.Generator().manual_seed(16)
+    for d in (2, 5):
+        x, y = randn(gen, 2100, d, shift=0.2), randn(gen, 1900, d)
+        assert energy_distance(x, y, compiled=True) == pytest.approx(energy_distance_old(x, y), rel=1e-10)
+
+
+def test_a_failing_compiled_kernel_falls_back_to_the_eager_tiles(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("recompile failed")
+
+    gen = torch.Generator().manual_seed(17)
+    x, y = randn(gen, 300, 2), randn(gen, 200, 2)
+    monkeypatch.setattr(pw, "_kernels", (broken, broken))
+    assert pw.pairwise_distance_sum(x, y, compiled=True) == pw.pairwise_distance_sum(x, y)
+    assert pw._kernels == ()
