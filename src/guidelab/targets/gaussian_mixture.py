@@ -154,21 +154,24 @@ class GaussianMixture(FusedTarget):
             b_fwd = -a * p.m_all * inv_std
             const = -0.5 * (torch.log(var).view(K, D).sum(-1) + D * _LOG_2PI)  # (K,)
             w_back = (p.u_all * (a * p.s_all * inv_std)).T  # (K·D, D): U_k diag(g_k·√var_k), g = αs/var
+            # The bias as one more input row against a column of ones in x: one GEMM, no pass to copy the bias in.
+            w_fwd = torch.cat([w_fwd, b_fwd[None, :]])  # (D + 1, K·D)
         else:
             w_back_s = (p.u_all * p.s_all).T  # (K·D, D): U_k diag(s_k)
         means, log_probs = [], []
         step = self._chunk_size(x_t, 1 if time.shared else 3)
         # Without autograd, work in place in one reused buffer: fresh multi-MB arrays per chunk cost page faults.
         buf = x_t.new_empty((min(step, n), K * D)) if inplace and time.shared else None
+        x_one = x_t.new_ones((min(step, n), D + 1)) if time.shared else None  # [x, 1] per chunk
         for lo in range(0, n, step):
             hi = min(lo + step, n)
             if time.shared:
-                x = x_t[lo:hi]
-                z = (
-                    torch.addmm(b_fwd, x, w_fwd, out=buf[: hi - lo])
-                    if buf is not None
-                    else torch.addmm(b_fwd, x, w_fwd)
-                )
+                x = x_one[: hi - lo]
+                if x_t.requires_grad:
+                    x = torch.cat([x_t[lo:hi], x[:, D:]], dim=1)
+                else:
+                    x[:, :D] = x_t[lo:hi]
+                z = torch.mm(x, w_fwd, out=buf[: hi - lo]) if buf is not None else torch.mm(x, w_fwd)
                 z = z.view(-1, K, D)  # (m, K, D) whitened rotated residuals
                 log_p = torch.add(const, _sq_norm(z, inplace), alpha=-0.5)  # (m, K)
             else:
