@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 
+import _oracle_box_mixture as box_oracle
 import _oracle_gaussian_mixture as oracle
 from guidelab.paths import get_path
-from guidelab.targets import GaussianMixture, get_target
+from guidelab.targets import BoxMixture, GaussianMixture, get_target
 
 TIMES = [0.0, 1e-6, 0.3, 1 - 1e-6, 1.0]
 
@@ -85,6 +86,35 @@ def test_gaussian_mixture_equals_the_previous_implementation_over_many_chunks():
         x = points(new, path, t, 100, seed=1)
         assert_relative(new.posterior_mean(x, t, path, cond), old.posterior_mean(x, t, path, cond))
         assert_relative(new.log_prob_t(x, t, path, cond), old.log_prob_t(x, t, path, cond))
+
+
+@pytest.mark.parametrize(("dim", "components"), [(1, 2), (2, 5)])
+def test_box_mixture_equals_the_previous_implementation(dim, components):
+    """Every regime: the series at α → 0 (t → 1), the closed form inside and outside the boxes (entries of both in
+    one batch, and batches of one kind only), σ = 0 at t = 0 on and off the support; log-densities, posterior
+    means and the gradient of the log-density."""
+    g = torch.Generator().manual_seed(dim)
+    low = torch.randn(components, dim, generator=g, dtype=torch.float64) * 2
+    high = low + 0.2 + torch.rand(components, dim, generator=g, dtype=torch.float64)
+    kwargs = {"component_class": torch.arange(components) % 2}
+    new, old = BoxMixture(low, high, **kwargs), box_oracle.BoxMixture(low, high, **kwargs)
+    path = get_path("rf")
+    n = 48
+    cond = torch.arange(n) % 3 - 1
+    far = torch.full((4, dim), 40.0, dtype=torch.float64)  # every entry outside every box
+    for t in [0.0, 1e-9, 1e-3, 0.3, 0.9, 1 - 1e-9, 1.0]:
+        a, s = (float(v) for v in (1 - t, t))
+        x = a * new.sample(n, None, g, dtype=torch.float64) + s * torch.randn(n, dim, generator=g, dtype=torch.float64)
+        for pts, c in ((x, cond), (x, None), (far, None)):
+            assert_relative(new.posterior_mean(pts, t, path, c), old.posterior_mean(pts, t, path, c))
+            assert_relative(new.log_prob_t(pts, t, path, c), old.log_prob_t(pts, t, path, c))
+        if 0 < t < 1:
+            xg, xo = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+            (grad_new,) = torch.autograd.grad(new.log_prob_t(xg, t, path, cond).sum(), xg)
+            (grad_old,) = torch.autograd.grad(old.log_prob_t(xo, t, path, cond).sum(), xo)
+            assert_relative(grad_new, grad_old)
+    times = torch.linspace(0.0, 1.0, n, dtype=torch.float64)  # all regimes in one batch
+    assert_relative(new.posterior_mean(x, times, path, cond), old.posterior_mean(x, times, path, cond))
 
 
 def test_gaussian_mixture_float32_has_no_nan_at_the_ends():
