@@ -181,9 +181,13 @@ class GaussianMixture(FusedTarget):
                 log_probs.append(log_p)
                 continue
             logits = p.log_weights[rows[lo:hi]] + log_p  # (m, K)
-            r = torch.softmax(logits, dim=-1)  # responsibilities r_k^{(c)}
-            # logsumexp = logits_k − log r_k at any k; at the argmax r_k ≥ 1/K, so the log is well conditioned.
-            log_probs.append(logits.amax(-1) - torch.log(r.amax(-1)))
+            # softmax written out (torch's is slow on CPU over a few components): e^{l_k − max l} sums to at least 1
+            # (finite: every class has a component), and logsumexp = max l + log of that sum.
+            top = logits.amax(-1, keepdim=True)
+            r = torch.exp(logits.sub_(top) if inplace else logits - top)
+            total = r.sum(-1, keepdim=True)
+            r = r.div_(total) if inplace else r / total  # responsibilities r_k^{(c)}
+            log_probs.append((top + torch.log(total)).squeeze(-1))
             if want_mean:
                 if time.shared:
                     z = z.mul_(r[:, :, None]) if inplace else z * r[:, :, None]
