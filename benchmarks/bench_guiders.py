@@ -3,7 +3,8 @@
 Small networks at batch 256 set the unit: a 4-layer, 256-wide MLP on 64- and on 2-dimensional data and a
 3-layer 32-channel conv net on 1×8×8 images, all predicting velocity (a flow model). Raw predictions are made once;
 what is timed is the guider's whole per-step work outside the network: ``passes(ctx)``, wrapping the raw
-predictions, and ``guide`` down to the (x0̂, ε̂) pair every sampler consumes (conversions included).
+predictions (with the step's scalars, as the sampler does), and ``guide`` down to the (x0̂, ε̂) pair every sampler
+consumes (conversions included).
 
 diffusers' own guiders are timed on the same tensors the way its modular pipelines call them per step
 (``set_state``, ``prepare_inputs``, ``prepare_models``/``cleanup_models`` per batch, then ``guider(state)``):
@@ -32,7 +33,7 @@ from torch import nn
 
 from guidelab.grids import make_grid
 from guidelab.guiders import Predictions, StepContext, build_guider, schedule_table
-from guidelab.paths import get_path
+from guidelab.paths import get_path, path_scalars
 
 BATCH = 256
 
@@ -150,6 +151,9 @@ def bench_network(label: str, net: nn.Module, x_t: torch.Tensor, repeats: int, q
             return net(x_t, t_in) if isinstance(net, ConvNet) else net(torch.cat([x_t, t_in[:, None]], 1))
 
     coefficients = path.coefficients(torch.tensor(t, dtype=torch.float64)).expand_as(x_t)
+    # As the sampler builds its Predictions (sampling.GuidedModel.predict): with the step's (α, σ, α', σ') as
+    # floats from the per-path cache, so no coefficient is read back from a tensor per step.
+    scalars = path_scalars(path, t)
     raw = {"cond": (v_c, "velocity"), "uncond": (v_u, "velocity")}
 
     fns: dict[str, Callable[[], object]] = {"forward": forward}
@@ -160,13 +164,13 @@ def bench_network(label: str, net: nn.Module, x_t: torch.Tensor, repeats: int, q
 
         def ours(guider=guider) -> object:
             guider.passes(ctx)
-            return guider.guide(Predictions(dict(raw), x_t, coefficients), ctx)
+            return guider.guide(Predictions(dict(raw), x_t, coefficients, scalars), ctx)
 
         fns[name] = ours
         inner[name] = 20 if quick else 200
 
     def pair_only() -> object:  # the floor every guider pays: the (x0̂, ε̂) pair of one velocity
-        return Predictions(dict(raw), x_t, coefficients).pair(v_c, "velocity")
+        return Predictions(dict(raw), x_t, coefficients, scalars).pair(v_c, "velocity")
 
     fns["(pair conversion alone)"] = pair_only
     inner["(pair conversion alone)"] = 20 if quick else 200
