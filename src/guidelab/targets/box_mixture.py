@@ -73,10 +73,15 @@ class _LogMass(torch.autograd.Function):
 
 
 def _tails_outside(am: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-    """``log Z`` and the Mills ratio ``φ(h − |m|)/Z`` where ``am = |m| ≥ h`` (both ends in one tail), from erfcx."""
-    erfcx_near = torch.special.erfcx((am - h) * _SQRT_HALF)
-    log_r = -2 * am * h + torch.log(torch.special.erfcx((am + h) * _SQRT_HALF)) - torch.log(erfcx_near)
-    log_Z = torch.special.log_ndtr(h - am) + _log1mexp(log_r)
+    """``log Z`` and the Mills ratio ``φ(h − |m|)/Z`` where ``am = |m| ≥ h`` (both ends in one tail), from erfcx.
+
+    ``log Φ(h − |m|) = log(erfcx(y/√2)/2) − y²/2`` with ``y = |m| − h ≥ 0`` reuses the near tail's erfcx (no
+    ``log_ndtr``: the special functions are most of the cost)."""
+    y = am - h
+    erfcx_near = torch.special.erfcx(y * _SQRT_HALF)
+    log_near = torch.log(erfcx_near)
+    log_r = -2 * am * h + torch.log(torch.special.erfcx((am + h) * _SQRT_HALF)) - log_near
+    log_Z = (log_near - _LN2 - 0.5 * y * y) + _log1mexp(log_r)
     return log_Z, _SQRT_2_OVER_PI / (erfcx_near * -torch.expm1(log_r))
 
 
