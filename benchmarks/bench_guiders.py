@@ -14,7 +14,9 @@ combine ≤ 1% of the forward; nonlinear combines ≤ half of diffusers' cost fo
 
 Also: the network evaluations saved by interval and windowed schedules over a 32-step grid.
 
-Medians with min–max over repeats after a warm-up, ``torch.set_num_threads`` fixed. Usage:
+Medians with min–max over repeats after a warm-up, ``torch.set_num_threads`` fixed; the ratio to diffusers is the
+median (min–max) of per-round ratios, and every row counts the ATen operators one call dispatches (a figure a
+loaded machine cannot blur). Usage:
 
     .venv/bin/python benchmarks/bench_guiders.py [--threads 1] [--repeats 15] [--json out.json] [--quick]
 """
@@ -30,6 +32,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from guidelab.grids import make_grid
 from guidelab.guiders import Predictions, StepContext, build_guider, schedule_table
@@ -97,6 +100,24 @@ def measure(fns: dict[str, Callable[[], object]], repeats: int, inner: dict[str,
                 fn()
             out[name].append((time.perf_counter() - start) / inner[name])
     return out
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def aten_ops(fn: Callable[[], object]) -> int:
+    """ATen operators one call of ``fn`` dispatches (views and tiny (batch,) ops included): a count that, unlike a
+    time, a loaded machine cannot blur."""
+    with _CountOps() as counter:
+        fn()
+    return counter.count
 
 
 def diffusers_step(kind: str) -> tuple[Callable[[torch.Tensor, torch.Tensor, int], object], object]:
@@ -185,6 +206,7 @@ def bench_network(label: str, net: nn.Module, x_t: torch.Tensor, repeats: int, q
         inner[f"diffusers:{kind}"] = 20 if quick else 200
 
     times = measure(fns, repeats, inner)
+    ops = {name: aten_ops(fn) for name, fn in fns.items()}
     fwd = statistics.median(times["forward"])
     rows = []
     for name, ts in times.items():
@@ -198,10 +220,14 @@ def bench_network(label: str, net: nn.Module, x_t: torch.Tensor, repeats: int, q
             "ratio_to_forward": med / fwd,
             "ratio_min": min(ts) / fwd,
             "ratio_max": max(ts) / fwd,
+            "aten_ops": ops[name],
         }
         counterpart = next((d for n, _, _, d in OURS if n == name), None)
         if counterpart is not None and f"diffusers:{counterpart}" in times:
-            row["ratio_to_diffusers"] = med / statistics.median(times[f"diffusers:{counterpart}"])
+            # per round (both timed within the same round, so drift in the machine's load cancels), then the median
+            per_round = [a / b for a, b in zip(ts, times[f"diffusers:{counterpart}"], strict=True)]
+            row["ratio_to_diffusers"] = statistics.median(per_round)
+            row["ratio_to_diffusers_min"], row["ratio_to_diffusers_max"] = min(per_round), max(per_round)
         rows.append(row)
     return rows
 
@@ -255,14 +281,21 @@ def main() -> None:
         rows += net_rows
         fwd = next(r for r in net_rows if r["what"] == "forward")
         print(f"  forward: {fwd['median_us']:.0f} µs (min {fwd['min_us']:.0f}, max {fwd['max_us']:.0f})")
-        print(f"  {'combine':34s} {'median µs':>10s} {'% fwd':>8s} {'min–max %':>14s} {'÷ diffusers':>11s}")
+        print(
+            f"  {'combine':34s} {'median µs':>10s} {'% fwd':>8s} {'min–max %':>14s} {'÷ diffusers (min–max)':>22s}"
+            f" {'aten ops':>9s}"
+        )
         for r in net_rows:
             if r["what"] == "forward":
                 continue
-            vs = f"{r['ratio_to_diffusers']:.2f}" if "ratio_to_diffusers" in r else ""
+            vs = (
+                f"{r['ratio_to_diffusers']:.2f} ({r['ratio_to_diffusers_min']:.2f}–{r['ratio_to_diffusers_max']:.2f})"
+                if "ratio_to_diffusers" in r
+                else ""
+            )
             spread = f"{100 * r['ratio_min']:.2f}–{100 * r['ratio_max']:.2f}"
             pct = 100 * r["ratio_to_forward"]
-            print(f"  {r['what']:34s} {r['median_us']:10.1f} {pct:8.2f} {spread:>14s} {vs:>11s}")
+            print(f"  {r['what']:34s} {r['median_us']:10.1f} {pct:8.2f} {spread:>14s} {vs:>22s} {r['aten_ops']:9d}")
 
     print("\nnetwork evaluations over 32 steps (edm grid, rf path); CFG always runs 64")
     saved = nfe_saved()
