@@ -22,7 +22,23 @@ from torch import Tensor
 from guidelab.denoiser import NULL_COND, as_cond
 from guidelab.paths import NoisePath
 
-__all__ = ["ExactDenoiser", "FusedTarget", "PathTime", "Target", "as_float_array", "init_classes", "path_time"]
+__all__ = [
+    "ExactDenoiser",
+    "FusedTarget",
+    "PathTime",
+    "Target",
+    "as_float_array",
+    "compiling",
+    "init_classes",
+    "path_time",
+]
+
+
+def compiling() -> bool:
+    """Whether the code runs under ``torch.compile`` tracing (data-dependent branches must then be avoided);
+    ``torch.compiler.is_compiling`` where this torch has it (2.3+), else ``torch._dynamo.is_compiling``."""
+    test = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(test()) if test is not None else bool(torch._dynamo.is_compiling())
 
 
 class Target(ABC):
@@ -120,7 +136,7 @@ class Target(ABC):
         A label outside [−1, C − 1] is a ValueError naming ``cond``, except under ``torch.compile``, where the check
         (data-dependent) is left out and an out-of-range label fails the table lookup instead."""
         cond = as_cond(cond, batch, device)
-        checked = not torch.compiler.is_compiling() and cond.numel()
+        checked = not compiling() and cond.numel()
         if checked and (bool((cond >= self.num_classes).any()) or bool((cond < NULL_COND).any())):
             raise ValueError(f"cond: labels must lie in [-1, {self.num_classes - 1}], got {cond.unique().tolist()}")
         return torch.where(cond == NULL_COND, self.num_classes, cond)
@@ -249,7 +265,7 @@ def path_time(path: NoisePath, t: Tensor | float, x_t: Tensor) -> PathTime:
     """
     batch = x_t.shape[0]
     wide = torch.float64 if x_t.device.type != "mps" else torch.float32
-    if torch.compiler.is_compiling():
+    if compiling():
         t = torch.as_tensor(t, device=x_t.device).to(wide).reshape(-1)
         if t.numel() not in (1, batch):
             raise ValueError(f"t: expected a scalar or {batch} times (one per sample), got shape {tuple(t.shape)}")
@@ -410,7 +426,7 @@ class ExactDenoiser(TargetModel):
 
     ``compile=True`` evaluates it through ``torch.compile(fullgraph=True, dynamic=False)`` (one graph per batch
     shape, no graph break: :func:`path_time` reads the time per sample under compilation). It is off by default:
-    compiling takes 5–20 s on 2 CPU cores and gains 1.0–2.7× on D = 2, K = 8 at 10⁴–10⁵ particles
+    compiling takes 5–20 s on 2 CPU cores and gained 1.0–3.1× on D = 2, K = 8 at 10⁴–10⁵ particles
     (``benchmarks/bench_exact_denoiser.py``), so it pays only for long runs. Where compilation fails (no C++
     toolchain, an unsupported platform) the call warns once and falls back to eager evaluation.
     """

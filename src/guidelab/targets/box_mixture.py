@@ -26,7 +26,7 @@ from torch import Tensor
 
 from guidelab.denoiser import NULL_COND
 from guidelab.paths import NoisePath
-from guidelab.targets.base import FusedTarget, as_float_array, init_classes, path_time
+from guidelab.targets.base import FusedTarget, as_float_array, compiling, init_classes, path_time
 
 __all__ = ["BoxMixture"]
 
@@ -107,7 +107,7 @@ def _closed_form(m: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
     """
     abs_m, h = torch.broadcast_tensors(m.abs(), h)
     outside = abs_m >= h
-    if torch.compiler.is_compiling():  # both formulas everywhere, selected (no data-dependent shapes)
+    if compiling():  # both formulas everywhere, selected (no data-dependent shapes)
         log_Z_a, mills_a = _tails_outside(torch.where(outside, abs_m, h + 1), h)  # safe inputs keep autograd finite
         log_Z_b, mills_b = _tails_inside(torch.where(outside, 0.0, abs_m), h)
         log_Z_ab, mills = torch.where(outside, log_Z_a, log_Z_b), torch.where(outside, mills_a, mills_b)
@@ -154,7 +154,7 @@ def box_log_prob_and_mean(x: Tensor, alpha: Tensor, sigma: Tensor, low: Tensor, 
     """
     at_data = sigma == 0
     # Which of the three regimes occur (eager only: under torch.compile every branch is evaluated, as before).
-    dynamic = not torch.compiler.is_compiling()
+    dynamic = not compiling()
     any_data = not dynamic or bool(at_data.any())
     sigma_ = torch.where(at_data, 1.0, sigma) if any_data else sigma
     centre, half = 0.5 * (low + high), 0.5 * (high - low)
