@@ -77,8 +77,8 @@ def _vm_kb(field: str) -> int:
     return 0
 
 
-def _peak_child(dim: int, components: int, particles: int, steps: int, queue: object) -> None:
-    torch.set_num_threads(1)
+def _peak_child(dim: int, components: int, particles: int, steps: int, threads: int, queue: object) -> None:
+    torch.set_num_threads(threads)  # the chunk size depends on the thread count
     target = random_mixture(dim, components, classes=4)
     path = get_path("rf")
     grid = make_grid("uniform", steps, path)
@@ -103,7 +103,8 @@ def peak_extra_mb(dim: int, components: int, particles: int, steps: int) -> floa
         return float("nan")
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    child = context.Process(target=_peak_child, args=(dim, components, particles, min(steps, 3), queue))
+    args = (dim, components, particles, min(steps, 3), torch.get_num_threads(), queue)
+    child = context.Process(target=_peak_child, args=args)
     child.start()
     child.join()
     return float(queue.get()) if child.exitcode == 0 else float("nan")
