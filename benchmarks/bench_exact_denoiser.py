@@ -1,35 +1,42 @@
-"""Benchmark: exact Gaussian-mixture denoiser throughput and peak memory (PERFORMANCE.md).
+"""Benchmark: exact-target denoisers against their limits (PERFORMANCE.md, issue 17 item 2).
 
-For (D=2, K=8) and (D=64, K=100) full-covariance mixtures at 10⁵ particles it runs N Euler steps of the
-guided sampler (CFG, cond + uncond in one batched call) and reports, from one process:
+Parts (``--parts``, all by default), each a ratio to a baseline measured in the same process:
 
-- particle-steps per second of the vectorized denoiser, and the ratio to a straightforward per-component
-  reference loop (torch.distributions.MultivariateNormal + a linear solve per component) measured on the
-  same particles;
-- achieved GFLOP/s of the two GEMMs per evaluation as a fraction of a large float32 matmul's GFLOP/s;
-- peak extra resident memory during sampling (Linux VmHWM after resetting it);
-- for the small case, the ratio to the same code under ``torch.compile``.
+- ``direct``: the Gaussian-mixture posterior mean, D = 64, K = 100, full covariances, one shared time, mixed
+  conditions, at 2·10⁴ and 10⁵ particles: achieved GFLOP/s of its two GEMMs (4·n·K·D² flops) as a fraction of a
+  large (4096²) float32 matmul's, per round (interleaved, so drift in the machine's load cancels); float32 finite.
+- ``box``: the box-mixture posterior mean (float64, the mpmath-checked tails) against the Gaussian mixture at the
+  same D, K and n (1-D with 2 boxes and 2-D with 8 boxes, n = 4000): evaluations per second and their ratio.
+- ``compile``: the Gaussian mixture, D = 2, K = 8, at 10⁴ and 10⁵ particles, eager against ``torch.compile``
+  (fullgraph, inductor), with the compile time; "unavailable" where compilation fails.
+- ``sampler``: N Euler steps of CFG sampling (cond + uncond in one batched call) for (D=2, K=8) and (D=64, K=100):
+  particle-steps per second, the fraction of the matmul's GFLOP/s, the speed-up over a textbook per-component loop
+  (torch.distributions + a solve per component) and the peak extra resident memory (Linux VmHWM in a fresh
+  process).
 
 Medians with min–max over repeats after a warm-up; ``torch.set_num_threads`` fixed. Usage:
 
-    .venv/bin/python benchmarks/bench_exact_denoiser.py [--particles 100000] [--steps 100] [--quick]
+    .venv/bin/python benchmarks/bench_exact_denoiser.py [--parts direct,box,compile,sampler] [--threads 2]
+        [--particles 100000] [--steps 100] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from _timing import timed
+from _timing import interleaved, timed
 from guidelab.grids import make_grid
 from guidelab.guiders import CFG
 from guidelab.paths import get_path
 from guidelab.sampling import sample
-from guidelab.targets import GaussianMixture
+from guidelab.targets import BoxMixture, GaussianMixture
 
 
 def random_mixture(dim: int, components: int, classes: int, seed: int = 0) -> GaussianMixture:
@@ -70,8 +77,8 @@ def _vm_kb(field: str) -> int:
     return 0
 
 
-def _peak_child(dim: int, components: int, particles: int, steps: int, queue: object) -> None:
-    torch.set_num_threads(1)
+def _peak_child(dim: int, components: int, particles: int, steps: int, threads: int, queue: object) -> None:
+    torch.set_num_threads(threads)  # the chunk size depends on the thread count
     target = random_mixture(dim, components, classes=4)
     path = get_path("rf")
     grid = make_grid("uniform", steps, path)
@@ -96,7 +103,8 @@ def peak_extra_mb(dim: int, components: int, particles: int, steps: int) -> floa
         return float("nan")
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    child = context.Process(target=_peak_child, args=(dim, components, particles, min(steps, 3), queue))
+    args = (dim, components, particles, min(steps, 3), torch.get_num_threads(), queue)
+    child = context.Process(target=_peak_child, args=args)
     child.start()
     child.join()
     return float(queue.get()) if child.exitcode == 0 else float("nan")
@@ -137,42 +145,169 @@ def bench_case(dim: int, components: int, particles: int, steps: int, repeats: i
         "peak_extra_mb": peak_extra_mb(dim, components, particles, steps),
         "finite": bool(torch.isfinite(target.posterior_mean(x, tt, path, None)).all()),
     }
-    if dim == 2:
-        compiled = torch.compile(lambda x_t: target.posterior_mean(x_t, tt, path, None), dynamic=False)
-        try:
-            comp, _, _ = timed(lambda: compiled(x), repeats)
-            result["ratio_to_torch_compile"] = fast / comp
-        except Exception as err:  # compile needs a working C++ toolchain; report instead of failing
-            result["ratio_to_torch_compile"] = f"unavailable: {type(err).__name__}"
+    return result
+
+
+def direct_case(particles: int, repeats: int, dim: int = 64, components: int = 100) -> dict:
+    """The posterior mean alone against a 4096² float32 matmul, per round."""
+    target = random_mixture(dim, components, classes=4)
+    path = get_path("rf")
+    gen = torch.Generator().manual_seed(0)
+    x = 2 * torch.randn(particles, dim, generator=gen)
+    t = torch.full((particles,), 0.3)  # the sampler's tensor of one shared time
+    cond = torch.randint(-1, 4, (particles,), generator=gen)
+    a, b = torch.randn(4096, 4096, generator=gen), torch.randn(4096, 4096, generator=gen)
+    times = interleaved({"matmul": lambda: a @ b, "denoiser": lambda: target.posterior_mean(x, t, path, cond)}, repeats)
+    flops = 4 * particles * components * dim * dim
+    fractions = [(flops / td) / (2 * 4096**3 / tm) for td, tm in zip(times["denoiser"], times["matmul"], strict=True)]
+    return {
+        "dim": dim,
+        "components": components,
+        "particles": particles,
+        "denoiser_gflops": flops / statistics.median(times["denoiser"]) / 1e9,
+        "matmul_gflops": 2 * 4096**3 / statistics.median(times["matmul"]) / 1e9,
+        "fraction_of_matmul": statistics.median(fractions),
+        "fraction_min": min(fractions),
+        "fraction_max": max(fractions),
+        "finite": bool(torch.isfinite(target.posterior_mean(x, t, path, cond)).all()),
+    }
+
+
+def random_boxes(dim: int, components: int, classes: int, seed: int = 0) -> BoxMixture:
+    gen = torch.Generator().manual_seed(seed)
+    low = 3 * torch.randn(components, dim, generator=gen, dtype=torch.float64)
+    high = low + 0.5 + torch.rand(components, dim, generator=gen, dtype=torch.float64)
+    return BoxMixture(low, high, component_class=torch.arange(components) % classes)
+
+
+def box_case(dim: int, components: int, particles: int, repeats: int) -> dict:
+    """Box mixture against a Gaussian mixture of the same D, K and n (same points, times, conditions)."""
+    classes = min(2, components)
+    box = random_boxes(dim, components, classes)
+    gmm = random_mixture(dim, components, classes)
+    path = get_path("rf")
+    gen = torch.Generator().manual_seed(1)
+    x = 2 * torch.randn(particles, dim, generator=gen)
+    t = torch.full((particles,), 0.3)
+    cond = torch.randint(-1, classes, (particles,), generator=gen)
+    times = interleaved(
+        {
+            "gaussian": lambda: gmm.posterior_mean(x, t, path, cond),
+            "box": lambda: box.posterior_mean(x, t, path, cond),
+        },
+        repeats,
+    )
+    ratios = [tg / tb for tg, tb in zip(times["gaussian"], times["box"], strict=True)]
+    return {
+        "dim": dim,
+        "components": components,
+        "particles": particles,
+        "box_evals_per_s": particles / statistics.median(times["box"]),
+        "gaussian_evals_per_s": particles / statistics.median(times["gaussian"]),
+        "box_rate_over_gaussian": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+    }
+
+
+def compile_case(particles: int, repeats: int, dim: int = 2, components: int = 8) -> dict:
+    """Eager against torch.compile (fullgraph, default inductor backend) on the same inputs."""
+    target = random_mixture(dim, components, classes=4)
+    path = get_path("rf")
+    gen = torch.Generator().manual_seed(2)
+    x = 2 * torch.randn(particles, dim, generator=gen)
+    t = torch.full((particles,), 0.3)
+    cond = torch.randint(-1, 4, (particles,), generator=gen)
+    eager = target.denoiser(path)
+    result: dict = {"dim": dim, "components": components, "particles": particles}
+    try:
+        torch._dynamo.reset()
+        compiled = torch.compile(lambda x, t, c: eager(x, t, c), fullgraph=True, dynamic=False)
+        start = time.perf_counter()
+        diff = float((compiled(x, t, cond) - eager(x, t, cond)).abs().max())
+        result["compile_s"] = time.perf_counter() - start
+    except Exception as err:  # compile needs a working C++ toolchain; report instead of failing
+        result["compiled_over_eager"] = f"unavailable: {type(err).__name__}"
+        return result
+    times = interleaved({"eager": lambda: eager(x, t, cond), "compiled": lambda: compiled(x, t, cond)}, repeats)
+    ratios = [te / tc for te, tc in zip(times["eager"], times["compiled"], strict=True)]
+    result.update(
+        eager_ms=1e3 * statistics.median(times["eager"]),
+        compiled_ms=1e3 * statistics.median(times["compiled"]),
+        compiled_speedup=statistics.median(ratios),
+        speedup_min=min(ratios),
+        speedup_max=max(ratios),
+        max_abs_diff=diff,
+    )
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--particles", type=int, default=100_000)
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--parts", default="direct,box,compile,sampler", help="comma-separated parts to run")
+    parser.add_argument("--particles", type=int, default=100_000, help="particles of the sampler part")
+    parser.add_argument("--steps", type=int, default=100, help="steps of the sampler part")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="10⁴ particles, 10 steps")
+    parser.add_argument("--quick", action="store_true", help="sampler part at 10⁴ particles, 10 steps")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
     if args.quick:
         args.particles, args.steps = 10_000, 10
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    unknown = parts - {"direct", "box", "compile", "sampler"}
+    if unknown:
+        parser.error(f"--parts: unknown {', '.join(sorted(unknown))}; choose from direct, box, compile, sampler")
     torch.set_num_threads(args.threads)
-    gflops = matmul_gflops(args.repeats)
-    print(f"float32 matmul 4096²: {gflops:.1f} GFLOP/s ({args.threads} threads)")
-    results = {"matmul_gflops": gflops, "cases": []}
-    for dim, components in ((2, 8), (64, 100)):
-        r = bench_case(dim, components, args.particles, args.steps, args.repeats, gflops)
-        results["cases"].append(r)
-        print(
-            f"D={dim:<3} K={components:<4} {r['particle_steps_per_s']:.3g} particle-steps/s "
-            f"(median {r['seconds_median']:.2f} s, min {r['seconds_min']:.2f}, max {r['seconds_max']:.2f}); "
-            f"GEMM {r['gemm_gflops']:.1f} GFLOP/s = {100 * r['fraction_of_matmul']:.0f}% of matmul; "
-            f"{r['speedup_vs_per_component_loop']:.1f}x the per-component loop (max diff "
-            f"{r['max_abs_diff_vs_loop']:.1e}); peak +{r['peak_extra_mb']:.0f} MB; finite={r['finite']}"
-            + (f"; ratio to torch.compile {r['ratio_to_torch_compile']}" if "ratio_to_torch_compile" in r else "")
-        )
+    print(f"torch {torch.__version__}, {args.threads} threads, repeats {args.repeats}")
+    results: dict = {"threads": args.threads}
+    if "direct" in parts:
+        results["direct"] = []
+        for n in (20_000, 100_000):
+            r = direct_case(n, args.repeats)
+            results["direct"].append(r)
+            print(
+                f"GMM D=64 K=100 n={n}: {r['denoiser_gflops']:.1f} GFLOP/s = {100 * r['fraction_of_matmul']:.0f}% "
+                f"(min {100 * r['fraction_min']:.0f}, max {100 * r['fraction_max']:.0f}) of a 4096² matmul "
+                f"({r['matmul_gflops']:.1f} GFLOP/s); float32 finite={r['finite']}"
+            )
+    if "box" in parts:
+        results["box"] = []
+        for dim, k in ((1, 2), (2, 8)):
+            r = box_case(dim, k, 4000, max(args.repeats, 5))
+            results["box"].append(r)
+            print(
+                f"box D={dim} K={k} n=4000: {r['box_evals_per_s']:.3g} evals/s against the Gaussian mixture's "
+                f"{r['gaussian_evals_per_s']:.3g}: ratio {r['box_rate_over_gaussian']:.2f} "
+                f"(min {r['ratio_min']:.2f}, max {r['ratio_max']:.2f})"
+            )
+    if "compile" in parts:
+        results["compile"] = []
+        for n in (10_000, 100_000):
+            r = compile_case(n, max(args.repeats, 5))
+            results["compile"].append(r)
+            if "compiled_speedup" not in r:
+                print(f"GMM D=2 K=8 n={n}: torch.compile {r['compiled_over_eager']}")
+                continue
+            print(
+                f"GMM D=2 K=8 n={n}: eager {r['eager_ms']:.2f} ms, compiled {r['compiled_ms']:.2f} ms: "
+                f"{r['compiled_speedup']:.2f}x (min {r['speedup_min']:.2f}, max {r['speedup_max']:.2f}); "
+                f"compiling took {r['compile_s']:.1f} s; max diff {r['max_abs_diff']:.1e}"
+            )
+    if "sampler" in parts:
+        gflops = matmul_gflops(args.repeats)
+        print(f"float32 matmul 4096²: {gflops:.1f} GFLOP/s ({args.threads} threads)")
+        results["sampler"] = {"matmul_gflops": gflops, "cases": []}
+        for dim, components in ((2, 8), (64, 100)):
+            r = bench_case(dim, components, args.particles, args.steps, args.repeats, gflops)
+            results["sampler"]["cases"].append(r)
+            print(
+                f"D={dim:<3} K={components:<4} {r['particle_steps_per_s']:.3g} particle-steps/s "
+                f"(median {r['seconds_median']:.2f} s, min {r['seconds_min']:.2f}, max {r['seconds_max']:.2f}); "
+                f"GEMM {r['gemm_gflops']:.1f} GFLOP/s = {100 * r['fraction_of_matmul']:.0f}% of matmul; "
+                f"{r['speedup_vs_per_component_loop']:.1f}x the per-component loop (max diff "
+                f"{r['max_abs_diff_vs_loop']:.1e}); peak +{r['peak_extra_mb']:.0f} MB; finite={r['finite']}"
+            )
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 

@@ -3,7 +3,8 @@
 Small networks at batch 256 set the unit: a 4-layer, 256-wide MLP on 64- and on 2-dimensional data and a
 3-layer 32-channel conv net on 1×8×8 images, all predicting velocity (a flow model). Raw predictions are made once;
 what is timed is the guider's whole per-step work outside the network: ``passes(ctx)``, wrapping the raw
-predictions, and ``guide`` down to the (x0̂, ε̂) pair every sampler consumes (conversions included).
+predictions (with the step's scalars, as the sampler does), and ``guide`` down to the (x0̂, ε̂) pair every sampler
+consumes (conversions included).
 
 diffusers' own guiders are timed on the same tensors the way its modular pipelines call them per step
 (``set_state``, ``prepare_inputs``, ``prepare_models``/``cleanup_models`` per batch, then ``guider(state)``):
@@ -13,7 +14,9 @@ combine ≤ 1% of the forward; nonlinear combines ≤ half of diffusers' cost fo
 
 Also: the network evaluations saved by interval and windowed schedules over a 32-step grid.
 
-Medians with min–max over repeats after a warm-up, ``torch.set_num_threads`` fixed. Usage:
+Medians with min–max over repeats after a warm-up, ``torch.set_num_threads`` fixed; the ratio to diffusers is the
+median (min–max) of per-round ratios, and every row counts the ATen operators one call dispatches (a figure a
+loaded machine cannot blur). Usage:
 
     .venv/bin/python benchmarks/bench_guiders.py [--threads 1] [--repeats 15] [--json out.json] [--quick]
 """
@@ -29,10 +32,11 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from guidelab.grids import make_grid
 from guidelab.guiders import Predictions, StepContext, build_guider, schedule_table
-from guidelab.paths import get_path
+from guidelab.paths import get_path, path_scalars
 
 BATCH = 256
 
@@ -98,6 +102,24 @@ def measure(fns: dict[str, Callable[[], object]], repeats: int, inner: dict[str,
     return out
 
 
+class _CountOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def aten_ops(fn: Callable[[], object]) -> int:
+    """ATen operators one call of ``fn`` dispatches (views and tiny (batch,) ops included): a count that, unlike a
+    time, a loaded machine cannot blur."""
+    with _CountOps() as counter:
+        fn()
+    return counter.count
+
+
 def diffusers_step(kind: str) -> tuple[Callable[[torch.Tensor, torch.Tensor, int], object], object]:
     """A diffusers guider and the per-step calls its modular pipelines make around the network."""
     from diffusers.guiders import (
@@ -150,6 +172,9 @@ def bench_network(label: str, net: nn.Module, x_t: torch.Tensor, repeats: int, q
             return net(x_t, t_in) if isinstance(net, ConvNet) else net(torch.cat([x_t, t_in[:, None]], 1))
 
     coefficients = path.coefficients(torch.tensor(t, dtype=torch.float64)).expand_as(x_t)
+    # As the sampler builds its Predictions (sampling.GuidedModel.predict): with the step's (α, σ, α', σ') as
+    # floats from the per-path cache, so no coefficient is read back from a tensor per step.
+    scalars = path_scalars(path, t)
     raw = {"cond": (v_c, "velocity"), "uncond": (v_u, "velocity")}
 
     fns: dict[str, Callable[[], object]] = {"forward": forward}
@@ -160,13 +185,13 @@ def bench_network(label: str, net: nn.Module, x_t: torch.Tensor, repeats: int, q
 
         def ours(guider=guider) -> object:
             guider.passes(ctx)
-            return guider.guide(Predictions(dict(raw), x_t, coefficients), ctx)
+            return guider.guide(Predictions(dict(raw), x_t, coefficients, scalars), ctx)
 
         fns[name] = ours
         inner[name] = 20 if quick else 200
 
     def pair_only() -> object:  # the floor every guider pays: the (x0̂, ε̂) pair of one velocity
-        return Predictions(dict(raw), x_t, coefficients).pair(v_c, "velocity")
+        return Predictions(dict(raw), x_t, coefficients, scalars).pair(v_c, "velocity")
 
     fns["(pair conversion alone)"] = pair_only
     inner["(pair conversion alone)"] = 20 if quick else 200
@@ -181,6 +206,7 @@ def bench_network(label: str, net: nn.Module, x_t: torch.Tensor, repeats: int, q
         inner[f"diffusers:{kind}"] = 20 if quick else 200
 
     times = measure(fns, repeats, inner)
+    ops = {name: aten_ops(fn) for name, fn in fns.items()}
     fwd = statistics.median(times["forward"])
     rows = []
     for name, ts in times.items():
@@ -194,10 +220,14 @@ def bench_network(label: str, net: nn.Module, x_t: torch.Tensor, repeats: int, q
             "ratio_to_forward": med / fwd,
             "ratio_min": min(ts) / fwd,
             "ratio_max": max(ts) / fwd,
+            "aten_ops": ops[name],
         }
         counterpart = next((d for n, _, _, d in OURS if n == name), None)
         if counterpart is not None and f"diffusers:{counterpart}" in times:
-            row["ratio_to_diffusers"] = med / statistics.median(times[f"diffusers:{counterpart}"])
+            # per round (both timed within the same round, so drift in the machine's load cancels), then the median
+            per_round = [a / b for a, b in zip(ts, times[f"diffusers:{counterpart}"], strict=True)]
+            row["ratio_to_diffusers"] = statistics.median(per_round)
+            row["ratio_to_diffusers_min"], row["ratio_to_diffusers_max"] = min(per_round), max(per_round)
         rows.append(row)
     return rows
 
@@ -251,14 +281,21 @@ def main() -> None:
         rows += net_rows
         fwd = next(r for r in net_rows if r["what"] == "forward")
         print(f"  forward: {fwd['median_us']:.0f} µs (min {fwd['min_us']:.0f}, max {fwd['max_us']:.0f})")
-        print(f"  {'combine':34s} {'median µs':>10s} {'% fwd':>8s} {'min–max %':>14s} {'÷ diffusers':>11s}")
+        print(
+            f"  {'combine':34s} {'median µs':>10s} {'% fwd':>8s} {'min–max %':>14s} {'÷ diffusers (min–max)':>22s}"
+            f" {'aten ops':>9s}"
+        )
         for r in net_rows:
             if r["what"] == "forward":
                 continue
-            vs = f"{r['ratio_to_diffusers']:.2f}" if "ratio_to_diffusers" in r else ""
+            vs = (
+                f"{r['ratio_to_diffusers']:.2f} ({r['ratio_to_diffusers_min']:.2f}–{r['ratio_to_diffusers_max']:.2f})"
+                if "ratio_to_diffusers" in r
+                else ""
+            )
             spread = f"{100 * r['ratio_min']:.2f}–{100 * r['ratio_max']:.2f}"
             pct = 100 * r["ratio_to_forward"]
-            print(f"  {r['what']:34s} {r['median_us']:10.1f} {pct:8.2f} {spread:>14s} {vs:>11s}")
+            print(f"  {r['what']:34s} {r['median_us']:10.1f} {pct:8.2f} {spread:>14s} {vs:>22s} {r['aten_ops']:9d}")
 
     print("\nnetwork evaluations over 32 steps (edm grid, rf path); CFG always runs 64")
     saved = nfe_saved()

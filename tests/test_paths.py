@@ -5,7 +5,17 @@ import itertools
 import pytest
 import torch
 
-from guidelab.paths import PATHS, SPACES, convert, get_path, to_x0_eps, velocity_from_x0_eps
+from guidelab.paths import (
+    PATHS,
+    SPACES,
+    combine,
+    convert,
+    get_path,
+    pair_coefficients,
+    path_scalars,
+    to_x0_eps,
+    velocity_from_x0_eps,
+)
 
 ALL_PATHS = [get_path(name) for name in PATHS]
 T_INTERIOR = torch.tensor([1e-4, 1e-2, 0.1, 0.37, 0.5, 0.8, 0.99], dtype=torch.float64)
@@ -118,3 +128,21 @@ def test_rf_time_at_pure_noise_and_on_rf():
     t = torch.linspace(0, 1, 101, dtype=torch.float64)
     assert torch.equal(get_path("rf").rf_time(t), t)  # s = t bit for bit on rf
     assert get_path("rf").rf_time(0.3).dtype == torch.float64
+
+
+@pytest.mark.parametrize("t", [1e-6, 0.3, 0.5, 1 - 1e-6])
+def test_combine_matches_the_weighted_sum_on_every_branch(t):
+    """``combine`` (one kernel where the weights allow: a zero, a one, weights summing to 1 as a lerp) equals
+    a·x + b·y computed in float64 to rounding, for the pair coefficients of every space on rf and vp-cosine."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 3, generator=g, dtype=torch.float64), torch.randn(64, 3, generator=g, dtype=torch.float64)
+    cases = [(0.0, 2.0), (2.0, 0.0), (1.0, -0.5), (-0.5, 1.0), (0.25, 0.75), (-3.0, 4.0), (0.3, 0.9)]
+    for name in ("rf", "vp-cosine"):
+        for space in ("x0", "eps", "velocity"):
+            coefs = pair_coefficients(space, path_scalars(get_path(name), t))
+            if coefs is not None:
+                cases += [(coefs[0], coefs[1]), (coefs[2], coefs[3])]
+    for a, b in cases:
+        expected = a * x + b * y
+        scale = (abs(a) * x.abs() + abs(b) * y.abs()).max()
+        assert float((combine(a, x, b, y) - expected).abs().max()) <= 1e-14 * float(scale), (a, b)

@@ -215,8 +215,10 @@ def test_chunked_equals_unchunked_and_per_sample_times():
     full = target.posterior_mean_and_log_prob(x, t, path, cond)
     target.max_chunk_bytes = 16 * 5 * 3 * 8 * 3  # 3 particles per chunk
     chunked = target.posterior_mean_and_log_prob(x, t, path, cond)
-    torch.testing.assert_close(chunked[0], full[0], rtol=0, atol=0)
-    torch.testing.assert_close(chunked[1], full[1], rtol=0, atol=0)
+    # Equal to rounding: each entry is evaluated by its own regime's formula on the gathered entries of that regime,
+    # so its position among SIMD lanes (vector body or scalar tail of a special function) depends on the chunk.
+    torch.testing.assert_close(chunked[0], full[0], rtol=1e-15, atol=1e-300)
+    torch.testing.assert_close(chunked[1], full[1], rtol=1e-15, atol=1e-300)
     for i in (0, 7, n - 1):
         one = target.posterior_mean_and_log_prob(x[i : i + 1], float(t[i]), path, cond[i : i + 1])
         torch.testing.assert_close(one[0], full[0][i : i + 1])

@@ -632,7 +632,8 @@ def space_coefficients(space: str, scalars: Scalars) -> tuple[float, float] | No
 
 def combine(a: float, x: Tensor, b: float, y: Tensor) -> Tensor:
     """``a·x + b·y`` with Python-float weights in as few kernels as they allow (a zero term is skipped: σ = 0 at
-    t = 0, α = 0 at pure noise)."""
+    t = 0, α = 0 at pure noise). Weights that sum to 1 (every pair conversion on ``rf``, where α + σ = 1) are one
+    ``lerp(x, y, b)`` kernel instead of a product and a sum; it differs from ``a·x + b·y`` by rounding only."""
     if b == 0:
         return x if a == 1 else x * a
     if a == 0:
@@ -641,4 +642,6 @@ def combine(a: float, x: Tensor, b: float, y: Tensor) -> Tensor:
         return torch.add(x, y, alpha=b)
     if b == 1:
         return torch.add(y, x, alpha=a)
+    if a + b == 1:
+        return torch.lerp(x, y, b)
     return torch.add(x * a, y, alpha=b)

@@ -44,15 +44,25 @@ def upcast(x: Tensor) -> Tensor:
     return x.float() if is_half(x) else x
 
 
+_BMM_MIN = 16  # rows at least this long take one batched GEMM; shorter ones the elementwise product and sum
+
+
 def dot(a: Tensor, b: Tensor) -> Tensor:
     """<a, b> per sample over all non-batch dimensions (one BLAS reduction in at least float32), as float64 for
-    the divisions that follow: (batch,)."""
-    return torch.linalg.vecdot(flat(upcast(a)), flat(upcast(b))).to(torch.float64)
+    the divisions that follow: (batch,).
+
+    One batched (1 × D)·(D × 1) GEMM: ``linalg.vecdot`` is a product and a sum on the CPU (two passes and a
+    (batch, D) temporary), about 3× slower at D = 64; rows shorter than 16 keep ``vecdot``."""
+    x, y = flat(upcast(a)), flat(upcast(b))
+    if x.shape[1] < _BMM_MIN or x.dtype != y.dtype:
+        return torch.linalg.vecdot(x, y).to(torch.float64)
+    return torch.bmm(x.unsqueeze(1), y.unsqueeze(2)).reshape(-1).to(torch.float64)
 
 
 def sq_norm(a: Tensor) -> Tensor:
-    """||a||² per sample (in at least float32), as float64: (batch,)."""
-    return dot(a, a)
+    """||a||² per sample (reduced in at least float32), as float64: (batch,). The norm squared in float64: one
+    reduction pass, and no float32 overflow of the square sum where the norm itself is representable."""
+    return norm(a).square_()
 
 
 def norm(a: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from guidelab.denoiser import NULL_COND
 from guidelab.paths import NoisePath
-from guidelab.targets.base import FusedTarget, as_float_array, init_classes, path_time
+from guidelab.targets.base import FusedTarget, as_float_array, compiling, init_classes, path_time
 
 __all__ = ["BoxMixture"]
 
@@ -72,6 +72,26 @@ class _LogMass(torch.autograd.Function):
         return grad_m, grad_h, None, None, None
 
 
+def _tails_outside(am: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    """``log Z`` and the Mills ratio ``φ(h − |m|)/Z`` where ``am = |m| ≥ h`` (both ends in one tail), from erfcx.
+
+    ``log Φ(h − |m|) = log(erfcx(y/√2)/2) − y²/2`` with ``y = |m| − h ≥ 0`` reuses the near tail's erfcx (no
+    ``log_ndtr``: the special functions are most of the cost)."""
+    y = am - h
+    erfcx_near = torch.special.erfcx(y * _SQRT_HALF)
+    log_near = torch.log(erfcx_near)
+    log_r = -2 * am * h + torch.log(torch.special.erfcx((am + h) * _SQRT_HALF)) - log_near
+    log_Z = (log_near - _LN2 - 0.5 * y * y) + _log1mexp(log_r)
+    return log_Z, _SQRT_2_OVER_PI / (erfcx_near * -torch.expm1(log_r))
+
+
+def _tails_inside(am: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    """``log Z`` and the Mills ratio ``φ(h − |m|)/Z`` where ``am = |m| < h``: Z = 1 − (two small tail masses)."""
+    log_tails = torch.logaddexp(torch.special.log_ndtr(-(am + h)), torch.special.log_ndtr(am - h))
+    log_Z = _log1mexp(log_tails)
+    return log_Z, torch.exp(_log_phi(h - am) - log_Z)
+
+
 def _closed_form(m: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
     """``log Z = log(Φ(m + h) − Φ(m − h))`` and ``E[z]`` for z ~ N(0, 1) truncated to [m − h, m + h], h > 0.
 
@@ -81,26 +101,33 @@ def _closed_form(m: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
     ``|E[z]| = √(2/π)(1 − e^{−2|m|h})/(erfcx((|m| − h)/√2)(1 − r))``, free of the cancellation of two large
     log-CDFs. Inside (|m| < h): ``Z = 1 − Φ(−(|m| + h)) − Φ(|m| − h)`` and
     ``|E[z]| = φ(h − |m|)(1 − e^{−2|m|h})/Z``. (φ(u) + φ(w))/Z, the h-derivative of log Z, uses 1 + e^{−2|m|h}.
+
+    Eagerly each entry goes through its own formula only (the special functions are most of the cost); under
+    ``torch.compile`` both are evaluated everywhere and selected, as the split would be data-dependent.
     """
-    abs_m = m.abs()
+    abs_m, h = torch.broadcast_tensors(m.abs(), h)
     outside = abs_m >= h
-    # Outside: both ends in the lower tail after reflecting; safe inputs elsewhere keep autograd finite.
-    am_a = torch.where(outside, abs_m, h + 1)
-    erfcx_near = torch.special.erfcx((am_a - h) * _SQRT_HALF)
-    log_r = -2 * am_a * h + torch.log(torch.special.erfcx((am_a + h) * _SQRT_HALF)) - torch.log(erfcx_near)
-    log_Z_a = torch.special.log_ndtr(h - am_a) + _log1mexp(log_r)
-    mills_a = _SQRT_2_OVER_PI / (erfcx_near * -torch.expm1(log_r))  # φ(h − |m|)/Z
-    # Inside: both tails small, Z = 1 − (tail masses).
-    am_b = torch.where(outside, 0.0, abs_m)
-    log_tails = torch.logaddexp(torch.special.log_ndtr(-(am_b + h)), torch.special.log_ndtr(am_b - h))
-    log_Z_b = _log1mexp(log_tails)
-    mills_b = torch.exp(_log_phi(h - am_b) - log_Z_b)  # φ(h − |m|)/Z
-    am = torch.where(outside, am_a, am_b)
-    mills = torch.where(outside, mills_a, mills_b)
+    if compiling():  # both formulas everywhere, selected (no data-dependent shapes)
+        log_Z_a, mills_a = _tails_outside(torch.where(outside, abs_m, h + 1), h)  # safe inputs keep autograd finite
+        log_Z_b, mills_b = _tails_inside(torch.where(outside, 0.0, abs_m), h)
+        log_Z_ab, mills = torch.where(outside, log_Z_a, log_Z_b), torch.where(outside, mills_a, mills_b)
+    elif bool(outside.all()):
+        log_Z_ab, mills = _tails_outside(abs_m, h)
+    elif not bool(outside.any()):
+        log_Z_ab, mills = _tails_inside(abs_m, h)
+    else:  # each entry through its own formula only: the special functions are most of the cost
+        flat_m, flat_h, flat_out = abs_m.reshape(-1), h.reshape(-1), outside.reshape(-1)
+        i_out, i_in = flat_out.nonzero().squeeze(1), (~flat_out).nonzero().squeeze(1)
+        lz_out, mills_out = _tails_outside(flat_m[i_out], flat_h[i_out])
+        lz_in, mills_in = _tails_inside(flat_m[i_in], flat_h[i_in])
+        empty = flat_m.new_empty(flat_m.shape)
+        log_Z_ab = empty.index_copy(0, i_out, lz_out).index_copy(0, i_in, lz_in).view(abs_m.shape)
+        mills = empty.index_copy(0, i_out, mills_out).index_copy(0, i_in, mills_in).view(abs_m.shape)
+    am = abs_m
     decay = torch.exp(-2 * am * h)
     e_z = torch.sign(m) * mills * -torch.expm1(-2 * am * h)
     f = mills * (1 + decay)
-    log_Z = _LogMass.apply(m, h, torch.where(outside, log_Z_a, log_Z_b).detach(), e_z.detach(), f.detach())
+    log_Z = _LogMass.apply(m, h, log_Z_ab.detach(), e_z.detach(), f.detach())
     return log_Z, e_z
 
 
@@ -126,32 +153,47 @@ def box_log_prob_and_mean(x: Tensor, alpha: Tensor, sigma: Tensor, low: Tensor, 
     Autograd-safe: every branch gets inputs where it is finite.
     """
     at_data = sigma == 0
-    sigma_ = torch.where(at_data, 1.0, sigma)
+    # Which of the three regimes occur (eager only: under torch.compile every branch is evaluated, as before).
+    dynamic = not compiling()
+    any_data = not dynamic or bool(at_data.any())
+    sigma_ = torch.where(at_data, 1.0, sigma) if any_data else sigma
     centre, half = 0.5 * (low + high), 0.5 * (high - low)
     c = alpha / sigma_  # α/σ
     m = (x - alpha * centre) / sigma_  # (u + w)/2
     h = c * half  # (u − w)/2
     series = (h < _H_SERIES) & (m.abs() * h < _H_SERIES)
-    # Series branch (small h): log p = log φ(m) − log σ + log S; E[x0] = centre − E[s]/c = centre + c·half²·T/S.
-    m_s = torch.where(series, m, 0.0)
-    h_s = torch.where(series, h, 0.0)
-    S, T = _hermite_series(m_s, h_s)
-    log_p_series = _log_phi(m_s) - torch.log(sigma_) + torch.log(S)
-    mean_series = centre + c * half * half * T / S
-    # Closed branch: log Z = log(Φ(u) − Φ(w)), log p = log Z − log(α(b − a)), E[x0] = x/α − E[z]/c.
-    m_c = torch.where(series, 1.0, m)
-    h_c = torch.where(series, 1.0, h)
-    alpha_c = torch.where(series, 1.0, alpha)
-    c_c = torch.where(series, 1.0, c)
-    log_Z, e_z = _closed_form(m_c, h_c)
-    log_p_closed = log_Z - torch.log(alpha_c * (high - low))
-    mean_closed = x / alpha_c - e_z / c_c
-    # σ = 0 (t = 0): the uniform density on [αa, αb], mean x/α.
-    alpha_d = torch.where(at_data, alpha, 1.0)
-    inside = (x >= alpha_d * low) & (x <= alpha_d * high)
-    log_p_data = torch.where(inside, -torch.log(alpha_d * (high - low)), float("-inf"))
-    log_p = torch.where(at_data, log_p_data, torch.where(series, log_p_series, log_p_closed))
-    mean = torch.where(at_data, x / alpha_d, torch.where(series, mean_series, mean_closed))
+    any_series = not dynamic or bool(series.any())
+    all_series = dynamic and any_series and bool(series.all())
+    if any_series:
+        # Series branch (small h): log p = log φ(m) − log σ + log S; E[x0] = centre − E[s]/c = centre + c·half²·T/S.
+        m_s = torch.where(series, m, 0.0) if not all_series else m
+        h_s = torch.where(series, h, 0.0) if not all_series else h
+        S, T = _hermite_series(m_s, h_s)
+        log_p_series = _log_phi(m_s) - torch.log(sigma_) + torch.log(S)
+        mean_series = centre + c * half * half * T / S
+    if not all_series:
+        # Closed branch: log Z = log(Φ(u) − Φ(w)), log p = log Z − log(α(b − a)), E[x0] = x/α − E[z]/c.
+        m_c = torch.where(series, 1.0, m) if any_series else m
+        h_c = torch.where(series, 1.0, h) if any_series else h
+        alpha_c = torch.where(series, 1.0, alpha) if any_series else alpha
+        c_c = torch.where(series, 1.0, c) if any_series else c
+        log_Z, e_z = _closed_form(m_c, h_c)
+        log_p_closed = log_Z - torch.log(alpha_c * (high - low))
+        mean_closed = x / alpha_c - e_z / c_c
+    if all_series:
+        log_p, mean = log_p_series, mean_series
+    elif any_series:
+        log_p = torch.where(series, log_p_series, log_p_closed)
+        mean = torch.where(series, mean_series, mean_closed)
+    else:
+        log_p, mean = log_p_closed, mean_closed
+    if any_data:
+        # σ = 0 (t = 0): the uniform density on [αa, αb], mean x/α.
+        alpha_d = torch.where(at_data, alpha, 1.0)
+        inside = (x >= alpha_d * low) & (x <= alpha_d * high)
+        log_p_data = torch.where(inside, -torch.log(alpha_d * (high - low)), float("-inf"))
+        log_p = torch.where(at_data, log_p_data, log_p)
+        mean = torch.where(at_data, x / alpha_d, mean)
     return log_p, mean
 
 
@@ -257,9 +299,14 @@ class BoxMixture(FusedTarget):
                 log_probs.append(log_p)
                 continue
             logits = p.log_weights[rows[lo:hi]] + log_p
-            log_probs.append(torch.logsumexp(logits, dim=-1))
+            # logsumexp and softmax written out: torch's are slow on CPU over a few components. A row of −∞ only
+            # (σ = 0, x off the support) has log p = −∞ and NaN responsibilities.
+            top = logits.amax(-1, keepdim=True)
+            weights = torch.exp(logits - torch.where(torch.isfinite(top), top, 0.0))
+            total = weights.sum(-1, keepdim=True)
+            log_probs.append((top + torch.log(total)).squeeze(-1))
             if want_mean:
-                r = torch.softmax(logits, dim=-1)  # responsibilities; NaN only where σ = 0 and x is off support
+                r = weights / total  # responsibilities
                 mean = torch.einsum("mk,mkd->md", r, mean_k)
                 data = (sigma[:, :, 0] == 0).expand_as(mean)  # at t = 0 the posterior mean is x/α itself
                 means.append(torch.where(data, x[:, 0] / torch.where(data, alpha[:, :, 0], 1.0), mean))
