@@ -100,6 +100,8 @@ def load_image_denoiser(path: str | Path, expect: dict[str, Any] | None = None) 
     model as ``checkpoint_config``."""
     model, config = _load(path, DENOISER_FORMAT, ImageDenoiser, expect, "model")
     model.checkpoint_config = config
+    if "class_names" in config:  # a relabelled model (e.g. one-vs-rest) names its classes
+        model.class_names = tuple(str(n) for n in config["class_names"])
     return model  # type: ignore[return-value]
 
 
