@@ -8,6 +8,8 @@ Shipped models (``SHIPPED``), trained by ``guidelab train`` / ``guidelab train-c
 in ``models/weights/README.md`` and reproduced by them:
 
 - ``digits``: a UNet (rf path, x0 prediction) on scikit-learn's digits; ``digits-mlp``: an MLP on the same;
+- ``digits-0-vs-rest``: the digits UNet's recipe with a binary condition, label 0 the digit 0 and label 1 every
+  other digit (``guidelab train --one-vs-rest 0``; the ``chidambaram-mnist`` reproduction);
 - ``mnist``: a UNet (rf, x0) on the MNIST subset;
 - ``digits-classifier``, ``mnist-classifier``: the classifiers of the image metrics.
 """
@@ -42,6 +44,7 @@ CLASSIFIER_FORMAT = "guidelab-image-classifier/1"
 SHIPPED = {
     "digits": "digits-unet.safetensors",
     "digits-mlp": "digits-mlp.safetensors",
+    "digits-0-vs-rest": "digits-0-vs-rest-unet.safetensors",
     "mnist": "mnist-unet.safetensors",
     "digits-classifier": "digits-classifier.safetensors",
     "mnist-classifier": "mnist-classifier.safetensors",
