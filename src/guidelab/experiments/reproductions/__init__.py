@@ -22,6 +22,9 @@ name                           claim                                            
 ``variance-shrinkage-images``  the negative window restores within-class feature          arXiv 2602.00716
                                variance at matched accuracy
 ``learned-guidance-images``    learned ω on an image model vs constant and interval       arXiv 2510.00815
+``chidambaram-mnist``          on a 0-vs-rest image model samples move past class 0 as   arXiv 2409.13074
+                               γ grows; the monotone-trajectory rule picks γ near the
+                               best quality
 ``stagewise-images``           stage-wise claims on the digits model: style clusters,    arXiv 2509.22007
                                within-cluster variation, TV-CFG vs constant
 ``adg-images``                 ADG keeps accuracy at high γ with less x0̂ norm growth     arXiv 2506.11039
@@ -91,6 +94,12 @@ _TABLE: dict[str, tuple[str, str, str]] = {  # name -> (module, the claim reprod
         "learned_guidance_images",
         "learned ω(c, s, t) on an image model vs the best constant γ and interval, FD at matched accuracy",
         "arXiv 2510.00815",
+    ),
+    "chidambaram-mnist": (
+        "chidambaram_mnist",
+        "on a 0-vs-rest image model samples move past the positive class as γ grows; the largest γ with a monotone "
+        "mean projected x0̂ trajectory is near the best quality",
+        "arXiv 2409.13074",
     ),
     "stagewise-images": (
         "stagewise_images",
