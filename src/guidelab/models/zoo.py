@@ -10,7 +10,8 @@ in ``models/weights/README.md`` and reproduced by them:
 - ``digits``: a UNet (rf path, x0 prediction) on scikit-learn's digits; ``digits-mlp``: an MLP on the same;
 - ``digits-0-vs-rest``: the digits UNet's recipe with a binary condition, label 0 the digit 0 and label 1 every
   other digit (``guidelab train --one-vs-rest 0``; the ``chidambaram-mnist`` reproduction);
-- ``mnist``: a UNet (rf, x0) on the MNIST subset;
+- ``mnist``: a UNet (rf, x0) on the MNIST subset; ``mnist-0-vs-rest``: a smaller UNet (channels 16/32/32, 2,000
+  steps) with the binary condition 0 against the rest (``chidambaram-mnist`` at paper size);
 - ``digits-classifier``, ``mnist-classifier``: the classifiers of the image metrics.
 """
 
@@ -46,6 +47,7 @@ SHIPPED = {
     "digits-mlp": "digits-mlp.safetensors",
     "digits-0-vs-rest": "digits-0-vs-rest-unet.safetensors",
     "mnist": "mnist-unet.safetensors",
+    "mnist-0-vs-rest": "mnist-0-vs-rest-unet.safetensors",
     "digits-classifier": "digits-classifier.safetensors",
     "mnist-classifier": "mnist-classifier.safetensors",
 }
