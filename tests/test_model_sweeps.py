@@ -150,6 +150,16 @@ def test_bad_sweep_files_are_one_line_naming_the_field(change, field, trained, c
     assert "\n" not in str(err.value), str(err.value)
 
 
+def test_a_relabelled_model_is_refused_against_its_dataset_reference(trained, tmp_path):
+    """The shipped 0-vs-rest model's label 1 means "not 0", not the digit 1: measuring it against the digits test
+    split by label would be silently wrong, so the sweep file is refused naming reference.dataset."""
+    data = _sweep({"kind": "shipped", "name": "digits-0-vs-rest"}, trained)
+    data["reference"] = {"dataset": "digits"}
+    with pytest.raises(ValueError, match=r"^reference.dataset: the model's classes \(0, not-0\)") as err:
+        load_sweep(_write(tmp_path, data))
+    assert "\n" not in str(err.value)
+
+
 @pytest.fixture
 def modules(monkeypatch, tmp_path):
     """Import user modules from tmp_path (the current folder), and forget them afterwards."""

@@ -123,7 +123,8 @@ IMAGES_B = ("conservation-images", "variance-shrinkage-images", "learned-guidanc
 
 
 def test_registry_lists_every_reproduction():
-    assert set(REPRODUCTIONS) == {*OWN, "learned-guidance", *IMAGES_B}
+    images_a = {"chidambaram-mnist", "stagewise-images", "adg-images"}  # tests/test_reproductions_images.py
+    assert set(REPRODUCTIONS) == {*OWN, "learned-guidance", *IMAGES_B, *images_a}
     assert all(callable(f) for f in REPRODUCTIONS.values())
     assert SIZES == ("ci", "paper")
 

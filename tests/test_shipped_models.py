@@ -33,6 +33,9 @@ def test_the_shipped_classifier_scores_its_stored_test_accuracy(data):
 def test_every_shipped_denoiser_loads_and_denoises_its_own_data_better_than_the_gaussian_fit(name):
     model = load_trained("shipped", name)
     data = load_dataset(model.checkpoint_config["data"], "test")
+    positive = model.checkpoint_config["train"].get("one_vs_rest")
+    if positive is not None:  # a binary-condition model: its labels are "positive" (0) and "the rest" (1)
+        data = data.one_vs_rest(positive)
     x0, labels = data.images[:128], data.labels[:128]
     g = torch.Generator().manual_seed(0)
     t = torch.full((128,), 0.5, dtype=torch.float64)

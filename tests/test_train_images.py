@@ -222,3 +222,42 @@ def test_a_run_too_short_for_its_ema_is_warned_about_on_one_line(tmp_path):
     warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and warnings[0].startswith("warning: ema_decay: 10 steps")
     assert "UserWarning" not in done.stderr
+
+
+def test_one_vs_rest_relabels_the_dataset():
+    data = load_dataset("digits", "val")
+    binary = data.one_vs_rest(3)
+    assert binary.class_names == ("3", "not-3") and binary.num_classes == 2
+    assert torch.equal(binary.images, data.images)
+    assert torch.equal(binary.labels == 0, data.labels == 3) and set(binary.labels.tolist()) == {0, 1}
+    with pytest.raises(ValueError, match="^one_vs_rest: "):
+        data.one_vs_rest(10)
+
+
+def test_one_vs_rest_trains_a_binary_model_that_names_its_classes(tmp_path):
+    out = tmp_path / "b.safetensors"
+    result = train_image_denoiser(
+        {**TINY, "steps": 2, "eval_every": 2, "ema_decay": 0.0, "one_vs_rest": 0}, out, threads=1
+    )
+    model = result.model
+    assert model.num_classes == 2 and model.class_names == ("0", "not-0")
+    assert model.checkpoint_config["train"]["one_vs_rest"] == 0
+    plain = train_image_denoiser(
+        {**TINY, "steps": 2, "eval_every": 2, "ema_decay": 0.0}, tmp_path / "p.safetensors", threads=1
+    )
+    assert "one_vs_rest" not in plain.model.checkpoint_config["train"]  # the all-class recipe is unchanged
+    assert not hasattr(plain.model, "class_names")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--one-vs-rest", "10"], "error: one_vs_rest: digits has classes 0 to 9, got 10"),
+        (["--one-vs-rest", "-1"], "error: one_vs_rest: "),
+    ],
+)
+def test_bad_one_vs_rest_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--data", "digits", "--steps", "1", "--out", str(tmp_path / "x.safetensors"), *extra])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and len(err.splitlines()) == 1 and err.startswith(message), err

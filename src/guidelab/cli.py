@@ -736,11 +736,17 @@ def train(
     threads: Annotated[
         int | None, typer.Option(help="torch threads (default: 1 with --target, all with --data)")
     ] = None,
+    one_vs_rest: Annotated[
+        int | None,
+        typer.Option(help="with --data: a binary condition, class K (label 0) against every other class (label 1)"),
+    ] = None,
 ) -> None:
     """Train a class-conditional denoiser: on a shipped image dataset (--data; resumable: run the same command
     again after a crash), or on an exact target's samples (--target; for learned guidance and tests)."""
     if (data is None) == (target is None):
         raise ValueError("data: give exactly one of --data (an image dataset) and --target (an exact target)")
+    if one_vs_rest is not None and data is None:
+        raise ValueError("one_vs_rest: relabels an image dataset; give it with --data, not --target")
     for name, value in (("steps", steps), ("batch_size", batch_size), ("hidden", hidden), ("threads", threads)):
         if value is not None:
             positive(value, name)
@@ -774,6 +780,7 @@ def train(
         patience=patience,
         checkpoint_every=checkpoint_every,
         seed=seed,
+        one_vs_rest=one_vs_rest,
     )
     result = _train_reporting(train_image_denoiser, config, out, threads)
     _say_trained(result, out)

@@ -92,6 +92,9 @@ class DenoiserTrainConfig(_Common):
     depth: int = Field(3, ge=1)
     embed_dim: int = Field(64, ge=2)
     sigma_data: float | None = Field(None, gt=0, description="default: the training images' standard deviation")
+    one_vs_rest: int | None = Field(
+        None, ge=0, description="a binary condition: label 0 for this class, 1 for every other (None: all classes)"
+    )
 
     @field_validator("arch", "path", "prediction")
     @classmethod
@@ -292,6 +295,8 @@ def _loop(
 ) -> ImageTrainResult:
     config = task.config
     recipe = {"kind": kind, **config.model_dump()}
+    if recipe.get("one_vs_rest", 0) is None:  # the all-class recipe reads as before the option existed
+        del recipe["one_vs_rest"]
     rng_before = torch.random.get_rng_state()
     try:  # the initial weights come from the seed without touching the caller's global RNG
         torch.manual_seed(config.seed)
@@ -335,6 +340,7 @@ def _loop(
     def save_best() -> None:
         extra = {
             "data": config.data,
+            **({"class_names": list(task.train.class_names)} if "one_vs_rest" in recipe else {}),
             "train": recipe,
             "best_step": record["best_step"],
             "holdout_loss": record["best"],
@@ -446,7 +452,14 @@ def train_image_denoiser(
                 f"channels: {len(config.channels)} UNet levels halve {shape[1]}×{shape[2]} images "
                 f"{len(config.channels) - 1} times; use at most {_max_levels(shape)} levels"
             )
-    task = _DenoiserTask(config, load_dataset(config.data, "train"), load_dataset(config.data, "val"))
+    train, val = load_dataset(config.data, "train"), load_dataset(config.data, "val")
+    if config.one_vs_rest is not None:
+        if config.one_vs_rest >= train.num_classes:
+            raise ValueError(
+                f"one_vs_rest: {config.data} has classes 0 to {train.num_classes - 1}, got {config.one_vs_rest}"
+            )
+        train, val = train.one_vs_rest(config.one_vs_rest), val.one_vs_rest(config.one_vs_rest)
+    task = _DenoiserTask(config, train, val)
     return _fit(task, "denoiser", out, progress, threads, callback, warn)
 
 

@@ -65,6 +65,18 @@ class ImageData:
             raise ValueError(f"cond: class index must lie in [-1, {self.num_classes - 1}], got {cond}")
         return self.images[self.labels == cond]
 
+    def one_vs_rest(self, positive: int) -> ImageData:
+        """The same images with a binary condition: label 0 for class ``positive``, 1 for every other class; class
+        names ``("<positive>", "not-<positive>")`` (the binary-condition setting of Chidambaram et al., arXiv
+        2409.13074 §5: "digit 0" against "every other digit"). ValueError names ``one_vs_rest``."""
+        if isinstance(positive, bool) or not isinstance(positive, int) or not 0 <= positive < self.num_classes:
+            raise ValueError(
+                f"one_vs_rest: the positive class must be an integer in [0, {self.num_classes - 1}], got {positive!r}"
+            )
+        name = self.class_names[positive]
+        labels = (self.labels != positive).long()
+        return ImageData(self.name, self.split, self.images, labels, (name, f"not-{name}"))
+
     def class_index(self, cond: str | int) -> int:
         """A class given by name or index (``'null'`` or −1: unconditional) as its index; ValueError names
         ``cond``."""

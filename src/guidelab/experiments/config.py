@@ -765,6 +765,16 @@ def _check_trained(data: dict[str, Any]) -> list[str]:
     try:
         reference = ReferenceSpec.model_validate(data.get("reference") or {})
         check_reference(reference, sample_shape(model))
+        if reference.dataset is not None:
+            from guidelab.data import load_dataset
+
+            theirs, ours = load_dataset(reference.dataset, "val").class_names, class_names(model)
+            if tuple(ours) != tuple(theirs):  # e.g. a --one-vs-rest model: its label 1 is not the digit 1
+                raise ValueError(
+                    f"reference.dataset: the model's classes ({', '.join(ours)}) are not those of "
+                    f"{reference.dataset} ({', '.join(theirs)}); measure it against reference.samples, a .npz "
+                    "labelled with the model's own classes"
+                )
         for cond in reference.conds or []:
             try:
                 class_of(class_names(model), cond)

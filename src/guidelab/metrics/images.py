@@ -34,7 +34,15 @@ from torch import Tensor, nn
 from guidelab.metrics.diversity import vendi_score
 from guidelab.metrics.knn import prdc
 
-__all__ = ["IMAGE_METRICS", "IMAGE_METRIC_KEYS", "frechet_distance", "image_floor", "image_metrics", "splits"]
+__all__ = [
+    "IMAGE_METRICS",
+    "IMAGE_METRIC_KEYS",
+    "classify",
+    "frechet_distance",
+    "image_floor",
+    "image_metrics",
+    "splits",
+]
 
 IMAGE_METRICS = ("accuracy", "fd", "prdc", "vendi", "out_of_range", "x0_rms")
 # the keys each metric writes (each also as ``<key>_floor`` in a sweep's row)
@@ -80,9 +88,10 @@ def frechet_distance(a: Tensor, b: Tensor) -> float:
 
 
 @torch.no_grad()
-def _classify(classifier: Any, images: Tensor) -> tuple[Tensor | None, Tensor]:
-    """(logits, features) of images in chunks, in float32 on the classifier's device; without a classifier
-    (None) no logits and the flattened pixels as features."""
+def classify(classifier: Any, images: Tensor) -> tuple[Tensor | None, Tensor]:
+    """(logits (n, classes), features (n, F)) of images (n, C, H, W) in chunks of 512, run in the classifier's
+    dtype on its device and returned in float64 on the CPU; without a classifier (None) no logits and the flattened
+    pixels as features."""
     if classifier is None:
         return None, images.detach().double().cpu().flatten(1)
     param = next(classifier.parameters())
@@ -151,11 +160,11 @@ def _measure(
     point metrics over every generated (or, for the floor, reference) image."""
     if reference.shape[0] < 4:
         raise ValueError(f"reference: need at least 4 images for two halves, got {reference.shape[0]}")
-    ref_logits, ref_feats = _classify(classifier, reference)
+    ref_logits, ref_feats = classify(classifier, reference)
     if images is None:
         point = _point_metrics(reference, ref_logits, cond, metrics)
     else:
-        logits, feats = _classify(classifier, images)
+        logits, feats = classify(classifier, images)
         point = _point_metrics(images, logits, cond, metrics)
     g = torch.Generator().manual_seed(seed + 1)
     records = []

@@ -8,7 +8,10 @@ Shipped models (``SHIPPED``), trained by ``guidelab train`` / ``guidelab train-c
 in ``models/weights/README.md`` and reproduced by them:
 
 - ``digits``: a UNet (rf path, x0 prediction) on scikit-learn's digits; ``digits-mlp``: an MLP on the same;
-- ``mnist``: a UNet (rf, x0) on the MNIST subset;
+- ``digits-0-vs-rest``: the digits UNet's recipe with a binary condition, label 0 the digit 0 and label 1 every
+  other digit (``guidelab train --one-vs-rest 0``; the ``chidambaram-mnist`` reproduction);
+- ``mnist``: a UNet (rf, x0) on the MNIST subset; ``mnist-0-vs-rest``: a smaller UNet (channels 16/32/32, 2,000
+  steps) with the binary condition 0 against the rest (``chidambaram-mnist`` at paper size);
 - ``digits-classifier``, ``mnist-classifier``: the classifiers of the image metrics.
 """
 
@@ -42,7 +45,9 @@ CLASSIFIER_FORMAT = "guidelab-image-classifier/1"
 SHIPPED = {
     "digits": "digits-unet.safetensors",
     "digits-mlp": "digits-mlp.safetensors",
+    "digits-0-vs-rest": "digits-0-vs-rest-unet.safetensors",
     "mnist": "mnist-unet.safetensors",
+    "mnist-0-vs-rest": "mnist-0-vs-rest-unet.safetensors",
     "digits-classifier": "digits-classifier.safetensors",
     "mnist-classifier": "mnist-classifier.safetensors",
 }
@@ -100,6 +105,8 @@ def load_image_denoiser(path: str | Path, expect: dict[str, Any] | None = None) 
     model as ``checkpoint_config``."""
     model, config = _load(path, DENOISER_FORMAT, ImageDenoiser, expect, "model")
     model.checkpoint_config = config
+    if "class_names" in config:  # a relabelled model (e.g. one-vs-rest) names its classes
+        model.class_names = tuple(str(n) for n in config["class_names"])
     return model  # type: ignore[return-value]
 
 

@@ -22,6 +22,13 @@ name                           claim                                            
 ``variance-shrinkage-images``  the negative window restores within-class feature          arXiv 2602.00716
                                variance at matched accuracy
 ``learned-guidance-images``    learned ω on an image model vs constant and interval       arXiv 2510.00815
+``chidambaram-mnist``          on a 0-vs-rest image model samples move past class 0 as   arXiv 2409.13074
+                               γ grows; the monotone-trajectory rule picks γ near the
+                               best quality
+``stagewise-images``           stage-wise claims on the digits model: style clusters,    arXiv 2509.22007
+                               within-cluster variation, TV-CFG vs constant
+``adg-images``                 ADG keeps accuracy at high γ with less x0̂ norm growth     arXiv 2506.11039
+                               and saturation than CFG (digits model)
 ``tilted-target``              CFG (ODE or SDE) misses p(x|c)^γ p(x)^(1−γ); FKC on the    arXiv 2409.13074,
                                SDE reaches it at the same NFE                             2503.02819
 =============================  ========================================================  ===================
@@ -87,6 +94,23 @@ _TABLE: dict[str, tuple[str, str, str]] = {  # name -> (module, the claim reprod
         "learned_guidance_images",
         "learned ω(c, s, t) on an image model vs the best constant γ and interval, FD at matched accuracy",
         "arXiv 2510.00815",
+    ),
+    "chidambaram-mnist": (
+        "chidambaram_mnist",
+        "on a 0-vs-rest image model samples move past the positive class as γ grows; the largest γ with a monotone "
+        "mean projected x0̂ trajectory is near the best quality",
+        "arXiv 2409.13074",
+    ),
+    "stagewise-images": (
+        "stagewise_images",
+        "on the digits model, early strong guidance loses style clusters, late strong loses within-cluster "
+        "variation; TV-CFG vs constant at equal accuracy",
+        "arXiv 2509.22007",
+    ),
+    "adg-images": (
+        "adg_images",
+        "on the digits model ADG keeps accuracy at high γ with less x0̂ norm growth and saturation than CFG",
+        "arXiv 2506.11039",
     ),
     "tilted-target": (
         "tilted_target",
