@@ -227,7 +227,7 @@ def test_recorded_x0_hat_is_the_guided_one(one_thread):
     """At the first evaluation (t = 1, x_t the start noise) the recorded x0̂ is CFG's combination of the model's two
     predictions, and ADG's obeys its norm bound ‖x0̂‖ ≤ √2·‖x0̂_c‖ (the rule: ‖x0̂‖² = ‖F‖²(1 + sin 2a·sin θ))."""
     from guidelab.experiments.reproductions._common import per_copy
-    from guidelab.experiments.reproductions._images import guided_images, load_lab
+    from guidelab.experiments.reproductions._image_lab import guided_images, load_lab
     from guidelab.guiders import build_guider
 
     lab = load_lab("digits")

@@ -27,7 +27,7 @@ import torch
 
 from guidelab.experiments.reproductions import _plots
 from guidelab.experiments.reproductions._common import Run, config_for, is_nondecreasing, per_copy
-from guidelab.experiments.reproductions._images import guided_images, image_grid, load_lab, logits_features
+from guidelab.experiments.reproductions._image_lab import guided_images, image_grid, load_lab, logits_features
 from guidelab.guiders import build_guider
 
 __all__ = ["SIZES", "ADGImagesConfig", "adg_images", "out_of_range", "rms"]

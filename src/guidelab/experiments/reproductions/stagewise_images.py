@@ -37,7 +37,13 @@ from torch import Tensor
 from guidelab.data import load_dataset
 from guidelab.experiments.reproductions import _plots
 from guidelab.experiments.reproductions._common import Run, config_for
-from guidelab.experiments.reproductions._images import guided_images, image_grid, load_lab, logits_features, reference
+from guidelab.experiments.reproductions._image_lab import (
+    guided_images,
+    image_grid,
+    load_lab,
+    logits_features,
+    reference,
+)
 from guidelab.grids import make_grid
 from guidelab.guiders import build_guider, schedule_table
 from guidelab.metrics.images import frechet_distance
