@@ -166,7 +166,8 @@ def test_default_split_gives_the_same_rows_as_one_worker(tmp_path, monkeypatch):
     run_sweep(config, tmp_path / "one", workers=1)
     monkeypatch.setattr(runner, "_usable_cores", lambda: 2)
     monkeypatch.setattr(runner, "_SPAWN_S", 0.0)
-    summary = run_sweep(config, tmp_path / "auto")
+    monkeypatch.setattr(runner, "_available_memory", lambda: 1 << 40)
+    summary = run_sweep(config, tmp_path / "auto", workers=None)
     assert "on 2 worker processes × 1 torch thread(s) per run" in summary.split
     assert summary.split in (tmp_path / "auto" / "sweep.log").read_text()
     assert "in this process" in (tmp_path / "one" / "sweep.log").read_text()
@@ -187,6 +188,7 @@ def test_choose_split(tmp_path, n, cores, memory, workers):
     config = load_sweep(write(tmp_path, SWEEP.replace("n: 64", f"n: {n}")))
     runs = config.runs()
     assert len(runs) == 18
+    memory = memory or 1 << 40  # the host's own memory must not decide the cases that are not about memory
     split = runner.choose_split(runs, threads=1, cores=cores, memory=memory)
     assert (split.workers, split.threads) == (workers, 1)
     assert runner.choose_split(runs, threads=2, cores=cores, memory=memory).workers == max(1, min(workers, cores // 2))

@@ -173,3 +173,25 @@ def test_a_failing_compiled_kernel_falls_back_to_the_eager_tiles(monkeypatch):
     monkeypatch.setattr(pw, "_kernels", (broken, broken))
     assert pw.pairwise_distance_sum(x, y, compiled=True) == pw.pairwise_distance_sum(x, y)
     assert pw._kernels == ()
+
+
+def test_the_self_term_cache_is_keyed_by_the_thread_count():
+    """The GEMM path's sums depend on the thread count in the last bits: a value cached at one count is not
+    served at another, so a cached value always equals a fresh call at the current count."""
+    from guidelab.metrics.pairwise import cached_self_distance_mean, self_distance_mean
+
+    y = torch.randn(600, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            assert cached_self_distance_mean(y) == self_distance_mean(y)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_bad_compiled_value_is_refused_in_one_dimension_too():
+    from guidelab.metrics.pairwise import pairwise_distance_sum
+
+    with pytest.raises(ValueError, match="^compiled:"):
+        pairwise_distance_sum(torch.randn(5, 1), compiled="bogus")

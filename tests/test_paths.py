@@ -146,3 +146,15 @@ def test_combine_matches_the_weighted_sum_on_every_branch(t):
         expected = a * x + b * y
         scale = (abs(a) * x.abs() + abs(b) * y.abs()).max()
         assert float((combine(a, x, b, y) - expected).abs().max()) <= 1e-14 * float(scale), (a, b)
+
+
+def test_combine_with_weights_summing_to_one_promotes_mixed_dtypes():
+    """A float32 prediction on float64 states (a user's model in float32): the conversion promotes as a·x + b·y
+    does instead of failing in lerp."""
+    from guidelab.paths import combine
+
+    x = torch.randn(3, 2, dtype=torch.float64)
+    y = torch.randn(3, 2, dtype=torch.float32)
+    out = combine(0.25, x, 0.75, y)
+    assert out.dtype == torch.float64
+    assert torch.allclose(out, 0.25 * x + 0.75 * y.double(), rtol=1e-7)

@@ -117,3 +117,15 @@ def test_paper_size(tmp_path: Path):
     result = REPRODUCTIONS[NAME]("paper", tmp_path)
     assert result["claims"]["learned_omega_finite_and_nonnegative"]
     assert result["results"]["selection"]["best_constant"] is not None, result["notes"]
+
+
+def test_learning_on_a_one_vs_rest_model_reads_its_data_one_vs_rest():
+    """The data of ``learn --denoiser image`` follow the model's classes: for the shipped 0-vs-rest model, digit 0
+    is label 0 and every other digit label 1 (not the dataset's ten labels)."""
+    from guidelab.data import load_dataset
+    from guidelab.learn.data import _image_denoiser
+
+    _, data, _ = _image_denoiser("digits-0-vs-rest")
+    raw = load_dataset("digits", "train")
+    assert tuple(data.class_names) == ("0", "not-0")
+    assert torch.equal(data.labels, (raw.labels != 0).long())

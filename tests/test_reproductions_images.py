@@ -134,7 +134,8 @@ def test_monotone_rule_and_prescription_on_hand_made_series():
     g = [1.0, 2.0, 4.0, 8.0]
     assert prescribed_gamma(g, [True, True, False, True]) == 2.0
     assert prescribed_gamma(g, [True] * 4) == 8.0
-    assert prescribed_gamma(g, [False] * 4) == 1.0
+    assert prescribed_gamma(g, [False] * 4) is None  # no admissible γ
+    assert prescribed_gamma(g, [False, True, True, True]) is None
 
 
 def test_projection_axis_puts_the_class_means_at_0_and_1():

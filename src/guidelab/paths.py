@@ -642,6 +642,6 @@ def combine(a: float, x: Tensor, b: float, y: Tensor) -> Tensor:
         return torch.add(x, y, alpha=b)
     if b == 1:
         return torch.add(y, x, alpha=a)
-    if a + b == 1:
+    if a + b == 1 and x.dtype == y.dtype:  # lerp does not promote
         return torch.lerp(x, y, b)
     return torch.add(x * a, y, alpha=b)

@@ -649,7 +649,7 @@ def run_sweep(
     config: SweepConfig,
     out: str | Path,
     *,
-    workers: int | None = None,
+    workers: int | None = 1,
     executor: str = "local",
     address: str | None = None,
     threads: int = 1,
@@ -660,8 +660,10 @@ def run_sweep(
     """Run the sweep into ``out`` (created), skipping runs already in its store.
 
     Args:
-        workers: processes for the local executor (1 runs in this process; a sweep on a pipeline always
-            runs in this process and takes only 1); None: :func:`choose_split` picks them for the runs to do.
+        workers: processes for the local executor (1, the default, runs in this process; a sweep on a pipeline
+            always runs in this process and takes only 1); None: :func:`choose_split` picks them for the runs to
+            do (``guidelab run`` without ``--workers``). Worker processes are spawned, so a script that asks for
+            them must guard its top level with ``if __name__ == "__main__":``.
             The split is appended to ``out/sweep.log``.
         executor: ``local`` or ``ray`` (``address`` of an existing cluster, or None for a local one).
         threads: torch threads of every run, whatever the executor and workers (the same count gives

@@ -52,9 +52,10 @@ def dot(a: Tensor, b: Tensor) -> Tensor:
     the divisions that follow: (batch,).
 
     One batched (1 × D)·(D × 1) GEMM: ``linalg.vecdot`` is a product and a sum on the CPU (two passes and a
-    (batch, D) temporary), about 3× slower at D = 64; rows shorter than 16 keep ``vecdot``."""
+    (batch, D) temporary), about 3× slower at D = 64; rows shorter than 16, and other devices (where a float32
+    GEMM may run in TF32 under ``set_float32_matmul_precision("high")``), keep ``vecdot``."""
     x, y = flat(upcast(a)), flat(upcast(b))
-    if x.shape[1] < _BMM_MIN or x.dtype != y.dtype:
+    if x.shape[1] < _BMM_MIN or x.dtype != y.dtype or x.device.type != "cpu":  # CUDA bmm may run in TF32
         return torch.linalg.vecdot(x, y).to(torch.float64)
     return torch.bmm(x.unsqueeze(1), y.unsqueeze(2)).reshape(-1).to(torch.float64)
 

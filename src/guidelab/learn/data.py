@@ -80,7 +80,11 @@ def _image_denoiser(model: str) -> tuple[Denoiser, Any, NoisePath]:
     dataset = (getattr(denoiser, "checkpoint_config", None) or {}).get("data")
     if not dataset:
         raise ValueError(f"model: {model!r} does not record the dataset it was trained on (its config's data)")
-    return denoiser, load_dataset(str(dataset), "train"), denoiser.path
+    data = load_dataset(str(dataset), "train")
+    positive = ((getattr(denoiser, "checkpoint_config", None) or {}).get("train") or {}).get("one_vs_rest")
+    if positive is not None:  # a one-vs-rest model: its classes are (K, not-K), so are the data's labels
+        data = data.one_vs_rest(int(positive))
+    return denoiser, data, denoiser.path
 
 
 def image_data(data: Any) -> DataSource:

@@ -273,6 +273,8 @@ def pairwise_distance_sum(x: Tensor, y: Tensor | None = None, *, compiled: bool 
     """
     if x.ndim != 2 or (y is not None and (y.ndim != 2 or y.shape[1] != x.shape[1])):
         raise ValueError("x, y: expected (n, D) and (m, D) points of one dimension D")
+    if compiled not in (True, False, "auto"):
+        raise ValueError(f"compiled: expected True, False or 'auto', got {compiled!r}")
     x = x.to(torch.float64)
     y = None if y is None else y.to(torch.float64)
     d = x.shape[1]
@@ -281,8 +283,6 @@ def pairwise_distance_sum(x: Tensor, y: Tensor | None = None, *, compiled: bool 
     scale = _pow2_scale(x) if y is None else _pow2_scale(x, y)
     x = x / scale
     y = None if y is None else y / scale
-    if compiled not in (True, False, "auto"):
-        raise ValueError(f"compiled: expected True, False or 'auto', got {compiled!r}")
     pairs = x.shape[0] * (x.shape[0] - 1) // 2 if y is None else x.shape[0] * y.shape[0]
     want = compiled is True or (compiled == "auto" and pairs >= COMPILE_MIN_PAIRS)
     kernels = _compiled_kernels() if want and d <= DIRECT_MAX_DIM and x.device.type == "cpu" else ()
@@ -305,7 +305,7 @@ def self_distance_mean(y: Tensor, *, compiled: bool | str = False) -> float:
     return 2.0 * pairwise_distance_sum(y, compiled=compiled) / (m * (m - 1))
 
 
-_self_cache: OrderedDict[tuple[str, tuple[int, ...], bool | str], float] = OrderedDict()
+_self_cache: OrderedDict[tuple[str, tuple[int, ...], bool | str, int, bool], float] = OrderedDict()
 
 
 def cached_self_distance_mean(y: Tensor, *, compiled: bool | str = False) -> float:
@@ -314,7 +314,10 @@ def cached_self_distance_mean(y: Tensor, *, compiled: bool | str = False) -> flo
     is the one computed from the same bytes, so cached and uncached results are identical. The last
     16 sets are kept."""
     y = as_points(y, "y").cpu().contiguous()
-    key = (hashlib.sha256(y.numpy().tobytes()).hexdigest(), tuple(y.shape), compiled)
+    # the sums depend on the thread count in the last bits (GEMM path, compiled kernels), and on whether the
+    # compiled kernels are in use: both are part of the key, so a cached value is the one a fresh call would give
+    key = (hashlib.sha256(y.numpy().tobytes()).hexdigest(), tuple(y.shape), compiled, torch.get_num_threads(),
+           bool(_kernels))  # fmt: skip
     if key in _self_cache:
         _self_cache.move_to_end(key)
         return _self_cache[key]

@@ -98,12 +98,12 @@ def is_monotone(values: list[float], tol: float) -> bool:
     return is_nondecreasing([-v for v in values], tol)
 
 
-def prescribed_gamma(gammas: list[float], monotone: list[bool]) -> float:
+def prescribed_gamma(gammas: list[float], monotone: list[bool]) -> float | None:
     """The paper's rule: the largest γ below the first whose mean trajectory is not monotone (the last γ when all
-    are; the first when none is)."""
+    are); None when even the first γ's is not (no admissible γ on the grid)."""
     for k, ok in enumerate(monotone):
         if not ok:
-            return gammas[max(k - 1, 0)]
+            return gammas[k - 1] if k > 0 else None
     return gammas[-1]
 
 
@@ -130,7 +130,10 @@ def _claims(rows: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, bo
     means = [r["final_projection_mean"] for r in rows]
     far = [r["beyond_real_q95"] for r in rows]
     g_p = summary["prescribed_gamma"]
-    near = {key: abs(math.log2(g_p / summary[key])) <= 1.0 for key in ("best_gamma_acc_div", "best_gamma_fd")}
+    near = {  # no admissible γ: the prescription is near nothing
+        key: g_p is not None and abs(math.log2(g_p / summary[key])) <= 1.0
+        for key in ("best_gamma_acc_div", "best_gamma_fd")
+    }
     fd = [r["fd"] for r in rows]
     return {
         "samples_move_past_the_positive_class": is_nondecreasing(means, tol=0.02)
@@ -224,12 +227,13 @@ def chidambaram_mnist(size: str = "ci", out_dir: str | Path = NAME) -> dict[str,
                 f"The mean projected x0̂ trajectory is monotone (within {cfg.monotone_tol}) at every γ up to "
                 f"{gammas[-1]:g}, so the rule prescribes the largest γ tried."
             )
+        g_xt = summary["prescribed_gamma_xt"]
         reversals = ", ".join(f"{r['gamma']:g}: {r['largest_reversal']:.3f}" for r in rows)
         run.notes.append(
             f"The rule depends on the tolerance {cfg.monotone_tol}: the largest reversal of the mean projected x0̂ "
             f"trajectory per γ is {reversals} (x0̂ starts at x0̂_u + γ(x0̂_c − x0̂_u), far past the class, and falls "
             f"back; a non-monotone trajectory rises again near the end). The x_t path's rule gives "
-            f"{summary['prescribed_gamma_xt']:g}."
+            f"{'no γ (even γ = 1 is not monotone)' if g_xt is None else f'{g_xt:g}'}."
         )
         if summary["prescribed_gamma"] == gammas[0]:
             run.notes.append(
@@ -314,7 +318,8 @@ def _plot_quality(rows: list[dict[str, Any]], summary: dict[str, Any], file: Pat
     ax.plot(g, [r["fd"] for r in rows], marker="o", ms=3, color="C3")
     ax.set_ylabel("Fréchet distance to real zeros")
     for ax in axes[0]:
-        ax.axvline(summary["prescribed_gamma"], color="k", lw=0.8, label="prescribed γ")
+        if summary["prescribed_gamma"] is not None:
+            ax.axvline(summary["prescribed_gamma"], color="k", lw=0.8, label="prescribed γ")
         ax.set_xlabel("γ")
         ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)
