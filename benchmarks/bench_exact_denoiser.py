@@ -1,4 +1,4 @@
-"""Benchmark: exact-target denoisers against their limits (PERFORMANCE.md, issue 17 item 2).
+"""Benchmark: exact-target denoisers against their limits (the README's Performance table; issue 17 item 2).
 
 Parts (``--parts``, all by default), each a ratio to a baseline measured in the same process:
 

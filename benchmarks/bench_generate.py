@@ -1,5 +1,5 @@
 """Benchmark: guidelab's ``generate`` against a diffusers pipeline's own call, and the time interval guidance saves
-(PERFORMANCE.md, "Real models").
+(the README's Performance table, "Real models").
 
 1. **Equal NFE.** ``generate(pipe, prompt, params={"scale": s}, steps=N, latents=ξ, output_type="latent")`` against
    ``pipe(prompt, guidance_scale=s, num_inference_steps=N, latents=ξ, output_type="latent")``: the same network,

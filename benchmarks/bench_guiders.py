@@ -1,4 +1,4 @@
-"""Benchmark: the per-step cost of every guider's combine, as a ratio to one network forward (PERFORMANCE.md).
+"""Benchmark: the per-step cost of every guider's combine, as a ratio to one network forward (README, Performance).
 
 Small networks at batch 256 set the unit: a 4-layer, 256-wide MLP on 64- and on 2-dimensional data and a
 3-layer 32-channel conv net on 1×8×8 images, all predicting velocity (a flow model). Raw predictions are made once;

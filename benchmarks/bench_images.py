@@ -1,5 +1,5 @@
-"""Benchmark: the image lab (PERFORMANCE.md, "sampling a shipped image model" and "training the shipped digits
-model").
+"""Benchmark: the image lab (targets: "sampling a shipped image model" and "training the shipped digits model",
+../shared/PERFORMANCE.md).
 
 1. **Sampling throughput per method.** Each guider samples ``--n`` images of one class from a shipped UNet
    (``--model digits`` or ``mnist``)

@@ -1,4 +1,4 @@
-"""Benchmark: learned guidance weights (Learn to Guide, arXiv 2510.00815; PERFORMANCE.md).
+"""Benchmark: learned guidance weights (Learn to Guide, arXiv 2510.00815; the README's Performance table).
 
 Reports, from one process:
 
@@ -10,7 +10,7 @@ Reports, from one process:
   over a 32-step run (ω for every class and step in one network call at the first step, then a lookup
   of the batch's labels per step; and the combine), relative to one step's denoiser call (cond + uncond
   batched), for the exact mixture denoiser and for a 4-layer 256-wide MLP denoiser at batch 256
-  (PERFORMANCE.md's reference forward).
+  (the reference forward of the README's Performance table).
 
 Medians with min–max over repeats after a warm-up; ``torch.set_num_threads`` fixed per measurement; the
 process is pinned to at most 2 CPU cores. Usage:

@@ -1,4 +1,4 @@
-"""Benchmark: a sweep run's default metrics against its sampling (issue 17, item 1; PERFORMANCE.md).
+"""Benchmark: a sweep run's default metrics against its sampling (issue 17, item 1; the README's Performance table).
 
 One run of ``multimodal-2d`` (CFG, 32 Heun steps) at n = 20,000 and its exact reference of the same size, as a
 sweep runs it (``guidelab.recipe.run_sample``, ``guidelab.experiments.measures``), timed in rounds that call

@@ -1,4 +1,4 @@
-"""Benchmark: a sweep's wall time per worker × thread split (issue 17, item 4; PERFORMANCE.md).
+"""Benchmark: a sweep's wall time per worker × thread split (issue 17, item 4; the README's Performance table).
 
 A sweep of 24 runs (``multimodal-2d``, CFG at 6 scales × 4 seeds, 32 Heun steps, n samples, the default
 metrics) is run by ``guidelab run`` in a fresh process per split, so every split pays what a user pays:

@@ -286,3 +286,23 @@ def test_a_sweep_run_with_fkc_records_ess_and_resamplings_in_its_sidecar_and_sto
     assert sidecar["fkc_resamplings"] == direct.resamplings == row["metrics"]["fkc_resamplings"]
     assert 1 <= direct.resamplings < 9  # the threshold skipped some steps
     assert row["metrics"]["fkc_min_ess"] == pytest.approx(float(direct.ess.min()), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("param", "line"),
+    [
+        ("clampp=1", "error: fkc: unknown keys ['clampp']"),
+        ("clamp=-1", "error: fkc.clamp: must be a finite number > 0"),
+        ("ess_threshold=2", "error: fkc.ess_threshold: must lie in (0, 1]"),
+    ],
+)
+def test_cli_fkc_errors_name_the_field_once(param, line, tmp_path, capsys):
+    from guidelab.cli import main
+
+    args = ["sample", "--target", "multimodal-2d", "--cond", "a", "--solver", "euler-maruyama", "--t-max", "0.99",
+            "--fkc-param", param, "--n", "8", "--out", str(tmp_path / "x.npy")]  # fmt: skip
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith(line), err
+    assert "fkc: fkc" not in err

@@ -185,7 +185,7 @@ def test_table_has_one_row_per_run_with_errors(sweep_report):
     text = html.read_text(encoding="utf-8")
     assert "<script>alert(1)" not in text  # escaped, not injected
     assert "runs-table" in page.tables
-    assert "toy-repro" in text and "variance_shrinks" in text and "✗ fails" in text and "✓ holds" in text
+    assert "toy-repro" in text and "variance_shrinks" in text and "✗ not reproduced" in text and "✓ holds" in text
     assert "2 of 3 checks hold" in text
 
 
@@ -263,3 +263,21 @@ def test_reproduction_figures_go_to_their_json(tmp_path):
     (hidden / "x.json").write_text(json.dumps({"claims": {}}))
     found = {r.title: [p.name for p in r.figures] for r in find_reproductions(tmp_path)}
     assert found == {"a": ["a_fig.png"], "b_long": ["b_long_x.png"], "other figures in repros/": ["zzz.png"]}
+
+
+def test_a_reproduction_folder_alone_shows_its_claims_and_notes_not_the_sweep_text(tmp_path):
+    """A folder with only a reproduction: the header counts the reproduction (no '0 runs'), the sweep's exact-target
+    explainer is left out, plain pass/fail claims have no empty value column, and the notes that say why a claim
+    did not reproduce are in the page."""
+    import json
+
+    from guidelab.report import write_report
+
+    data = {"reproduction": "toy", "claims": {"a_holds": True, "b_fails": False},
+            "notes": ["b fails because the model is already at accuracy 1 <here>"], "figures": []}  # fmt: skip
+    (tmp_path / "toy.json").write_text(json.dumps(data))
+    html = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "1 reproduction;" in html and "0 runs" not in html
+    assert "analytic target" not in html and "✗ not reproduced" in html and "✓ holds" in html
+    assert "<th>value</th>" not in html
+    assert "b fails because the model is already at accuracy 1 &lt;here&gt;" in html

@@ -612,7 +612,14 @@ def report(
         raise ValueError(f"folder: no such directory {str(folder)!r}")
     if out is not None:
         writable_file(out, "out")
-    typer.echo(f"report written to {write_report(folder, out)}")
+    try:
+        path = write_report(folder, out)
+    except ValueError as err:  # write_report names its argument dir; here it is the FOLDER argument
+        message = str(err)
+        raise ValueError(
+            "folder: " + message.removeprefix("dir: ") if message.startswith("dir: ") else message
+        ) from None
+    typer.echo(f"report written to {path}")
 
 
 @app.command()
@@ -640,8 +647,12 @@ def reproduce(
     result = REPRODUCTIONS[name](size, out)
     claims = result.get("claims", {})
     for claim, ok in claims.items():
-        typer.echo(f"{'PASS' if ok else 'FAIL'}  {claim}")
-    typer.echo(f"numbers and figures in {out}; report written to {write_report(out)}")
+        typer.echo(f"{'holds         ' if ok else 'not reproduced'}  {claim}")
+    held = sum(bool(ok) for ok in claims.values())
+    typer.echo(
+        f"{held} of {len(claims)} claims hold here (a claim not reproduced is a result, with its reason in the notes; "
+        f"the command succeeded); numbers and figures in {out}; report written to {write_report(out)}"
+    )
 
 
 _LEARN_FIELDS = (  # LearnConfig's fields, listed here so that --help needs no torch import (a test keeps it true)

@@ -295,7 +295,10 @@ def class_of(names: tuple[str, ...], cond: str) -> int:
     except ValueError:
         raise ValueError(f"cond: unknown class {text!r}; accepted: {', '.join(names)}, null") from None
     if not -1 <= index < len(names):
-        raise ValueError(f"cond: class index must lie in [-1, {len(names) - 1}], got {index}")
+        raise ValueError(
+            f"cond: class index must lie in [-1, {len(names) - 1}], got {index}; the classes: "
+            f"{', '.join(f'{i} = {n!r}' for i, n in enumerate(names))} (names are matched before indices)"
+        )
     return index
 
 

@@ -38,5 +38,7 @@ def error_lines(err: ValidationError) -> list[str]:
             continue
         got = e.get("input")
         shown = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) else ""
-        lines.append(f"{location(tuple(e['loc']))}: {message}{shown}")
+        where = location(tuple(e["loc"]))
+        named = message.startswith((f"{where}: ", f"{where}.", f"{where}["))  # already names its field (or a part)
+        lines.append(f"{message}{shown}" if named else f"{where}: {message}{shown}")
     return lines

@@ -102,17 +102,24 @@ _WORKER_MEMORY = 1 << 30  # bytes a worker may take (torch, a compiled kernel, a
 _SAMPLE_S = 2e-7  # seconds per sample per network evaluation of an exact-target run (measured, one thread)
 _PAIR_S = 3e-9  # seconds per pair of the energy distance (eager tiles, one thread)
 _RUN_S = 0.1  # seconds of a run's fixed costs (building it, writing samples, run.json and its row)
+_KERNEL_PAIR_S = 1e-8  # seconds per pair of a kernel or k-NN measure (mmd, prdc, w2's cost matrix; one thread)
+_EIGEN_S = 8e-11  # seconds per n³ of Vendi's eigenvalues (n = 2000: ~0.65 s per set, measured, one thread)
+_PAIRWISE_MEASURES = ("mmd", "w2", "prdc")
 
 
 def estimated_run_seconds(spec: RunSpec) -> float:
     """A rough one-thread cost of a run, used only to decide whether worker processes pay for their start:
     ``_RUN_S``, ``n · steps · 4`` network evaluations (a second-order solver, conditional and unconditional)
-    at ``_SAMPLE_S``, and the energy distance's pairs at ``_PAIR_S``."""
+    at ``_SAMPLE_S``, the energy distance's pairs at ``_PAIR_S``, the other pairwise measures' at
+    ``_KERNEL_PAIR_S``, and Vendi's two n³ eigendecompositions (samples and reference) at ``_EIGEN_S``."""
     cfg = spec.sample
+    m = spec.reference_n or cfg.n
     seconds = _RUN_S + _SAMPLE_S * cfg.n * cfg.steps * 4
     if "energy_distance" in spec.metrics:
-        m = spec.reference_n or cfg.n
         seconds += _PAIR_S * (cfg.n * m + (cfg.n**2 + m**2) / 2)
+    seconds += _KERNEL_PAIR_S * (cfg.n + m) ** 2 * sum(k in spec.metrics for k in _PAIRWISE_MEASURES)
+    if "vendi" in spec.metrics:
+        seconds += _EIGEN_S * (cfg.n**3 + m**3)
     return seconds
 
 

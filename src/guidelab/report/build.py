@@ -79,8 +79,16 @@ number).</dd>
 <dt>Cost · Schedules</dt><dd>Network evaluations per sample; the γ each configuration applies per step, noise to data
 (hollow markers: one pass only).</dd>
 <dt>All runs · Reproductions</dt><dd>Every run, failures with their error, sortable by clicking a header (↓/↑: which
-way is better); reproduction claims (✓ holds, ✗ fails) with their figures.</dd>
+way is better); reproduction claims (✓ holds, ✗ not reproduced) with their notes and figures.</dd>
 </dl></div>
+"""
+
+
+_REPRO_INTRO = """
+<div class="intro"><p>Each reproduction runs a seed paper's claim as a named experiment (<code>guidelab reproduce
+NAME</code>). Its claims are checks: <strong>✓ holds</strong>, or <strong>✗ not reproduced</strong> here, with the
+reason in the notes below the table; the numbers behind them are in the reproduction's JSON
+(<code>results</code>).</p></div>
 """
 
 
@@ -141,14 +149,12 @@ def build_report(
     sweeps = sorted({str(r.get("sweep")) for r in rows if r.get("sweep")})
     title = "guidelab report" + (f": {', '.join(sweeps)}" if sweeps else "")
     failed = sum(r["status"] != "ok" for r in rows)
-    meta = (
-        f"{len(rows)} runs ({len(rows) - failed} ok, {failed} failed), "
-        f"{len(repros)} reproduction{'' if len(repros) == 1 else 's'}; "
-        f"folder {root}; generated {time.strftime('%Y-%m-%d %H:%M')} by guidelab {__version__}"
-    )
-    exact = len(pipeline_rows) + len(model_rows) < len(rows) or not rows
+    counts = [f"{len(rows)} runs ({len(rows) - failed} ok, {failed} failed)"] if rows or not repros else []
+    counts += [f"{len(repros)} reproduction{'' if len(repros) == 1 else 's'}"] if repros else []
+    meta = f"{', '.join(counts)}; folder {root}; generated {time.strftime('%Y-%m-%d %H:%M')} by guidelab {__version__}"
+    exact = len(pipeline_rows) + len(model_rows) < len(rows) or not (rows or repros or tunes)
     intro = (_INTRO if exact else "") + (IMAGES_INTRO if pipeline_rows else "") + (MODELS_INTRO if model_rows else "")
-    intro += TUNE_INTRO if tunes else ""
+    intro += (TUNE_INTRO if tunes else "") + (_REPRO_INTRO if repros and not rows else "")
     return page(title, meta, intro, sections, expect_table=bool(rows))
 
 
@@ -532,6 +538,10 @@ def _reproduction_section(root: Path, repros: Sequence[Reproduction]) -> Section
         )
         if claims:
             parts.append(claims_table(claims))
+        notes = [str(n) for n in data.get("notes") or [] if str(n).strip()]
+        if notes:
+            items = "".join(f"<li>{escape(n)}</li>" for n in notes)
+            parts.append(f'<p class="muted">Notes (what did not reproduce, and why):</p><ul class="notes">{items}</ul>')
         for png_path in rep.figures:
             try:
                 png = png_path.read_bytes()

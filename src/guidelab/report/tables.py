@@ -280,15 +280,16 @@ def claim_items(claims: dict[str, Any] | list[Any]) -> list[tuple[str, bool | No
 
 def claims_table(claims: dict[str, Any] | list[Any]) -> str:
     """A reproduction's claims: name, the numbers it rests on, and ✓/✗ where the claim is a check."""
+    items = claim_items(claims)
+    values = any(shown is not None for _, _, shown in items)  # plain pass/fail claims: no value column
     body = []
-    for name, ok, shown in claim_items(claims):
+    for name, ok, shown in items:
         verdict = (
             '<td class="pass">✓ holds</td>'
             if ok is True
-            else ('<td class="fail">✗ fails</td>' if ok is False else '<td class="muted">—</td>')
+            else ('<td class="fail">✗ not reproduced</td>' if ok is False else '<td class="muted">—</td>')
         )
-        body.append(f"<tr><td><code>{escape(name)}</code></td><td>{escape(fmt(shown))}</td>{verdict}</tr>")
-    return (
-        '<table class="claims"><thead><tr><th>claim</th><th>value</th><th>verdict</th></tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table>"
-    )
+        value = f"<td>{escape(fmt(shown))}</td>" if values else ""
+        body.append(f"<tr><td><code>{escape(name)}</code></td>{value}{verdict}</tr>")
+    head = "<th>claim</th>" + ("<th>value</th>" if values else "") + "<th>verdict</th>"
+    return f'<table class="claims"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'

@@ -16,9 +16,14 @@ __all__ = ["band", "new_figure", "save", "shade_interval"]
 def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 3.6, height: float = 3.0, **kwargs: Any) -> tuple:
     """A figure of ``nrows × ncols`` panels (each ``width × height`` inches) on the Agg canvas and its axes
     as a 2-d array."""
+    import logging
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    # mathtext looks for STIX and Computer Modern fonts and logs a line per family it falls back from (DejaVu has
+    # the glyphs): twenty lines a run that bury the claims
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)

@@ -305,7 +305,9 @@ def _plot_quality(rows: list[dict[str, Any]], summary: dict[str, Any], file: Pat
     g = [r["gamma"] for r in rows]
     fig, axes = _plots.new_figure(1, 3, width=3.4, height=3.0)
     ax = axes[0][0]
-    ax.plot(g, [r["final_projection_mean"] for r in rows], marker="o", ms=3, label="mean p(x)")
+    ax.plot(
+        g, [r["final_projection_mean"] for r in rows], marker="o", ms=3, label="mean projection of the final samples"
+    )
     ax.axhline(summary["real_zero_projection_mean"], color="0.4", ls=":", label="real zeros: mean")
     ax.axhline(summary["real_zero_projection_q95"], color="0.4", ls="--", label="real zeros: 95th pct")
     ax.set_ylabel("projection of the final samples")
