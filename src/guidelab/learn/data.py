@@ -77,11 +77,11 @@ def _image_denoiser(model: str) -> tuple[Denoiser, Any, NoisePath]:
     from guidelab.models.zoo import SHIPPED_DENOISERS
 
     denoiser = load_trained("shipped" if model in SHIPPED_DENOISERS else "checkpoint", model)
-    dataset = (getattr(denoiser, "checkpoint_config", None) or {}).get("data")
-    if not dataset:
+    config = getattr(denoiser, "checkpoint_config", None) or {}
+    if not config.get("data"):
         raise ValueError(f"model: {model!r} does not record the dataset it was trained on (its config's data)")
-    data = load_dataset(str(dataset), "train")
-    positive = ((getattr(denoiser, "checkpoint_config", None) or {}).get("train") or {}).get("one_vs_rest")
+    data = load_dataset(str(config["data"]), "train")
+    positive = (config.get("train") or {}).get("one_vs_rest")
     if positive is not None:  # a one-vs-rest model: its classes are (K, not-K), so are the data's labels
         data = data.one_vs_rest(int(positive))
     return denoiser, data, denoiser.path
