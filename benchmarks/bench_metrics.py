@@ -8,8 +8,8 @@ each of these once (order reversed every other round, so that a drifting load sl
 - ``metrics``: every default metric of a sweep together (``SweepConfig.metrics``), the reference's self-term
   cached as from a sweep's second run on;
 - ``metrics, first run``: the same with the self-term computed (a sweep's first run per target, condition, n);
-- ``metrics, eager``: the same as ``metrics`` with the eager tiles (no ``torch.compile``, as on a machine
-  without a C++ compiler); the one-off compile time is printed apart;
+- ``metrics, eager``: the same as ``metrics`` with the eager tiles (no compiled loop, as without the ``fast``
+  extra's numba); the one-off time to load the compiled loop is printed apart;
 - ``roofline GEMM``: a plain float64 GEMM ``x_i·y_j`` over the same pairs, in the same tiles (the cross
   pairs and the within-set pairs i < j, the pairwise-distance roofline the issue names);
 - ``old energy distance`` (once, unless ``--no-old``): the previous ``torch.cdist`` implementation.
@@ -35,7 +35,7 @@ import torch
 from _timing import interleaved
 from guidelab.experiments.config import SweepConfig
 from guidelab.experiments.measures import MeasureInput, measure, reference_samples
-from guidelab.metrics import pairwise
+from guidelab.metrics import pairwise, pairwise_jit
 from guidelab.recipe import SampleConfig, run_sample
 
 
@@ -87,14 +87,14 @@ def main() -> None:
         return measure(metrics, inp)
 
     def metrics_eager() -> object:
-        kernels, pairwise._kernels = pairwise._kernels, ()
+        kernels, pairwise_jit._kernels = pairwise_jit._kernels, ()
         try:
             return measure(metrics, inp)
         finally:
-            pairwise._kernels = kernels
+            pairwise_jit._kernels = kernels
 
     start = time.perf_counter()
-    compiled = bool(pairwise._compiled_kernels())
+    compiled = pairwise_jit.available()
     compile_s = time.perf_counter() - start
 
     fns = {
@@ -119,7 +119,7 @@ def main() -> None:
         f"{args.threads} thread(s); {platform.processor() or platform.machine()}; medians (min–max) of "
         f"{args.repeats} rounds"
     )
-    print(f"compiled kernels: {'yes' if compiled else 'no'} ({compile_s:.1f} s to build, once per process)")
+    print(f"compiled loop: {'yes' if compiled else 'no'} ({compile_s:.2f} s to load, once per process)")
     print(f"{'':22s} {'seconds':>26s}")
     for name, values in times.items():
         print(f"{name:22s} {summary(values)}")

@@ -3,6 +3,8 @@ previous implementation kept as an oracle (tests/distance_reference.py: torch.cd
 brute force by explicit float64 differences summed exactly (near-duplicates, where the old GEMM-form cdist
 itself loses digits)."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -130,49 +132,82 @@ def test_one_d_ties_and_unsorted_input():
     assert pw.pairwise_distance_sum(x) == brute_distance_sum(x.numpy())
 
 
-def test_compiled_tiling_with_eager_kernels(monkeypatch):
-    """The compiled path's tiling (1024-point tiles, masked diagonal tiles) with the eager kernels in place of
-    the compiled ones (no compile here): brute-force sums; "auto" picks it only from COMPILE_MIN_PAIRS pairs."""
-    gen = torch.Generator().manual_seed(15)
-    x, y = randn(gen, 1100, 2), randn(gen, 1030, 2, shift=0.4)
-    monkeypatch.setattr(pw, "_kernels", (pw._cross_kernel, pw._diag_kernel))
-    calls = []
-    real = pw._compiled_tiles
-    monkeypatch.setattr(pw, "_compiled_tiles", lambda *a: calls.append(1) or real(*a))
+@pytest.mark.parametrize("d", [2, 3, 5, 8])
+def test_compiled_loop_against_brute_force(d):
+    """The compiled row loop (numba, a dev dependency, so it must load here) for the cross and the within-set
+    sums, unequal n, partial chunks: the exact brute force to 1e-13, the same value for 1 and 3 threads."""
+    from guidelab.metrics import pairwise_jit
+
+    assert pairwise_jit.available()
+    gen = torch.Generator().manual_seed(15 + d)
+    x, y = randn(gen, 1100, d, shift=0.4, scale=3.0), randn(gen, 1030, d)
+    before = torch.get_num_threads()
+    try:
+        sums = []
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            sums.append((pw.pairwise_distance_sum(x, y, compiled=True), pw.pairwise_distance_sum(x, compiled=True)))
+    finally:
+        torch.set_num_threads(before)
+    assert sums[0] == sums[1]
+    assert sums[0][0] == pytest.approx(brute_distance_sum(x.numpy(), y.numpy()), rel=1e-13)
+    assert sums[0][1] == pytest.approx(brute_distance_sum(x.numpy()), rel=1e-13)
+
+
+def test_compiled_loop_on_duplicates_far_from_the_origin():
+    """Exact duplicates (distance exactly 0) and 1e-9 perturbations 1e3 from the origin, in the compiled loop."""
+    gen = torch.Generator().manual_seed(18)
+    base = 1e3 + randn(gen, 7, 3)
+    x = base.repeat(40, 1) + 1e-9 * randn(gen, 280, 3)
+    y = base.repeat(30, 1)
+    assert pw.pairwise_distance_sum(y, compiled=True) == pytest.approx(brute_distance_sum(y.numpy()), rel=1e-12)
     assert pw.pairwise_distance_sum(x, y, compiled=True) == pytest.approx(
-        brute_distance_sum(x.numpy(), y.numpy()), rel=1e-13
+        brute_distance_sum(x.numpy(), y.numpy()), rel=1e-12
     )
-    assert pw.pairwise_distance_sum(x, compiled=True) == pytest.approx(brute_distance_sum(x.numpy()), rel=1e-13)
-    assert len(calls) == 2
-    pw.pairwise_distance_sum(x, y, compiled="auto")  # 1.1e6 pairs < COMPILE_MIN_PAIRS: eager tiles
+    assert pw.pairwise_distance_sum(base.repeat(5, 1)[:1].repeat(9, 1), compiled=True) == 0.0
+
+
+def test_auto_uses_the_compiled_loop_only_from_compile_min_pairs(monkeypatch):
+    gen = torch.Generator().manual_seed(19)
+    x, y = randn(gen, 300, 2), randn(gen, 200, 2)
+    calls = []
+    real = pw._compiled_sum
+    monkeypatch.setattr(pw, "_compiled_sum", lambda *a: calls.append(1) or real(*a))
+    pw.pairwise_distance_sum(x, y, compiled="auto")  # 6e4 pairs < COMPILE_MIN_PAIRS: eager tiles
+    assert calls == []
     monkeypatch.setattr(pw, "COMPILE_MIN_PAIRS", 1000)
     pw.pairwise_distance_sum(x, y, compiled="auto")
-    assert len(calls) == 3
+    pw.pairwise_distance_sum(x[:, :1], y[:, :1], compiled="auto")  # 1-D: sorting, never the loop
+    pw.pairwise_distance_sum(torch.cat([x] * 5, 1), torch.cat([y] * 5, 1), compiled=True)  # D = 10: GEMM form
+    assert calls == [1]
     with pytest.raises(ValueError, match="compiled"):
         pw.pairwise_distance_sum(x, y, compiled="yes")
 
 
-@pytest.mark.slow
-def test_compiled_kernels_equal_old_energy_distance():
-    """The torch.compile kernels (where this machine can compile) against the old implementation, 1e-10."""
-    kernels = pw._compiled_kernels()
-    if not kernels:
-        pytest.skip("torch.compile is not available here (no C++ compiler)")
+def test_compiled_loop_equals_old_energy_distance():
     gen = torch.Generator().manual_seed(16)
     for d in (2, 5):
         x, y = randn(gen, 2100, d, shift=0.2), randn(gen, 1900, d)
         assert energy_distance(x, y, compiled=True) == pytest.approx(energy_distance_old(x, y), rel=1e-10)
 
 
-def test_a_failing_compiled_kernel_falls_back_to_the_eager_tiles(monkeypatch):
-    def broken(*args):
-        raise RuntimeError("recompile failed")
+@pytest.mark.parametrize("why", ["GUIDELAB_COMPILE=0", "numba missing"])
+def test_without_the_compiled_loop_the_eager_tiles(monkeypatch, why):
+    """Turned off, or numba not installed: ``compiled=True`` gives the eager tiles' value, never an error."""
+    from guidelab.metrics import pairwise_jit
 
+    monkeypatch.setattr(pairwise_jit, "_kernels", None)  # as in a fresh process
+    if why == "numba missing":
+        monkeypatch.setitem(sys.modules, "numba", None)  # ``import numba`` raises ImportError
+    else:
+        monkeypatch.setenv("GUIDELAB_COMPILE", "0")
     gen = torch.Generator().manual_seed(17)
     x, y = randn(gen, 300, 2), randn(gen, 200, 2)
-    monkeypatch.setattr(pw, "_kernels", (broken, broken))
     assert pw.pairwise_distance_sum(x, y, compiled=True) == pw.pairwise_distance_sum(x, y)
-    assert pw._kernels == ()
+    assert not pairwise_jit.available()
+    with pytest.raises(RuntimeError, match="numba"):
+        pairwise_jit.row_sums(x.numpy(), y.numpy(), False)
+    monkeypatch.setattr(pairwise_jit, "_kernels", None)  # the next test loads them again
 
 
 def test_the_self_term_cache_is_keyed_by_the_thread_count():

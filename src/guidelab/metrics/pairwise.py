@@ -25,18 +25,19 @@ that every d² lies in float32's range.
 Every tile is summed in float64 and the tile sums are added with :func:`math.fsum`, so the result does not
 depend on the tile sizes beyond rounding (≲ 10⁻¹³ relative in practice).
 
-Optionally (``compiled=``), for 2 ≤ D ≤ 8 the whole tile (differences, float64 ``sqrt``, sum) is one kernel
-fused by ``torch.compile``: about 4× faster than the eager tiles on a 2-core AVX-512 machine, at a compile of
-~10 s once per process; a sweep's energy-distance measure uses it from :data:`COMPILE_MIN_PAIRS` pairs. Its
-sums depend on the torch thread count in the last bits (its reduction is split across threads), like other
-torch reductions: a sweep fixes the thread count of every run.
+Optionally (``compiled=``), for 2 ≤ D ≤ 8 each row's sum is one JIT-compiled loop (differences, correctly rounded
+float64 ``sqrt``, sum; :mod:`guidelab.metrics.pairwise_jit`, numba, the ``fast`` extra): 4–7× faster than the
+eager tiles on a 2-core AVX-512 machine, ~0.5 s to load once per process, and free of the GIL, so that a sweep's
+runs on several threads measure in parallel. Its rows are added with :func:`math.fsum`, so its sums do not depend
+on the thread count; they agree with the eager tiles to rounding (~10⁻¹⁵ relative), not bit for bit. A sweep's
+energy-distance measure uses it from :data:`COMPILE_MIN_PAIRS` pairs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import os
+import threading
 from collections import OrderedDict
 
 import torch
@@ -193,67 +194,29 @@ def _gemm_tiles(x: Tensor, y: Tensor, same: bool) -> list[float]:
     return [float(s) for s in sums]
 
 
-def _cross_kernel(xb: Tensor, yt: Tensor) -> Tensor:
-    """Σ_ij ‖xb_i − y_j‖ of a tile: xb (r, D), yt (D, w); written per coordinate so that inductor fuses it."""
-    d2 = (xb[:, 0, None] - yt[None, 0, :]) ** 2
-    for k in range(1, xb.shape[1]):
-        d2 = d2 + (xb[:, k, None] - yt[None, k, :]) ** 2
-    return d2.sqrt().sum()
+COMPILE_MIN_PAIRS = 10**7  # "auto" uses the compiled loop from this many pairs (eager ≳ 30 ms; loading it ~0.5 s once)
 
 
-def _diag_kernel(xb: Tensor, xt: Tensor) -> Tensor:
-    """Σ_{i<j} ‖xb_i − xb_j‖ of a diagonal tile: xb (r, D), xt = xbᵀ (D, r)."""
-    d2 = (xb[:, 0, None] - xt[None, 0, :]) ** 2
-    for k in range(1, xb.shape[1]):
-        d2 = d2 + (xb[:, k, None] - xt[None, k, :]) ** 2
-    i = torch.arange(xb.shape[0], device=xb.device)
-    return torch.where(i[None, :] > i[:, None], d2.sqrt(), 0.0).sum()
+def _compiled_sum(x: Tensor, y: Tensor | None) -> float:
+    """The pairwise sum by the compiled row loop (:mod:`guidelab.metrics.pairwise_jit`), its rows split over
+    torch's thread count (the value does not depend on it)."""
+    from guidelab.metrics import pairwise_jit
+
+    rows = pairwise_jit.row_sums(
+        x.numpy(), x.numpy() if y is None else y.numpy(), y is None, threads=torch.get_num_threads()
+    )
+    return math.fsum(rows.tolist())
 
 
-_kernels: tuple | None = None  # (cross, diag) compiled, or () where compiling is off or failed
-COMPILE_MIN_PAIRS = 10**8  # "auto" compiles from this many pairs (eager ≳ 0.5 s; compiling takes ~10 s once)
-_COMPILED_TILE = 1024  # rows and columns of a compiled tile
+def _use_compiled(compiled: bool | str, pairs: int, x: Tensor) -> bool:
+    """Whether ``compiled`` asks for the compiled loop here and it is available."""
+    if compiled is False or (compiled == "auto" and pairs < COMPILE_MIN_PAIRS):
+        return False
+    if not (2 <= x.shape[1] <= DIRECT_MAX_DIM and x.device.type == "cpu"):
+        return False
+    from guidelab.metrics import pairwise_jit
 
-
-def _compiled_kernels() -> tuple:
-    """The tile kernels under ``torch.compile`` (inductor; needs a C++ compiler), built and checked against
-    the eager ones once per process; ``()`` where compiling is unavailable, fails, or is turned off by the
-    environment variable ``GUIDELAB_COMPILE=0``."""
-    global _kernels
-    if _kernels is None:
-        _kernels = ()
-        if os.environ.get("GUIDELAB_COMPILE", "1") != "0" and hasattr(torch, "compile"):
-            try:
-                cross = torch.compile(_cross_kernel, dynamic=True)
-                diag = torch.compile(_diag_kernel, dynamic=True)
-                probe = torch.linspace(-1, 1, 2 * 37, dtype=torch.float64).reshape(37, 2).cos()
-                pt = probe.T.contiguous()
-                ok = all(
-                    math.isclose(float(c(probe, pt)), float(e(probe, pt)), rel_tol=1e-12)
-                    for c, e in ((cross, _cross_kernel), (diag, _diag_kernel))
-                )
-                _kernels = (cross, diag) if ok else ()
-            except Exception:  # no compiler, an unsupported platform: the eager path
-                _kernels = ()
-    return _kernels
-
-
-def _compiled_tiles(x: Tensor, y: Tensor, same: bool, kernels: tuple) -> list[float]:
-    """Tile sums by the compiled kernels; ``same``: pairs i < j only (diagonal tiles by the masked kernel)."""
-    cross, diag = kernels
-    n, m = x.shape[0], y.shape[0]
-    yt = y.T.contiguous()
-    step = _COMPILED_TILE
-    sums: list[Tensor] = []
-    for lo in range(0, n, step):
-        xb = x[lo : lo + step]
-        start = lo
-        if same:
-            sums.append(diag(xb, yt[:, lo : lo + step]))
-            start = lo + xb.shape[0]
-        for co in range(start if same else 0, m, step):
-            sums.append(cross(xb, yt[:, co : co + step]))
-    return [float(s) for s in sums]
+    return pairwise_jit.available()
 
 
 def pairwise_distance_sum(x: Tensor, y: Tensor | None = None, *, compiled: bool | str = False) -> float:
@@ -262,11 +225,11 @@ def pairwise_distance_sum(x: Tensor, y: Tensor | None = None, *, compiled: bool 
 
     Args:
         x: (n, D) float64 points; y: (m, D) float64 points or None.
-        compiled: for 2 ≤ D ≤ :data:`DIRECT_MAX_DIM`, the tiles as one fused ``torch.compile`` kernel (about
-            4× faster here once compiled; compiling costs seconds once per process): ``True`` where available,
-            ``"auto"`` where available and there are at least :data:`COMPILE_MIN_PAIRS` pairs, ``False``
-            eager. Never required: without a C++ compiler (or with ``GUIDELAB_COMPILE=0``) the eager tiles;
-            the two agree to rounding (~10⁻¹⁵ relative), not bit for bit.
+        compiled: for 2 ≤ D ≤ :data:`DIRECT_MAX_DIM` on the CPU, the compiled row loop
+            (:mod:`~guidelab.metrics.pairwise_jit`; 4–7× faster, ~0.5 s to load once per process): ``True`` where
+            available, ``"auto"`` where available and there are at least :data:`COMPILE_MIN_PAIRS` pairs,
+            ``False`` eager. Never required: without numba (or with ``GUIDELAB_COMPILE=0``) the eager tiles; the
+            two agree to rounding (~10⁻¹⁵ relative), not bit for bit.
 
     Returns:
         The sum, in the points' units (times the number of pairs).
@@ -284,14 +247,8 @@ def pairwise_distance_sum(x: Tensor, y: Tensor | None = None, *, compiled: bool 
     x = x / scale
     y = None if y is None else y / scale
     pairs = x.shape[0] * (x.shape[0] - 1) // 2 if y is None else x.shape[0] * y.shape[0]
-    want = compiled is True or (compiled == "auto" and pairs >= COMPILE_MIN_PAIRS)
-    kernels = _compiled_kernels() if want and d <= DIRECT_MAX_DIM and x.device.type == "cpu" else ()
-    if kernels:
-        try:
-            return scale * math.fsum(_compiled_tiles(x, x if y is None else y, y is None, kernels))
-        except Exception:  # a recompile for a new shape failed: the eager tiles from now on in this process
-            global _kernels
-            _kernels = ()
+    if _use_compiled(compiled, pairs, x):
+        return scale * _compiled_sum(x, y)
     tiles = _direct_tiles if d <= DIRECT_MAX_DIM else _gemm_tiles
     return scale * math.fsum(tiles(x, x, True) if y is None else tiles(x, y, False))
 
@@ -305,24 +262,27 @@ def self_distance_mean(y: Tensor, *, compiled: bool | str = False) -> float:
     return 2.0 * pairwise_distance_sum(y, compiled=compiled) / (m * (m - 1))
 
 
-_self_cache: OrderedDict[tuple[str, tuple[int, ...], bool | str, int, bool], float] = OrderedDict()
+_self_cache: OrderedDict[tuple, float] = OrderedDict()
+_self_lock = threading.Lock()
 
 
 def cached_self_distance_mean(y: Tensor, *, compiled: bool | str = False) -> float:
     """:func:`self_distance_mean` of ``y``, remembered in this process by the points' bytes (SHA-256), so the
-    reference set of a sweep, the same for each of its runs, is measured once per worker process. The value
-    is the one computed from the same bytes, so cached and uncached results are identical. The last
-    16 sets are kept."""
+    reference set of a sweep, the same for each of its runs, is measured once per process (thread workers share
+    it; a second thread asking for the same set waits for the first). The value is the one computed from the
+    same bytes, so cached and uncached results are identical. The last 16 sets are kept."""
     y = as_points(y, "y").cpu().contiguous()
-    # the sums depend on the thread count in the last bits (GEMM path, compiled kernels), and on whether the
-    # compiled kernels are in use: both are part of the key, so a cached value is the one a fresh call would give
-    key = (hashlib.sha256(y.numpy().tobytes()).hexdigest(), tuple(y.shape), compiled, torch.get_num_threads(),
-           bool(_kernels))  # fmt: skip
-    if key in _self_cache:
-        _self_cache.move_to_end(key)
-        return _self_cache[key]
-    value = self_distance_mean(y, compiled=compiled)
-    _self_cache[key] = value
-    if len(_self_cache) > _CACHE_SIZE:
-        _self_cache.popitem(last=False)
+    pairs = y.shape[0] * (y.shape[0] - 1) // 2
+    jit = _use_compiled(compiled, pairs, y.to(torch.float64))
+    # the eager sums depend on the thread count in the last bits (GEMM path), and the compiled loop's differ from
+    # the eager ones in the last bits: both are part of the key, so a cached value is the one a fresh call gives
+    key = (hashlib.sha256(y.numpy().tobytes()).hexdigest(), tuple(y.shape), jit, 0 if jit else torch.get_num_threads())
+    with _self_lock:
+        if key in _self_cache:
+            _self_cache.move_to_end(key)
+            return _self_cache[key]
+        value = self_distance_mean(y, compiled=jit)
+        _self_cache[key] = value
+        if len(_self_cache) > _CACHE_SIZE:
+            _self_cache.popitem(last=False)
     return value
