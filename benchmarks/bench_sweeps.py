@@ -2,8 +2,9 @@
 
 A sweep of 24 runs (``multimodal-2d``, CFG at 6 scales × 4 seeds, 32 Heun steps, n samples, the default
 metrics) is run by ``guidelab run`` in a fresh process per split, so every split pays what a user pays:
-start-up, worker processes, compiling the metric kernels once per process. Splits: one single-threaded
-worker (the baseline), every ``workers × threads ≤ cores`` (the usable cores), and the default (no
+start-up, worker processes, loading the compiled metric loop once per process. Splits: one single-threaded
+worker (the baseline), every ``workers × threads ≤ cores`` (the usable cores) on worker threads (``--executor
+local``) and, for more than one worker, on worker processes (``--executor processes``), and the default (no
 ``--workers``), which reads its choice from the sweep's log. With ``--repeats`` > 1 the splits run in rounds,
 the order reversed every other round. Prints a table: median seconds (min–max), speed-up over the baseline,
 time relative to the best split. Targets: the default within 10% of the best split, ≥ 1.8× over one
@@ -37,10 +38,11 @@ n: {n}
 """
 
 
-def run(sweep: Path, out: Path, workers: int | None, threads: int) -> tuple[float, str]:
+def run(sweep: Path, out: Path, workers: int | None, threads: int, executor: str) -> tuple[float, str]:
     """Seconds of one ``guidelab run`` into a fresh ``out``, and the split line of its log."""
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "guidelab.cli", "run", str(sweep), "--out", str(out), "--threads", str(threads)]
+    command += ["--executor", executor]
     if workers is not None:
         command += ["--workers", str(workers)]
     start = time.perf_counter()
@@ -57,25 +59,29 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=None, help="cores to split (default: the usable cores)")
     args = parser.parse_args()
     cores = args.cores or len(os.sched_getaffinity(0))
-    splits: list[tuple[str, int | None, int]] = [("1 × 1 (baseline)", 1, 1)]
+    splits: list[tuple[str, int | None, int, str]] = [("1 × 1 (baseline)", 1, 1, "local")]
     for workers in range(1, cores + 1):
         for threads in range(1, cores // workers + 1):
             if (workers, threads) != (1, 1):
-                splits.append((f"{workers} × {threads}", workers, threads))
-    splits.append(("default", None, 1))
+                splits.append(
+                    (f"{workers} × {threads}" + (" threads" if workers > 1 else ""), workers, threads, "local")
+                )
+            if workers > 1:
+                splits.append((f"{workers} × {threads} processes", workers, threads, "processes"))
+    splits.append(("default", None, 1, "local"))
 
-    times: dict[str, list[float]] = {name: [] for name, _, _ in splits}
+    times: dict[str, list[float]] = {name: [] for name, *_ in splits}
     chosen = ""
     with tempfile.TemporaryDirectory() as tmp:
         sweep = Path(tmp) / "sweep.yaml"
         sweep.write_text(SWEEP.format(n=args.n))
         for r in range(args.repeats):
-            for name, workers, threads in splits if r % 2 == 0 else splits[::-1]:
-                seconds, split = run(sweep, Path(tmp) / "out", workers, threads)
+            for name, workers, threads, executor in splits if r % 2 == 0 else splits[::-1]:
+                seconds, split = run(sweep, Path(tmp) / "out", workers, threads, executor)
                 times[name].append(seconds)
                 if workers is None:
                     chosen = split
-                print(f"  round {r + 1}: {name:18s} {seconds:7.1f} s", file=sys.stderr)
+                print(f"  round {r + 1}: {name:24s} {seconds:7.1f} s", file=sys.stderr)
 
     medians = {name: statistics.median(v) for name, v in times.items()}
     base = medians["1 × 1 (baseline)"]
@@ -86,10 +92,10 @@ def main() -> None:
         f"load average {load:.1f}; medians (min–max) over {args.repeats} round(s)"
     )
     print(f"default split: {chosen}")
-    print(f"{'workers × threads':20s} {'seconds':>22s} {'× baseline':>11s} {'/ best':>8s}")
+    print(f"{'workers × threads':24s} {'seconds':>22s} {'× baseline':>11s} {'/ best':>8s}")
     for name, values in times.items():
         spread = f"{medians[name]:7.1f} ({min(values):.1f}–{max(values):.1f})"
-        print(f"{name:20s} {spread:>22s} {base / medians[name]:11.2f} {medians[name] / best:8.2f}")
+        print(f"{name:24s} {spread:>22s} {base / medians[name]:11.2f} {medians[name] / best:8.2f}")
 
 
 if __name__ == "__main__":

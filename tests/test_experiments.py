@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -158,20 +159,45 @@ def test_kill_minus_nine_and_resume_gives_the_uninterrupted_store(tmp_path):
     assert metrics_by_hash(out) == expected
 
 
-def test_default_split_gives_the_same_rows_as_one_worker(tmp_path, monkeypatch):
-    """Bitwise: every run has the same torch thread count (1 by default) in-process and in workers. The
-    default split, on a machine seen as 2 cores where workers start for free, takes 2 worker processes
-    (reused across the 18 runs) and says so in the sweep's log."""
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+def test_default_split_gives_the_same_rows_as_one_worker(tmp_path, monkeypatch, kind):
+    """Bitwise: every run has the same torch thread count (1 by default) in this process, on worker threads and
+    in worker processes. The default split, on a machine seen as 2 cores where any work is worth sharing, takes
+    2 workers (reused across the 18 runs) and says so in the sweep's log."""
     config = load_sweep(write(tmp_path, SWEEP))
     run_sweep(config, tmp_path / "one", workers=1)
     monkeypatch.setattr(runner, "_usable_cores", lambda: 2)
     monkeypatch.setattr(runner, "_SPAWN_S", 0.0)
+    monkeypatch.setattr(runner, "_THREADS_MIN_S", 0.0)
     monkeypatch.setattr(runner, "_available_memory", lambda: 1 << 40)
-    summary = run_sweep(config, tmp_path / "auto", workers=None)
-    assert "on 2 worker processes × 1 torch thread(s) per run" in summary.split
+    executor = "processes" if kind == "processes" else "local"
+    summary = run_sweep(config, tmp_path / "auto", workers=None, executor=executor)
+    assert f"on 2 worker {kind} × 1 torch thread(s) per run" in summary.split
     assert summary.split in (tmp_path / "auto" / "sweep.log").read_text()
     assert "in this process" in (tmp_path / "one" / "sweep.log").read_text()
     assert metrics_by_hash(tmp_path / "one") == metrics_by_hash(tmp_path / "auto")
+
+
+def test_worker_threads_run_at_the_same_time(tmp_path, monkeypatch):
+    """Two worker threads hold two runs at once (a barrier that only two concurrent runs can pass), and the rows
+    are those of one worker."""
+    config = load_sweep(write(tmp_path, SWEEP))
+    run_sweep(config, tmp_path / "one", workers=1)
+    barrier = threading.Barrier(2, timeout=60)
+    real = runner.execute_run
+    seen = []
+
+    def meet(spec, out, threads=None):
+        if len(seen) < 2:  # the first two runs wait for each other
+            seen.append(threading.current_thread().name)
+            barrier.wait()
+        return real(spec, out, threads)
+
+    monkeypatch.setattr(runner, "execute_run", meet)
+    summary = run_sweep(config, tmp_path / "two", workers=2)
+    assert "on 2 worker threads" in summary.split
+    assert len(set(seen)) == 2 and all(name.startswith("guidelab-run-") for name in seen)
+    assert metrics_by_hash(tmp_path / "one") == metrics_by_hash(tmp_path / "two")
 
 
 @pytest.mark.parametrize(
@@ -179,9 +205,9 @@ def test_default_split_gives_the_same_rows_as_one_worker(tmp_path, monkeypatch):
     [
         (20_000, 2, None, 2),  # long runs: one worker per core
         (20_000, 32, None, 18),  # at most one worker per run
-        (20_000, 16, 3 << 30, 3),  # one per GB of available memory
+        (20_000, 16, 3 << 30, 3),  # worker processes: one per GB of available memory (threads share it)
         (20_000, 1, None, 1),  # one core: this process
-        (64, 2, None, 1),  # a few seconds of work in all: starting workers would cost more
+        (64, 2, None, 1),  # a fraction of a second of work in all: nothing to share
     ],
 )
 def test_choose_split(tmp_path, n, cores, memory, workers):
@@ -189,9 +215,14 @@ def test_choose_split(tmp_path, n, cores, memory, workers):
     runs = config.runs()
     assert len(runs) == 18
     memory = memory or 1 << 40  # the host's own memory must not decide the cases that are not about memory
-    split = runner.choose_split(runs, threads=1, cores=cores, memory=memory)
+    split = runner.choose_split(runs, threads=1, cores=cores, memory=memory, kind="processes")
     assert (split.workers, split.threads) == (workers, 1)
-    assert runner.choose_split(runs, threads=2, cores=cores, memory=memory).workers == max(1, min(workers, cores // 2))
+    assert runner.choose_split(runs, threads=2, cores=cores, memory=memory, kind="processes").workers == max(
+        1, min(workers, cores // 2)
+    )
+    threaded = runner.choose_split(runs, threads=1, cores=cores, memory=memory)
+    assert threaded.kind == "threads"
+    assert threaded.workers == (min(cores, 18) if n > 64 else 1)
 
 
 def test_ray_executor_gives_the_same_rows_as_local(tmp_path):
@@ -215,5 +246,9 @@ def test_the_split_counts_vendi_and_the_kernel_measures(tmp_path):
     heavy = load_sweep(write(tmp_path, text.replace("class_fidelity]", "class_fidelity, vendi]"), "v.yaml")).runs()
     cost = [runner.estimated_run_seconds(r) for r in (plain[0], heavy[0])]
     assert cost[1] - cost[0] > 1.0 and cost[0] < 0.5
-    assert runner.choose_split(heavy, threads=1, cores=2, memory=1 << 40).workers == 2
-    assert runner.choose_split(plain, threads=1, cores=2, memory=1 << 40).workers == 1
+    assert runner.choose_split(heavy, threads=1, cores=2, memory=1 << 40, kind="processes").workers == 2
+    assert runner.choose_split(plain, threads=1, cores=2, memory=1 << 40, kind="processes").workers == 1
+    # worker threads cost nothing to start: 18 runs of ~0.1 s are worth sharing, a sweep of 64 points is not
+    assert runner.choose_split(plain, threads=1, cores=2).workers == 2
+    tiny = load_sweep(write(tmp_path, SWEEP, "tiny.yaml")).runs()
+    assert runner.choose_split(tiny, threads=1, cores=2).workers == 1

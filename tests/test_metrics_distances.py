@@ -80,6 +80,15 @@ def test_w2_exact_matches_lp_on_unequal_sizes():
     assert w2_exact(x, y) == pytest.approx(brute_w2_lp(x.numpy(), y.numpy()), rel=1e-7)
 
 
+def test_w2_exact_refuses_a_plan_short_of_optimality():
+    """POT stopped by num_iter_max: an error naming the option, not a wrong distance (read from POT's own log, so
+    that it holds on a sweep's worker threads too)."""
+    gen = torch.Generator().manual_seed(3)
+    x, y = randn(gen, 30, 2), randn(gen, 30, 2, shift=1.0)
+    with pytest.warns(UserWarning, match="numItermax"), pytest.raises(RuntimeError, match="optimality.*num_iter_max"):
+        w2_exact(x, y, num_iter_max=1)
+
+
 def test_w2_exact_large_samples_approach_bures():
     """Empirical W2 between large samples of two Gaussians tends to the Bures closed form (margin for the
     O(n^{-1/2}) sampling error in 2D)."""

@@ -149,6 +149,7 @@ def test_kill_minus_nine_of_the_main_process_leaves_no_process(tmp_path):
     assert [spec.sample.steps for spec in load_sweep(sweep).runs()] == [6, 6, 4000, 4000]
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "guidelab.cli", "run", str(sweep), "--out", str(out), "--workers", "2"]
+    command += ["--executor", "processes"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     session = proc.pid  # the main process leads its own session: every process it starts is in it
     deadline = time.monotonic() + 90
@@ -183,7 +184,7 @@ def test_a_killed_worker_costs_only_its_run(tmp_path):
         os.kill(workers[0], signal.SIGKILL)
         killed.append(workers[0])
 
-    summary = run_sweep(config, tmp_path / "out", workers=2, on_row=kill_a_worker)
+    summary = run_sweep(config, tmp_path / "out", workers=2, executor="processes", on_row=kill_a_worker)
     rows = ResultStore(tmp_path / "out" / "results.sqlite").rows()
     assert len(rows) == summary.total == 12
     errors = [r for r in rows if r["status"] == "error"]
@@ -194,7 +195,7 @@ def test_a_killed_worker_costs_only_its_run(tmp_path):
     run_sweep(config, reference)
     expected = stored(reference)
     assert all(expected[h] == v for h, v in stored(tmp_path / "out").items() if v[0] == "ok")
-    resumed = run_sweep(config, tmp_path / "out", workers=2)
+    resumed = run_sweep(config, tmp_path / "out", workers=2, executor="processes")
     assert (resumed.ran, resumed.retried, resumed.failed_total) == (1, 1, 0)
     assert stored(tmp_path / "out") == expected
 

@@ -450,11 +450,18 @@ def run(
     workers: Annotated[
         int | None,
         typer.Option(
-            help="local worker processes (default: the usable cores at --threads each, fewer for few or short "
-            "runs; the split is written to OUT/sweep.log)"
+            help="runs at a time: worker threads of this process (--executor local) or worker processes "
+            "(--executor processes); default: the usable cores at --threads each, fewer for few or short runs; "
+            "the split is written to OUT/sweep.log"
         ),
     ] = None,
-    executor: Annotated[str, typer.Option(help="local or ray")] = "local",
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="local (this process, on worker threads), processes (spawned workers: a run that crashes its "
+            "process costs only that run) or ray"
+        ),
+    ] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (with --executor ray)")] = None,
     threads: Annotated[int, typer.Option(help="torch threads per run, the same in every mode")] = 1,
     retry_failed: Annotated[bool, typer.Option(help="run again the runs that failed before")] = True,
@@ -536,17 +543,19 @@ def tune(
     Exit code 0 when every method has a feasible best setting, 1 when one has none, 2 for bad input."""
     from guidelab.experiments.runner import check_options
     from guidelab.tune import load_tune
-    from guidelab.tune.runner import BEST_FILE, import_optuna, run_tune
+    from guidelab.tune.runner import BEST_FILE, TUNE_EXECUTORS, import_optuna, run_tune
 
     import_optuna()
-    check_options(executor=executor, address=address, threads=threads)
+    check_options(executor=executor, address=address, threads=threads, executors=TUNE_EXECUTORS)
     names = None
     if compare is not None:
         names = [n.strip() for n in compare.split(",") if n.strip()]
         if not names or len(set(names)) != len(names):
             raise ValueError(f"compare: give distinct method names separated by commas, got {compare!r}")
     plan = load_tune(config, compare=names)  # a bad tune file leaves no output folder behind
-    check_options(executor=executor, address=address, threads=threads, pipeline=plan.kind == "pipeline")
+    check_options(
+        executor=executor, address=address, threads=threads, pipeline=plan.kind == "pipeline", executors=TUNE_EXECUTORS
+    )
     writable_folder(out, "out")
     summary = run_tune(plan, out, executor=executor, address=address, threads=threads, progress=True)
     for line in _tune_lines(summary):
@@ -887,7 +896,9 @@ def train_classifier_command(
 @_cli_errors
 def demo(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("guidelab-demo"),
-    workers: Annotated[int | None, typer.Option(help="worker processes (default: the cores, at most 4)")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="runs at a time, on worker threads (default: chosen from the machine's cores)")
+    ] = None,
 ) -> None:
     """Run every guider over a range of scales on two exact targets and write the HTML report."""
     from guidelab.demo import run_demo

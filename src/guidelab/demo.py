@@ -15,7 +15,6 @@ targets; whether it does on digits depends on how good the trained model is, and
 
 from __future__ import annotations
 
-import os
 import time
 from importlib import resources
 from pathlib import Path
@@ -39,7 +38,6 @@ def run_demo(out: Path, *, workers: int | None = None, progress: bool = True) ->
 
     console = Console(stderr=True)
     start = time.perf_counter()
-    workers = workers or max(1, min(4, os.cpu_count() or 1))
     total = reused = failed = 0
     summary = None
     for folder, name in DEMO_SWEEPS.items():

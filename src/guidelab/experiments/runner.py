@@ -11,11 +11,14 @@ process, even when it is killed. Every run is seeded by its own configuration an
 of torch threads (``threads``, 1 by default) whatever the executor or the number of workers, so the stored
 metrics are bitwise the same however the sweep is run.
 
-By default (``workers=None``) the split of the machine is chosen by :func:`choose_split`: as many worker
-processes as the usable cores hold at ``threads`` each (and memory allows), fewer where there are fewer runs,
-and none (this process) where the whole sweep is too short to pay for starting them. The workers live for the
-sweep and take its runs one after the other, importing torch once each. The split is appended to
-``OUT/sweep.log`` (and printed with the progress).
+By default (``workers=None``) the split of the machine is chosen by :func:`choose_split`: as many runs at a
+time as the usable cores hold at ``threads`` torch threads each, fewer where there are fewer runs, one where the
+whole sweep is a second's work. The runs go to worker threads of this process (``executor="local"``): torch's
+kernels and the compiled pairwise loop release the GIL, and the threads share one import of torch, the compiled
+kernels and the cached reference self-terms, so nothing is paid per worker. ``executor="processes"`` spawns worker
+processes instead, which live for the sweep and take its runs one after the other (torch imported once each),
+so that a run that crashes its process costs only that run. The split is appended to ``OUT/sweep.log`` (and
+printed with the progress).
 
 A sweep on a diffusers pipeline (:class:`~guidelab.experiments.config.PipelineSweep`) runs in this process: the
 pipeline is loaded once, the first time a run needs it, and each run (one condition × guider setting × seed ×
@@ -39,6 +42,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any
 
 import numpy as np
@@ -83,6 +87,9 @@ class SweepSummary:
     split: str = ""  # how the runs were spread over the machine (as written to OUT/sweep.log)
 
 
+EXECUTORS = ("local", "processes", "ray")  # this process (on worker threads), spawned worker processes, Ray tasks
+
+
 @dataclass(frozen=True)
 class Split:
     """How a sweep's runs use the machine: ``workers`` processes (1: this process) × ``threads`` torch threads
@@ -91,17 +98,19 @@ class Split:
     workers: int
     threads: int
     reason: str
+    kind: str = "threads"  # the workers: "threads" of this process or spawned "processes"
 
     def describe(self) -> str:
-        where = "in this process" if self.workers == 1 else f"on {self.workers} worker processes"
+        where = "in this process" if self.workers == 1 else f"on {self.workers} worker {self.kind}"
         return f"{where} × {self.threads} torch thread(s) per run ({self.reason})"
 
 
+_THREADS_MIN_S = 0.5  # below this much work in all, worker threads would only take turns holding the GIL
 _SPAWN_S = 3.0  # starting a spawned worker (python, torch and guidelab imports), seconds on a loaded 2-core machine
 _WORKER_MEMORY = 1 << 30  # bytes a worker may take (torch, a compiled kernel, a run of 10⁵ points)
 _SAMPLE_S = 2e-7  # seconds per sample per network evaluation of an exact-target run (measured, one thread)
 _PAIR_S = 3e-9  # seconds per pair of the energy distance (eager tiles, one thread)
-_RUN_S = 0.1  # seconds of a run's fixed costs (building it, writing samples, run.json and its row)
+_RUN_S = 0.01  # seconds of a run's fixed costs (building it, writing samples, run.json and its row; measured)
 _KERNEL_PAIR_S = 1e-8  # seconds per pair of a kernel or k-NN measure (mmd, prdc, w2's cost matrix; one thread)
 _EIGEN_S = 8e-11  # seconds per n³ of Vendi's eigenvalues (n = 2000: ~0.65 s per set, measured, one thread)
 _PAIRWISE_MEASURES = ("mmd", "w2", "prdc")
@@ -139,28 +148,38 @@ def _available_memory() -> int | None:
 
 
 def choose_split(
-    runs: list[RunSpec], *, threads: int = 1, cores: int | None = None, memory: int | None = None
+    runs: list[RunSpec],
+    *,
+    threads: int = 1,
+    cores: int | None = None,
+    memory: int | None = None,
+    kind: str = "threads",
 ) -> Split:
     """The default split of the machine for ``runs`` at ``threads`` torch threads per run (kept as given: the
     thread count is part of a run's numbers, so a chosen split never changes them).
 
-    Workers: ``cores // threads`` (the usable cores, ``os.sched_getaffinity``), at most one per run and one
-    per GB of available memory; 1 (this process) where the runs' estimated total (:func:`estimated_run_seconds`)
-    is under twice a worker's start-up, which parallel workers would not win back.
+    Workers: ``cores // threads`` (the usable cores, ``os.sched_getaffinity``), at most one per run. Worker
+    threads (``kind="threads"``, the default) share this process, so they cost nothing to start; 1 (this
+    thread) where the runs' estimated total (:func:`estimated_run_seconds`) is under ``_THREADS_MIN_S``, where
+    short runs would only take turns holding the GIL. Worker processes (``kind="processes"``) each take torch's
+    imports and up to ``_WORKER_MEMORY``: at most one per GB of available memory, and 1 where the total is under
+    twice a worker's start-up, which parallel workers would not win back.
     """
     cores = _usable_cores() if cores is None else cores
-    memory = _available_memory() if memory is None else memory
     slots = max(1, cores // threads)
     why = f"{cores} usable cores"
-    if memory is not None and memory // _WORKER_MEMORY < slots:
-        slots = max(1, int(memory // _WORKER_MEMORY))
-        why += f", memory for {slots}"
+    if kind == "processes":
+        memory = _available_memory() if memory is None else memory
+        if memory is not None and memory // _WORKER_MEMORY < slots:
+            slots = max(1, int(memory // _WORKER_MEMORY))
+            why += f", memory for {slots}"
     if slots == 1 or len(runs) <= 1:
-        return Split(1, threads, f"{why}, {len(runs)} run(s)")
+        return Split(1, threads, f"{why}, {len(runs)} run(s)", kind)
     total = sum(estimated_run_seconds(spec) for spec in runs)
-    if total < 2 * _SPAWN_S:
-        return Split(1, threads, f"{why}; about {total:.1f} s of work, less than starting workers costs")
-    return Split(min(slots, len(runs)), threads, f"{why}, {len(runs)} runs of about {total / len(runs):.1f} s")
+    least = 2 * _SPAWN_S if kind == "processes" else _THREADS_MIN_S
+    if total < least:
+        return Split(1, threads, f"{why}; about {total:.1f} s of work, too little to share", kind)
+    return Split(min(slots, len(runs)), threads, f"{why}, {len(runs)} runs of about {total / len(runs):.1f} s", kind)
 
 
 class SweepLocked(ValueError):
@@ -560,6 +579,44 @@ def _pool_map(runs: list[RunSpec], out: str, workers: int, threads: int) -> Iter
             worker.stop()
 
 
+def _thread_map(runs: list[RunSpec], out: str, workers: int, threads: int) -> Iterator[dict[str, Any]]:
+    """Run ``runs`` on ``workers`` threads of this process, yielding rows as they finish. torch's kernels and the
+    compiled pairwise loop release the GIL, so the runs compute in parallel, and they share this process's
+    imports, compiled kernels and cached reference self-terms. Each thread sets its own torch thread count
+    (OpenMP's is per thread). Closing the iterator early hands out no more runs; a run under way finishes in
+    its (daemon) thread."""
+    queue = deque(runs)
+    rows: SimpleQueue[dict[str, Any] | None] = SimpleQueue()
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def work() -> None:
+        torch.set_num_threads(threads)
+        try:
+            while not stop.is_set():
+                with lock:
+                    if not queue:
+                        return
+                    spec = queue.popleft()
+                rows.put(execute_run(spec, out, threads))
+        finally:
+            rows.put(None)  # this worker is done
+
+    pool = [threading.Thread(target=work, name=f"guidelab-run-{i}", daemon=True) for i in range(workers)]
+    for thread in pool:
+        thread.start()
+    try:
+        running = len(pool)
+        while running:
+            row = rows.get()
+            if row is None:
+                running -= 1
+            else:
+                yield row
+    finally:
+        stop.set()
+
+
 def map_runs(
     runs: list[RunSpec],
     out: str | Path,
@@ -569,14 +626,17 @@ def map_runs(
     workers: int = 1,
     threads: int = 1,
 ) -> Iterator[dict[str, Any]]:
-    """The rows of ``runs`` (exact-target or trained-model runs), yielded as they finish: in this process, on
-    ``workers`` spawned processes, or as Ray tasks (``executor="ray"``; on the cluster at ``address``, or the one
-    this process is connected to). Each row is what :func:`execute_run` returns; a run whose worker died gets an
-    error row. Close the iterator to end the workers early."""
+    """The rows of ``runs`` (exact-target or trained-model runs), yielded as they finish: in this process (on
+    ``workers`` threads of it, ``executor="local"``), on ``workers`` spawned processes (``"processes"``: a run
+    that crashes its process costs only that run), or as Ray tasks (``"ray"``; on the cluster at ``address``, or
+    the one this process is connected to). Each row is what :func:`execute_run` returns; a run whose worker
+    process died gets an error row. Close the iterator to end the workers early."""
     if executor == "ray":
         return _ray_map(runs, str(out), address, threads)
     if workers > 1 and len(runs) > 1:
-        return _pool_map(runs, str(out), workers, threads)
+        if executor == "processes":
+            return _pool_map(runs, str(out), workers, threads)
+        return _thread_map(runs, str(out), workers, threads)
     return (execute_run(spec, str(out), threads) for spec in runs)
 
 
@@ -629,22 +689,24 @@ def check_options(
     address: str | None = None,
     threads: int = 1,
     pipeline: bool = False,
+    executors: tuple[str, ...] = EXECUTORS,
 ) -> None:
     """A ValueError naming the option when the executor options make no sense (before anything is written);
-    ``pipeline``: for a sweep on a pipeline, which runs in this process; ``workers=None``: chosen later."""
-    if executor not in ("local", "ray"):
-        raise ValueError(f"executor: unknown {executor!r}; accepted: local, ray")
+    ``pipeline``: for a sweep on a pipeline, which runs in this process; ``workers=None``: chosen later;
+    ``executors``: those the caller accepts."""
+    if executor not in executors:
+        raise ValueError(f"executor: unknown {executor!r}; accepted: {', '.join(executors)}")
     if workers is None:
         workers = 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers: must be an integer ≥ 1, got {workers!r}")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads: must be an integer ≥ 1 (torch threads per run), got {threads!r}")
-    if executor == "local" and address is not None:
-        raise ValueError("address: only the ray executor uses it (--executor ray); the local executor ignores it")
+    if executor != "ray" and address is not None:
+        raise ValueError(f"address: only the ray executor uses it (--executor ray); the {executor} executor ignores it")
     if executor == "ray" and workers != 1:
         raise ValueError(f"workers: the ray executor ignores it (Ray places one run per CPU); got {workers}")
-    if pipeline and executor != "local":
+    if pipeline and executor != "local":  # also not "processes": each would load the pipeline
         raise ValueError("executor: a sweep on a pipeline runs locally, in this process (the pipeline is loaded once)")
     if pipeline and workers != 1:
         raise ValueError(
@@ -656,7 +718,7 @@ def run_sweep(
     config: SweepConfig,
     out: str | Path,
     *,
-    workers: int | None = 1,
+    workers: int | None = None,
     executor: str = "local",
     address: str | None = None,
     threads: int = 1,
@@ -667,12 +729,14 @@ def run_sweep(
     """Run the sweep into ``out`` (created), skipping runs already in its store.
 
     Args:
-        workers: processes for the local executor (1, the default, runs in this process; a sweep on a pipeline
-            always runs in this process and takes only 1); None: :func:`choose_split` picks them for the runs to
-            do (``guidelab run`` without ``--workers``). Worker processes are spawned, so a script that asks for
-            them must guard its top level with ``if __name__ == "__main__":``.
-            The split is appended to ``out/sweep.log``.
-        executor: ``local`` or ``ray`` (``address`` of an existing cluster, or None for a local one).
+        workers: runs at a time: threads of this process for the ``local`` executor, spawned processes for
+            ``processes`` (1: one after the other in this process; a sweep on a pipeline always runs in this
+            process and takes only 1). None, the default: :func:`choose_split` picks them for the runs to do.
+            Worker processes are spawned, so a script that asks for them must guard its top level with
+            ``if __name__ == "__main__":``. The split is appended to ``out/sweep.log``.
+        executor: ``local`` (this process, on worker threads), ``processes`` (spawned worker processes: a run
+            that crashes its process, e.g. out of memory, costs only that run) or ``ray`` (``address`` of an
+            existing cluster, or None for a local one).
         threads: torch threads of every run, whatever the executor and workers (the same count gives
             bitwise the same metrics).
         retry_failed: run again the runs whose stored row is an error (else they are skipped too).
@@ -701,10 +765,12 @@ def run_sweep(
             split = Split(1, threads, "a pipeline sweep runs in this process")
         elif executor == "ray":
             split = Split(1, threads, "ray places one run per CPU")
-        elif workers is None:
-            split = choose_split(todo, threads=threads)  # type: ignore[arg-type]
         else:
-            split = Split(min(workers, max(1, len(todo))), threads, f"--workers {workers}")
+            kind = "processes" if executor == "processes" else "threads"
+            if workers is None:
+                split = choose_split(todo, threads=threads, kind=kind)  # type: ignore[arg-type]
+            else:
+                split = Split(min(workers, max(1, len(todo))), threads, f"--workers {workers}", kind)
         described = f"{len(todo)} of {len(unique)} runs to do, " + (
             f"ray executor × {threads} torch thread(s) per run" if executor == "ray" else split.describe()
         )

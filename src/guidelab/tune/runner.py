@@ -605,6 +605,9 @@ def _file_part(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in label)
 
 
+TUNE_EXECUTORS = ("local", "ray")  # a trial's runs in this process, or as Ray tasks
+
+
 def run_tune(
     plan: TunePlan,
     out: str | Path,
@@ -630,7 +633,9 @@ def run_tune(
             another configuration, or a baseline that cannot be scored (each naming its field).
     """
     optuna = import_optuna()
-    check_options(executor=executor, address=address, threads=threads, pipeline=plan.kind == "pipeline")
+    check_options(
+        executor=executor, address=address, threads=threads, pipeline=plan.kind == "pipeline", executors=TUNE_EXECUTORS
+    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cluster = ray_cluster(address) if executor == "ray" else contextlib.nullcontext()
