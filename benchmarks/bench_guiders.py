@@ -15,8 +15,13 @@ combine ≤ 1% of the forward; nonlinear combines ≤ half of diffusers' cost fo
 Also: the network evaluations saved by interval and windowed schedules over a 32-step grid.
 
 Medians with min–max over repeats after a warm-up, ``torch.set_num_threads`` fixed; the ratio to diffusers is the
-median (min–max) of per-round ratios, and every row counts the ATen operators one call dispatches (a figure a
-loaded machine cannot blur). Usage:
+median (min–max) of per-round ratios. Every row counts, for one call, the ATen operators dispatched, those among them
+that pass over a full-size (batch, ...) tensor, and the kilobytes all of them read and write (views move nothing):
+figures a loaded machine cannot blur. At these sizes an operator's dispatch costs about as much as its pass over the
+data, so the operator count bounds a ratio: diffusers returns the guided prediction alone, while every guider here
+also converts it to the (x0̂, ε̂) pair (the ``pair conversion alone`` row). Reference rows: CFG's arithmetic with no
+Python around it (``cfg floor``: one lerp and the pair), and a per-sample dot product as ``linalg.vecdot`` against a
+batched (1 × D)·(D × 1) GEMM (what the reductions use, and why). Usage:
 
     .venv/bin/python benchmarks/bench_guiders.py [--threads 1] [--repeats 15] [--json out.json] [--quick]
 """
@@ -103,21 +108,35 @@ def measure(fns: dict[str, Callable[[], object]], repeats: int, inner: dict[str,
 
 
 class _CountOps(TorchDispatchMode):
-    def __init__(self) -> None:
+    """Counts the ATen operators dispatched, the passes over full-size (batch, ...) tensors and the bytes those
+    operators read and write (views move nothing; a reduction reads its input)."""
+
+    def __init__(self, full: int) -> None:
         super().__init__()
+        self.full = full
         self.count = 0
+        self.passes = 0
+        self.bytes = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.count += 1
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            tensors = [a for a in args if isinstance(a, torch.Tensor)] + list((kwargs or {}).values())
+            tensors += list(out) if isinstance(out, tuple | list) else [out]
+            tensors = [x for x in tensors if isinstance(x, torch.Tensor)]
+            self.bytes += sum(x.numel() * x.element_size() for x in tensors)
+            self.passes += any(x.numel() >= self.full for x in tensors)
+        return out
 
 
-def aten_ops(fn: Callable[[], object]) -> int:
-    """ATen operators one call of ``fn`` dispatches (views and tiny (batch,) ops included): a count that, unlike a
-    time, a loaded machine cannot blur."""
-    with _CountOps() as counter:
+def aten_ops(fn: Callable[[], object], full: int = 1) -> tuple[int, int, int]:
+    """ATen operators one call of ``fn`` dispatches (views and tiny (batch,) ops included), the operators among them
+    that touch a tensor of at least ``full`` elements, and the bytes all of them read and write: figures that, unlike
+    a time, a loaded machine cannot blur."""
+    with _CountOps(full) as counter:
         fn()
-    return counter.count
+    return counter.count, counter.passes, counter.bytes
 
 
 def diffusers_step(kind: str) -> tuple[Callable[[torch.Tensor, torch.Tensor, int], object], object]:
@@ -195,6 +214,16 @@ def bench_network(label: str, net: nn.Module, x_t: torch.Tensor, repeats: int, q
 
     fns["(pair conversion alone)"] = pair_only
     inner["(pair conversion alone)"] = 20 if quick else 200
+
+    def cfg_floor() -> object:  # CFG's arithmetic with no Python around it: one lerp and the pair's kernels
+        return Predictions(dict(raw), x_t, coefficients, scalars).pair(torch.lerp(v_u, v_c, 5.0), "velocity")
+
+    fns["(cfg floor: lerp + pair)"] = cfg_floor
+    inner["(cfg floor: lerp + pair)"] = 20 if quick else 200
+    flat_c, flat_u = v_c.reshape(BATCH, -1), v_u.reshape(BATCH, -1)
+    fns["(per-sample dot: vecdot)"] = lambda: torch.linalg.vecdot(flat_c, flat_u)
+    fns["(per-sample dot: batched GEMM)"] = lambda: torch.bmm(flat_c.unsqueeze(1), flat_u.unsqueeze(2))
+    inner["(per-sample dot: vecdot)"] = inner["(per-sample dot: batched GEMM)"] = 20 if quick else 200
     for kind in sorted({d for *_, d in OURS if d is not None}):
         step, _ = diffusers_step(kind)
         try:
@@ -206,7 +235,7 @@ def bench_network(label: str, net: nn.Module, x_t: torch.Tensor, repeats: int, q
         inner[f"diffusers:{kind}"] = 20 if quick else 200
 
     times = measure(fns, repeats, inner)
-    ops = {name: aten_ops(fn) for name, fn in fns.items()}
+    ops = {name: aten_ops(fn, v_c.numel()) for name, fn in fns.items()}
     fwd = statistics.median(times["forward"])
     rows = []
     for name, ts in times.items():
@@ -220,7 +249,9 @@ def bench_network(label: str, net: nn.Module, x_t: torch.Tensor, repeats: int, q
             "ratio_to_forward": med / fwd,
             "ratio_min": min(ts) / fwd,
             "ratio_max": max(ts) / fwd,
-            "aten_ops": ops[name],
+            "aten_ops": ops[name][0],
+            "full_size_ops": ops[name][1],
+            "bytes_moved": ops[name][2],
         }
         counterpart = next((d for n, _, _, d in OURS if n == name), None)
         if counterpart is not None and f"diffusers:{counterpart}" in times:
@@ -283,7 +314,7 @@ def main() -> None:
         print(f"  forward: {fwd['median_us']:.0f} µs (min {fwd['min_us']:.0f}, max {fwd['max_us']:.0f})")
         print(
             f"  {'combine':34s} {'median µs':>10s} {'% fwd':>8s} {'min–max %':>14s} {'÷ diffusers (min–max)':>22s}"
-            f" {'aten ops':>9s}"
+            f" {'aten ops':>9s} {'full-size':>9s} {'KB moved':>9s}"
         )
         for r in net_rows:
             if r["what"] == "forward":
@@ -295,7 +326,10 @@ def main() -> None:
             )
             spread = f"{100 * r['ratio_min']:.2f}–{100 * r['ratio_max']:.2f}"
             pct = 100 * r["ratio_to_forward"]
-            print(f"  {r['what']:34s} {r['median_us']:10.1f} {pct:8.2f} {spread:>14s} {vs:>22s} {r['aten_ops']:9d}")
+            print(
+                f"  {r['what']:34s} {r['median_us']:10.1f} {pct:8.2f} {spread:>14s} {vs:>22s} {r['aten_ops']:9d}"
+                f" {r['full_size_ops']:9d} {r['bytes_moved'] / 1024:9.0f}"
+            )
 
     print("\nnetwork evaluations over 32 steps (edm grid, rf path); CFG always runs 64")
     saved = nfe_saved()

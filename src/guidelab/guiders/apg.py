@@ -25,7 +25,21 @@ from guidelab.guiders.base import (
 )
 from guidelab.guiders.combine import affine_pair
 from guidelab.guiders.context import as_batch, per_sample
-from guidelab.guiders.reductions import EPS, dot, dot_over, norm, norm_over, resolve_dims, sq_norm
+from guidelab.guiders.reductions import (
+    EPS,
+    dot,
+    dot_over,
+    dots,
+    norm,
+    norm_over,
+    norms,
+    plus_eps,
+    resolve_dims,
+    scaled_product,
+    scaled_ratio,
+    sq_norm,
+    sq_plus_eps,
+)
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import Schedule
 
@@ -180,8 +194,10 @@ class APG(ScheduledGuider):
             delta = self._momentum(delta, gamma, ctx)
         if self.norm_dims is not None:
             return preds.pair(self._over_dims(c, delta, gamma), self.space)
-        k = dot(delta, c).div_(sq_norm(c).add_(EPS))  # Δ∥ = k·x0̂_c before the threshold  (batch,) float64
         g1 = as_batch(gamma, c) - 1  # γ − 1
+        if isinstance(g1, float):
+            return preds.pair(self._fused(c, delta, g1), self.space)
+        k = dot(delta, c).div_(sq_norm(c).add_(EPS))  # Δ∥ = k·x0̂_c before the threshold  (batch,) float64
         if self.norm_threshold is not None:
             shrink = torch.div(self.norm_threshold, norm(delta).add_(EPS)).clamp_max_(1.0)  # min(1, r/||Δ||)
             coef_delta = shrink * g1
@@ -195,6 +211,19 @@ class APG(ScheduledGuider):
         else:
             x0_hat = torch.addcmul(scaled_c, per_sample(coef_delta, c), delta)
         return preds.pair(x0_hat, self.space)
+
+    def _fused(self, c: Tensor, delta: Tensor, g1: float) -> Tensor:
+        """The rule above for one scale (``g1`` = γ − 1): three reductions, the per-sample weights in float64 rounded
+        once to the predictions' dtype, and one product plus one product-sum over the data."""
+        den = sq_plus_eps(norms(c))  # ||x0̂_c||² + ε  (batch,) float64
+        if self.norm_threshold is None:
+            # x0̂ = (1 − (γ−1)(1−η)k)·x0̂_c + (γ−1)·Δ,  k = <Δ, x0̂_c>/||x0̂_c||²
+            coef_c = scaled_ratio(dots(delta, c), den, -(1 - self.eta) * g1, c, offset=1.0)
+            return torch.add(c * coef_c, delta, alpha=g1)
+        shrink = torch.div(self.norm_threshold, plus_eps(norms(delta))).clamp_max_(1.0)  # min(1, r/||Δ||)  float64
+        k = torch.div(dots(delta, c), den)  # <Δ, x0̂_c>/||x0̂_c||²  float64
+        coef_c = scaled_product(k, shrink, -(1 - self.eta) * g1, c, offset=1.0)  # 1 − (γ−1)(1−η)·k·min(1, r/||Δ||)
+        return torch.addcmul(c * coef_c, scaled_product(shrink, None, g1, c), delta)
 
     def _over_dims(self, c: Tensor, delta: Tensor, gamma: Scale) -> Tensor:
         """The rule with the norm and the projection over ``norm_dims``: coefficients of shape (batch, 1, H, W) for

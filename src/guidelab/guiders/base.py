@@ -149,14 +149,17 @@ class Predictions:
         a_, b_ = from_pair
         return combine(a_ * p0 + b_ * p1, pred, a_ * q0 + b_ * q1, self.x_t)
 
-    def pair(self, pred: Tensor, space: str) -> GuidedStep:
-        """The consistent (x0̂, ε̂) pair of a combined prediction in ``space``, in the predictions' dtype."""
+    def pair(self, pred: Tensor, space: str, scale: float = 1.0) -> GuidedStep:
+        """The consistent (x0̂, ε̂) pair of the combined prediction ``scale·pred`` in ``space``, in the predictions'
+        dtype (``scale`` is folded into the conversion's weights where the step has scalars: no extra pass)."""
         coefs = None if self.sc is None else pair_coefficients(space, self.sc)
         if coefs is None:
+            if scale != 1:
+                pred = pred * scale
             out = GuidedStep(*to_x0_eps(pred, space, self.x_t, self.coefficients))
         else:
             p0, q0, p1, q1 = coefs
-            out = GuidedStep(combine(p0, pred, q0, self.x_t), combine(p1, pred, q1, self.x_t))
+            out = GuidedStep(combine(p0 * scale, pred, q0, self.x_t), combine(p1 * scale, pred, q1, self.x_t))
         return self.cast(out)
 
     def cast(self, out: GuidedStep) -> GuidedStep:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from guidelab.guiders._checks import check_guider_space, check_number
 from guidelab.guiders.base import GuidedStep, Predictions, Scale, ScheduledGuider, StepContext
 from guidelab.guiders.combine import affine_pair
 from guidelab.guiders.context import as_batch
-from guidelab.guiders.reductions import EPS, norm
+from guidelab.guiders.reductions import EPS, norm, norms, plus_eps, scaled_ratio
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import Schedule
 
@@ -56,8 +59,16 @@ class MamboG(ScheduledGuider):
         return r.mul_(-self.alpha).exp_().mul_(g - 1).add_(1)  # 1 + (γ − 1)·exp(−α·r)
 
     def combine(self, preds: Predictions, ctx: StepContext, gamma: Scale) -> GuidedStep:
-        w = self.damped_scale(preds, gamma)
-        return affine_pair(preds, w)
+        src = preds.space("cond")
+        if self.alpha != 0 and self.space == src == preds.space("uncond") and not isinstance(gamma, Tensor):
+            # x̂ = u + γ'·(c − u) = c + (γ − 1)·exp(−α·r)·(c − u): Δ, two norms and one product-sum in the model's
+            # own space, the per-sample weight in float64 rounded once to the predictions' dtype
+            c, u = preds.get("cond", src), preds.get("uncond", src)
+            delta = c - u
+            r = scaled_ratio(norms(delta), plus_eps(norms(u)), -self.alpha, delta, dtype=torch.float64)  # −α·r
+            w = torch.mul(r.exp_(), float(gamma) - 1, out=torch.empty_like(r, dtype=c.dtype))  # (γ − 1)·exp(−α·r)
+            return preds.pair(torch.addcmul(c, w, delta), src)
+        return affine_pair(preds, self.damped_scale(preds, gamma))
 
     def params(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "space": self.space}

@@ -14,12 +14,19 @@ __all__ = [
     "EPS",
     "dot",
     "dot_over",
+    "dots",
     "flat",
     "is_half",
     "norm",
     "norm_over",
+    "norms",
+    "plus_eps",
     "resolve_dims",
+    "row_shape",
+    "scaled_product",
+    "scaled_ratio",
     "sq_norm",
+    "sq_plus_eps",
     "std",
     "std_mean",
     "upcast",
@@ -44,20 +51,14 @@ def upcast(x: Tensor) -> Tensor:
     return x.float() if is_half(x) else x
 
 
-_BMM_MIN = 16  # rows at least this long take one batched GEMM; shorter ones the elementwise product and sum
-
-
 def dot(a: Tensor, b: Tensor) -> Tensor:
-    """<a, b> per sample over all non-batch dimensions (one BLAS reduction in at least float32), as float64 for
-    the divisions that follow: (batch,).
+    """<a, b> per sample over all non-batch dimensions (one reduction in at least float32), as float64 for the
+    divisions that follow: (batch,).
 
-    One batched (1 × D)·(D × 1) GEMM: ``linalg.vecdot`` is a product and a sum on the CPU (two passes and a
-    (batch, D) temporary), about 3× slower at D = 64; rows shorter than 16, and other devices (where a float32
-    GEMM may run in TF32 under ``set_float32_matmul_precision("high")``), keep ``vecdot``."""
-    x, y = flat(upcast(a)), flat(upcast(b))
-    if x.shape[1] < _BMM_MIN or x.dtype != y.dtype or x.device.type != "cpu":  # CUDA bmm may run in TF32
-        return torch.linalg.vecdot(x, y).to(torch.float64)
-    return torch.bmm(x.unsqueeze(1), y.unsqueeze(2)).reshape(-1).to(torch.float64)
+    ``linalg.vecdot`` (a product and a pairwise sum): measured on torch 2.13 CPU with one or two threads it is 2× faster
+    than a batched (1 × D)·(D × 1) GEMM at (256, 64) and 6–10× at image sizes (``benchmarks/bench_guiders.py``
+    prints both), and it never runs in TF32 on a GPU."""
+    return torch.linalg.vecdot(flat(upcast(a)), flat(upcast(b))).to(torch.float64)
 
 
 def sq_norm(a: Tensor) -> Tensor:
@@ -70,6 +71,78 @@ def norm(a: Tensor) -> Tensor:
     """||a|| per sample (reduced in at least float32), as float64: (batch,)."""
     x = flat(a)
     return torch.linalg.vector_norm(x, dim=1, dtype=torch.float32 if is_half(x) else None).to(torch.float64)
+
+
+# --- the same reductions for the fused combines --------------------------------------------------------------------
+#
+# At the sizes of the benchmarks a combine costs about as much per dispatched operator as per pass over the data, so
+# these spend as few operators as the arithmetic allows on each per-sample quantity: the reductions come back in
+# their own dtype (float32 for float32 and half inputs, float64 for float64); the float64 steps promote inside the
+# operator that needs them (``plus_eps``, ``sq_plus_eps``); the last one rounds the weight once to the predictions'
+# dtype, shaped to broadcast against (batch, ...) (``scaled_ratio``, ``scaled_product``). The arithmetic is that
+# of ``dot``/``norm``/``sq_norm`` followed by a cast.
+
+
+def row_shape(x: Tensor) -> tuple[int, ...]:
+    """(batch, 1, ..., 1): a per-sample quantity's shape against ``x`` (batch, ...)."""
+    return (x.shape[0],) + (1,) * (x.ndim - 1)
+
+
+def norms(a: Tensor) -> Tensor:
+    """||a|| per sample over all non-batch dimensions, reduced in at least float32 and returned in that dtype (not
+    converted): (batch,)."""
+    x = flat(a)
+    return torch.linalg.vector_norm(x, dim=1, dtype=torch.float32 if is_half(x) else None)
+
+
+def dots(a: Tensor, b: Tensor) -> Tensor:
+    """<a, b> per sample over all non-batch dimensions, reduced in at least float32 and returned in that dtype (not
+    converted): (batch,)."""
+    return torch.linalg.vecdot(flat(upcast(a)), flat(upcast(b)))
+
+
+def _constant(value: float, device: torch.device) -> Tensor:
+    out = _CONSTANTS.get((value, device))
+    if out is None:
+        out = _CONSTANTS[(value, device)] = torch.full((1,), value, dtype=torch.float64, device=device)
+    return out
+
+
+_CONSTANTS: dict[tuple[float, torch.device], Tensor] = {}
+
+
+def plus_eps(n: Tensor) -> Tensor:
+    """``n + ε`` in float64 (one operator: the sum is formed in float64 from ``n`` as it is): ``n``'s shape."""
+    return torch.add(n, _constant(EPS, n.device))
+
+
+def sq_plus_eps(n: Tensor) -> Tensor:
+    """``n² + ε`` in float64 (one operator: the square of ``n`` formed in float64, as :func:`sq_norm`): ``n``'s
+    shape."""
+    return torch.addcmul(_constant(EPS, n.device), n, n)
+
+
+def scaled_ratio(
+    num: Tensor, den: Tensor, scale: float, like: Tensor, offset: float = 0.0, dtype: torch.dtype | None = None
+) -> Tensor:
+    """``offset + scale·num/den`` per sample (``num``, ``den`` (batch,), ``den`` float64) computed in float64 and
+    rounded once to ``dtype`` (default ``like``'s), in one operator, shaped to broadcast against ``like`` (batch, ...):
+    (batch, 1, ..., 1)."""
+    out = torch.empty(num.shape[0], dtype=like.dtype if dtype is None else dtype, device=like.device)
+    torch.addcdiv(_constant(offset, like.device), num, den, value=scale, out=out)
+    return out.view(row_shape(like))
+
+
+def scaled_product(a: Tensor, b: Tensor | None, scale: float, like: Tensor, offset: float = 0.0) -> Tensor:
+    """``offset + scale·a·b`` per sample (``a``, ``b`` (batch,), one of them float64; ``b = None``: ``scale·a``)
+    computed in float64 and rounded once to ``like``'s dtype, in one operator, shaped to broadcast against ``like``
+    (batch, ...): (batch, 1, ..., 1)."""
+    out = torch.empty(a.shape[0], dtype=like.dtype, device=like.device)
+    if b is None:
+        torch.mul(a, scale, out=out)
+    else:
+        torch.addcmul(_constant(offset, like.device), a, b, value=scale, out=out)
+    return out.view(row_shape(like))
 
 
 def resolve_dims(field: str, dims: tuple[int, ...], ndim: int) -> tuple[int, ...]:
