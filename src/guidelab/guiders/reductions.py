@@ -63,7 +63,9 @@ def dot(a: Tensor, b: Tensor) -> Tensor:
 
 def sq_norm(a: Tensor) -> Tensor:
     """||a||² per sample (reduced in at least float32), as float64: (batch,). The norm squared in float64: one
-    reduction pass, and no float32 overflow of the square sum where the norm itself is representable."""
+    reduction pass, and float16/bfloat16 inputs (reduced in float32) never overflow. float32 inputs overflow to inf
+    from ||a|| ≈ 1.8·10¹⁹ (``torch.linalg.vector_norm`` sums the squares without rescaling), far beyond any
+    prediction."""
     return norm(a).square_()
 
 
