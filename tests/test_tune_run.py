@@ -233,3 +233,33 @@ def test_the_beyond_cfg_guiders_tune_and_rank_beside_cfg(tmp_path):
         chosen = min(study["trials"], key=lambda t: t["values"][0])
         assert best["name"] == study["label"] and best["params"]["scale"] == chosen["params"]["scale"]
     assert {r["guider"]["name"] for r in summary["ranking"]} == {"cfg", "fbg", "rectified-cfg++"}
+
+
+def test_a_trials_runs_on_worker_threads_give_the_same_tune(tmp_path, monkeypatch):
+    """A trial's runs (two conditions × two seeds) on two worker threads: every trial, value and stored metric
+    bitwise as in one thread, so the suggestions (which read the history) are the same too."""
+    from guidelab.experiments import runner
+
+    tune = {
+        **SMALL,
+        "targets": [{"target": "multimodal-2d", "conds": ["a", "b"]}],
+        "seeds": [0, 1],
+        "objective": {"metric": "energy_distance"},
+        "budget": {"trials": 5},
+    }
+    one = run_tune(check_tune(tune), tmp_path / "one")
+    monkeypatch.setattr(runner, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(runner, "_THREADS_MIN_S", 0.0)
+    used = []
+    real = runner._thread_map
+    monkeypatch.setattr(runner, "_thread_map", lambda *a: used.append(a[2]) or real(*a))
+    two = run_tune(check_tune(tune), tmp_path / "two")
+    assert used and set(used) == {2}
+    assert [(t["number"], t["values"], t["params"]) for t in trials_of(one)] == [
+        (t["number"], t["values"], t["params"]) for t in trials_of(two)
+    ]
+
+    def metrics(out):
+        return {r["hash"]: r["metrics"] for r in ResultStore(out / "results.sqlite").rows()}
+
+    assert metrics(tmp_path / "one") == metrics(tmp_path / "two")

@@ -24,7 +24,9 @@ and, beside another method, tuned plain CFG are then re-scored on ``heldout_seed
 its seeds shows it.
 
 **Executors.** Trials run one after the other (each suggestion needs the finished history); a trial's runs
-(conditions × seeds) run in this process, or as Ray tasks on a cluster (``executor="ray"``). The study never
+(conditions × seeds) run in this process (on worker threads, as a sweep's, where
+:func:`~guidelab.experiments.runner.choose_split` finds them worth sharing; bitwise the same rows), or as Ray
+tasks on a cluster (``executor="ray"``). The study never
 leaves this process: Optuna's SQLite storage is not safe over a network file system, and asking in the driver
 keeps every suggestion, hence every trial, equal to a local tune's.
 """
@@ -41,7 +43,14 @@ from pathlib import Path
 from typing import Any
 
 from guidelab.experiments.config import GuiderSweep, PipelineRunSpec, RunSpec
-from guidelab.experiments.runner import check_options, folder_lock, map_runs, ray_cluster, torch_threads
+from guidelab.experiments.runner import (
+    check_options,
+    choose_split,
+    folder_lock,
+    map_runs,
+    ray_cluster,
+    torch_threads,
+)
 from guidelab.experiments.store import ResultStore
 from guidelab.io import write_json_atomic, write_text_atomic
 from guidelab.progress import ProgressBar
@@ -179,7 +188,11 @@ class _Evaluator:
         if not specs:
             return iter(())
         if self.plan.kind != "pipeline":
-            return map_runs(specs, self.out, executor=self.executor, address=self.address, threads=self.threads)
+            # a trial's runs on worker threads where they are worth sharing (the rows are bitwise the same)
+            workers = choose_split(specs, threads=self.threads).workers if self.executor == "local" else 1
+            return map_runs(
+                specs, self.out, executor=self.executor, address=self.address, workers=workers, threads=self.threads
+            )
         return self._pipeline_rows(specs)
 
     def _pipeline_rows(self, specs: list[Any]) -> Iterator[dict[str, Any]]:
