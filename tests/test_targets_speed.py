@@ -191,3 +191,88 @@ def test_exact_denoiser_compile_option_falls_back_to_eager(monkeypatch):
     assert any("torch.compile failed" in str(w.message) for w in caught)
     assert not den.compile
     assert_relative(out, eager)
+
+
+def _recording_compile(calls: list):
+    """A stand-in for torch.compile that records its calls and returns the function itself (no compiler needed)."""
+
+    def fake(fn, **kwargs):
+        calls.append(kwargs)
+        return fn
+
+    return fake
+
+
+def _failing_compile(calls: list):
+    def fake(fn, **kwargs):
+        calls.append(kwargs)
+
+        def run(*args):
+            raise RuntimeError("no C++ compiler")
+
+        return run
+
+    return fake
+
+
+def test_exact_denoiser_auto_compiles_only_a_long_run_of_a_small_target(monkeypatch):
+    """``compile="auto"`` (the default): eager until the denoiser has evaluated COMPILE_MIN_EVALUATIONS particles,
+    then compiled (same values); never for a batch above COMPILE_MAX_BATCH or a target with compile_max_work 0."""
+    import guidelab.targets.base as base
+
+    calls: list = []
+    monkeypatch.setattr(torch, "compile", _recording_compile(calls))
+    monkeypatch.setattr(base, "COMPILE_MIN_EVALUATIONS", 100)
+    monkeypatch.setattr(base, "COMPILE_MAX_BATCH", 64)
+    target, _ = mixture(2, 8, 4, seed=1)
+    path = get_path("rf")
+    x = points(target, path, 0.5, 32, seed=2)
+    t = torch.full((32,), 0.5, dtype=torch.float64)
+    cond = torch.arange(32) % 5 - 1
+    eager = target.denoiser(path, compile=False)(x, t, cond)
+    den = target.denoiser(path)
+    assert den.compile == "auto"
+    for _ in range(4):  # 4·32 = 128 particles: the first four calls are eager (0, 32, 64, 96 < 100 before each)
+        assert_relative(den(x, t, cond), eager)
+    assert calls == [] and den.evaluated == 128
+    assert_relative(den(x, t, cond), eager)  # 128 ≥ 100: compiled from here
+    assert calls == [{"fullgraph": True, "dynamic": False}] and den.evaluated == 128
+    big = points(target, path, 0.5, 65, seed=3)
+    den(big, 0.5, None)  # above COMPILE_MAX_BATCH: eager
+    assert den.evaluated == 128 + 65 and len(calls) == 1
+    box = get_target("chidambaram-uniform-1d")
+    assert box.compile_max_work == 0
+    den_box = box.denoiser(path)
+    xb = torch.linspace(-3, 3, 32, dtype=torch.float64)[:, None]
+    for _ in range(8):
+        den_box(xb, t, None)
+    assert len(calls) == 1 and den_box.evaluated == 256
+
+
+def test_exact_denoiser_auto_falls_back_silently_and_env_turns_compiling_off(monkeypatch, caplog):
+    import logging
+
+    import guidelab.targets.base as base
+
+    calls: list = []
+    monkeypatch.setattr(torch, "compile", _failing_compile(calls))
+    monkeypatch.setattr(base, "COMPILE_MIN_EVALUATIONS", 0)
+    target, _ = mixture(2, 8, 4, seed=1)
+    path = get_path("rf")
+    x = points(target, path, 0.5, 32, seed=2)
+    t = torch.full((32,), 0.5, dtype=torch.float64)
+    eager = target.denoiser(path, compile=False)(x, t, None)
+    den = target.denoiser(path)
+    with warnings.catch_warnings(), caplog.at_level(logging.DEBUG, logger="guidelab.targets.base"):
+        warnings.simplefilter("error")  # no warning in "auto"
+        assert_relative(den(x, t, None), eager)
+        assert_relative(den(x, t, None), eager)
+    assert den.compile is False and len(calls) == 1  # tried once
+    assert sum("torch.compile failed" in r.getMessage() for r in caplog.records) == 1
+    monkeypatch.setenv("GUIDELAB_COMPILE", "0")
+    for mode in (True, "auto"):
+        den = target.denoiser(path, compile=mode)
+        assert_relative(den(x, t, None), eager)
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="compile"):
+        target.denoiser(path, compile="yes")

@@ -77,6 +77,7 @@ class GaussianMixture(FusedTarget):
 
     max_chunk_bytes: int = 200 * 2**20
     cache_chunk_bytes: int = 8 * 2**20
+    compile_max_work: int = 64  # compiled 1.3–1.7× faster at K·D ≤ 64, slower at K·D ≥ 256 (base.py)
 
     def __init__(
         self,
