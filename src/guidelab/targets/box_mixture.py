@@ -261,12 +261,13 @@ class BoxMixture(FusedTarget):
 
     Attributes:
         max_chunk_bytes: bound on the working memory of one chunk of particles (default 200 MB).
-        cache_chunk_entries: on the CPU, particle × component × dimension entries per chunk of the fused pass, so
-            that its work arrays stay in cache (default 2¹⁵).
+        cache_chunk_entries: on the CPU, particle × component × dimension entries per chunk of the fused pass
+            (default 2¹⁴: 128 KB work arrays stay in cache and are reused by the allocator; with 2¹⁵ and more, each
+            chunk's fresh arrays cost hundreds of page faults, 2 ms of a 6 ms call at D = 2, K = 8, n = 4000).
     """
 
     max_chunk_bytes: int = 200 * 2**20
-    cache_chunk_entries: int = 2**15
+    cache_chunk_entries: int = 2**14
 
     def __init__(
         self,
@@ -313,8 +314,8 @@ class BoxMixture(FusedTarget):
         return self._cache[key]
 
     def _chunk_size(self, x_t: Tensor, fused: bool) -> int:
-        # About 16 live (n, K, D) float64 temporaries in box_log_prob_and_mean; the fused pass keeps about 12 of
-        # them in cache (chunks of ``cache_chunk_entries`` particle-component-dimension entries).
+        # About 16 live (n, K, D) float64 temporaries in box_log_prob_and_mean; the fused pass takes chunks of
+        # ``cache_chunk_entries`` particle-component-dimension entries.
         per_particle = 16 * self.num_components * self.dim * 8
         step = self.max_chunk_bytes // per_particle
         if fused and x_t.device.type == "cpu":
