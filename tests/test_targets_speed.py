@@ -120,6 +120,15 @@ def test_box_mixture_equals_the_previous_implementation(dim, components):
             assert_relative(jacobian(new, x, t, path, cond), jacobian(old, x, t, path, cond), rtol=1e-7)
     times = torch.linspace(0.0, 1.0, n, dtype=torch.float64)  # all regimes in one batch
     assert_relative(new.posterior_mean(x, times, path, cond), old.posterior_mean(x, times, path, cond))
+    new.cache_chunk_entries = 7 * components * dim  # the fused pass (one shared time) in chunks of 7, ragged end
+    for t in (1e-3, 0.3, 0.9):
+        x = (1 - t) * new.sample(n, None, g, dtype=torch.float64) + t * torch.randn(
+            n, dim, generator=g, dtype=torch.float64
+        )
+        for c in (cond, None):
+            assert_relative(new.posterior_mean(x, t, path, c), old.posterior_mean(x, t, path, c))
+            assert_relative(new.log_prob_t(x, t, path, c), old.log_prob_t(x, t, path, c))
+        assert_relative(new.component_log_prob_t(x, t, path), old.component_log_prob_t(x, t, path))
 
 
 def jacobian(target, x: torch.Tensor, t: float, path, cond) -> torch.Tensor:
