@@ -258,6 +258,24 @@ def test_exact_denoiser_auto_compiles_only_a_long_run_of_a_small_target(monkeypa
     assert len(calls) == 1 and den_box.evaluated == 256
 
 
+def test_exact_denoiser_traces_inside_an_outer_compile_without_recompiling():
+    """A sampler compiled around the default ("auto") denoiser: its eager counter stays out of the graph, so repeated
+    calls of one shape reuse one graph (a guard on the counter would recompile each call, then fail at the limit)."""
+    target, _ = mixture(2, 8, 4, seed=1)
+    path = get_path("rf")
+    x = points(target, path, 0.5, 32, seed=2)
+    t = torch.full((32,), 0.5, dtype=torch.float64)
+    den = target.denoiser(path)
+    torch._dynamo.reset()
+    from torch._dynamo.testing import CompileCounter
+
+    counts = CompileCounter()
+    outer = torch.compile(lambda x, t: den(x, t, None), backend=counts, fullgraph=True, dynamic=False)
+    for _ in range(10):
+        assert_relative(outer(x, t), target.posterior_mean(x, t, path, None))
+    assert counts.frame_count == 1 and den.evaluated == 0
+
+
 def test_exact_denoiser_auto_falls_back_silently_and_env_turns_compiling_off(monkeypatch, caplog):
     import logging
 

@@ -491,6 +491,8 @@ class ExactDenoiser(TargetModel):
         )
 
     def __call__(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        if compiling():  # traced inside someone else's torch.compile: no counter (a guard on it would recompile)
+            return self._eager(x_t, t, cond)
         if not self._wants_compiled(x_t.shape[0]):
             self.evaluated += x_t.shape[0]
             return self._eager(x_t, t, cond)
