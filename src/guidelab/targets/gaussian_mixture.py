@@ -205,7 +205,6 @@ class GaussianMixture(FusedTarget):
         direct = inplace and rows is not None
         mean_out = x_t.new_empty((n, D)) if direct and want_mean else None
         log_prob_out = x_t.new_empty((n, 1)) if direct else None
-        log_w = p.log_weights[rows] if rows is not None else None  # (n, K) log w_k^{(c)} of each sample's condition
         # Without autograd, work in place in one reused buffer: fresh multi-MB arrays per chunk cost page faults.
         buf = x_t.new_empty((min(step, n), K * D)) if inplace and time.shared else None
         x_one = x_t.new_ones((min(step, n), D + 1)) if time.shared else None  # [x, 1] per chunk
@@ -226,7 +225,8 @@ class GaussianMixture(FusedTarget):
             if rows is None:
                 log_probs.append(log_p)
                 continue
-            logits = log_p.add_(log_w[lo:hi]) if inplace else log_w[lo:hi] + log_p  # (m, K)
+            log_w = p.log_weights[rows[lo:hi]]  # (m, K) log w_k^{(c)}, per chunk: (n, K) would add memory
+            logits = log_p.add_(log_w) if inplace else log_w + log_p  # (m, K)
             # softmax written out (torch's is slow on CPU over a few components): e^{l_k − max l} sums to at least 1
             # (finite: every class has a component), and logsumexp = max l + log of that sum.
             top = logits.amax(-1, keepdim=True)
