@@ -40,8 +40,10 @@ _SQRT2 = math.sqrt(2.0)
 _INV_SQRT_PI = 1 / math.sqrt(math.pi)
 # Series region: h < _H_SERIES and |m|·h < _H_SERIES. There the omitted Hermite terms are below 1e-14.
 _H_SERIES = 0.02
-# Below it erfc(y) is a normal double and e^{y²}·erfc(y) keeps its digits; above it the asymptotic series.
+# Below it erfc(y) is a normal double and e^{y²}·erfc(y) keeps its digits; above it the asymptotic series. float32
+# (only on MPS, which has no float64) switches at 9, where erfc is still normal and the series is exact to 1e-9.
 _Y_TAIL = 26.0
+_Y_TAIL_FLOAT32 = 9.0
 _VELTKAMP = 134217729.0  # 2^27 + 1: splits a double into halves whose squares are exact
 
 
@@ -76,7 +78,7 @@ def _exp_square(y: Tensor) -> Tensor:
     """e^{y²} to a few ulps for |y| ≤ 26 (``y`` unchanged). Rounding y² first would cost up to 6e-14 relative there,
     so y = hi + lo with hi² exact (Veltkamp's split) and e^{y²} = e^{hi²}·e^{lo(hi + y)}, the small second factor
     by its Taylor series to second order (|lo(hi + y)| < 2e-5)."""
-    t = y * _VELTKAMP
+    t = y * (_VELTKAMP if y.dtype == torch.float64 else 4097.0)  # 2^12 + 1 for float32 (MPS)
     hi = torch.sub(t, y)
     hi = torch.sub(t, hi, out=hi)  # hi = t − (t − y)
     d = torch.add(hi, y).mul_(torch.sub(y, hi, out=t))  # lo·(hi + y), lo = y − hi
@@ -116,6 +118,7 @@ def _closed_form(mq: Tensor, hq: Tensor) -> tuple[Tensor, Tensor]:
     always under ``torch.compile``).
     """
     grad = torch.is_grad_enabled() and (mq.requires_grad or hq.requires_grad)
+    y_tail = _Y_TAIL if mq.dtype == torch.float64 else _Y_TAIL_FLOAT32
     m_in, h_in = mq, hq
     mq, hq = mq.detach(), hq.detach()
     shape = torch.broadcast_shapes(mq.shape, hq.shape)
@@ -128,11 +131,11 @@ def _closed_form(mq: Tensor, hq: Tensor) -> tuple[Tensor, Tensor]:
     em = expo.expm1_()  # e^{−4|m'|h'} − 1
     near_sq = near * near
     tail = scaled_tail = None
-    if compiling() or float(near.amax()) > _Y_TAIL:
-        tail = outside & (near > _Y_TAIL)
-        erfcx_n, erfcx_f = _erfcx_tail(ends.clamp(min=_Y_TAIL))
+    if compiling() or float(near.amax()) > y_tail:
+        tail = outside & (near > y_tail)
+        erfcx_n, erfcx_f = _erfcx_tail(ends.clamp(min=y_tail))
         scaled_tail = erfcx_n.sub_(erfcx_f.addcmul_(erfcx_f, em))  # erfcx(n) − e^{−4|m'|h'}·erfcx(f)
-    exp_n = _exp_square(near.clamp_(max=_Y_TAIL))  # e^{n²}
+    exp_n = _exp_square(near.clamp_(max=y_tail))  # e^{n²}
     erfc_n, erfc_f = ends.erfc_()  # in place: n and f are not needed any more
     scaled = torch.sub(erfc_n, skew.mul_(erfc_f).add_(erfc_f)).mul_(exp_n)  # outside: 2Z·e^{n²}
     if scaled_tail is not None:
