@@ -218,7 +218,7 @@ def compile_case(particles: int, repeats: int, dim: int = 2, components: int = 8
     x = 2 * torch.randn(particles, dim, generator=gen)
     t = torch.full((particles,), 0.3)
     cond = torch.randint(-1, 4, (particles,), generator=gen)
-    eager = target.denoiser(path)
+    eager = target.denoiser(path, compile=False)
     result: dict = {"dim": dim, "components": components, "particles": particles}
     try:
         torch._dynamo.reset()

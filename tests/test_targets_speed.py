@@ -92,7 +92,7 @@ def test_gaussian_mixture_equals_the_previous_implementation_over_many_chunks():
 def test_box_mixture_equals_the_previous_implementation(dim, components):
     """Every regime: the series at α → 0 (t → 1), the closed form inside and outside the boxes (entries of both in
     one batch, and batches of one kind only), σ = 0 at t = 0 on and off the support; log-densities, posterior
-    means and the gradient of the log-density."""
+    means, the gradient of the log-density and the Jacobian of the posterior mean."""
     g = torch.Generator().manual_seed(dim)
     low = torch.randn(components, dim, generator=g, dtype=torch.float64) * 2
     high = low + 0.2 + torch.rand(components, dim, generator=g, dtype=torch.float64)
@@ -113,8 +113,30 @@ def test_box_mixture_equals_the_previous_implementation(dim, components):
             (grad_new,) = torch.autograd.grad(new.log_prob_t(xg, t, path, cond).sum(), xg)
             (grad_old,) = torch.autograd.grad(old.log_prob_t(xo, t, path, cond).sum(), xo)
             assert_relative(grad_new, grad_old)
+        if 1e-6 < t < 1:
+            # The posterior mean's Jacobian (closed-form derivatives now, autograd through the formulas before): both
+            # lose digits to the cancellation in (1 − ∂E[z]/∂m)/α, measured within 1e-8 of each other and of mpmath
+            # (at σ = 1e-9 far outside a box both keep only the bound 0 ≤ ∂E[z]/∂m ≤ 1).
+            assert_relative(jacobian(new, x, t, path, cond), jacobian(old, x, t, path, cond), rtol=1e-7)
     times = torch.linspace(0.0, 1.0, n, dtype=torch.float64)  # all regimes in one batch
     assert_relative(new.posterior_mean(x, times, path, cond), old.posterior_mean(x, times, path, cond))
+    new.cache_chunk_entries = 7 * components * dim  # the fused pass (one shared time) in chunks of 7, ragged end
+    for t in (1e-3, 0.3, 0.9):
+        x = (1 - t) * new.sample(n, None, g, dtype=torch.float64) + t * torch.randn(
+            n, dim, generator=g, dtype=torch.float64
+        )
+        for c in (cond, None):
+            assert_relative(new.posterior_mean(x, t, path, c), old.posterior_mean(x, t, path, c))
+            assert_relative(new.log_prob_t(x, t, path, c), old.log_prob_t(x, t, path, c))
+        assert_relative(new.component_log_prob_t(x, t, path), old.component_log_prob_t(x, t, path))
+
+
+def jacobian(target, x: torch.Tensor, t: float, path, cond) -> torch.Tensor:
+    """∂E[x0 | x_t]_d/∂x_t (batch, D, D) by autograd (rows are independent samples)."""
+    xg = x.clone().requires_grad_(True)
+    mean = target.posterior_mean(xg, t, path, cond)
+    rows = [torch.autograd.grad(mean[:, d].sum(), xg, retain_graph=True)[0] for d in range(x.shape[1])]
+    return torch.stack(rows, dim=1)
 
 
 def test_gaussian_mixture_float32_has_no_nan_at_the_ends():
@@ -178,3 +200,106 @@ def test_exact_denoiser_compile_option_falls_back_to_eager(monkeypatch):
     assert any("torch.compile failed" in str(w.message) for w in caught)
     assert not den.compile
     assert_relative(out, eager)
+
+
+def _recording_compile(calls: list):
+    """A stand-in for torch.compile that records its calls and returns the function itself (no compiler needed)."""
+
+    def fake(fn, **kwargs):
+        calls.append(kwargs)
+        return fn
+
+    return fake
+
+
+def _failing_compile(calls: list):
+    def fake(fn, **kwargs):
+        calls.append(kwargs)
+
+        def run(*args):
+            raise RuntimeError("no C++ compiler")
+
+        return run
+
+    return fake
+
+
+def test_exact_denoiser_auto_compiles_only_a_long_run_of_a_small_target(monkeypatch):
+    """``compile="auto"`` (the default): eager until the denoiser has evaluated COMPILE_MIN_EVALUATIONS particles,
+    then compiled (same values); never for a batch above COMPILE_MAX_BATCH or a target with compile_max_work 0."""
+    import guidelab.targets.base as base
+
+    calls: list = []
+    monkeypatch.setattr(torch, "compile", _recording_compile(calls))
+    monkeypatch.setattr(base, "COMPILE_MIN_EVALUATIONS", 100)
+    monkeypatch.setattr(base, "COMPILE_MAX_BATCH", 64)
+    target, _ = mixture(2, 8, 4, seed=1)
+    path = get_path("rf")
+    x = points(target, path, 0.5, 32, seed=2)
+    t = torch.full((32,), 0.5, dtype=torch.float64)
+    cond = torch.arange(32) % 5 - 1
+    eager = target.denoiser(path, compile=False)(x, t, cond)
+    den = target.denoiser(path)
+    assert den.compile == "auto"
+    for _ in range(4):  # 4·32 = 128 particles: the first four calls are eager (0, 32, 64, 96 < 100 before each)
+        assert_relative(den(x, t, cond), eager)
+    assert calls == [] and den.evaluated == 128
+    assert_relative(den(x, t, cond), eager)  # 128 ≥ 100: compiled from here
+    assert calls == [{"fullgraph": True, "dynamic": False}] and den.evaluated == 128
+    big = points(target, path, 0.5, 65, seed=3)
+    den(big, 0.5, None)  # above COMPILE_MAX_BATCH: eager
+    assert den.evaluated == 128 + 65 and len(calls) == 1
+    box = get_target("chidambaram-uniform-1d")
+    assert box.compile_max_work == 0
+    den_box = box.denoiser(path)
+    xb = torch.linspace(-3, 3, 32, dtype=torch.float64)[:, None]
+    for _ in range(8):
+        den_box(xb, t, None)
+    assert len(calls) == 1 and den_box.evaluated == 256
+
+
+def test_exact_denoiser_traces_inside_an_outer_compile_without_recompiling():
+    """A sampler compiled around the default ("auto") denoiser: its eager counter stays out of the graph, so repeated
+    calls of one shape reuse one graph (a guard on the counter would recompile each call, then fail at the limit)."""
+    target, _ = mixture(2, 8, 4, seed=1)
+    path = get_path("rf")
+    x = points(target, path, 0.5, 32, seed=2)
+    t = torch.full((32,), 0.5, dtype=torch.float64)
+    den = target.denoiser(path)
+    torch._dynamo.reset()
+    from torch._dynamo.testing import CompileCounter
+
+    counts = CompileCounter()
+    outer = torch.compile(lambda x, t: den(x, t, None), backend=counts, fullgraph=True, dynamic=False)
+    for _ in range(10):
+        assert_relative(outer(x, t), target.posterior_mean(x, t, path, None))
+    assert counts.frame_count == 1 and den.evaluated == 0
+
+
+def test_exact_denoiser_auto_falls_back_silently_and_env_turns_compiling_off(monkeypatch, caplog):
+    import logging
+
+    import guidelab.targets.base as base
+
+    calls: list = []
+    monkeypatch.setattr(torch, "compile", _failing_compile(calls))
+    monkeypatch.setattr(base, "COMPILE_MIN_EVALUATIONS", 0)
+    target, _ = mixture(2, 8, 4, seed=1)
+    path = get_path("rf")
+    x = points(target, path, 0.5, 32, seed=2)
+    t = torch.full((32,), 0.5, dtype=torch.float64)
+    eager = target.denoiser(path, compile=False)(x, t, None)
+    den = target.denoiser(path)
+    with warnings.catch_warnings(), caplog.at_level(logging.DEBUG, logger="guidelab.targets.base"):
+        warnings.simplefilter("error")  # no warning in "auto"
+        assert_relative(den(x, t, None), eager)
+        assert_relative(den(x, t, None), eager)
+    assert den.compile is False and len(calls) == 1  # tried once
+    assert sum("torch.compile failed" in r.getMessage() for r in caplog.records) == 1
+    monkeypatch.setenv("GUIDELAB_COMPILE", "0")
+    for mode in (True, "auto"):
+        den = target.denoiser(path, compile=mode)
+        assert_relative(den(x, t, None), eager)
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="compile"):
+        target.denoiser(path, compile="yes")

@@ -10,6 +10,8 @@ means unconditional, a single int, or ``None`` (all unconditional).
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -22,12 +24,17 @@ from torch import Tensor
 from guidelab.denoiser import NULL_COND, as_cond
 from guidelab.paths import NoisePath
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
+    "COMPILE_MAX_BATCH",
+    "COMPILE_MIN_EVALUATIONS",
     "ExactDenoiser",
     "FusedTarget",
     "PathTime",
     "Target",
     "as_float_array",
+    "compile_enabled",
     "compiling",
     "init_classes",
     "path_time",
@@ -56,6 +63,9 @@ class Target(ABC):
     log_component_weight: Tensor
     name: str = ""
     description: str = ""
+    # ``compile="auto"`` compiles the exact denoiser only where num_components·dim is at most this (0: never; the
+    # families that measured faster compiled set it, see ExactDenoiser).
+    compile_max_work: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -233,9 +243,9 @@ class Target(ABC):
             f"classes={{{classes}{more}}})"
         )
 
-    def denoiser(self, path: NoisePath, *, compile: bool = False) -> ExactDenoiser:
-        """The exact denoiser of this target on ``path`` (prediction space x0); ``compile=True`` runs it under
-        ``torch.compile`` (see :class:`ExactDenoiser`)."""
+    def denoiser(self, path: NoisePath, *, compile: bool | str = "auto") -> ExactDenoiser:
+        """The exact denoiser of this target on ``path`` (prediction space x0); ``compile`` (``"auto"``, True or
+        False) decides when it runs under ``torch.compile`` (see :class:`ExactDenoiser`)."""
         return ExactDenoiser(self, path, compile=compile)
 
 
@@ -419,37 +429,85 @@ class TargetModel:
         return uncond, self.target.posterior_mean(x_t, t, self.path, safe), has_class, safe
 
 
+# ``compile="auto"`` (the default of :class:`ExactDenoiser`): measured with ``benchmarks/bench_exact_denoiser.py
+# compile`` on a shared 2-core AVX-512 machine, 2 threads. Compiling gained 1.66× on D = 2, K = 8 at 10⁴ particles,
+# 1.3× on D = 4, K = 16 and at 3·10⁴ particles, 1.0× at 10⁵ (the eager passes are then bandwidth-bound), and lost
+# (0.67–0.75×) on D = 8, K = 32, D = 64, K = 100 and the box mixtures; it took 3–12 s (34 s for a box mixture). At
+# 0.2 µs a particle eager and a 1.3–1.7× gain, those seconds are won back after 4·10⁷–1.5·10⁸ particle evaluations.
+COMPILE_MIN_EVALUATIONS = 10**8  # "auto" compiles once a denoiser has evaluated this many particles eagerly
+COMPILE_MAX_BATCH = 50_000  # and only for calls of at most this many particles
+
+
+def compile_enabled() -> bool:
+    """Whether ``torch.compile`` may be tried at all: this torch has it and ``GUIDELAB_COMPILE`` is not ``0``."""
+    return hasattr(torch, "compile") and os.environ.get("GUIDELAB_COMPILE", "1") != "0"
+
+
 class ExactDenoiser(TargetModel):
     """The exact posterior mean ``E[x0 | x_t, c]`` of an analytic target on a path (prediction ``x0``).
 
     Swaps freely with a network: samplers and guiders run on ground truth through the same protocol.
 
-    ``compile=True`` evaluates it through ``torch.compile(fullgraph=True, dynamic=False)`` (one graph per batch
-    shape, no graph break: :func:`path_time` reads the time per sample under compilation). It is off by default:
-    compiling takes 5–20 s on 2 CPU cores and gained 1.0–3.1× on D = 2, K = 8 at 10⁴–10⁵ particles
-    (``benchmarks/bench_exact_denoiser.py``), so it pays only for long runs. Where compilation fails (no C++
-    toolchain, an unsupported platform) the call warns once and falls back to eager evaluation.
+    ``compile`` runs it through ``torch.compile(fullgraph=True, dynamic=False)`` (one graph per batch shape, no graph
+    break: :func:`path_time` reads the time per sample under compilation), an optimisation that is never required:
+
+    - ``"auto"`` (default): compile only where it was measured to pay (see :data:`COMPILE_MIN_EVALUATIONS`): the
+      target's work per particle is small (``num_components·dim ≤ target.compile_max_work``; 0 for targets that
+      compile to slower code), the call has at most :data:`COMPILE_MAX_BATCH` particles, and this denoiser has
+      already evaluated :data:`COMPILE_MIN_EVALUATIONS` particles eagerly (n·steps so far: a short run never pays
+      the seconds of compiling, a long one compiles once it is known to be long). The decision depends on the
+      counts only, so a run compiles at the same step on every machine with a working compiler. Where compiling is
+      unavailable or fails, it evaluates eagerly from then on, with a debug log and no warning.
+    - ``True``: compile from the first call; a failure warns once and falls back to eager evaluation.
+    - ``False``: eager. ``GUIDELAB_COMPILE=0`` in the environment turns compiling off in every mode.
+
+    Raises:
+        ValueError: ``compile`` is not True, False or ``"auto"``.
     """
 
-    def __init__(self, target: Target, path: NoisePath, *, compile: bool = False):
+    def __init__(self, target: Target, path: NoisePath, *, compile: bool | str = "auto"):
         super().__init__(target, path)
-        self.compile = bool(compile)
+        if compile not in (True, False, "auto"):
+            raise ValueError(f"compile: expected True, False or 'auto', got {compile!r}")
+        self.compile: bool | str = compile
+        self.evaluated = 0  # particles evaluated eagerly (the "auto" rule's n·steps so far)
         self._compiled: Any = None
 
     def _eager(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         return self.target.posterior_mean(x_t, t, self.path, cond)
 
+    def _wants_compiled(self, batch: int) -> bool:
+        if self.compile is not True and self.compile != "auto":
+            return False
+        if not compile_enabled():
+            return False
+        if self.compile is True:
+            return True
+        work = self.target.num_components * self.target.dim
+        return (
+            work <= self.target.compile_max_work
+            and batch <= COMPILE_MAX_BATCH
+            and self.evaluated >= COMPILE_MIN_EVALUATIONS
+        )
+
     def __call__(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
-        if not self.compile:
+        if compiling():  # traced inside someone else's torch.compile: no counter (a guard on it would recompile)
+            return self._eager(x_t, t, cond)
+        if not self._wants_compiled(x_t.shape[0]):
+            self.evaluated += x_t.shape[0]
             return self._eager(x_t, t, cond)
         if self._compiled is None:
             self._compiled = torch.compile(self._eager, fullgraph=True, dynamic=False)
         try:
             return self._compiled(x_t, t, cond)
-        except torch._dynamo.exc.TorchDynamoException as err:  # compilation is an optimisation, never required
-            message = f"ExactDenoiser: torch.compile failed ({type(err).__name__}); evaluating eagerly"
-            warnings.warn(message, stacklevel=2)
+        except Exception as err:  # compilation is an optimisation, never required (no C++ toolchain, a platform)
+            message = f"ExactDenoiser: torch.compile failed ({type(err).__name__}: {err}); evaluating eagerly"
+            if self.compile is True:
+                warnings.warn(message, stacklevel=2)
+            else:
+                logger.debug(message)
             self.compile = False
+            self._compiled = None
             return self._eager(x_t, t, cond)
 
     def __repr__(self) -> str:

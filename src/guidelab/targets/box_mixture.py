@@ -8,11 +8,13 @@ Per dimension, a uniform on [a, b] under ``x_t = α·x0 + σ·ε`` has
 
 and a box is the product over dimensions. With ``m = (u + w)/2`` and ``h = (u − w)/2 = α(b − a)/(2σ)`` the
 log-mass ``log(Φ(u) − Φ(w))`` and ``E[z]`` are computed without cancellation (docs/methods.md §3 asks for stable
-log-differences of normal CDFs): outside the box (|m| ≥ h, both ends in one tail) from erfcx-scaled tails,
-inside from ``1 − (two tail masses)`` with ``log_ndtr``; ``φ(w) − φ(u) = sign(m)·φ(h − |m|)(1 − e^{−2|m|h})``.
-When h and |m|·h are small (α → 0) a Hermite series in h replaces both, so the density tends to N(0, σ²)
-and the mean to the box centre, exactly at α = 0. At σ = 0 (t = 0) the density is the uniform itself and
-the mean is x/α. Gradients of the log-density use the closed-form derivatives (``_LogMass``).
+log-differences of normal CDFs): outside the box (|m| ≥ h, both ends in one tail) as ``erfcx``-scaled tails
+``e^{n²}(erfc(n) − erfc(f))`` of the two ends' distances, inside as ``1 − (two tail masses)``;
+``φ(w) − φ(u) = sign(m)·φ(h − |m|)(1 − e^{−2|m|h})`` (:func:`_closed_form`: a few elementwise float64 passes over
+all entries, with torch's vectorised erfc, the branches selected by ``torch.where``). When h and |m|·h are small
+(α → 0) a Hermite series in h replaces both, so the density tends to N(0, σ²) and the mean to the box centre,
+exactly at α = 0. At σ = 0 (t = 0) the density is the uniform itself and the mean is x/α. Gradients use the
+closed-form derivatives (``_ClosedForm``).
 """
 
 from __future__ import annotations
@@ -34,16 +36,15 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _LN2 = math.log(2.0)
 _SQRT_HALF = math.sqrt(0.5)
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+_SQRT2 = math.sqrt(2.0)
+_INV_SQRT_PI = 1 / math.sqrt(math.pi)
 # Series region: h < _H_SERIES and |m|·h < _H_SERIES. There the omitted Hermite terms are below 1e-14.
 _H_SERIES = 0.02
-
-
-def _log1mexp(d: Tensor) -> Tensor:
-    """log(1 − e^d) for d < 0, accurate on both sides of −ln 2 (Mächler 2012); autograd-safe branches."""
-    near = d > -_LN2
-    d_near = torch.where(near, d, -1.0)
-    d_far = torch.where(near, -1.0, d)
-    return torch.where(near, torch.log(-torch.expm1(d_near)), torch.log1p(-torch.exp(d_far)))
+# Below it erfc(y) is a normal double and e^{y²}·erfc(y) keeps its digits; above it the asymptotic series. float32
+# (only on MPS, which has no float64) switches at 9, where erfc is still normal and the series is exact to 1e-9.
+_Y_TAIL = 26.0
+_Y_TAIL_FLOAT32 = 9.0
+_VELTKAMP = 134217729.0  # 2^27 + 1: splits a double into halves whose squares are exact
 
 
 def _log_phi(x: Tensor) -> Tensor:
@@ -51,84 +52,110 @@ def _log_phi(x: Tensor) -> Tensor:
     return -0.5 * x * x - _HALF_LOG_2PI
 
 
-class _LogMass(torch.autograd.Function):
-    """Passes ``log Z(m, h)`` through with the exact gradients ``∂/∂m = −E[z]``, ``∂/∂h = (φ(m+h) + φ(m−h))/Z``.
+class _ClosedForm(torch.autograd.Function):
+    """Passes ``log Z`` and ``E[z]`` of ``(m', h')`` through with their closed-form first derivatives.
 
-    Autograd through the erfcx formulas loses digits far in the tails (erfcx' = 2y·erfcx(y) − 2/√π cancels);
-    these closed-form derivatives are as accurate as the values.
+    The values come from :func:`_closed_form` without autograd (in place, one pass each); autograd through those
+    formulas would lose digits far in the tails (the derivative of e^{y²}erfc(y) cancels) and keep every
+    temporary alive. First derivatives only (``once_differentiable``).
     """
 
     @staticmethod
-    def forward(ctx, m: Tensor, h: Tensor, log_Z: Tensor, e_z: Tensor, f: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(e_z, f)
-        return log_Z.clone()
+    def forward(ctx, m, h, log_Z, e_z, lz_m, lz_h, ez_m, ez_h):  # type: ignore[override]
+        ctx.save_for_backward(lz_m, lz_h, ez_m, ez_h)
+        return log_Z.clone(), e_z.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        e_z, f = ctx.saved_tensors
-        grad_m = -grad * e_z if ctx.needs_input_grad[0] else None
-        grad_h = grad * f if ctx.needs_input_grad[1] else None
-        return grad_m, grad_h, None, None, None
+    def backward(ctx, grad_log_Z: Tensor, grad_e_z: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        lz_m, lz_h, ez_m, ez_h = ctx.saved_tensors
+        grad_m = grad_log_Z * lz_m + grad_e_z * ez_m if ctx.needs_input_grad[0] else None
+        grad_h = grad_log_Z * lz_h + grad_e_z * ez_h if ctx.needs_input_grad[1] else None
+        return grad_m, grad_h, None, None, None, None, None, None
 
 
-def _tails_outside(am: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-    """``log Z`` and the Mills ratio ``φ(h − |m|)/Z`` where ``am = |m| ≥ h`` (both ends in one tail), from erfcx.
-
-    ``log Φ(h − |m|) = log(erfcx(y/√2)/2) − y²/2`` with ``y = |m| − h ≥ 0`` reuses the near tail's erfcx (no
-    ``log_ndtr``: the special functions are most of the cost)."""
-    y = am - h
-    erfcx_near = torch.special.erfcx(y * _SQRT_HALF)
-    log_near = torch.log(erfcx_near)
-    log_r = -2 * am * h + torch.log(torch.special.erfcx((am + h) * _SQRT_HALF)) - log_near
-    log_Z = (log_near - _LN2 - 0.5 * y * y) + _log1mexp(log_r)
-    return log_Z, _SQRT_2_OVER_PI / (erfcx_near * -torch.expm1(log_r))
-
-
-def _tails_inside(am: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-    """``log Z`` and the Mills ratio ``φ(h − |m|)/Z`` where ``am = |m| < h``: Z = 1 − (two small tail masses)."""
-    log_tails = torch.logaddexp(torch.special.log_ndtr(-(am + h)), torch.special.log_ndtr(am - h))
-    log_Z = _log1mexp(log_tails)
-    return log_Z, torch.exp(_log_phi(h - am) - log_Z)
+def _exp_square(y: Tensor) -> Tensor:
+    """e^{y²} to a few ulps for |y| ≤ 26 (``y`` unchanged). Rounding y² first would cost up to 6e-14 relative there,
+    so y = hi + lo with hi² exact (Veltkamp's split) and e^{y²} = e^{hi²}·e^{lo(hi + y)}, the small second factor
+    by its Taylor series to second order (|lo(hi + y)| < 2e-5)."""
+    t = y * (_VELTKAMP if y.dtype == torch.float64 else 4097.0)  # 2^12 + 1 for float32 (MPS)
+    hi = torch.sub(t, y)
+    hi = torch.sub(t, hi, out=hi)  # hi = t − (t − y)
+    d = torch.add(hi, y).mul_(torch.sub(y, hi, out=t))  # lo·(hi + y), lo = y − hi
+    factor = torch.addcmul(d, d, d, value=0.5, out=t).add_(1)  # 1 + d + d²/2
+    return hi.mul_(hi).exp_().mul_(factor)
 
 
-def _closed_form(m: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-    """``log Z = log(Φ(m + h) − Φ(m − h))`` and ``E[z]`` for z ~ N(0, 1) truncated to [m − h, m + h], h > 0.
+def _erfcx_tail(y: Tensor) -> Tensor:
+    """erfcx(y) = e^{y²}erfc(y) for y ≥ 26 (``y`` unchanged) by its asymptotic series
+    ``Σ_{k≤6} (−1)^k (2k−1)!!/(2y²)^k / (y√π)`` (the first omitted term is below 2e-17 there)."""
+    z = torch.mul(y, y).reciprocal_().mul_(0.5)  # 1/(2y²)
+    s = torch.mul(z, 10395).sub_(945)
+    for c in (105, -15, 3, -1, 1):
+        s.mul_(z).add_(c)
+    return s.div_(y).mul_(_INV_SQRT_PI)
 
-    Both are symmetric in m (odd for E[z]), so work with |m|. Outside (|m| ≥ h, both ends in one tail) with
-    erfcx, ``Φ(−y) = ½ erfcx(y/√2) e^{−y²/2}``: the ratio of the two tail masses is
-    ``r = e^{−2|m|h}·erfcx((|m| + h)/√2)/erfcx((|m| − h)/√2)``, ``log Z = log Φ(h − |m|) + log(1 − r)`` and
-    ``|E[z]| = √(2/π)(1 − e^{−2|m|h})/(erfcx((|m| − h)/√2)(1 − r))``, free of the cancellation of two large
-    log-CDFs. Inside (|m| < h): ``Z = 1 − Φ(−(|m| + h)) − Φ(|m| − h)`` and
-    ``|E[z]| = φ(h − |m|)(1 − e^{−2|m|h})/Z``. (φ(u) + φ(w))/Z, the h-derivative of log Z, uses 1 + e^{−2|m|h}.
 
-    Eagerly each entry goes through its own formula only (the special functions are most of the cost); under
-    ``torch.compile`` both are evaluated everywhere and selected, as the split would be data-dependent.
+def _closed_form(mq: Tensor, hq: Tensor) -> tuple[Tensor, Tensor]:
+    """``log Z = log(Φ(m + h) − Φ(m − h))`` and ``E[z]`` for z ~ N(0, 1) truncated to [m − h, m + h], from
+    ``mq = m/√2`` and ``hq = h/√2 > 0`` (broadcast); differentiable in both with the closed-form derivatives
+    ``∂log Z/∂m = −E[z]``, ``∂log Z/∂h = (φ(u) + φ(w))/Z``, ``∂E[z]/∂m = (uφ(u) − wφ(w))/Z + E[z]²`` and
+    ``∂E[z]/∂h = (uφ(u) + wφ(w))/Z − E[z](φ(u) + φ(w))/Z`` (u = m + h, w = m − h).
+
+    With ``n = ||m'| − h'|`` and ``f = |m'| + h'`` (the two ends' distances from 0, over √2) the tail masses beyond
+    the ends are ``erfc(n)/2`` and ``erfc(f)/2``, and ``φ(far end)/φ(near end) = e^{n² − f²} = e^{−4|m'|h'}``:
+
+    - outside (|m| ≥ h, both ends in one tail): ``2Z·e^{n²} = e^{n²}(erfc(n) − erfc(f))``, free of the cancellation
+      of two log-CDFs, with ``e^{n²}`` to a few ulps (:func:`_exp_square`) and the far term times
+      ``e^{f² − n² − 4|m'|h'}`` (an exponent of rounding size: erfc varies fast, and this makes the rounding of the
+      two ends cancel as in ``erfcx(n) − e^{−4|m'|h'}erfcx(f)``); beyond n = 26, where erfc underflows,
+      ``erfcx(n) − e^{−4|m'|h'}·erfcx(f)`` by the asymptotic series (:func:`_erfcx_tail`);
+    - inside (|m| < h): ``2Z = 2 − erfc(n) − erfc(f)``;
+    - ``|E[z]| = (φ(near)/Z)·(1 − e^{−4|m'|h'})`` (expm1), with the sign of m.
+
+    Both erfc are one elementwise pass over the two ends, the rest a few in-place passes; each branch is evaluated
+    where it is finite and selected with ``torch.where`` (the tail series only when some entry needs it, and
+    always under ``torch.compile``).
     """
-    abs_m, h = torch.broadcast_tensors(m.abs(), h)
-    outside = abs_m >= h
-    if compiling():  # both formulas everywhere, selected (no data-dependent shapes)
-        log_Z_a, mills_a = _tails_outside(torch.where(outside, abs_m, h + 1), h)  # safe inputs keep autograd finite
-        log_Z_b, mills_b = _tails_inside(torch.where(outside, 0.0, abs_m), h)
-        log_Z_ab, mills = torch.where(outside, log_Z_a, log_Z_b), torch.where(outside, mills_a, mills_b)
-    elif bool(outside.all()):
-        log_Z_ab, mills = _tails_outside(abs_m, h)
-    elif not bool(outside.any()):
-        log_Z_ab, mills = _tails_inside(abs_m, h)
-    else:  # each entry through its own formula only: the special functions are most of the cost
-        flat_m, flat_h, flat_out = abs_m.reshape(-1), h.reshape(-1), outside.reshape(-1)
-        i_out, i_in = flat_out.nonzero().squeeze(1), (~flat_out).nonzero().squeeze(1)
-        lz_out, mills_out = _tails_outside(flat_m[i_out], flat_h[i_out])
-        lz_in, mills_in = _tails_inside(flat_m[i_in], flat_h[i_in])
-        empty = flat_m.new_empty(flat_m.shape)
-        log_Z_ab = empty.index_copy(0, i_out, lz_out).index_copy(0, i_in, lz_in).view(abs_m.shape)
-        mills = empty.index_copy(0, i_out, mills_out).index_copy(0, i_in, mills_in).view(abs_m.shape)
-    am = abs_m
-    decay = torch.exp(-2 * am * h)
-    e_z = torch.sign(m) * mills * -torch.expm1(-2 * am * h)
-    f = mills * (1 + decay)
-    log_Z = _LogMass.apply(m, h, log_Z_ab.detach(), e_z.detach(), f.detach())
-    return log_Z, e_z
+    grad = torch.is_grad_enabled() and (mq.requires_grad or hq.requires_grad)
+    y_tail = _Y_TAIL if mq.dtype == torch.float64 else _Y_TAIL_FLOAT32
+    m_in, h_in = mq, hq
+    mq, hq = mq.detach(), hq.detach()
+    shape = torch.broadcast_shapes(mq.shape, hq.shape)
+    am = mq.abs().expand(shape)
+    outside = am >= hq
+    ends = mq.new_empty((2, *shape))
+    near, far = torch.sub(am, hq, out=ends[0]).abs_(), torch.add(am, hq, out=ends[1])  # rounded ends n, f
+    expo = torch.mul(am, hq).mul_(-4)  # −4|m'|h'
+    skew = torch.sub(far, near).mul_(far + near).add_(expo)  # f² − n² − 4|m'|h', of rounding size
+    em = expo.expm1_()  # e^{−4|m'|h'} − 1
+    near_sq = near * near
+    tail = scaled_tail = None
+    if compiling() or float(near.amax()) > y_tail:
+        tail = outside & (near > y_tail)
+        erfcx_n, erfcx_f = _erfcx_tail(ends.clamp(min=y_tail))
+        scaled_tail = erfcx_n.sub_(erfcx_f.addcmul_(erfcx_f, em))  # erfcx(n) − e^{−4|m'|h'}·erfcx(f)
+    exp_n = _exp_square(near.clamp_(max=y_tail))  # e^{n²}
+    erfc_n, erfc_f = ends.erfc_()  # in place: n and f are not needed any more
+    scaled = torch.sub(erfc_n, skew.mul_(erfc_f).add_(erfc_f)).mul_(exp_n)  # outside: 2Z·e^{n²}
+    if scaled_tail is not None:
+        scaled = torch.where(tail, scaled_tail, scaled)
+    two_z = torch.where(outside, scaled, torch.rsub(erfc_n, 2).sub_(erfc_f))  # 2Z, times e^{n²} outside
+    log_Z = torch.log(two_z).sub_(_LN2).sub_(near_sq.mul_(outside))
+    mills = exp_n.reciprocal_().masked_fill_(outside, 1.0).mul_(_SQRT_2_OVER_PI).div_(two_z)  # φ(near end)/Z
+    e_z = torch.mul(mills, em).copysign_(mq)
+    if not grad:
+        return log_Z, e_z
+    # The derivatives in the original units (m = √2·m', h = √2·h'), for |m|; E[z] is odd in m, ∂E/∂m even.
+    am2, h2 = am * _SQRT2, hq * _SQRT2
+    wide = (em + 1) * (am2 + h2)  # e^{−2|m|h}(|m| + h): φ(far)/φ(near) times the far end
+    lz_m = -e_z * _SQRT2
+    lz_h = mills * (em + 2) * _SQRT2
+    # ∂E[z]/∂m = 1 − Var[z] lies in [0, 1]; far in a tail (|m| ≳ 1e7, σ → 0) its two terms of size m² cancel to
+    # nothing, and the clamp keeps the bound (autograd through the erfcx formulas before was no more accurate there).
+    ez_m = (mills * (wide - (am2 - h2)) + e_z * e_z).clamp_(0.0, 1.0) * _SQRT2
+    ez_h = torch.sign(mq) * mills * ((am2 - h2) + wide - e_z.abs() * (em + 2)) * _SQRT2
+    return _ClosedForm.apply(m_in, h_in, log_Z, e_z, lz_m, lz_h, ez_m, ez_h)
 
 
 def _hermite_series(m: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
@@ -146,40 +173,55 @@ def _hermite_series(m: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
     return S, T
 
 
-def box_log_prob_and_mean(x: Tensor, alpha: Tensor, sigma: Tensor, low: Tensor, high: Tensor) -> tuple[Tensor, Tensor]:
+def box_log_prob_and_mean(
+    x: Tensor, alpha: Tensor | float, sigma: Tensor | float, low: Tensor, high: Tensor
+) -> tuple[Tensor, Tensor]:
     """Per-dimension log p_t(x | uniform[low, high]) and E[x0 | x_t = x] (both broadcast of all inputs).
 
-    ``alpha``/``sigma`` may be 0 (α = 0: N(0, σ²), mean the centre; σ = 0: the uniform itself, mean x/α).
-    Autograd-safe: every branch gets inputs where it is finite.
+    ``alpha``/``sigma`` (tensors, or floats for one time shared by all) may be 0 (α = 0: N(0, σ²), mean the
+    centre; σ = 0: the uniform itself, mean x/α). Autograd-safe: every branch gets inputs where it is finite.
     """
-    at_data = sigma == 0
-    # Which of the three regimes occur (eager only: under torch.compile every branch is evaluated, as before).
-    dynamic = not compiling()
-    any_data = not dynamic or bool(at_data.any())
-    sigma_ = torch.where(at_data, 1.0, sigma) if any_data else sigma
+    grad = torch.is_grad_enabled() and any(isinstance(v, Tensor) and v.requires_grad for v in (x, alpha, sigma))
+    dynamic = not compiling()  # eager: skip the regimes that do not occur; compiled: evaluate all, select
+    if isinstance(sigma, Tensor):
+        at_data = sigma == 0
+        any_data = not dynamic or bool(at_data.any())
+        sigma_ = torch.where(at_data, 1.0, sigma) if any_data else sigma
+    elif sigma == 0:  # t = 0 for all: the uniform density on [αa, αb], mean x/α
+        inside = (x >= alpha * low) & (x <= alpha * high)
+        log_p = torch.where(inside, -torch.log(alpha * (high - low)), float("-inf"))
+        return log_p, (x / alpha).expand_as(log_p)
+    else:
+        at_data = any_data = False
+        sigma_ = sigma
     centre, half = 0.5 * (low + high), 0.5 * (high - low)
-    c = alpha / sigma_  # α/σ
-    m = (x - alpha * centre) / sigma_  # (u + w)/2
-    h = c * half  # (u − w)/2
-    series = (h < _H_SERIES) & (m.abs() * h < _H_SERIES)
-    any_series = not dynamic or bool(series.any())
+    scale = _SQRT_HALF / sigma_  # 1/(σ√2)
+    a_scale = alpha * scale
+    mq = x * scale - a_scale * centre  # m/√2, m = (u + w)/2 = (x − α·centre)/σ
+    hq = a_scale * half  # h/√2, h = (u − w)/2 = α(b − a)/(2σ)
+    # The series where h < _H_SERIES and |m|·h < _H_SERIES (h = √2·h', |m|·h = 2|m'|h').
+    near_zero = hq < _H_SERIES * _SQRT_HALF
+    any_series = not dynamic or bool(near_zero.any())
+    series = near_zero & (mq.abs() * hq < 0.5 * _H_SERIES) if any_series else None
     all_series = dynamic and any_series and bool(series.all())
+    c = alpha / sigma_  # α/σ
     if any_series:
         # Series branch (small h): log p = log φ(m) − log σ + log S; E[x0] = centre − E[s]/c = centre + c·half²·T/S.
-        m_s = torch.where(series, m, 0.0) if not all_series else m
-        h_s = torch.where(series, h, 0.0) if not all_series else h
+        m_s = mq * _SQRT2 if all_series else torch.where(series, mq * _SQRT2, 0.0)
+        h_s = hq * _SQRT2 if all_series else torch.where(series, hq * _SQRT2, 0.0)
         S, T = _hermite_series(m_s, h_s)
-        log_p_series = _log_phi(m_s) - torch.log(sigma_) + torch.log(S)
+        log_sigma = torch.log(sigma_) if isinstance(sigma_, Tensor) else math.log(sigma_)
+        log_p_series = _log_phi(m_s) - log_sigma + torch.log(S)
         mean_series = centre + c * half * half * T / S
     if not all_series:
         # Closed branch: log Z = log(Φ(u) − Φ(w)), log p = log Z − log(α(b − a)), E[x0] = x/α − E[z]/c.
-        m_c = torch.where(series, 1.0, m) if any_series else m
-        h_c = torch.where(series, 1.0, h) if any_series else h
-        alpha_c = torch.where(series, 1.0, alpha) if any_series else alpha
-        c_c = torch.where(series, 1.0, c) if any_series else c
-        log_Z, e_z = _closed_form(m_c, h_c)
+        safe = any_series and (grad or not dynamic)  # finite inputs where the series is taken (autograd)
+        mq_c = torch.where(series, 1.0, mq) if safe else mq
+        hq_c = torch.where(series, 1.0, hq) if safe else hq
+        alpha_c = torch.where(series, 1.0, alpha) if safe and isinstance(alpha, Tensor) else alpha  # a float α > 0 here
+        log_Z, e_z = _closed_form(mq_c, hq_c)
         log_p_closed = log_Z - torch.log(alpha_c * (high - low))
-        mean_closed = x / alpha_c - e_z / c_c
+        mean_closed = x / alpha_c - e_z * (sigma_ / alpha_c)
     if all_series:
         log_p, mean = log_p_series, mean_series
     elif any_series:
@@ -202,6 +244,9 @@ class _Params:
     low: Tensor  # (K, D)
     high: Tensor  # (K, D)
     log_weights: Tensor  # (C + 1, K)
+    centre: Tensor  # (K, D, 1) (a + b)/2, laid out for (K, D, n) work arrays
+    half: Tensor  # (K, D, 1) (b − a)/2
+    log_volume: Tensor  # (K,) Σ_d log(b_d − a_d)
 
 
 class BoxMixture(FusedTarget):
@@ -219,9 +264,13 @@ class BoxMixture(FusedTarget):
 
     Attributes:
         max_chunk_bytes: bound on the working memory of one chunk of particles (default 200 MB).
+        cache_chunk_entries: on the CPU, particle × component × dimension entries per chunk of the fused pass
+            (default 2¹⁴: 128 KB work arrays stay in cache and are reused by the allocator; with 2¹⁵ and more, each
+            chunk's fresh arrays cost hundreds of page faults, 2 ms of a 6 ms call at D = 2, K = 8, n = 4000).
     """
 
     max_chunk_bytes: int = 200 * 2**20
+    cache_chunk_entries: int = 2**14
 
     def __init__(
         self,
@@ -260,15 +309,21 @@ class BoxMixture(FusedTarget):
     def _params(self, dtype: torch.dtype, device: torch.device) -> _Params:
         key = (dtype, torch.device(device))
         if key not in self._cache:
-            self._cache[key] = _Params(
-                *(p.to(dtype=dtype, device=device) for p in (self.low, self.high, self.log_weight_table()))
+            low, high, log_weights = (
+                p.to(dtype=dtype, device=device) for p in (self.low, self.high, self.log_weight_table())
             )
+            centre, half = (0.5 * (low + high))[:, :, None], (0.5 * (high - low))[:, :, None]
+            self._cache[key] = _Params(low, high, log_weights, centre, half, torch.log(high - low).sum(-1))
         return self._cache[key]
 
-    def _chunk_size(self, x_t: Tensor) -> int:
-        # About 16 live (n, K, D) float64 temporaries in box_log_prob_and_mean.
+    def _chunk_size(self, x_t: Tensor, fused: bool) -> int:
+        # About 16 live (n, K, D) float64 temporaries in box_log_prob_and_mean; the fused pass takes chunks of
+        # ``cache_chunk_entries`` particle-component-dimension entries.
         per_particle = 16 * self.num_components * self.dim * 8
-        return max(1, self.max_chunk_bytes // per_particle)
+        step = self.max_chunk_bytes // per_particle
+        if fused and x_t.device.type == "cpu":
+            step = min(step, self.cache_chunk_entries // (self.num_components * self.dim))
+        return max(1, step)
 
     def _evaluate(
         self, x_t: Tensor, t: Tensor | float, path: NoisePath, cond: Tensor | int | None, want_mean: bool
@@ -278,6 +333,9 @@ class BoxMixture(FusedTarget):
         Computed in float64 whatever the dtype of ``x_t`` (except on MPS) and returned in that dtype: the
         work is elementwise over (n, K, D) and cheap, and at small α the float32 truncated-normal mean
         x/α − E[z]/c loses digits to cancellation.
+
+        One time shared by the batch (the samplers' case), σ > 0, no series entry and no autograd take the fused
+        pass :meth:`_fused_chunk`; anything else goes through :func:`box_log_prob_and_mean` entry by entry.
         """
         self.check_input(x_t)
         out_dtype = x_t.dtype
@@ -287,12 +345,28 @@ class BoxMixture(FusedTarget):
         p = self._params(wide, x_t.device)
         time = path_time(path, t, x_t)
         rows = None if cond is None and not want_mean else self.cond_rows(cond, n, x_t.device)
+        fused = (
+            time.shared
+            and time.sigma0 > 0
+            and not compiling()
+            and not (torch.is_grad_enabled() and x_t.requires_grad)
+            and time.alpha0 * _SQRT_HALF / time.sigma0 * float(p.half.min()) >= _H_SERIES * _SQRT_HALF
+        )
         means, log_probs = [], []
-        step = self._chunk_size(x_t)
+        step = self._chunk_size(x_t, fused)
         for lo in range(0, n, step):
             hi = min(lo + step, n)
+            if fused:
+                log_p, x0_hat = self._fused_chunk(x_t[lo:hi], time.alpha0, time.sigma0, p, rows, lo, want_mean)
+                log_probs.append(log_p)
+                if x0_hat is not None:
+                    means.append(x0_hat)
+                continue
             x = x_t[lo:hi, None, :]  # (m, 1, D)
-            alpha, sigma = time.alpha[lo:hi, None, None], time.sigma[lo:hi, None, None]
+            if time.shared:  # floats: per-time quantities are (K, D) and computed once
+                alpha, sigma = time.alpha0, time.sigma0
+            else:
+                alpha, sigma = time.alpha[lo:hi, None, None], time.sigma[lo:hi, None, None]
             log_p_dim, mean_k = box_log_prob_and_mean(x, alpha, sigma, p.low, p.high)  # (m, K, D)
             log_p = log_p_dim.sum(-1)  # (m, K)
             if rows is None:
@@ -308,12 +382,43 @@ class BoxMixture(FusedTarget):
             if want_mean:
                 r = weights / total  # responsibilities
                 mean = torch.einsum("mk,mkd->md", r, mean_k)
-                data = (sigma[:, :, 0] == 0).expand_as(mean)  # at t = 0 the posterior mean is x/α itself
-                means.append(torch.where(data, x[:, 0] / torch.where(data, alpha[:, :, 0], 1.0), mean))
+                if time.shared:  # at t = 0 the posterior mean is x/α itself
+                    means.append(x[:, 0] / alpha if sigma == 0 else mean)
+                else:
+                    data = (sigma[:, :, 0] == 0).expand_as(mean)
+                    means.append(torch.where(data, x[:, 0] / torch.where(data, alpha[:, :, 0], 1.0), mean))
         empty = x_t.new_empty((0,) if rows is not None else (0, K))
         log_prob = (torch.cat(log_probs) if log_probs else empty).to(out_dtype)
         mean = (torch.cat(means) if means else torch.empty_like(x_t)).to(out_dtype) if want_mean else None
         return mean, log_prob
+
+    def _fused_chunk(
+        self, x: Tensor, alpha: float, sigma: float, p: _Params, rows: Tensor | None, lo: int, want_mean: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """One chunk x (m, D) at one time (α, σ > 0) with no series entry: log p_t(x | c) (m,) (per component
+        (m, K) when ``rows`` is None) and the posterior mean (m, D) or None.
+
+        Work arrays are (K, D, m), so the sums over D and K run along the outer axes of contiguous rows, and
+        ``Σ_k r_k E[x0 | x, k] = x/α − (σ/α)·Σ_k r_k E[z_k]`` (the responsibilities sum to 1) leaves one (K, D, m)
+        product for the mean: ``log p_k = Σ_d log Z_kd − Σ_d log(α(b_d − a_d))``."""
+        scale = _SQRT_HALF / sigma  # 1/(σ√2)
+        mq = (x.T * scale)[None] - (alpha * scale) * p.centre  # (K, D, m) m' = (x − α·centre)/(σ√2)
+        log_Z, e_z = _closed_form(mq, (alpha * scale) * p.half)
+        log_p = log_Z.sum(1).sub_((p.log_volume + self.dim * math.log(alpha))[:, None])  # (K, m)
+        if rows is None:
+            return log_p.T, None
+        logits = log_p.add_(p.log_weights[rows[lo : lo + x.shape[0]]].T)  # (K, m)
+        # logsumexp and softmax over K written out (torch's are slow on CPU over a few components); every row has a
+        # finite logit (σ > 0), so the maximum is finite and the sum of e^{l − max} at least 1.
+        top = logits.amax(0)
+        r = logits.sub_(top).exp_()
+        total = r.sum(0)
+        log_prob = top.add_(torch.log(total))
+        if not want_mean:
+            return log_prob, None
+        r.div_(total)  # responsibilities
+        e_mean = e_z.mul_(r[:, None, :]).sum(0)  # (D, m) Σ_k r_k E[z_k]
+        return log_prob, torch.add(x, e_mean.T, alpha=-sigma).div_(alpha)  # (x − σ·Σ_k r_k E[z_k])/α
 
     # --- the Target interface -----------------------------------------------------------------------
 
