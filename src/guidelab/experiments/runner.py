@@ -780,6 +780,10 @@ def run_sweep(
         if config.pipeline is not None:
             rows = _pipeline_map(todo, str(out), config.pipeline, threads)  # type: ignore[arg-type]
         else:
+            if executor == "local" and any("energy_distance" in spec.metrics for spec in todo):
+                from guidelab.metrics import pairwise_jit
+
+                pairwise_jit.warm_up()  # loads the compiled loop while the first runs sample
             rows = map_runs(todo, out, executor=executor, address=address, workers=split.workers, threads=threads)  # type: ignore[arg-type]
         failed = diverged = 0
         try:

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["CHUNK_ROWS", "available", "row_sums"]
+__all__ = ["CHUNK_ROWS", "available", "row_sums", "warm_up"]
 
 CHUNK_ROWS = 512  # rows per task when one call is split over threads (the triangle's rows differ in length)
 _FLAGS = {"reassoc", "contract"}  # vectorised sums and fused multiply-adds; sqrt and division stay exact IEEE
@@ -109,6 +109,13 @@ def available() -> bool:
                 except Exception:  # numba missing or unable to compile here: the caller's eager path
                     _kernels = ()
     return bool(_kernels)
+
+
+def warm_up() -> None:
+    """Load (or compile) the kernels on a background thread, so that the ~0.5 s overlaps other work (a sweep's
+    first samplings, which release the GIL); a later :func:`available` waits for it. Does nothing once loaded."""
+    if _kernels is None:
+        threading.Thread(target=available, name="guidelab-jit-warm-up", daemon=True).start()
 
 
 def row_sums(x: np.ndarray, y: np.ndarray, same: bool, threads: int = 1) -> np.ndarray:
