@@ -240,3 +240,20 @@ def test_run_says_on_stderr_when_runs_have_diverged_samples(tmp_path):
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
     assert lines == [lines[0]] and lines[0].startswith("warning: 1 of the 2 runs have diverged samples")
+
+
+@pytest.mark.parametrize("code", [0, 2])
+def test_the_console_script_freezes_the_heap_before_exit(monkeypatch, code):
+    """``guidelab`` (the console script) ends like :func:`main`, with its exit code, after ``gc.freeze()``, so the
+    interpreter's last collection skips torch's import; ``main`` itself, which tests call, freezes nothing."""
+    import gc
+
+    import guidelab.cli as cli
+
+    calls = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(cli, "main", lambda: calls.append("main") or sys.exit(code))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.script()
+    assert exit_info.value.code == code
+    assert calls == ["main", "freeze"]
