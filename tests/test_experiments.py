@@ -205,7 +205,7 @@ def test_worker_threads_run_at_the_same_time(tmp_path, monkeypatch):
     [
         (20_000, 2, None, 2),  # long runs: one worker per core
         (20_000, 32, None, 18),  # at most one worker per run
-        (20_000, 16, 3 << 30, 3),  # worker processes: one per GB of available memory (threads share it)
+        (20_000, 16, 3 << 30, 3),  # worker processes: one per GB of available memory (threads: one per 512 MB)
         (20_000, 1, None, 1),  # one core: this process
         (64, 2, None, 1),  # a fraction of a second of work in all: nothing to share
     ],
@@ -222,7 +222,8 @@ def test_choose_split(tmp_path, n, cores, memory, workers):
     )
     threaded = runner.choose_split(runs, threads=1, cores=cores, memory=memory)
     assert threaded.kind == "threads"
-    assert threaded.workers == (min(cores, 18) if n > 64 else 1)
+    per_memory = memory // (1 << 29)
+    assert threaded.workers == (min(cores, 18, per_memory) if n > 64 else 1)
 
 
 def test_ray_executor_gives_the_same_rows_as_local(tmp_path):

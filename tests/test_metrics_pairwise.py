@@ -230,3 +230,34 @@ def test_a_bad_compiled_value_is_refused_in_one_dimension_too():
 
     with pytest.raises(ValueError, match="^compiled:"):
         pairwise_distance_sum(torch.randn(5, 1), compiled="bogus")
+
+
+def test_the_self_term_cache_on_threads_measures_a_set_once_and_different_sets_at_once(monkeypatch):
+    """A sweep's worker threads: four threads asking for one reference set measure it once and all get its value;
+    two threads asking for two different sets measure them at the same time (a barrier only two concurrent
+    measurements pass), not one after the other."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    gen = torch.Generator().manual_seed(21)
+    sets = [randn(gen, 300, 2), randn(gen, 300, 2, shift=1.0)]
+    real = pw.self_distance_mean
+    calls = []
+    barrier = threading.Barrier(2, timeout=30)
+
+    def measured(y, *, compiled=False):
+        calls.append(y)
+        if len(sets) == 2:  # the first phase: both measurements must be under way together
+            barrier.wait()
+        return real(y, compiled=compiled)
+
+    monkeypatch.setattr(pw, "self_distance_mean", measured)
+    pw._self_cache.clear()
+    with ThreadPoolExecutor(2) as pool:
+        values = list(pool.map(pw.cached_self_distance_mean, sets))
+    assert len(calls) == 2 and values == [real(s) for s in sets]
+    sets.append(randn(gen, 300, 2, shift=-1.0))  # from here the barrier is not used
+    one = sets[2]
+    with ThreadPoolExecutor(4) as pool:
+        values = list(pool.map(lambda _: pw.cached_self_distance_mean(one), range(4)))
+    assert len(calls) == 3 and values == [real(one)] * 4

@@ -242,3 +242,33 @@ def test_a_store_written_before_attempts_gains_the_column(tmp_path):
     assert stored(out) == before
     assert set(attempts(out).values()) == {1}
     assert "attempts" in ResultStore(out / "results.sqlite").frame().columns
+
+
+def test_ctrl_c_on_worker_threads_exits_130_at_once_and_the_rerun_completes(tmp_path):
+    """Ctrl-C while two worker threads are inside runs: the process ends with 130 within seconds (no abort of an
+    interpreter finalising torch under a running thread), the store holds whole rows only, each with its run.json,
+    and the same command again finishes the sweep with the rows of an uninterrupted one."""
+    text = LONGER.replace("n: 1024", "n: 8192\nsave_samples: false").replace("steps: 24", "steps: 80")
+    sweep = write(tmp_path, text)
+    out = tmp_path / "interrupted"
+    command = [sys.executable, "-m", "guidelab.cli", "run", str(sweep), "--out", str(out), "--workers", "2"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "results.sqlite").exists() and len(stored(out)) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the sweep finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - start < 10
+    assert "terminate called" not in err
+    rows = stored(out)
+    assert 2 <= len(rows) < 12
+    assert all((out / "runs" / h / "run.json").is_file() for h in rows)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reference = tmp_path / "reference"
+    run_sweep(load_sweep(sweep), reference, workers=1)
+    assert stored(out) == stored(reference)

@@ -233,6 +233,7 @@ def test_exact_denoiser_auto_compiles_only_a_long_run_of_a_small_target(monkeypa
     monkeypatch.setattr(torch, "compile", _recording_compile(calls))
     monkeypatch.setattr(base, "COMPILE_MIN_EVALUATIONS", 100)
     monkeypatch.setattr(base, "COMPILE_MAX_BATCH", 64)
+    monkeypatch.setattr(base, "COMPILE_MIN_THREADS", 1)  # whatever this machine's thread count
     target, _ = mixture(2, 8, 4, seed=1)
     path = get_path("rf")
     x = points(target, path, 0.5, 32, seed=2)
@@ -284,6 +285,7 @@ def test_exact_denoiser_auto_falls_back_silently_and_env_turns_compiling_off(mon
     calls: list = []
     monkeypatch.setattr(torch, "compile", _failing_compile(calls))
     monkeypatch.setattr(base, "COMPILE_MIN_EVALUATIONS", 0)
+    monkeypatch.setattr(base, "COMPILE_MIN_THREADS", 1)
     target, _ = mixture(2, 8, 4, seed=1)
     path = get_path("rf")
     x = points(target, path, 0.5, 32, seed=2)
@@ -303,3 +305,45 @@ def test_exact_denoiser_auto_falls_back_silently_and_env_turns_compiling_off(mon
     assert len(calls) == 1
     with pytest.raises(ValueError, match="compile"):
         target.denoiser(path, compile="yes")
+
+
+def test_exact_denoiser_auto_never_compiles_on_one_torch_thread(monkeypatch):
+    """On one torch thread (a sweep's default) compiled code measured no faster: "auto" stays eager however long."""
+    import guidelab.targets.base as base
+
+    calls: list = []
+    monkeypatch.setattr(torch, "compile", _recording_compile(calls))
+    monkeypatch.setattr(base, "COMPILE_MIN_EVALUATIONS", 0)
+    target, _ = mixture(2, 8, 4, seed=1)
+    path = get_path("rf")
+    x = points(target, path, 0.5, 32, seed=2)
+    t = torch.full((32,), 0.5, dtype=torch.float64)
+    den = target.denoiser(path)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        den(x, t, None)
+        assert calls == [] and den.evaluated == 32
+        torch.set_num_threads(2)
+        den(x, t, None)
+        assert len(calls) == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_another_threads_compile_does_not_change_this_threads_branches(monkeypatch):
+    """torch.compiler.is_compiling reads one process-wide flag, True during any compile in any thread; the
+    denoisers branch on Dynamo tracing only (is_dynamo_compiling), so a sweep's worker thread keeps its eager
+    branches, counters and numbers while another worker compiles."""
+    import guidelab.targets.base as base
+
+    monkeypatch.setattr(torch.compiler, "_is_compiling_flag", True)  # as while another thread compiles
+    assert torch.compiler.is_compiling()
+    assert not base.compiling()
+    target, _ = mixture(2, 8, 4, seed=1)
+    path = get_path("rf")
+    x = points(target, path, 0.5, 32, seed=2)
+    t = torch.full((32,), 0.5, dtype=torch.float64)
+    den = target.denoiser(path, compile="auto")
+    den(x, t, None)
+    assert den.evaluated == 32

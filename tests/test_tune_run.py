@@ -251,8 +251,13 @@ def test_a_trials_runs_on_worker_threads_give_the_same_tune(tmp_path, monkeypatc
     monkeypatch.setattr(runner, "_usable_cores", lambda: 2)
     monkeypatch.setattr(runner, "_THREADS_MIN_S", 0.0)
     used = []
-    real = runner._thread_map
-    monkeypatch.setattr(runner, "_thread_map", lambda *a: used.append(a[2]) or real(*a))
+
+    class Recording(runner._ThreadRuns):
+        def __init__(self, runs, out, workers, threads):
+            used.append(workers)
+            super().__init__(runs, out, workers, threads)
+
+    monkeypatch.setattr(runner, "_ThreadRuns", Recording)
     two = run_tune(check_tune(tune), tmp_path / "two")
     assert used and set(used) == {2}
     assert [(t["number"], t["values"], t["params"]) for t in trials_of(one)] == [

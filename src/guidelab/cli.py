@@ -7,6 +7,7 @@ import gc
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -936,11 +937,30 @@ def script() -> None:
     """The ``guidelab`` console script (and ``python -m guidelab.cli``): :func:`main`, then ``gc.freeze()`` before
     the interpreter ends, so that its final garbage collection skips the ~10⁶ objects of torch's and numba's
     imports (about 0.4 s of every command's exit on a 2-core machine). Not in :func:`main`, which tests and
-    scripts call in a process that goes on."""
+    scripts call in a process that goes on.
+
+    Where a sweep's worker threads are still inside a run (an interrupted ``guidelab run``), the process leaves by
+    ``os._exit`` once its output is flushed: the store is committed row by row, and an interpreter that finalises
+    torch under a running thread aborts instead of exiting."""
+    code: int | str | None = 0
     try:
         main()
+    except SystemExit as err:
+        code = err.code
+        raise
     finally:
         gc.freeze()
+        if _worker_threads_alive():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code if isinstance(code, int) else 1)
+
+
+def _worker_threads_alive() -> bool:
+    runner = sys.modules.get("guidelab.experiments.runner")  # not imported: no sweep ran (and no torch to import)
+    if runner is None:
+        return False
+    return any(t.name.startswith(runner.WORKER_THREAD_PREFIX) and t.is_alive() for t in threading.enumerate())
 
 
 if __name__ == "__main__":

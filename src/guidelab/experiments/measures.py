@@ -47,8 +47,8 @@ def _num(value: Any) -> float:
 
 def _energy(inp: MeasureInput) -> dict[str, float]:
     # the reference's self-term E‖Y − Y'‖ is the same for every run of a sweep on (target, cond, n): computed
-    # once per worker process (cached by the reference's bytes, so the value is the one computed without cache);
-    # large sets use the compiled pairwise kernels where available (compiled once per worker process)
+    # once per process, shared by its worker threads (cached by the reference's bytes, so the value is the one
+    # computed without cache); large sets use the compiled pairwise loop where available (loaded once per process)
     y_self = cached_self_distance_mean(inp.reference, compiled="auto")
     return {"energy_distance": m.energy_distance(inp.x, inp.reference, y_self=y_self, compiled="auto")}
 

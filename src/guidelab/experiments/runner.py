@@ -92,8 +92,8 @@ EXECUTORS = ("local", "processes", "ray")  # this process (on worker threads), s
 
 @dataclass(frozen=True)
 class Split:
-    """How a sweep's runs use the machine: ``workers`` processes (1: this process) × ``threads`` torch threads
-    per run, and why."""
+    """How a sweep's runs use the machine: ``workers`` runs at a time (threads of this process or spawned processes,
+    by ``kind``; 1: one after the other in this process) × ``threads`` torch threads per run, and why."""
 
     workers: int
     threads: int
@@ -107,7 +107,8 @@ class Split:
 
 _THREADS_MIN_S = 0.5  # below this much work in all, worker threads would only take turns holding the GIL
 _SPAWN_S = 3.0  # starting a spawned worker (python, torch and guidelab imports), seconds on a loaded 2-core machine
-_WORKER_MEMORY = 1 << 30  # bytes a worker may take (torch, a compiled kernel, a run of 10⁵ points)
+_WORKER_MEMORY = 1 << 30  # bytes a worker process may take (torch, a compiled kernel, a run of 10⁵ points)
+_RUN_MEMORY = 1 << 29  # bytes a run may take on a worker thread (its denoiser's chunks ≤ 200 MB, samples, tiles)
 _SAMPLE_S = 2e-7  # seconds per sample per network evaluation of an exact-target run (measured, one thread)
 _PAIR_S = 3e-9  # seconds per pair of the energy distance (eager tiles, one thread)
 _RUN_S = 0.01  # seconds of a run's fixed costs (building it, writing samples, run.json and its row; measured)
@@ -117,10 +118,11 @@ _PAIRWISE_MEASURES = ("mmd", "w2", "prdc")
 
 
 def estimated_run_seconds(spec: RunSpec) -> float:
-    """A rough one-thread cost of a run, used only to decide whether worker processes pay for their start:
-    ``_RUN_S``, ``n · steps · 4`` network evaluations (a second-order solver, conditional and unconditional)
-    at ``_SAMPLE_S``, the energy distance's pairs at ``_PAIR_S``, the other pairwise measures' at
-    ``_KERNEL_PAIR_S``, and Vendi's two n³ eigendecompositions (samples and reference) at ``_EIGEN_S``."""
+    """A rough one-thread cost of a run (an upper estimate: eager pairwise sums), used only to decide whether
+    workers pay (:func:`choose_split`): ``_RUN_S``, ``n · steps · 4`` network evaluations (a second-order solver,
+    conditional and unconditional) at ``_SAMPLE_S``, the energy distance's pairs at ``_PAIR_S``, the other pairwise
+    measures' at ``_KERNEL_PAIR_S``, and Vendi's two n³ eigendecompositions (samples and reference) at
+    ``_EIGEN_S``."""
     cfg = spec.sample
     m = spec.reference_n or cfg.n
     seconds = _RUN_S + _SAMPLE_S * cfg.n * cfg.steps * 4
@@ -158,21 +160,22 @@ def choose_split(
     """The default split of the machine for ``runs`` at ``threads`` torch threads per run (kept as given: the
     thread count is part of a run's numbers, so a chosen split never changes them).
 
-    Workers: ``cores // threads`` (the usable cores, ``os.sched_getaffinity``), at most one per run. Worker
-    threads (``kind="threads"``, the default) share this process, so they cost nothing to start; 1 (this
+    Workers: ``cores // threads`` (the usable cores, ``os.sched_getaffinity``), at most one per run, and at most
+    as many as the available memory holds. Worker threads (``kind="threads"``, the default) share this process,
+    so they cost nothing to start and only a run's working memory each (``_RUN_MEMORY``, 512 MB); 1 (this
     thread) where the runs' estimated total (:func:`estimated_run_seconds`) is under ``_THREADS_MIN_S``, where
     short runs would only take turns holding the GIL. Worker processes (``kind="processes"``) each take torch's
-    imports and up to ``_WORKER_MEMORY``: at most one per GB of available memory, and 1 where the total is under
-    twice a worker's start-up, which parallel workers would not win back.
+    imports and up to ``_WORKER_MEMORY`` (1 GB), and 1 where the total is under twice a worker's start-up, which
+    parallel workers would not win back.
     """
     cores = _usable_cores() if cores is None else cores
     slots = max(1, cores // threads)
     why = f"{cores} usable cores"
-    if kind == "processes":
-        memory = _available_memory() if memory is None else memory
-        if memory is not None and memory // _WORKER_MEMORY < slots:
-            slots = max(1, int(memory // _WORKER_MEMORY))
-            why += f", memory for {slots}"
+    memory = _available_memory() if memory is None else memory
+    per_worker = _WORKER_MEMORY if kind == "processes" else _RUN_MEMORY
+    if memory is not None and memory // per_worker < slots:
+        slots = max(1, int(memory // per_worker))
+        why += f", memory for {slots}"
     if slots == 1 or len(runs) <= 1:
         return Split(1, threads, f"{why}, {len(runs)} run(s)", kind)
     total = sum(estimated_run_seconds(spec) for spec in runs)
@@ -579,42 +582,62 @@ def _pool_map(runs: list[RunSpec], out: str, workers: int, threads: int) -> Iter
             worker.stop()
 
 
-def _thread_map(runs: list[RunSpec], out: str, workers: int, threads: int) -> Iterator[dict[str, Any]]:
-    """Run ``runs`` on ``workers`` threads of this process, yielding rows as they finish. torch's kernels and the
+WORKER_THREAD_PREFIX = "guidelab-run-"  # the names of a sweep's worker threads
+
+
+class _ThreadRuns:
+    """The rows of runs on ``workers`` threads of this process, yielded as they finish. torch's kernels and the
     compiled pairwise loop release the GIL, so the runs compute in parallel, and they share this process's
     imports, compiled kernels and cached reference self-terms. Each thread sets its own torch thread count
-    (OpenMP's is per thread). Closing the iterator early hands out no more runs; a run under way finishes in
-    its (daemon) thread."""
-    queue = deque(runs)
-    rows: SimpleQueue[dict[str, Any] | None] = SimpleQueue()
-    lock = threading.Lock()
-    stop = threading.Event()
+    (OpenMP's is per thread).
 
-    def work() -> None:
-        torch.set_num_threads(threads)
+    :meth:`close` hands out no more runs; with ``wait`` it waits for the runs under way, so that nothing is written
+    after it returns. Without (an interrupt), they finish in their daemon threads, whose only writes are their
+    runs' artifacts, each atomic and the same as a rerun's; a process that exits while they run leaves by
+    ``os._exit`` (the console script does), as after ``kill -9``.
+    """
+
+    def __init__(self, runs: list[RunSpec], out: str, workers: int, threads: int):
+        self._queue = deque(runs)
+        self._rows: SimpleQueue[dict[str, Any] | None] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._out, self._threads = out, threads
+        self._pool = [
+            threading.Thread(target=self._work, name=f"{WORKER_THREAD_PREFIX}{i}", daemon=True) for i in range(workers)
+        ]
+        for thread in self._pool:
+            thread.start()
+        self._running = len(self._pool)
+
+    def _work(self) -> None:
+        torch.set_num_threads(self._threads)
         try:
-            while not stop.is_set():
-                with lock:
-                    if not queue:
+            while not self._stop.is_set():
+                with self._lock:
+                    if not self._queue:
                         return
-                    spec = queue.popleft()
-                rows.put(execute_run(spec, out, threads))
+                    spec = self._queue.popleft()
+                self._rows.put(execute_run(spec, self._out, self._threads))
         finally:
-            rows.put(None)  # this worker is done
+            self._rows.put(None)  # this worker is done
 
-    pool = [threading.Thread(target=work, name=f"guidelab-run-{i}", daemon=True) for i in range(workers)]
-    for thread in pool:
-        thread.start()
-    try:
-        running = len(pool)
-        while running:
-            row = rows.get()
-            if row is None:
-                running -= 1
-            else:
-                yield row
-    finally:
-        stop.set()
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        while self._running:
+            row = self._rows.get()
+            if row is not None:
+                return row
+            self._running -= 1
+        raise StopIteration
+
+    def close(self, wait: bool = True) -> None:
+        self._stop.set()
+        if wait:
+            for thread in self._pool:
+                thread.join()
 
 
 def map_runs(
@@ -636,7 +659,7 @@ def map_runs(
     if workers > 1 and len(runs) > 1:
         if executor == "processes":
             return _pool_map(runs, str(out), workers, threads)
-        return _thread_map(runs, str(out), workers, threads)
+        return _ThreadRuns(runs, str(out), workers, threads)
     return (execute_run(spec, str(out), threads) for spec in runs)
 
 
@@ -795,15 +818,26 @@ def run_sweep(
                     if on_row is not None:
                         on_row(row)
                     bar.advance(description=f"{row['label']} {row['target']} ({row['status']})")
-        finally:
-            close = getattr(rows, "close", None)
-            if close is not None:
-                close()  # ends the workers, also when the store or a callback raised
+        except BaseException:  # an interrupt, the store or a callback: end the workers without waiting for runs
+            _end(rows, wait=False)
+            raise
+        _end(rows, wait=True)
         statuses = store.statuses()
     failed_total = sum(statuses.get(spec.hash) == "error" for spec in unique)
     return SweepSummary(
         len(unique), len(unique) - len(todo), len(todo), failed, out, retried, failed_total, diverged, described
     )
+
+
+def _end(rows: Iterator[dict[str, Any]], wait: bool) -> None:
+    """End the workers behind ``rows``: worker processes are stopped; worker threads take no more runs (``wait``:
+    the runs under way finish first)."""
+    if isinstance(rows, _ThreadRuns):
+        rows.close(wait=wait)
+        return
+    close = getattr(rows, "close", None)
+    if close is not None:
+        close()
 
 
 def _log(out: Path, line: str) -> None:

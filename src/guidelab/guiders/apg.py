@@ -30,6 +30,7 @@ from guidelab.guiders.reductions import (
     dot,
     dot_over,
     dots,
+    needs_grad,
     norm,
     norm_over,
     norms,
@@ -195,7 +196,7 @@ class APG(ScheduledGuider):
         if self.norm_dims is not None:
             return preds.pair(self._over_dims(c, delta, gamma), self.space)
         g1 = as_batch(gamma, c) - 1  # γ − 1
-        if isinstance(g1, float):
+        if isinstance(g1, float) and not needs_grad(c, delta):
             return preds.pair(self._fused(c, delta, g1), self.space)
         k = dot(delta, c).div_(sq_norm(c).add_(EPS))  # Δ∥ = k·x0̂_c before the threshold  (batch,) float64
         if self.norm_threshold is not None:

@@ -20,7 +20,7 @@ from guidelab.guiders.base import (
     is_neutral,
 )
 from guidelab.guiders.context import as_batch, per_sample
-from guidelab.guiders.reductions import EPS, dot, dots, norms, scaled_ratio, sq_norm, sq_plus_eps
+from guidelab.guiders.reductions import EPS, dot, dots, needs_grad, norms, scaled_ratio, sq_norm, sq_plus_eps
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import Schedule
 
@@ -83,7 +83,7 @@ class CFGZeroStar(ScheduledGuider):
         g = as_batch(gamma, v_c)
         if not self.optimized_scale:
             return preds.pair(torch.lerp(v_u, v_c, per_sample(g, v_c)), self.space)
-        if isinstance(g, float) and g != 0:
+        if isinstance(g, float) and g != 0 and not needs_grad(v_c, v_u):
             # v̂ = γ·(v_c + ((1 − γ)/γ)·s*·v_u): one product-sum, γ folded into the conversion to the pair
             w = scaled_ratio(dots(v_c, v_u), sq_plus_eps(norms(v_u)), (1 - g) / g, v_c)  # ((1−γ)/γ)·s*  (batch, 1, ...)
             return preds.pair(torch.addcmul(v_c, w, v_u), self.space, scale=g)

@@ -11,7 +11,7 @@ from guidelab.guiders._checks import check_guider_space, check_number
 from guidelab.guiders.base import GuidedStep, Predictions, Scale, ScheduledGuider, StepContext
 from guidelab.guiders.combine import affine_pair
 from guidelab.guiders.context import as_batch
-from guidelab.guiders.reductions import EPS, norm, norms, plus_eps, scaled_ratio
+from guidelab.guiders.reductions import EPS, needs_grad, norm, norms, plus_eps, scaled_ratio
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import Schedule
 
@@ -56,11 +56,12 @@ class MamboG(ScheduledGuider):
         if self.alpha == 0:
             return g
         r = norm(c - u).div_(norm(u).add_(EPS))  # ||Δ||/||u||  (batch,) float64
-        return r.mul_(-self.alpha).exp_().mul_(g - 1).add_(1)  # 1 + (γ − 1)·exp(−α·r)
+        return torch.exp(r * -self.alpha) * (g - 1) + 1  # 1 + (γ − 1)·exp(−α·r) (exp's output kept for autograd)
 
     def combine(self, preds: Predictions, ctx: StepContext, gamma: Scale) -> GuidedStep:
         src = preds.space("cond")
-        if self.alpha != 0 and self.space == src == preds.space("uncond") and not isinstance(gamma, Tensor):
+        fusable = self.alpha != 0 and self.space == src == preds.space("uncond") and not isinstance(gamma, Tensor)
+        if fusable and not needs_grad(*(preds.raw(name)[0] for name in ("cond", "uncond"))):
             # x̂ = u + γ'·(c − u) = c + (γ − 1)·exp(−α·r)·(c − u): Δ, two norms and one product-sum in the model's
             # own space, the per-sample weight in float64 rounded once to the predictions' dtype
             c, u = preds.get("cond", src), preds.get("uncond", src)

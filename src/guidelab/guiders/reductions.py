@@ -70,9 +70,11 @@ def sq_norm(a: Tensor) -> Tensor:
 
 
 def norm(a: Tensor) -> Tensor:
-    """||a|| per sample (reduced in at least float32), as float64: (batch,)."""
+    """||a|| per sample (reduced in at least float32), as float64: (batch,). A tensor of its own where autograd
+    records ``a`` (``vector_norm``'s backward reads its output, which the callers' in-place ops would change)."""
     x = flat(a)
-    return torch.linalg.vector_norm(x, dim=1, dtype=torch.float32 if is_half(x) else None).to(torch.float64)
+    n = torch.linalg.vector_norm(x, dim=1, dtype=torch.float32 if is_half(x) else None)
+    return n.to(torch.float64, copy=needs_grad(n))
 
 
 # --- the same reductions for the fused combines --------------------------------------------------------------------
@@ -101,6 +103,12 @@ def dots(a: Tensor, b: Tensor) -> Tensor:
     """<a, b> per sample over all non-batch dimensions, reduced in at least float32 and returned in that dtype (not
     converted): (batch,)."""
     return torch.linalg.vecdot(flat(upcast(a)), flat(upcast(b)))
+
+
+def needs_grad(*tensors: Tensor) -> bool:
+    """Whether autograd records operations on any of ``tensors`` (the fused paths write with ``out=``, which
+    autograd refuses: they are taken only where this is False)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _constant(value: float, device: torch.device) -> Tensor:

@@ -58,8 +58,9 @@ def energy_distance(x: Tensor, y: Tensor, *, y_self: float | None = None, compil
         y_self: ``E‖Y − Y'‖`` of this ``y`` if already known (e.g. from
             :func:`~guidelab.metrics.pairwise.cached_self_distance_mean`, for a reference set measured against
             many sample sets); None computes it.
-        compiled: the pairwise sums as a fused ``torch.compile`` kernel where available (``True``, or
-            ``"auto"`` from 10⁸ pairs), see :func:`~guidelab.metrics.pairwise.pairwise_distance_sum`.
+        compiled: the pairwise sums by the compiled row loop where available (numba; ``True``, or ``"auto"``
+            from :data:`~guidelab.metrics.pairwise.COMPILE_MIN_PAIRS` pairs), see
+            :func:`~guidelab.metrics.pairwise.pairwise_distance_sum`.
     """
     x, y = as_points(x, "x"), as_points(y, "y")
     check_same_dim(x, y, "energy_distance")

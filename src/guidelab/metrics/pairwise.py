@@ -263,14 +263,16 @@ def self_distance_mean(y: Tensor, *, compiled: bool | str = False) -> float:
 
 
 _self_cache: OrderedDict[tuple, float] = OrderedDict()
-_self_lock = threading.Lock()
+_self_lock = threading.Lock()  # guards the cache and the per-set locks
+_set_locks: dict[tuple, threading.Lock] = {}  # one per set being measured: a second thread asking waits for it
 
 
 def cached_self_distance_mean(y: Tensor, *, compiled: bool | str = False) -> float:
     """:func:`self_distance_mean` of ``y``, remembered in this process by the points' bytes (SHA-256), so the
     reference set of a sweep, the same for each of its runs, is measured once per process (thread workers share
-    it; a second thread asking for the same set waits for the first). The value is the one computed from the
-    same bytes, so cached and uncached results are identical. The last 16 sets are kept."""
+    it; a second thread asking for the same set waits for the first, threads asking for different sets do not
+    wait). The value is the one computed from the same bytes, so cached and uncached results are identical. The
+    last 16 sets are kept."""
     y = as_points(y, "y").cpu().contiguous()
     pairs = y.shape[0] * (y.shape[0] - 1) // 2
     jit = _use_compiled(compiled, pairs, y.to(torch.float64))
@@ -281,8 +283,15 @@ def cached_self_distance_mean(y: Tensor, *, compiled: bool | str = False) -> flo
         if key in _self_cache:
             _self_cache.move_to_end(key)
             return _self_cache[key]
+        lock = _set_locks.setdefault(key, threading.Lock())
+    with lock:
+        with _self_lock:
+            if key in _self_cache:  # measured by the thread this one waited for
+                return _self_cache[key]
         value = self_distance_mean(y, compiled=jit)
-        _self_cache[key] = value
-        if len(_self_cache) > _CACHE_SIZE:
-            _self_cache.popitem(last=False)
+        with _self_lock:
+            _self_cache[key] = value
+            if len(_self_cache) > _CACHE_SIZE:
+                _self_cache.popitem(last=False)
+            _set_locks.pop(key, None)
     return value

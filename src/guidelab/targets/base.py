@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "COMPILE_MAX_BATCH",
     "COMPILE_MIN_EVALUATIONS",
+    "COMPILE_MIN_THREADS",
     "ExactDenoiser",
     "FusedTarget",
     "PathTime",
@@ -42,9 +43,14 @@ __all__ = [
 
 
 def compiling() -> bool:
-    """Whether the code runs under ``torch.compile`` tracing (data-dependent branches must then be avoided);
-    ``torch.compiler.is_compiling`` where this torch has it (2.3+), else ``torch._dynamo.is_compiling``."""
-    test = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    """Whether the code is being traced by ``torch.compile``'s Dynamo (data-dependent branches must then be avoided).
+
+    ``torch.compiler.is_dynamo_compiling`` (torch 2.3+): False in eager code and constant True while Dynamo traces,
+    so another thread's compile does not change this thread's branches. Not ``torch.compiler.is_compiling``,
+    whose flag is one process-wide value, True for the whole of any compile in any thread (a sweep's worker
+    threads would take the traced branches while one of them compiles). Older torch: ``torch._dynamo.is_compiling``.
+    """
+    test = getattr(getattr(torch, "compiler", None), "is_dynamo_compiling", None)
     return bool(test()) if test is not None else bool(torch._dynamo.is_compiling())
 
 
@@ -430,12 +436,15 @@ class TargetModel:
 
 
 # ``compile="auto"`` (the default of :class:`ExactDenoiser`): measured with ``benchmarks/bench_exact_denoiser.py
-# compile`` on a shared 2-core AVX-512 machine, 2 threads. Compiling gained 1.66× on D = 2, K = 8 at 10⁴ particles,
-# 1.3× on D = 4, K = 16 and at 3·10⁴ particles, 1.0× at 10⁵ (the eager passes are then bandwidth-bound), and lost
-# (0.67–0.75×) on D = 8, K = 32, D = 64, K = 100 and the box mixtures; it took 3–12 s (34 s for a box mixture). At
-# 0.2 µs a particle eager and a 1.3–1.7× gain, those seconds are won back after 4·10⁷–1.5·10⁸ particle evaluations.
+# compile`` on a shared 2-core AVX-512 machine. On 1 torch thread compiling gained nothing (1.02× at 10⁴
+# particles, 0.84× at 10⁵), so "auto" needs at least COMPILE_MIN_THREADS. On 2 threads it gained 1.66× on D = 2,
+# K = 8 at 10⁴ particles, 1.3× on D = 4, K = 16 and at 3·10⁴ particles, 1.0× at 10⁵ (the eager passes are then
+# bandwidth-bound), and lost (0.67–0.75×) on D = 8, K = 32, D = 64, K = 100 and the box mixtures; it took 3–12 s
+# (34 s for a box mixture). At 0.2 µs a particle eager and a 1.3–1.7× gain, those seconds are won back after
+# 4·10⁷–1.5·10⁸ particle evaluations.
 COMPILE_MIN_EVALUATIONS = 10**8  # "auto" compiles once a denoiser has evaluated this many particles eagerly
 COMPILE_MAX_BATCH = 50_000  # and only for calls of at most this many particles
+COMPILE_MIN_THREADS = 2  # and only on at least this many torch threads
 
 
 def compile_enabled() -> bool:
@@ -453,7 +462,8 @@ class ExactDenoiser(TargetModel):
 
     - ``"auto"`` (default): compile only where it was measured to pay (see :data:`COMPILE_MIN_EVALUATIONS`): the
       target's work per particle is small (``num_components·dim ≤ target.compile_max_work``; 0 for targets that
-      compile to slower code), the call has at most :data:`COMPILE_MAX_BATCH` particles, and this denoiser has
+      compile to slower code), the call has at most :data:`COMPILE_MAX_BATCH` particles, torch runs at least
+      :data:`COMPILE_MIN_THREADS` threads (on one, compiled code measured no faster), and this denoiser has
       already evaluated :data:`COMPILE_MIN_EVALUATIONS` particles eagerly (n·steps so far: a short run never pays
       the seconds of compiling, a long one compiles once it is known to be long). The decision depends on the
       counts only, so a run compiles at the same step on every machine with a working compiler. Where compiling is
@@ -487,6 +497,7 @@ class ExactDenoiser(TargetModel):
         return (
             work <= self.target.compile_max_work
             and batch <= COMPILE_MAX_BATCH
+            and torch.get_num_threads() >= COMPILE_MIN_THREADS
             and self.evaluated >= COMPILE_MIN_EVALUATIONS
         )
 
