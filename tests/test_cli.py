@@ -257,3 +257,16 @@ def test_the_console_script_freezes_the_heap_before_exit(monkeypatch, code):
         cli.script()
     assert exit_info.value.code == code
     assert calls == ["main", "freeze"]
+
+
+def test_a_closed_pipe_ends_the_output_quietly():
+    """``guidelab methods | head -1``: the reader goes away; the command ends with 0 and says nothing, as cat does
+    (a closed pipe is not bad input)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "guidelab.cli", "methods"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader leaves after one line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert err == ""

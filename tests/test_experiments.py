@@ -8,6 +8,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -253,3 +254,17 @@ def test_the_split_counts_vendi_and_the_kernel_measures(tmp_path):
     assert runner.choose_split(plain, threads=1, cores=2).workers == 2
     tiny = load_sweep(write(tmp_path, SWEEP, "tiny.yaml")).runs()
     assert runner.choose_split(tiny, threads=1, cores=2).workers == 1
+
+
+def test_the_split_estimates_a_trained_models_runs_and_names_oversubscription(tmp_path, monkeypatch):
+    """A trained model's run costs a network's evaluations (the digits demo: ~1 s a run, not ~0); explicit
+    --workers × --threads beyond the cores is said in the log."""
+    from guidelab.experiments import config as config_module
+
+    demo = config_module.load_sweep(Path(runner.__file__).parent / "demo-digits.yaml")
+    spec = demo.runs()[0]
+    assert spec.reference is not None
+    assert 0.3 < runner.estimated_run_seconds(spec) < 5
+    monkeypatch.setattr(runner, "_usable_cores", lambda: 2)
+    summary = run_sweep(load_sweep(write(tmp_path, SWEEP)), tmp_path / "over", workers=2, threads=2)
+    assert "4 torch threads on 2 usable cores: the runs share cores" in summary.split

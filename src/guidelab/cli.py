@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import json
@@ -33,6 +34,10 @@ def _cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (ValueError, FileNotFoundError) as err:  # pydantic's ValidationError is a ValueError
             for line in _error_lines(err):
                 typer.echo(f"error: {line}", err=True)
+        except BrokenPipeError:  # the reader went away (`guidelab methods | head`): nothing to say, as cat
+            with contextlib.suppress(OSError):
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no flush of the dead pipe at exit
+            raise typer.Exit(0) from None
         except OSError as err:  # a path that cannot be read or written: name it, no traceback
             where = err.filename if err.filename is not None else "file"
             typer.echo(f"error: {where}: {err.strerror or err}", err=True)
@@ -41,6 +46,16 @@ def _cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         raise typer.Exit(2)
 
     return wrapper
+
+
+def _say_interrupted(out: Path) -> None:
+    """One line after Ctrl-C in a sweep: how many runs its store holds, and how to go on."""
+    from guidelab.experiments.store import ResultStore
+
+    stored = 0
+    with contextlib.suppress(Exception):  # no store yet, or one being written: say what can be said
+        stored = len(ResultStore(out / "results.sqlite").statuses())
+    typer.echo(f"interrupted: {stored} runs stored in {out}; rerun the same command to resume", err=True)
 
 
 def _error_lines(err: Exception) -> list[str]:
@@ -506,6 +521,9 @@ def run(
     except (OSError, sqlite3.OperationalError) as err:  # a full disk: what is stored stays, a rerun resumes
         typer.echo(f"error: out: cannot write {out}: {err}; rerun the same command to resume", err=True)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        _say_interrupted(out)
+        raise typer.Exit(130) from None
     retried = f" ({summary.retried} retried)" if summary.retried else ""
     typer.echo(
         f"{summary.total} runs: {summary.skipped} already done, {summary.ran} ran{retried}, {summary.failed} failed; "
@@ -902,7 +920,8 @@ def demo(
         int | None, typer.Option(help="runs at a time, on worker threads (default: chosen from the machine's cores)")
     ] = None,
 ) -> None:
-    """Run every guider over a range of scales on two exact targets and write the HTML report."""
+    """Run every guider over a range of scales on two exact targets and on the shipped digits model, and write the
+    HTML report."""
     from guidelab.demo import run_demo
 
     if workers is not None:

@@ -110,6 +110,7 @@ _SPAWN_S = 3.0  # starting a spawned worker (python, torch and guidelab imports)
 _WORKER_MEMORY = 1 << 30  # bytes a worker process may take (torch, a compiled kernel, a run of 10⁵ points)
 _RUN_MEMORY = 1 << 29  # bytes a run may take on a worker thread (its denoiser's chunks ≤ 200 MB, samples, tiles)
 _SAMPLE_S = 2e-7  # seconds per sample per network evaluation of an exact-target run (measured, one thread)
+_MODEL_SAMPLE_S = 2e-4  # the same for a trained model (the shipped digits UNet, one thread; larger nets cost more)
 _PAIR_S = 3e-9  # seconds per pair of the energy distance (eager tiles, one thread)
 _RUN_S = 0.01  # seconds of a run's fixed costs (building it, writing samples, run.json and its row; measured)
 _KERNEL_PAIR_S = 1e-8  # seconds per pair of a kernel or k-NN measure (mmd, prdc, w2's cost matrix; one thread)
@@ -120,12 +121,13 @@ _PAIRWISE_MEASURES = ("mmd", "w2", "prdc")
 def estimated_run_seconds(spec: RunSpec) -> float:
     """A rough one-thread cost of a run (an upper estimate: eager pairwise sums), used only to decide whether
     workers pay (:func:`choose_split`): ``_RUN_S``, ``n · steps · 4`` network evaluations (a second-order solver,
-    conditional and unconditional) at ``_SAMPLE_S``, the energy distance's pairs at ``_PAIR_S``, the other pairwise
-    measures' at ``_KERNEL_PAIR_S``, and Vendi's two n³ eigendecompositions (samples and reference) at
-    ``_EIGEN_S``."""
+    conditional and unconditional) at ``_SAMPLE_S`` (``_MODEL_SAMPLE_S`` for a trained model), the energy
+    distance's pairs at ``_PAIR_S``, the other pairwise measures' at ``_KERNEL_PAIR_S``, and Vendi's two n³
+    eigendecompositions (samples and reference) at ``_EIGEN_S``."""
     cfg = spec.sample
     m = spec.reference_n or cfg.n
-    seconds = _RUN_S + _SAMPLE_S * cfg.n * cfg.steps * 4
+    per_sample = _SAMPLE_S if spec.reference is None else _MODEL_SAMPLE_S
+    seconds = _RUN_S + per_sample * cfg.n * cfg.steps * 4
     if "energy_distance" in spec.metrics:
         seconds += _PAIR_S * (cfg.n * m + (cfg.n**2 + m**2) / 2)
     seconds += _KERNEL_PAIR_S * (cfg.n + m) ** 2 * sum(k in spec.metrics for k in _PAIRWISE_MEASURES)
@@ -170,7 +172,7 @@ def choose_split(
     """
     cores = _usable_cores() if cores is None else cores
     slots = max(1, cores // threads)
-    why = f"{cores} usable cores"
+    why = f"{cores} usable cores" if threads == 1 else f"{cores} usable cores at {threads} torch threads a run"
     memory = _available_memory() if memory is None else memory
     per_worker = _WORKER_MEMORY if kind == "processes" else _RUN_MEMORY
     if memory is not None and memory // per_worker < slots:
@@ -793,7 +795,11 @@ def run_sweep(
             if workers is None:
                 split = choose_split(todo, threads=threads, kind=kind)  # type: ignore[arg-type]
             else:
-                split = Split(min(workers, max(1, len(todo))), threads, f"--workers {workers}", kind)
+                used = min(workers, max(1, len(todo)))
+                why = f"--workers {workers}"
+                if used * threads > _usable_cores():
+                    why += f"; {used * threads} torch threads on {_usable_cores()} usable cores: the runs share cores"
+                split = Split(used, threads, why, kind)
         described = f"{len(todo)} of {len(unique)} runs to do, " + (
             f"ray executor × {threads} torch thread(s) per run" if executor == "ray" else split.describe()
         )
