@@ -584,7 +584,7 @@ def _pool_map(runs: list[RunSpec], out: str, workers: int, threads: int) -> Iter
             worker.stop()
 
 
-WORKER_THREAD_PREFIX = "guidelab-run-"  # the names of a sweep's worker threads
+WORKER_THREAD_PREFIX = "guidelab-"  # the names of a sweep's threads: its workers and the compiled loop's loading
 
 
 class _ThreadRuns:
@@ -606,7 +606,8 @@ class _ThreadRuns:
         self._stop = threading.Event()
         self._out, self._threads = out, threads
         self._pool = [
-            threading.Thread(target=self._work, name=f"{WORKER_THREAD_PREFIX}{i}", daemon=True) for i in range(workers)
+            threading.Thread(target=self._work, name=f"{WORKER_THREAD_PREFIX}run-{i}", daemon=True)
+            for i in range(workers)
         ]
         for thread in self._pool:
             thread.start()
@@ -809,7 +810,7 @@ def run_sweep(
         if config.pipeline is not None:
             rows = _pipeline_map(todo, str(out), config.pipeline, threads)  # type: ignore[arg-type]
         else:
-            if executor == "local" and any("energy_distance" in spec.metrics for spec in todo):
+            if executor == "local" and any(_uses_compiled_loop(spec) for spec in todo):
                 from guidelab.metrics import pairwise_jit
 
                 pairwise_jit.warm_up()  # loads the compiled loop while the first runs sample
@@ -833,6 +834,14 @@ def run_sweep(
     return SweepSummary(
         len(unique), len(unique) - len(todo), len(todo), failed, out, retried, failed_total, diverged, described
     )
+
+
+def _uses_compiled_loop(spec: RunSpec) -> bool:
+    """Whether a run's energy distance is large enough for the compiled pairwise loop ("auto")."""
+    from guidelab.metrics.pairwise import COMPILE_MIN_PAIRS
+
+    n = spec.sample.n
+    return "energy_distance" in spec.metrics and n * (spec.reference_n or n) >= COMPILE_MIN_PAIRS
 
 
 def _end(rows: Iterator[dict[str, Any]], wait: bool) -> None:

@@ -115,7 +115,7 @@ def warm_up() -> None:
     """Load (or compile) the kernels on a background thread, so that the ~0.5 s overlaps other work (a sweep's
     first samplings, which release the GIL); a later :func:`available` waits for it. Does nothing once loaded."""
     if _kernels is None:
-        threading.Thread(target=available, name="guidelab-jit-warm-up", daemon=True).start()
+        threading.Thread(target=available, name="guidelab-jit-warm-up", daemon=True).start()  # its name: cli.script
 
 
 def row_sums(x: np.ndarray, y: np.ndarray, same: bool, threads: int = 1) -> np.ndarray:
