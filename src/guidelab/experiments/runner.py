@@ -796,10 +796,10 @@ def run_sweep(
             if workers is None:
                 split = choose_split(todo, threads=threads, kind=kind)  # type: ignore[arg-type]
             else:
-                used = min(workers, max(1, len(todo)))
+                used, cores = min(workers, max(1, len(todo))), _usable_cores()
                 why = f"--workers {workers}"
-                if used * threads > _usable_cores():
-                    why += f"; {used * threads} torch threads on {_usable_cores()} usable cores: the runs share cores"
+                if used * threads > cores:
+                    why += f"; {used * threads} torch threads on {cores} usable cores: the runs share cores"
                 split = Split(used, threads, why, kind)
         described = f"{len(todo)} of {len(unique)} runs to do, " + (
             f"ray executor × {threads} torch thread(s) per run" if executor == "ray" else split.describe()

@@ -275,7 +275,7 @@ def cached_self_distance_mean(y: Tensor, *, compiled: bool | str = False) -> flo
     last 16 sets are kept."""
     y = as_points(y, "y").cpu().contiguous()
     pairs = y.shape[0] * (y.shape[0] - 1) // 2
-    jit = _use_compiled(compiled, pairs, y.to(torch.float64))
+    jit = _use_compiled(compiled, pairs, y)  # reads only y's dimension and device
     # the eager sums depend on the thread count in the last bits (GEMM path), and the compiled loop's differ from
     # the eager ones in the last bits: both are part of the key, so a cached value is the one a fresh call gives
     key = (hashlib.sha256(y.numpy().tobytes()).hexdigest(), tuple(y.shape), jit, 0 if jit else torch.get_num_threads())
