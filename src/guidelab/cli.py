@@ -53,9 +53,27 @@ def _say_interrupted(out: Path) -> None:
     from guidelab.experiments.store import ResultStore
 
     stored = 0
-    with contextlib.suppress(Exception):  # no store yet, or one being written: say what can be said
-        stored = len(ResultStore(out / "results.sqlite").statuses())
-    typer.echo(f"interrupted: {stored} runs stored in {out}; rerun the same command to resume", err=True)
+    if (out / "results.sqlite").is_file():
+        with contextlib.suppress(Exception):  # a store being written: say what can be said
+            stored = len(ResultStore(out / "results.sqlite").statuses())
+    # print, flushed: the console script may leave by os._exit (worker threads still in a run), which drops
+    # whatever a buffered stream still holds
+    print(f"interrupted: {stored} runs stored in {out}; rerun the same command to resume", file=sys.stderr, flush=True)
+
+
+def _resumable(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A sweep command: Ctrl-C at any moment (start-up included) is the one :func:`_say_interrupted` line and
+    exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            _say_interrupted(Path(kwargs["out"]))
+            raise typer.Exit(130) from None
+
+    return wrapper
 
 
 def _error_lines(err: Exception) -> list[str]:
@@ -461,6 +479,7 @@ def schedule(
 
 @app.command()
 @_cli_errors
+@_resumable
 def run(
     config: Annotated[Path, typer.Argument(help="sweep file (YAML)")],
     out: Annotated[Path, typer.Option(help="output folder (results.sqlite, runs/)")],
@@ -521,9 +540,6 @@ def run(
     except (OSError, sqlite3.OperationalError) as err:  # a full disk: what is stored stays, a rerun resumes
         typer.echo(f"error: out: cannot write {out}: {err}; rerun the same command to resume", err=True)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        _say_interrupted(out)
-        raise typer.Exit(130) from None
     retried = f" ({summary.retried} retried)" if summary.retried else ""
     typer.echo(
         f"{summary.total} runs: {summary.skipped} already done, {summary.ran} ran{retried}, {summary.failed} failed; "
