@@ -196,7 +196,7 @@ def test_without_the_compiled_loop_the_eager_tiles(monkeypatch, why):
     """Turned off, or numba not installed: ``compiled=True`` gives the eager tiles' value, never an error."""
     from guidelab.metrics import pairwise_jit
 
-    monkeypatch.setattr(pairwise_jit, "_kernels", None)  # as in a fresh process
+    monkeypatch.setattr(pairwise_jit.KERNELS, "_kernels", None)  # as in a fresh process
     if why == "numba missing":
         monkeypatch.setitem(sys.modules, "numba", None)  # ``import numba`` raises ImportError
     else:
@@ -207,7 +207,7 @@ def test_without_the_compiled_loop_the_eager_tiles(monkeypatch, why):
     assert not pairwise_jit.available()
     with pytest.raises(RuntimeError, match="numba"):
         pairwise_jit.row_sums(x.numpy(), y.numpy(), False)
-    monkeypatch.setattr(pairwise_jit, "_kernels", None)  # the next test loads them again
+    pairwise_jit.KERNELS.reset()  # the next test loads them again
 
 
 def test_the_self_term_cache_is_keyed_by_the_thread_count():

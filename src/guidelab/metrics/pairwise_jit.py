@@ -19,26 +19,21 @@ the loop runs without the GIL.
 from __future__ import annotations
 
 import math
-import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from guidelab import jit
+
 __all__ = ["CHUNK_ROWS", "available", "row_sums", "warm_up"]
 
 CHUNK_ROWS = 512  # rows per task when one call is split over threads (the triangle's rows differ in length)
-_FLAGS = {"reassoc", "contract"}  # vectorised sums and fused multiply-adds; sqrt and division stay exact IEEE
-_lock = threading.Lock()
-_kernels: tuple | None = None  # (plane, general) compiled, or () where numba is missing, turned off or wrong
 
 
 def _build() -> tuple:
-    import numba
+    compiled = jit.njit()
 
-    jit = numba.njit(nogil=True, cache=True, fastmath=_FLAGS, boundscheck=False, error_model="numpy")
-
-    @jit
+    @compiled
     def plane(x, yt, lo, hi, same, out):  # pragma: no cover - compiled by numba
         """D = 2: out[i] = Σ_j ‖x_i − y_j‖ (j > i where ``same``) for lo ≤ i < hi, one fused loop per row."""
         for i in range(lo, hi):
@@ -54,7 +49,7 @@ def _build() -> tuple:
                 s += math.sqrt(u * u + v * v)
             out[i] = s
 
-    @jit
+    @compiled
     def general(x, yt, lo, hi, same, out):  # pragma: no cover - compiled by numba
         """Any D: the squared distances of a row accumulated per coordinate into ``buf``, then Σ √buf."""
         d, m = yt.shape
@@ -87,35 +82,32 @@ def _reference(x: np.ndarray, y: np.ndarray, same: bool) -> np.ndarray:
     return np.triu(d, 1).sum(axis=1) if same else d.sum(axis=1)
 
 
+def _probe(kernels: tuple) -> bool:
+    """The kernels agree with numpy to 10⁻¹² on a small set, across and within."""
+    probe = np.cos(np.arange(37 * 3, dtype=np.float64)).reshape(37, 3)
+    ok = True
+    for kernel, pts in zip(kernels, (probe[:, :2], probe), strict=True):
+        pts = np.ascontiguousarray(pts)
+        for same in (False, True):
+            out = np.zeros(len(pts))
+            kernel(pts, np.ascontiguousarray(pts.T), 0, len(pts), same, out)
+            ok &= bool(np.allclose(out, _reference(pts, pts, same), rtol=1e-12, atol=0))
+    return ok
+
+
+KERNELS = jit.Kernels(_build, _probe, "pairwise")
+
+
 def available() -> bool:
     """Whether the compiled kernels can be used: numba installed, not turned off by ``GUIDELAB_COMPILE=0``, and
     the kernels agree with numpy to 10⁻¹² on a probe (checked once per process; compiles or loads them)."""
-    global _kernels
-    with _lock:  # one thread compiles; the others wait for it
-        if _kernels is None:
-            _kernels = ()
-            if os.environ.get("GUIDELAB_COMPILE", "1") != "0":
-                try:
-                    kernels = _build()
-                    probe = np.cos(np.arange(37 * 3, dtype=np.float64)).reshape(37, 3)
-                    ok = True
-                    for kernel, pts in zip(kernels, (probe[:, :2], probe), strict=True):
-                        pts = np.ascontiguousarray(pts)
-                        for same in (False, True):
-                            out = np.zeros(len(pts))
-                            kernel(pts, np.ascontiguousarray(pts.T), 0, len(pts), same, out)
-                            ok &= bool(np.allclose(out, _reference(pts, pts, same), rtol=1e-12, atol=0))
-                    _kernels = kernels if ok else ()
-                except Exception:  # numba missing or unable to compile here: the caller's eager path
-                    _kernels = ()
-    return bool(_kernels)
+    return KERNELS.available()
 
 
 def warm_up() -> None:
     """Load (or compile) the kernels on a background thread, so that the ~0.5 s overlaps other work (a sweep's
     first samplings, which release the GIL); a later :func:`available` waits for it. Does nothing once loaded."""
-    if _kernels is None:
-        threading.Thread(target=available, name="guidelab-jit-warm-up", daemon=True).start()  # its name: cli.script
+    KERNELS.warm_up()
 
 
 def row_sums(x: np.ndarray, y: np.ndarray, same: bool, threads: int = 1) -> np.ndarray:
@@ -129,9 +121,7 @@ def row_sums(x: np.ndarray, y: np.ndarray, same: bool, threads: int = 1) -> np.n
     Raises:
         RuntimeError: the kernels are not available (check :func:`available` first).
     """
-    if not available():
-        raise RuntimeError("the compiled pairwise kernels are not available (numba missing or GUIDELAB_COMPILE=0)")
-    plane, general = _kernels  # type: ignore[misc]
+    plane, general = KERNELS.get()
     x = np.ascontiguousarray(x, dtype=np.float64)
     yt = np.ascontiguousarray((x if same else y).T, dtype=np.float64)
     kernel = plane if x.shape[1] == 2 else general

@@ -1,0 +1,90 @@
+"""Optional JIT-compiled CPU kernels (numba, the ``fast`` extra): one loader for every module that has them.
+
+A module describes its kernels as a :class:`Kernels` set: a ``build`` function that imports numba and returns the
+compiled functions, and a ``probe`` that runs them once on small inputs against a plain numpy reference. The set is
+built (or loaded from numba's on-disk cache) on first use, once per process, under a lock, so that one thread
+compiles while the others wait; where numba is missing, ``GUIDELAB_COMPILE=0`` is set, compiling fails or the probe
+disagrees, the set is unavailable and its caller takes its eager torch path, which gives the same numbers to
+rounding. Kernels are compiled with ``nogil=True``, so a sweep's worker threads run them in parallel.
+
+Which path runs depends only on the install, ``GUIDELAB_COMPILE`` and the inputs (device, dtype, size, autograd),
+never on timing or on what ran before, so the same seed gives the same numbers in every process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["FLAGS", "Kernels", "enabled", "njit"]
+
+FLAGS = frozenset({"reassoc", "contract"})  # vectorised sums and fused multiply-adds; sqrt, exp and division exact
+
+
+def enabled() -> bool:
+    """Whether compiled kernels may be tried at all: ``GUIDELAB_COMPILE`` is not ``0`` (numba may still be
+    missing; :meth:`Kernels.available` tells)."""
+    return os.environ.get("GUIDELAB_COMPILE", "1") != "0"
+
+
+def njit(fastmath: frozenset[str] | set[str] | bool = FLAGS, **options: Any) -> Callable:
+    """numba's ``njit`` with the project's options: no GIL, cached on disk, no bounds checks, numpy's error model
+    (a division by zero gives inf/nan, not an exception). Import numba first (inside a ``build`` function)."""
+    import numba
+
+    flags = set(fastmath) if isinstance(fastmath, frozenset | set) else fastmath
+    settings = {"nogil": True, "cache": True, "boundscheck": False, "error_model": "numpy", "fastmath": flags}
+    return numba.njit(**{**settings, **options})
+
+
+class Kernels:
+    """A set of compiled kernels, built on first use and checked by a probe.
+
+    Args:
+        build: returns the compiled kernels (any object, e.g. a tuple or namespace); may raise (numba missing).
+        probe: called with ``build()``'s result; returns True where the kernels agree with their reference.
+        name: what they are, for the warm-up thread's name.
+    """
+
+    def __init__(self, build: Callable[[], Any], probe: Callable[[Any], bool], name: str):
+        self._build = build
+        self._probe = probe
+        self.name = name
+        self._lock = threading.Lock()
+        self._kernels: Any = None  # the built kernels, False where unavailable, None before the first try
+
+    def available(self) -> bool:
+        """Whether the kernels can be used here (builds or loads them once per process; thread-safe)."""
+        if self._kernels is None:
+            with self._lock:  # one thread compiles; the others wait for it
+                if self._kernels is None:
+                    kernels: Any = False
+                    if enabled():
+                        try:
+                            built = self._build()
+                            kernels = built if self._probe(built) else False
+                        except Exception:  # numba missing or unable to compile here: the caller's eager path
+                            kernels = False
+                    self._kernels = kernels
+        return self._kernels is not False
+
+    def get(self) -> Any:
+        """The kernels. Raises RuntimeError where they are not available (check :meth:`available` first)."""
+        if not self.available():
+            why = "numba missing or GUIDELAB_COMPILE=0"
+            raise RuntimeError(f"the compiled {self.name} kernels are not available ({why})")
+        return self._kernels
+
+    def warm_up(self) -> None:
+        """Load (or compile) the kernels on a background thread, so that the load overlaps other work; a later
+        :meth:`available` waits for it. Does nothing once tried. The thread's name starts with ``guidelab-``
+        (the console script ends the process without waiting for such threads)."""
+        if self._kernels is None:
+            threading.Thread(target=self.available, name=f"guidelab-jit-{self.name}", daemon=True).start()
+
+    def reset(self) -> None:
+        """Forget the kernels, as in a fresh process (for tests of the fallback)."""
+        with self._lock:
+            self._kernels = None
