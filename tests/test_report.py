@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import sqlite3
 import re
 import textwrap
 from html.parser import HTMLParser
@@ -281,3 +282,26 @@ def test_a_reproduction_folder_alone_shows_its_claims_and_notes_not_the_sweep_te
     assert "analytic target" not in html and "✗ not reproduced" in html and "✓ holds" in html
     assert "<th>value</th>" not in html
     assert "b fails because the model is already at accuracy 1 &lt;here&gt;" in html
+
+
+def test_a_report_on_an_unfinished_sweep_says_how_many_runs_are_missing(tmp_path, sweep_report):
+    """A sweep stopped before its end (here: rows taken out of its store, as after Ctrl-C) gets a note naming how
+    many of its runs are missing and how to finish it; a finished sweep, a store without ``sweep.json`` and an
+    unreadable ``sweep.json`` get none, and the report is still written."""
+    out, html, _ = sweep_report
+    assert "is unfinished" not in html.read_text(encoding="utf-8")  # every run of its sweep.json is stored
+    text = SWEEP.replace("  - {target: chidambaram-uniform-1d, conds: [pos]}\n", "").replace(
+        "metrics: [energy_distance, class_fidelity, vendi, within_mode_variance]", "metrics: [energy_distance]"
+    )
+    for name in ("one", "two"):
+        run_sweep(load_sweep(write(tmp_path, text.replace("report-test", f"sweep-{name}"))), tmp_path / name)
+    for name, dropped in (("one", 1), ("two", 2)):
+        with sqlite3.connect(tmp_path / name / "results.sqlite") as db:
+            db.execute(f"DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs ORDER BY rowid LIMIT {dropped})")
+    body = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "Sweep sweep-one in " in body and "1 of its 3 runs are not in the store" in body
+    assert "Sweep sweep-two in " in body and "2 of its 3 runs are not in the store" in body
+    (tmp_path / "one" / "sweep.json").write_text("{not json")
+    (tmp_path / "two" / "sweep.json").unlink()
+    body = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "is unfinished" not in body and len(parse(tmp_path / "report.html").run_rows) == 3

@@ -31,6 +31,7 @@ from guidelab.report.data import (
     Catalog,
     Point,
     Reproduction,
+    Unfinished,
     aggregate,
     find_reproductions,
     find_stores,
@@ -40,6 +41,7 @@ from guidelab.report.data import (
     load_runs,
     metric_names,
     params_text,
+    unfinished_runs,
 )
 from guidelab.report.html import PNG_SIGNATURE, Section, figure, note, page
 from guidelab.report.images import IMAGES_INTRO, image_sections, is_pipeline_run
@@ -109,16 +111,21 @@ def write_report(dir: str | Path, out: str | Path | None = None) -> Path:
             f"dir: {str(root)!r} holds no runs (results.sqlite) and no reproduction output (a JSON with 'claims')"
         )
     target = Path(out) if out is not None else root / "report.html"
-    text = build_report(root, rows, repros, report_dir=target.parent)
+    text = build_report(root, rows, repros, report_dir=target.parent, unfinished=unfinished_runs(stores))
     write_text_atomic(target, text)
     return target
 
 
 def build_report(
-    root: Path, rows: Sequence[dict[str, Any]], repros: Sequence[Reproduction], report_dir: Path | None = None
+    root: Path,
+    rows: Sequence[dict[str, Any]],
+    repros: Sequence[Reproduction],
+    report_dir: Path | None = None,
+    unfinished: Sequence[Unfinished] = (),
 ) -> str:
     """The report page as a string (see :func:`write_report`); ``report_dir`` is the folder the page is written
-    to (default ``root``), which the image grids of pipeline and model runs are linked relative to."""
+    to (default ``root``), which the image grids of pipeline and model runs are linked relative to; ``unfinished``
+    are the sweeps whose runs are not all stored (a note at the top of the overview)."""
     from guidelab import __version__
 
     catalog = Catalog(rows)
@@ -133,7 +140,7 @@ def build_report(
         groups = _groups(rows)
         own = {"pipeline": pipelines, "model": models}
         anchors = [own[key[2]][key[0]] if key[2] in own else _anchor(i) for i, key in enumerate(groups)]
-        sections.append(_overview(rows, groups, catalog, anchors))
+        sections.append(_overview(rows, groups, catalog, anchors, unfinished))
     sections += tune_sections(root, tunes)
     if rows:
         for i, ((target, cond, kind), group) in enumerate(groups.items()):
@@ -180,9 +187,20 @@ def _overview(
     groups: dict[tuple[str, str, str], list[dict[str, Any]]],
     catalog: Catalog,
     anchors: Sequence[str],
+    unfinished: Sequence[Unfinished] = (),
 ) -> Section:
-    """The table of targets (and pipelines) and conditions, each linked to its section (``anchors``, in order)."""
+    """The table of targets (and pipelines) and conditions, each linked to its section (``anchors``, in order),
+    after a note per sweep whose runs are not all stored."""
     body = [
+        note(
+            f"Sweep {u.sweep} in {u.folder} is unfinished: {u.missing} of its {u.total} runs are not in the store, so"
+            " every figure and table below shows the finished runs only. Rerun the same guidelab run command to"
+            " finish it (finished runs are kept).",
+            bad=True,
+        )
+        for u in unfinished
+    ]
+    body += [
         "<table class='best'><thead><tr><th>target</th><th>c</th><th>runs</th><th>ok</th><th>failed</th>"
         "<th>methods</th></tr></thead><tbody>"
     ]

@@ -26,6 +26,7 @@ __all__ = [
     "Line",
     "Point",
     "Reproduction",
+    "Unfinished",
     "aggregate",
     "find_reproductions",
     "find_stores",
@@ -34,6 +35,7 @@ __all__ = [
     "load_runs",
     "metric_names",
     "pareto_front",
+    "unfinished_runs",
 ]
 
 # run settings that may vary within a sweep; a line fixes them
@@ -267,6 +269,36 @@ def load_runs(stores: Sequence[Path]) -> list[dict[str, Any]]:
             row["label"] = row.get("label") or row.get("guider") or "?"
             rows.append(row)
     return rows
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """Runs of a store's sweep (its ``sweep.json``, the last sweep run into the folder) not yet in its store."""
+
+    folder: Path
+    sweep: str
+    missing: int
+    total: int
+
+
+def unfinished_runs(stores: Sequence[Path]) -> list[Unfinished]:
+    """For every store whose folder's ``sweep.json`` lists runs that the store does not hold (a sweep stopped by
+    Ctrl-C, a kill or a crash, and not yet resumed): how many of how many. A ``sweep.json`` that cannot be read or
+    no longer validates (written by another version) is skipped: the report never fails on it."""
+    from guidelab.experiments.config import SweepConfig
+    from guidelab.experiments.store import ResultStore
+
+    out = []
+    for store in stores:
+        try:
+            config = SweepConfig.model_validate(json.loads((store.parent / "sweep.json").read_text()))
+            hashes = {spec.hash for spec in config.runs()}
+        except Exception:  # no sweep.json, or one this version cannot rebuild: nothing to compare against
+            continue
+        missing = len(hashes - set(ResultStore(store).statuses()))
+        if missing:
+            out.append(Unfinished(store.parent, config.name, missing, len(hashes)))
+    return out
 
 
 def metric_names(rows: Iterable[dict[str, Any]]) -> list[str]:
