@@ -268,3 +268,16 @@ def test_the_split_estimates_a_trained_models_runs_and_names_oversubscription(tm
     monkeypatch.setattr(runner, "_usable_cores", lambda: 2)
     summary = run_sweep(load_sweep(write(tmp_path, SWEEP)), tmp_path / "over", workers=2, threads=2)
     assert "4 torch threads on 2 usable cores: the runs share cores" in summary.split
+
+
+def test_the_log_says_where_the_ray_executor_runs(monkeypatch):
+    """``ray.init(address=None)`` starts a Ray instance on this machine unless RAY_ADDRESS names a cluster: the
+    sweep's log says which, so a user who forgot --address sees that the cluster is not used."""
+    from guidelab.experiments.runner import ray_where
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert "new local Ray instance" in ray_where(None) and "--address" in ray_where(None)
+    assert ray_where("10.0.0.1:6379") == "on the Ray cluster at 10.0.0.1:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "head:6379")
+    assert ray_where(None) == "on the Ray cluster at head:6379 (RAY_ADDRESS)"
+    assert ray_where("other:1") == "on the Ray cluster at other:1"

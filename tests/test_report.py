@@ -6,8 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import math
-import sqlite3
 import re
+import sqlite3
 import textwrap
 from html.parser import HTMLParser
 from pathlib import Path
@@ -288,7 +288,7 @@ def test_a_report_on_an_unfinished_sweep_says_how_many_runs_are_missing(tmp_path
     """A sweep stopped before its end (here: rows taken out of its store, as after Ctrl-C) gets a note naming how
     many of its runs are missing and how to finish it; a finished sweep, a store without ``sweep.json`` and an
     unreadable ``sweep.json`` get none, and the report is still written."""
-    out, html, _ = sweep_report
+    _, html, _ = sweep_report
     assert "is unfinished" not in html.read_text(encoding="utf-8")  # every run of its sweep.json is stored
     text = SWEEP.replace("  - {target: chidambaram-uniform-1d, conds: [pos]}\n", "").replace(
         "metrics: [energy_distance, class_fidelity, vendi, within_mode_variance]", "metrics: [energy_distance]"

@@ -427,6 +427,15 @@ def _pipeline_map(
         yield execute_pipeline_run(spec, pipe, out, metrics, threads=threads, device_settings=settings)
 
 
+def ray_where(address: str | None) -> str:
+    """Where the ray executor runs, for the sweep's log: ``ray.init`` connects to ``address``, else to
+    ``RAY_ADDRESS``, else starts a Ray instance on this machine only."""
+    where = address or os.environ.get("RAY_ADDRESS")
+    if where:
+        return f"on the Ray cluster at {where}" + ("" if address else " (RAY_ADDRESS)")
+    return "on a new local Ray instance (this machine only: pass --address to use a cluster)"
+
+
 @contextlib.contextmanager
 def ray_cluster(address: str | None) -> Iterator[Any]:
     """Connect to the Ray cluster at ``address`` (None: start a local one) unless this process already is, and
@@ -802,7 +811,9 @@ def run_sweep(
                     why += f"; {used * threads} torch threads on {cores} usable cores: the runs share cores"
                 split = Split(used, threads, why, kind)
         described = f"{len(todo)} of {len(unique)} runs to do, " + (
-            f"ray executor × {threads} torch thread(s) per run" if executor == "ray" else split.describe()
+            f"ray executor {ray_where(address)} × {threads} torch thread(s) per run"
+            if executor == "ray"
+            else split.describe()
         )
         _log(out, described)
         if progress:
