@@ -58,3 +58,22 @@ def test_with_the_imperfect_model_no_guidance_does_not_win_the_first_table(tmp_p
     assert ["cfg", "1"] not in [row[:2] for row in rows]  # unguided, the leaky model misses the class
     assert "as faithful as the data" in text
     assert "cfg" in {row[0] for row in rows}  # but guided CFG gets there
+
+
+def test_the_headline_tables_go_whole_to_stdout(monkeypatch):
+    """Piped or redirected, the tables are printed to stdout at full width (a long method name on one line); in a
+    narrow terminal the name wraps but is never cut."""
+    import io
+
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    console = demo.result_console()
+    assert console.file is out and console.width == demo.RESULT_WIDTH
+    name = "cfg + interval-guidance (t in [0.2, 0.8]) + tv-cfg schedule, scale 3"
+    row = [[name, "3", "0.0123", "0.981"]]
+    demo._table(console, "title", ("method", "γ", "distance", "fidelity"), row, [])
+    assert name in out.getvalue()
+    narrow = Console(record=True, width=60)
+    demo._table(narrow, "title", ("method", "γ", "distance", "fidelity"), row, [])
+    text = narrow.export_text()
+    assert "…" not in text and all(word in text for word in name.split()) and "0.981" in text

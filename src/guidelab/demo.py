@@ -15,6 +15,7 @@ targets; whether it does on digits depends on how good the trained model is, and
 
 from __future__ import annotations
 
+import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -26,17 +27,16 @@ from guidelab.experiments.runner import SweepSummary, run_sweep
 __all__ = ["DEMO_SWEEPS", "FIDELITY_MARGIN", "run_demo"]
 
 DEMO_SWEEPS = {"targets": "demo.yaml", "digits": "demo-digits.yaml"}
+RESULT_WIDTH = 200  # columns of the headline tables when stdout is not a terminal
 FIDELITY_MARGIN = 0.01  # a setting "reaches the data's fidelity" within this margin
 
 
 def run_demo(out: Path, *, workers: int | None = None, progress: bool = True) -> tuple[SweepSummary, Path]:
     """Run the demo sweeps into ``out/targets`` and ``out/digits``, write ``out/report.html`` and print the
     headline tables; return the last sweep's summary and the report's path."""
-    from rich.console import Console
-
     from guidelab.report import write_report
 
-    console = Console(stderr=True)
+    console = result_console()
     start = time.perf_counter()
     total = reused = failed = 0
     summary = None
@@ -58,6 +58,14 @@ def run_demo(out: Path, *, workers: int | None = None, progress: bool = True) ->
     return summary, report
 
 
+def result_console() -> Any:
+    """The console of the headline tables: they are the demo's result, so on stdout (progress stays on stderr), at
+    :data:`RESULT_WIDTH` columns when stdout is a file or a pipe (rich would squeeze them into 80 there)."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else RESULT_WIDTH)
+
+
 def _frame(folder: Path) -> Any:
     from guidelab.experiments.store import ResultStore
 
@@ -72,8 +80,8 @@ def _table(console: Any, title: str, columns: tuple[str, ...], rows: list[list[s
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for col in columns:
-        table.add_column(col, justify="left" if col == "method" else "right")
+    for col in columns:  # in a narrow terminal a method's name wraps onto more lines, never cut
+        table.add_column(col, justify="left" if col == "method" else "right", overflow="fold")
     for row in rows:
         table.add_row(*row)
     console.print(table)
