@@ -140,8 +140,8 @@ def warm_up() -> None:
 
 def _operands(preds: Predictions, base: str = "uncond") -> tuple | None:
     """(kernels for the dtype, c, u, x_t, the models' space) where the kernels apply to this step; None otherwise.
-    Every check is on the inputs (no timing, no history). On the timed path of every step: kept to a few attribute
-    reads (~0.8 µs)."""
+    Every check is on the inputs (no timing, no history). On the timed path of every step: attribute reads only
+    (~1.5 µs at torch 2.13). Reads ``Predictions._raw`` directly (``raw()`` checks and formats an error)."""
     raw = preds._raw
     other = raw.get(base)
     if preds.sc is None or other is None:
@@ -150,7 +150,9 @@ def _operands(preds: Predictions, base: str = "uncond") -> tuple | None:
     u, src_u = other
     x = preds.x_t
     dtype = c.dtype
-    if src != src_u or dtype not in _DTYPES or not u.dtype == x.dtype == dtype or not c.shape == u.shape == x.shape:
+    if src != src_u or dtype not in _DTYPES or u.dtype is not dtype or x.dtype is not dtype:
+        return None
+    if not c.shape == u.shape == x.shape:
         return None
     if not (c.is_cpu and u.is_cpu and x.is_cpu and c.is_contiguous() and u.is_contiguous() and x.is_contiguous()):
         return None
