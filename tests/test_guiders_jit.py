@@ -310,6 +310,9 @@ def test_inputs_the_kernels_do_not_take_keep_the_torch_path(calls):
     assert calls == {}
     out = run("rescale", {"space": "eps"}, x_t, c, u, "velocity", t=1.0)  # ε at α = 0: the pure-noise rule
     assert calls == {} and torch.isfinite(out.x0_hat).all()
+    for name, params in GUIDERS:  # a half-precision x_t: the pair comes back in its dtype, as from the torch path
+        assert run(name, params, h_x, c, u, "velocity").x0_hat.dtype == torch.float16
+    assert calls == {}
 
 
 def test_a_recorded_input_takes_the_torch_path_and_gradients_flow(calls):

@@ -12,18 +12,22 @@ rules, their shapes and sources are those of the guiders (:mod:`~guidelab.guider
 
 When: each function here returns ``None`` (the caller runs its torch code unchanged) unless the kernels are available
 (numba installed, ``GUIDELAB_COMPILE`` not ``0``, the probe passed), the step has scalar coefficients
-(``Predictions.sc``), the conditional and unconditional predictions share a space, and they and x_t are CPU,
-C-contiguous, of one shape, float32 or float64 (half types keep the torch path, which computes in float32), with
-at least one element, and autograd does not record them. The choice depends only on the install, the environment
-and the inputs, never on timing or history. Results agree with the torch path to rounding: float64 to ~10⁻¹⁵
-relative per sample, float32 to ~10⁻⁶ (the kernels round each product to float32 where the torch path rounds the
-intermediate tensors; their reductions are more accurate: float64 accumulation). A sample's result depends only on
-its own row, and the loops are single-threaded: the same numbers at every torch thread count.
+(``Predictions.sc``), the conditional and unconditional predictions share a space, and they and x_t (as given, not
+upcast) are CPU, C-contiguous, of one shape, float32 or float64 (half types keep the torch path, which computes in
+float32), with at least one element, and autograd does not record them; the guiders call them only with a number as
+scale (a per-sample scale keeps the torch path). The choice depends only on the install, the environment and the
+inputs, never on timing or history. Results agree with the torch path to rounding (tests/test_guiders_jit.py: 10⁻¹³
+relative per sample in float64, 10⁻⁵ in float32, measured ≲ 3·10⁻¹⁶ and 3·10⁻⁷): the kernels round each product to
+the dtype where the torch path rounds intermediate tensors, and reduce in float64 where it reduces in the dtype. A
+sample's result depends only on its own row, and the loops are single-threaded: the same numbers at every torch
+thread count.
 
 Loading: numba is imported, and the kernels loaded from numba's on-disk cache, on the first combine that can use
-them (~0.5–0.8 s once per process; compiling on a machine's first use, ~10 s); nothing imports numba at import time
-of guidelab. :func:`warm_up` starts the load on a background thread (the sampler calls it where its guider can use
-the kernels).
+them: ~0.6 s once per process (numba's import 0.2 s, LLVM's start at the first kernel 0.35 s, the other kernels and
+the probe 0.05 s); compiling them on a machine's first use takes ~5 s. Nothing imports numba at import time of
+guidelab or of its command line, and no sampler starts the load ahead: it happens inside the first step that can use
+the kernels (a background :func:`warm_up` would hold the GIL for most of that time, against a sampler's own Python).
+:func:`warm_up` is there for a caller with other work to overlap.
 """
 
 from __future__ import annotations
@@ -150,7 +154,7 @@ def _operands(preds: Predictions, base: str = "uncond") -> tuple | None:
     u, src_u = other
     x = preds.x_t
     dtype = c.dtype
-    if src != src_u or dtype not in _DTYPES or u.dtype is not dtype or x.dtype is not dtype:
+    if src != src_u or dtype not in _DTYPES or u.dtype is not dtype or x.dtype is not dtype or preds.dtype is not dtype:
         return None
     if not c.shape == u.shape == x.shape:
         return None
