@@ -19,9 +19,12 @@ median (min–max) of per-round ratios. Every row counts, for one call, the ATen
 that pass over a full-size (batch, ...) tensor, and the kilobytes all of them read and write (views move nothing):
 figures a loaded machine cannot blur. At these sizes an operator's dispatch costs about as much as its pass over the
 data, so the operator count bounds a ratio: diffusers returns the guided prediction alone, while every guider here
-also converts it to the (x0̂, ε̂) pair (the ``pair conversion alone`` row). Reference rows: CFG's arithmetic with no
-Python around it (``cfg floor``: one lerp and the pair), and a per-sample dot product as ``linalg.vecdot`` against a
-batched (1 × D)·(D × 1) GEMM (what the reductions use, and why). Usage:
+also converts it to the (x0̂, ε̂) pair (the ``pair conversion alone`` row). The combines compiled by numba
+(``guidelab.guiders.fused_jit``: CFG, rescale, APG, CFG-Zero*, MAMBO-G, TCFG, on these float32 CPU tensors) are one
+loop each, invisible to the dispatcher: their rows count only the allocation of the pair (and of APG's momentum
+buffer); the header says whether they were available (``GUIDELAB_COMPILE=0`` times the torch forms). Reference
+rows: CFG's arithmetic in torch with no Python around it (``cfg floor``: one lerp and the pair), and a per-sample dot
+product as ``linalg.vecdot`` against a batched (1 × D)·(D × 1) GEMM (what the reductions use, and why). Usage:
 
     .venv/bin/python benchmarks/bench_guiders.py [--threads 1] [--repeats 15] [--json out.json] [--quick]
 """
@@ -299,6 +302,9 @@ def main() -> None:
     logging.getLogger("diffusers").setLevel(logging.ERROR)
     repeats = 3 if args.quick else args.repeats
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {BATCH}, repeats {repeats}")
+    from guidelab.guiders import fused_jit
+
+    print(f"compiled combines (numba): {'on' if fused_jit.available() else 'off (torch forms)'}")
 
     rows = []
     for label, net, x_t in [

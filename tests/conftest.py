@@ -1,7 +1,9 @@
-"""Small closed-form denoisers written independently of guidelab.targets, for sampler tests."""
+"""Small closed-form denoisers written independently of guidelab.targets, for sampler tests; the ``compiled`` fixture
+(the compiled guider combines on and off)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import Tensor
 
@@ -51,3 +53,15 @@ class TwoGaussians1D:
         mixture = p_plus * plus + (1 - p_plus) * minus
         c1 = cond.reshape(-1, *([1] * (x_t.ndim - 1)))
         return torch.where(c1 == NULL_COND, mixture, torch.where(c1 == 0, plus, minus))
+
+
+@pytest.fixture(params=["compiled", "torch"])
+def compiled(request, monkeypatch):
+    """The kernels on (they must load here: numba is a dev dependency) or off (``_kernels = False``)."""
+    from guidelab.guiders import fused_jit
+
+    if request.param == "compiled":
+        assert fused_jit.available()
+    else:
+        monkeypatch.setattr(fused_jit.KERNELS, "_kernels", False)
+    return request.param == "compiled"

@@ -2,7 +2,8 @@
 that needs them, γ folded into the pair conversion) against the rules written out here in numpy, float64, on the same
 (rounded) inputs: float16, float32 and float64 predictions, conditional and unconditional predictions that are not
 close to each other, the model predicting x0, ε or velocity, on rf and vp-cosine. The per-sample scale (a tensor)
-takes the general path, so both paths are checked against the same reference."""
+takes the general path, so both paths are checked against the same reference. Each rule also runs with the compiled
+combines (guidelab.guiders.fused_jit, float32 and float64) on and off: the ``compiled`` fixture (conftest.py)."""
 
 import numpy as np
 import pytest
@@ -88,7 +89,7 @@ def scales(gamma, batch):
 @pytest.mark.parametrize("space", SPACES)
 @pytest.mark.parametrize(("path_name", "t"), PATHS)
 @pytest.mark.parametrize("gamma", [5.0, 0.5, 0.0])
-def test_cfg_zero_star_matches_the_rule_in_numpy(dtype, space, path_name, t, gamma):
+def test_cfg_zero_star_matches_the_rule_in_numpy(compiled, dtype, space, path_name, t, gamma):
     path = get_path(path_name)
     (x_t, c, u), (xn, cn, un) = case(dtype, space, path_name, t)
     a, s, da, ds = coefficients(path, t)
@@ -125,7 +126,7 @@ def apg_reference(c, u, prev, gamma, eta, momentum, threshold):
     ],
     ids=["r15", "r2", "no-threshold"],
 )
-def test_apg_matches_the_rule_in_numpy_over_two_steps(dtype, space, path_name, t, params):
+def test_apg_matches_the_rule_in_numpy_over_two_steps(compiled, dtype, space, path_name, t, params):
     """Two steps on one trajectory (the second reads the first's momentum), each against numpy."""
     path = get_path(path_name)
     a, s, da, ds = coefficients(path, t)
@@ -149,7 +150,7 @@ def test_apg_matches_the_rule_in_numpy_over_two_steps(dtype, space, path_name, t
 @pytest.mark.parametrize("space", SPACES)
 @pytest.mark.parametrize(("path_name", "t"), PATHS)
 @pytest.mark.parametrize("measured_in", ["own", "x0"])
-def test_mambo_g_matches_the_rule_in_numpy(dtype, space, path_name, t, measured_in):
+def test_mambo_g_matches_the_rule_in_numpy(compiled, dtype, space, path_name, t, measured_in):
     """r measured in the model's own space (the fused path) or in x0 (the general one)."""
     path = get_path(path_name)
     (x_t, c, u), (xn, cn, un) = case(dtype, space, path_name, t)

@@ -77,6 +77,15 @@ class Kernels:
             raise RuntimeError(f"the compiled {self.name} kernels are not available ({why})")
         return self._kernels
 
+    def loaded(self) -> Any:
+        """The kernels where available, None otherwise: :meth:`available` and :meth:`get` in one call, for a hot path
+        (an attribute read once they are loaded)."""
+        kernels = self._kernels
+        if kernels is None:
+            self.available()
+            kernels = self._kernels
+        return None if kernels is False else kernels
+
     def warm_up(self) -> None:
         """Load (or compile) the kernels on a background thread, so that the load overlaps other work; a later
         :meth:`available` waits for it. Does nothing once tried. The thread's name starts with ``guidelab-``

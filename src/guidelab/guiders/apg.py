@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from guidelab.guiders import fused_jit
 from guidelab.guiders._checks import check_choice, check_dims, check_int, check_number
 from guidelab.guiders.base import (
     COND,
@@ -151,15 +152,21 @@ class APG(ScheduledGuider):
             return preds.cond_pair()
         return self.combine(preds, ctx, self._scale(ctx))
 
-    def _momentum(self, delta: Tensor, gamma: Scale, ctx: StepContext) -> Tensor:
+    def _check_state(self, shape: torch.Size) -> None:
+        """A ValueError where the momentum buffer or the batch of :meth:`reset` does not fit predictions of
+        ``shape``."""
         prev = self._average
-        if prev is not None and prev.shape != delta.shape:
+        if prev is not None and prev.shape != shape:
             raise ValueError(
-                f"apg: momentum state has shape {tuple(prev.shape)} but this step has {tuple(delta.shape)}; "
+                f"apg: momentum state has shape {tuple(prev.shape)} but this step has {tuple(shape)}; "
                 "call reset(batch) before sampling a new batch"
             )
-        if self._batch is not None and delta.shape[0] != self._batch:
-            raise ValueError(f"apg: reset for {self._batch} trajectories, got a batch of {delta.shape[0]}")
+        if self._batch is not None and shape[0] != self._batch:
+            raise ValueError(f"apg: reset for {self._batch} trajectories, got a batch of {shape[0]}")
+
+    def _momentum(self, delta: Tensor, gamma: Scale, ctx: StepContext) -> Tensor:
+        prev = self._average
+        self._check_state(delta.shape)
         if prev is None:
             average = delta
         elif self.momentum_form == "sum":
@@ -185,6 +192,10 @@ class APG(ScheduledGuider):
         return average
 
     def combine(self, preds: Predictions, ctx: StepContext, gamma: Scale) -> GuidedStep:
+        if ctx.index >= self.cfg_steps and self.norm_dims is None and not isinstance(gamma, Tensor):
+            out = self._compiled(preds, ctx, float(gamma))
+            if out is not None:
+                return out
         c, u = preds.get("cond", "x0"), preds.get("uncond", "x0")
         delta = c - u
         if ctx.index < self.cfg_steps:  # APG-Mix: CFG, the momentum buffer updated with Δ
@@ -212,6 +223,24 @@ class APG(ScheduledGuider):
         else:
             x0_hat = torch.addcmul(scaled_c, per_sample(coef_delta, c), delta)
         return preds.pair(x0_hat, self.space)
+
+    def _compiled(self, preds: Predictions, ctx: StepContext, gamma: float) -> GuidedStep | None:
+        """The step as one compiled loop (:func:`guidelab.guiders.fused_jit.apg`), the momentum buffer updated as
+        :meth:`_momentum` does; None where the kernels do not apply (also an EMA with samples not yet started)."""
+        ema = self.momentum_form == "ema"
+        if self.momentum != 0:
+            if ema and self._started is not None:
+                return None
+            self._check_state(preds.raw("cond")[0].shape)
+        prev = self._average if self.momentum != 0 else None
+        result = fused_jit.apg(preds, gamma, self.eta, self.norm_threshold, prev, self.momentum, ema)
+        if result is None:
+            return None
+        out, average = result
+        if self.momentum != 0 and ctx.stage == 0:
+            self._average = average
+            self._started = None
+        return out
 
     def _fused(self, c: Tensor, delta: Tensor, g1: float) -> Tensor:
         """The rule above for one scale (``g1`` = γ − 1): three reductions, the per-sample weights in float64 rounded

@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
 
+from guidelab.guiders import fused_jit
 from guidelab.guiders._checks import check_flag, check_int
 from guidelab.guiders.base import (
     COND,
@@ -79,6 +81,11 @@ class CFGZeroStar(ScheduledGuider):
         return super().guide(preds, ctx)
 
     def combine(self, preds: Predictions, ctx: StepContext, gamma: Scale) -> GuidedStep:
+        if not isinstance(gamma, Tensor):  # one compiled loop where it applies (guidelab.guiders.fused_jit)
+            g = float(gamma)
+            out = fused_jit.cfg_zero(preds, g) if self.optimized_scale else fused_jit.linear(preds, g)
+            if out is not None:
+                return out
         v_c, v_u = preds.get("cond", "velocity"), preds.get("uncond", "velocity")
         g = as_batch(gamma, v_c)
         if not self.optimized_scale:

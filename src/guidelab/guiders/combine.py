@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from guidelab.guiders import fused_jit
 from guidelab.guiders.base import GuidedStep, Predictions
 from guidelab.guiders.context import Scale, as_batch, per_sample
 from guidelab.guiders.reductions import is_half
@@ -20,7 +21,18 @@ __all__ = ["affine_pair", "eps_space_step", "keep_neutral", "linear_step"]
 def affine_pair(preds: Predictions, weight: Scale | Tensor, base: str = "uncond") -> GuidedStep:
     """The pair of ``base + w·(cond − base)`` (w a number or per-sample (batch,)). An affine combination whose
     weights sum to 1 is the same in every prediction space at fixed x_t, so it is formed in the models' own space
-    (no conversion of the inputs) and converted to the pair once: regular wherever the models' own pair is."""
+    (no conversion of the inputs) and converted to the pair once: regular wherever the models' own pair is. A number
+    ``w`` takes the compiled loop where it applies (:func:`guidelab.guiders.fused_jit.linear`, as :func:`linear_step`:
+    the same numbers as CFG's step)."""
+    if not isinstance(weight, Tensor):
+        out = fused_jit.linear(preds, float(weight), base)
+        if out is not None:
+            return out
+    return _affine_pair(preds, weight, base)
+
+
+def _affine_pair(preds: Predictions, weight: Scale | Tensor, base: str) -> GuidedStep:
+    """:func:`affine_pair` in torch."""
     src = preds.space("cond")
     space = src if preds.space(base) == src else "x0"
     c, u = preds.get("cond", space), preds.get(base, space)
@@ -30,13 +42,18 @@ def affine_pair(preds: Predictions, weight: Scale | Tensor, base: str = "uncond"
 def linear_step(preds: Predictions, weight: Scale, base: str = "uncond") -> GuidedStep:
     """:func:`affine_pair` as one fused kernel in the models' own space plus the conversion to the pair (two
     kernels on rf), for a scalar weight and full-precision predictions; otherwise :func:`affine_pair` (half
-    precision in float32, so that the conversion's products cannot overflow)."""
+    precision in float32, so that the conversion's products cannot overflow). Where the compiled combines apply
+    (:mod:`~guidelab.guiders.fused_jit`: CPU, float32/float64, no autograd), one compiled loop writes the pair."""
+    if not isinstance(weight, Tensor):
+        out = fused_jit.linear(preds, float(weight), base)
+        if out is not None:
+            return out
     cond, src = preds.raw("cond")
     other, src_other = preds.raw(base)
     fast = src == src_other and not isinstance(weight, Tensor) and not is_half(cond) and not is_half(other)
     coefs = pair_coefficients(src, preds.sc) if fast and preds.sc is not None else None
     if coefs is None:
-        return affine_pair(preds, weight, base)
+        return _affine_pair(preds, weight, base)
     p0, q0, p1, q1 = coefs
     mixed = torch.lerp(other, cond, float(weight))
     return GuidedStep(combine(p0, mixed, q0, preds.x_t), combine(p1, mixed, q1, preds.x_t))

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from guidelab.guiders import fused_jit
 from guidelab.guiders._checks import check_guider_space, check_number
 from guidelab.guiders.base import GuidedStep, Predictions, Scale, ScheduledGuider, StepContext
 from guidelab.guiders.combine import affine_pair
@@ -59,6 +60,10 @@ class MamboG(ScheduledGuider):
         return torch.exp(r * -self.alpha) * (g - 1) + 1  # 1 + (γ − 1)·exp(−α·r) (exp's output kept for autograd)
 
     def combine(self, preds: Predictions, ctx: StepContext, gamma: Scale) -> GuidedStep:
+        if not isinstance(gamma, Tensor):  # one compiled loop where it applies (guidelab.guiders.fused_jit)
+            out = fused_jit.mambo(preds, float(gamma), self.alpha, self.space)
+            if out is not None:
+                return out
         src = preds.space("cond")
         fusable = self.alpha != 0 and self.space == src == preds.space("uncond") and not isinstance(gamma, Tensor)
         if fusable and not needs_grad(*(preds.raw(name)[0] for name in ("cond", "uncond"))):

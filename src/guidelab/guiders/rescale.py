@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from guidelab.guiders import fused_jit
 from guidelab.guiders._checks import check_guider_space, check_number
 from guidelab.guiders.base import GuidedStep, Predictions, Scale, ScheduledGuider, StepContext
 from guidelab.guiders.combine import eps_space_step
@@ -68,6 +69,10 @@ class GuidanceRescale(ScheduledGuider):
         return x * per_sample(factor, x)
 
     def combine(self, preds: Predictions, ctx: StepContext, gamma: Scale) -> GuidedStep:
+        if not isinstance(gamma, Tensor):  # one compiled loop where it applies (guidelab.guiders.fused_jit)
+            out = fused_jit.rescale(preds, float(gamma), self.phi, self.space)
+            if out is not None:
+                return out
         pred = self._rule(preds, gamma, self.space)
         return eps_space_step(preds, pred, self.space, lambda: self._rule(preds, gamma, "x0"))
 

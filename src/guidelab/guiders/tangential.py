@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from guidelab.guiders import fused_jit
 from guidelab.guiders._checks import check_guider_space
 from guidelab.guiders.base import GuidedStep, Predictions, Scale, ScheduledGuider, StepContext
 from guidelab.guiders.combine import eps_space_step
@@ -75,6 +76,10 @@ class TangentialCFG(ScheduledGuider):
         return per_sample(g + (1 - g) * p, c) * c + per_sample((1 - g) * q, u) * u
 
     def combine(self, preds: Predictions, ctx: StepContext, gamma: Scale) -> GuidedStep:
+        if not isinstance(gamma, Tensor):  # one compiled loop where it applies (guidelab.guiders.fused_jit)
+            out = fused_jit.tangential(preds, float(gamma), self.space)
+            if out is not None:
+                return out
         pred = self._rule(preds, gamma, self.space)
         return eps_space_step(preds, pred, self.space, lambda: self._rule(preds, gamma, "x0"))
 
