@@ -28,7 +28,8 @@ from torch import Tensor
 
 from guidelab.denoiser import NULL_COND
 from guidelab.paths import NoisePath
-from guidelab.targets.base import FusedTarget, as_float_array, compiling, init_classes, path_time
+from guidelab.targets import mixture_jit
+from guidelab.targets.base import FusedTarget, PathTime, as_float_array, compiling, init_classes, path_time
 
 __all__ = ["BoxMixture"]
 
@@ -271,6 +272,7 @@ class BoxMixture(FusedTarget):
 
     max_chunk_bytes: int = 200 * 2**20
     cache_chunk_entries: int = 2**14
+    jit_max_work: int = 2**16  # the compiled per-particle loop up to K·D entries per particle (all sizes measured)
 
     def __init__(
         self,
@@ -345,6 +347,8 @@ class BoxMixture(FusedTarget):
         p = self._params(wide, x_t.device)
         time = path_time(path, t, x_t)
         rows = None if cond is None and not want_mean else self.cond_rows(cond, n, x_t.device)
+        if self._use_kernels(x_t, time):
+            return self._evaluate_compiled(x_t, time, rows, want_mean, out_dtype)
         fused = (
             time.shared
             and time.sigma0 > 0
@@ -391,6 +395,60 @@ class BoxMixture(FusedTarget):
         log_prob = (torch.cat(log_probs) if log_probs else empty).to(out_dtype)
         mean = (torch.cat(means) if means else torch.empty_like(x_t)).to(out_dtype) if want_mean else None
         return mean, log_prob
+
+    def _use_kernels(self, x_t: Tensor, time: PathTime) -> bool:
+        """Whether this call takes the compiled per-particle loop (:mod:`guidelab.targets.mixture_jit`): on the CPU,
+        σ > 0 for every sample (t = 0 stays on the torch path), no autograd through ``x_t``, not traced by
+        ``torch.compile``, at most :attr:`jit_max_work` = K·D entries a particle, and numba available. The decision
+        depends on the install, ``GUIDELAB_COMPILE`` and the inputs only."""
+        return (
+            x_t.device.type == "cpu"
+            and x_t.dtype == torch.float64
+            and x_t.shape[0] > 0
+            and self.num_components * self.dim <= self.jit_max_work
+            and not (torch.is_grad_enabled() and x_t.requires_grad)
+            and not compiling()
+            and (time.sigma0 > 0 if time.shared else bool((time.sigma > 0).all()))
+            and mixture_jit.available()
+        )
+
+    def _evaluate_compiled(
+        self, x_t: Tensor, time: PathTime, rows: Tensor | None, want_mean: bool, out_dtype: torch.dtype
+    ) -> tuple[Tensor | None, Tensor]:
+        """:meth:`_evaluate` by the compiled loop (x_t float64 on the CPU, σ > 0)."""
+        n, D, K = x_t.shape[0], self.dim, self.num_components
+        q = self._jit_arrays()
+        if rows is None:
+            mode, rows_np = mixture_jit.COMPONENTS, np.zeros(0, dtype=np.int64)
+        else:
+            mode = mixture_jit.MEAN if want_mean else mixture_jit.LOG_PROB
+            rows_np = rows.numpy()
+        if time.shared:
+            alpha, sigma = np.array([time.alpha0]), np.array([time.sigma0])
+        else:
+            alpha, sigma = time.alpha.numpy(), time.sigma.numpy()
+        out_mean = np.empty((n if want_mean else 0, D))
+        out_lp = np.empty((n, K if mode == mixture_jit.COMPONENTS else 1))
+        kernels = mixture_jit.KERNELS.get()
+        x = x_t.detach().contiguous().numpy()
+        args = (x, alpha, sigma, q["centre"], q["half"], q["log_width"], q["log_weights"], rows_np, kernels.table)
+        mixture_jit.run(kernels.box, n, *args, mode, True, out=(out_mean, out_lp))
+        log_prob = torch.from_numpy(out_lp if mode == mixture_jit.COMPONENTS else out_lp.reshape(n))
+        mean = torch.from_numpy(out_mean).to(out_dtype) if want_mean else None
+        return mean, log_prob.to(out_dtype)
+
+    def _jit_arrays(self) -> dict[str, np.ndarray]:
+        """The float64 parameters of the compiled loop: ``centre``, ``half``, ``log_width`` = log(b − a) (K, D)
+        and ``log_weights`` (C + 1, K)."""
+        if getattr(self, "_jit_params", None) is None:
+            low, high = self.low.numpy(), self.high.numpy()
+            self._jit_params = {
+                "centre": np.ascontiguousarray(0.5 * (low + high)),
+                "half": np.ascontiguousarray(0.5 * (high - low)),
+                "log_width": np.ascontiguousarray(np.log(high - low)),
+                "log_weights": np.ascontiguousarray(self.log_weight_table().numpy()),
+            }
+        return self._jit_params
 
     def _fused_chunk(
         self, x: Tensor, alpha: float, sigma: float, p: _Params, rows: Tensor | None, lo: int, want_mean: bool
