@@ -347,7 +347,7 @@ class BoxMixture(FusedTarget):
         p = self._params(wide, x_t.device)
         time = path_time(path, t, x_t)
         rows = None if cond is None and not want_mean else self.cond_rows(cond, n, x_t.device)
-        if self._use_kernels(x_t, time):
+        if self.uses_compiled_kernels(x_t) and (time.sigma0 > 0 if time.shared else bool((time.sigma > 0).all())):
             return self._evaluate_compiled(x_t, time, rows, want_mean, out_dtype)
         fused = (
             time.shared
@@ -396,19 +396,19 @@ class BoxMixture(FusedTarget):
         mean = (torch.cat(means) if means else torch.empty_like(x_t)).to(out_dtype) if want_mean else None
         return mean, log_prob
 
-    def _use_kernels(self, x_t: Tensor, time: PathTime) -> bool:
-        """Whether this call takes the compiled per-particle loop (:mod:`guidelab.targets.mixture_jit`): on the CPU,
-        σ > 0 for every sample (t = 0 stays on the torch path), no autograd through ``x_t``, not traced by
-        ``torch.compile``, at most :attr:`jit_max_work` = K·D entries a particle, and numba available. The decision
-        depends on the install, ``GUIDELAB_COMPILE`` and the inputs only."""
+    def uses_compiled_kernels(self, x_t: Tensor) -> bool:
+        """Whether a call on ``x_t`` may take the compiled per-particle loop (:mod:`guidelab.targets.mixture_jit`):
+        on the CPU, float32 or float64 (computed in float64 either way), no autograd through ``x_t``, not traced by
+        ``torch.compile``, at most :attr:`jit_max_work` = K·D entries a particle, and numba available; it is taken
+        where moreover σ > 0 for every sample (t = 0 stays on the torch path). The decision depends on the install,
+        ``GUIDELAB_COMPILE`` and the inputs only (never on timing)."""
         return (
             x_t.device.type == "cpu"
-            and x_t.dtype == torch.float64
+            and x_t.dtype in (torch.float32, torch.float64)
             and x_t.shape[0] > 0
             and self.num_components * self.dim <= self.jit_max_work
             and not (torch.is_grad_enabled() and x_t.requires_grad)
             and not compiling()
-            and (time.sigma0 > 0 if time.shared else bool((time.sigma > 0).all()))
             and mixture_jit.available()
         )
 

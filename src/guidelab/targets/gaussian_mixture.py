@@ -93,7 +93,11 @@ class GaussianMixture(FusedTarget):
     max_chunk_bytes: int = 200 * 2**20
     cache_chunk_bytes: int = 8 * 2**20
     compile_max_work: int = 64  # compiled 1.3–1.7× faster at K·D ≤ 64, slower at K·D ≥ 256 (base.py)
-    jit_max_work: int = 4096  # the compiled per-particle loop up to K·D² (its flops per particle) of this
+    # The compiled per-particle loop (mixture_jit) where K·D² ≤ jit_max_work and D ≤ jit_max_dim: measured 1.4–4.4×
+    # the torch path there on 1 thread (D = 1–4, K = 2–256); at D = 8 it gained only 1.1–1.6× on 1 thread and lost
+    # on 2 (0.6–0.7×), at D = 16 it lost on both (its D² multiply-adds per component are scalar against a GEMM's).
+    jit_max_work: int = 256
+    jit_max_dim: int = 4
 
     def __init__(
         self,
@@ -184,7 +188,7 @@ class GaussianMixture(FusedTarget):
         ``cond`` is None and no mean is wanted. In place on the big work arrays unless autograd needs them."""
         self.check_input(x_t)
         n, D, K = x_t.shape[0], self.dim, self.num_components
-        if self._use_kernels(x_t):
+        if self.uses_compiled_kernels(x_t):
             return self._evaluate_compiled(x_t, t, path, cond, want_mean)
         p = self._params(x_t.dtype, x_t.device)
         time = path_time(path, t, x_t)
@@ -260,15 +264,18 @@ class GaussianMixture(FusedTarget):
         mean = (torch.cat(means) if means else torch.empty_like(x_t)) if want_mean else None
         return mean, log_prob
 
-    def _use_kernels(self, x_t: Tensor) -> bool:
-        """Whether this call takes the compiled per-particle loop (:mod:`guidelab.targets.mixture_jit`): on the CPU,
-        float32 or float64, no autograd through ``x_t``, not traced by ``torch.compile``, at most
-        :attr:`jit_max_work` = K·D² (above it the two GEMMs of the torch path are faster), and numba available. The
-        decision depends on the install, ``GUIDELAB_COMPILE`` and the inputs only."""
+    def uses_compiled_kernels(self, x_t: Tensor) -> bool:
+        """Whether a call on ``x_t`` takes the compiled per-particle loop (:mod:`guidelab.targets.mixture_jit`): on the
+        CPU, float32 or float64 (computed in float64 either way, rounded once to float32 at the end), no autograd
+        through ``x_t``, not traced by ``torch.compile``, at most :attr:`jit_max_work` = K·D² and :attr:`jit_max_dim`
+        = D (above them the two GEMMs of the torch path are as fast or faster), numba available. The decision depends
+        on the install, ``GUIDELAB_COMPILE`` and the inputs only (never on timing), so a seed gives the same numbers
+        in every process."""
         return (
             x_t.device.type == "cpu"
             and x_t.dtype in (torch.float32, torch.float64)
             and x_t.shape[0] > 0
+            and self.dim <= self.jit_max_dim
             and self.num_components * self.dim * self.dim <= self.jit_max_work
             and not (torch.is_grad_enabled() and x_t.requires_grad)
             and not compiling()
