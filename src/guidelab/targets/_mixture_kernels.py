@@ -150,6 +150,9 @@ def box_kernel(
                     h_q[k, d] = ascale * half[k, d]
                     log_box[k, d] = log_a + log_width[k, d]
         row = rows[i] if mode != COMPONENTS else 0
+        poison = 0.0  # NaN where x has a NaN or an infinite coordinate: every output of the particle is then NaN
+        for d in range(dim):
+            poison += x[i, d] * 0.0
         # Pass 1: an upper bound on each component's log-weight, and the component to evaluate first.
         use_bound = prune and mode != COMPONENTS and a > 0
         first = -1
@@ -187,7 +190,7 @@ def box_kernel(
             if bound[k] == -np.inf or (use_bound and step > 0 and bound[k] < top - PRUNE):
                 logits[k] = -np.inf
                 continue
-            total = log_weights[row, k] if mode != COMPONENTS else 0.0
+            total = (log_weights[row, k] if mode != COMPONENTS else 0.0) + poison
             for d in range(dim):
                 xd = x[i, d]
                 series, value, ratio = box_entry(xd * scale - a_centre[k, d], h_q[k, d], table)
@@ -225,8 +228,8 @@ def exp_row(src, dst, bits, m):  # pragma: no cover - compiled by numba
     vectorises: e^d = 2^k·e^r with k = round(d/ln 2), r = d − k·ln 2 (Cody–Waite, two parts), e^r by its Taylor
     polynomial of degree 13 (|r| ≤ ln 2/2: truncation below 5e-18), 2^k from the exponent bits."""
     for p in range(m):
-        d = max(src[p], _EXP_FLOOR)
-        k = math.floor(d * _LOG2E + 0.5)
+        d = src[p]
+        k = math.floor(max(d, _EXP_FLOOR) * _LOG2E + 0.5)  # a valid exponent whatever d (−∞, NaN)
         r = (d - k * _LN2_HI) - k * _LN2_LO
         e = _EXP_C13
         e = e * r + _EXP_C12
@@ -242,7 +245,7 @@ def exp_row(src, dst, bits, m):  # pragma: no cover - compiled by numba
         e = e * r + 0.5
         e = e * r + 1.0
         e = e * r + 1.0
-        dst[p] = e if src[p] >= _EXP_FLOOR else 0.0
+        dst[p] = 0.0 if src[p] < _EXP_FLOOR else e  # NaN stays NaN
         bits[p] = (np.int64(k) + 1023) << 52
     scale = bits.view(np.float64)
     for p in range(m):

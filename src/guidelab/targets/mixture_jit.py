@@ -89,7 +89,9 @@ def erfcx_table() -> np.ndarray:
 
 
 def _build() -> SimpleNamespace:
-    from guidelab.targets import _mixture_kernels as kernels  # imports numba
+    import numba  # noqa: F401 - first, so that a missing numba fails here even once the kernel module is loaded
+
+    from guidelab.targets import _mixture_kernels as kernels
 
     return SimpleNamespace(
         box=kernels.box_kernel,
