@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from guidelab import jit
-from guidelab.targets.mixture_jit import (
+from guidelab.targets._mixture_constants import (
     _ERFC_NEGLIGIBLE,
     _FAR_NEGLIGIBLE,
     _H_SERIES,

@@ -1,30 +1,38 @@
-"""The exact Gaussian- and box-mixture denoisers at small sizes as JIT-compiled per-particle loops (numba, the
-optional ``fast`` extra), for :mod:`guidelab.targets.gaussian_mixture` and :mod:`guidelab.targets.box_mixture`.
+"""The exact Gaussian- and box-mixture denoisers at small sizes as JIT-compiled loops (numba, the optional ``fast``
+extra), for :mod:`guidelab.targets.gaussian_mixture` and :mod:`guidelab.targets.box_mixture`; the loops themselves
+are in :mod:`guidelab.targets._mixture_kernels`, imported (with numba) only when they are first used.
 
 At D = 2 and a handful of components the eager torch evaluation is bound by per-operation overhead: twenty-odd
-passes over (n, K·D) arrays of a few entries per particle. Here one loop visits each particle once: for every
-component the Mahalanobis norm in its rotated, whitened basis (Gaussian) or the per-dimension truncated-normal mass
-and mean (box), the log-sum-exp over the condition's components, the responsibilities, and the posterior mean and
-log p_t written straight into the outputs. Components outside a particle's class (log-weight −∞) are skipped.
+passes over (n, K·D) arrays of a few entries per particle. Here each particle is visited once: for every component
+the Mahalanobis norm in its rotated, whitened basis (Gaussian) or the per-dimension truncated-normal mass and mean
+(box), the log-sum-exp over the condition's components, the responsibilities, and the posterior mean and log p_t
+written straight into the outputs.
 
-Everything is computed in float64 (float32 inputs are widened and the results rounded back once), with the same
-formulas as the torch paths, so the two agree to a few ulps in float64 (the tests hold them to 1e-10 relative, and
-to the pre-issue-17 oracles and mpmath).
+- Gaussian mixtures run in blocks of 256 particles with every inner loop over the particles of a block, so that LLVM
+  vectorises them, with an exp written out for that (2^k·e^r, Taylor degree 13, flushing below e^{−700} to 0 as the
+  torch path does below twice the smallest normal): 2.5–3.3× the torch path at D = 2, K = 8. The targets use them
+  where they measured faster (see ``GaussianMixture.uses_compiled_kernels``); the D² multiply-adds per component
+  are scalar per particle, so from D = 8 the torch path's GEMMs win.
+- Box mixtures need ``erfcx(y) = e^{y²}erfc(y)`` for y ≥ 0 (the torch path: torch's erfc times e^{y²}). Here a
+  table of degree-10 polynomials on 104 intervals of width 1/4 covers [0, 26) (built once per process from
+  ``math.erfc`` and e^{y²} split as in the torch path, ~1e-15 relative, checked against mpmath in the tests; a table
+  lookup and ten multiply-adds against a libm erfc call's 15 ns), and beyond 26 the asymptotic series of the torch
+  path. Components that cannot matter are skipped before their erfcx are taken: an entry outside its box has
+  ``log Z ≤ −ln 2 − n²`` (n the distance of the near end in units of σ√2) and one inside ``log Z ≤ 0``, so a
+  component whose bound lies more than :data:`PRUNE` below the best exact log-weight so far would move the sums by
+  less than e^{−50} relative, below rounding; its responsibility is taken as 0. (Per-component log-densities, asked
+  for without a condition, are always computed in full.) Components outside a particle's class are skipped.
 
-Box mixtures need ``erfcx(y) = e^{y²}erfc(y)`` for y ≥ 0 (the torch path: torch's erfc times e^{y²}). Here a table
-of degree-10 polynomials on 104 intervals of width 1/4 covers [0, 26) (built once per process from ``math.erfc``
-and e^{y²} split as in the torch path, ~1e-15 relative, checked against mpmath in the tests; one table lookup and
-ten fused multiply-adds against a libm erfc call's 15 ns), and beyond 26 the asymptotic series of the torch path.
-Components that cannot matter are skipped before their erfcx are taken: an entry outside its box has
-``log Z ≤ −ln 2 − n²`` (n the distance of the near end in units of σ√2) and one inside ``log Z ≤ 0``, so a
-component whose bound lies more than :data:`PRUNE` below the best exact log-weight so far would move the sums by
-less than e^{−50} relative, below rounding; its responsibility is taken as 0. (Per-component log-densities, asked
-for without a condition, are always computed in full.)
+Everything is computed in float64 (float32 inputs are widened and the results rounded back once: at least as
+accurate as the torch path in float32), with the same formulas as the torch paths, so the two agree to a few ulps
+in float64 (the tests hold them to 1e-10 relative, and to the pre-issue-17 oracles and mpmath). A NaN or infinite
+coordinate gives NaN outputs for its particle, as on the torch path.
 
-Each particle's values are computed on their own, so splitting the particles over threads (:func:`run`, chunks of
-at least :data:`MIN_CHUNK` particles, one per torch thread) gives the same numbers at every thread count; the loops
-release the GIL. Where numba is missing or ``GUIDELAB_COMPILE=0`` is set, :func:`available` is False and the
-targets take their torch paths.
+Each particle's values are computed on their own, so splitting the particles over threads (:func:`run`, one
+contiguous range per torch thread, at least :data:`MIN_CHUNK` particles each) gives the same bits at every thread
+count; the loops release the GIL. Loading the compiled loops from numba's cache takes about 1.5 s once per process
+(the first compile on a machine ~5 s). Where numba is missing or ``GUIDELAB_COMPILE=0`` is set, :func:`available`
+is False and the targets take their torch paths.
 """
 
 from __future__ import annotations
@@ -39,29 +47,22 @@ import numpy as np
 import torch
 
 from guidelab import jit
+from guidelab.targets._mixture_constants import (
+    _DEGREE,
+    _LOG_2PI,
+    _SQRT_HALF,
+    _VELTKAMP,
+    _WIDTH,
+    _Y_TAIL,
+    COMPONENTS,
+    LOG_PROB,
+    MEAN,
+    PRUNE,
+)
 
-__all__ = ["KERNELS", "MIN_CHUNK", "PRUNE", "available", "erfcx_table", "run"]
+__all__ = ["COMPONENTS", "KERNELS", "LOG_PROB", "MEAN", "MIN_CHUNK", "PRUNE", "available", "erfcx_table", "run"]
 
 MIN_CHUNK = 2048  # particles per thread below which a call runs on the calling thread alone
-PRUNE = 50.0  # a box component whose log-weight bound is this far below the best is skipped (e^{−50} ≈ 2e-22)
-
-_LOG_2PI = math.log(2 * math.pi)
-_HALF_LOG_2PI = 0.5 * _LOG_2PI
-_LN2 = math.log(2.0)
-_SQRT_HALF = math.sqrt(0.5)
-_SQRT2 = math.sqrt(2.0)
-_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
-_INV_SQRT_PI = 1 / math.sqrt(math.pi)
-_H_SERIES = 0.02  # as box_mixture: the Hermite series where h < 0.02 and |m|·h < 0.02
-_Y_TAIL = 26.0  # erfcx by the table below, by the asymptotic series above
-_WIDTH = 0.25  # the table's intervals
-_DEGREE = 10
-_FAR_NEGLIGIBLE = 50.0  # e^{−4|m'|h'} below e^{−50}: the far end's term is dropped
-_ERFC_NEGLIGIBLE = 6.5  # erfc(6.5) ≈ 4e-20: inside a box, an end this far out adds nothing to 2 − erfc − erfc
-_VELTKAMP = 134217729.0
-
-# Modes of the kernels: per-component log p_t (n, K), log p_t(x | c) only (n, 1), or both and the mean.
-COMPONENTS, LOG_PROB, MEAN = 0, 1, 2
 
 
 def _erfcx_reference(y: float) -> float:
