@@ -115,7 +115,7 @@ def box_entry(mq, hq, table):  # pragma: no cover - compiled by numba
 
 @compiled
 def box_kernel(
-    x, alpha, sigma, centre, half, log_width, log_weights, rows, table, mode, prune, lo, hi, out_mean, out_lp
+    x, alpha, sigma, centre, half, log_width, log_weights, labels, table, mode, prune, lo, hi, out_mean, out_lp
 ):  # pragma: no cover - compiled by numba
     """Box mixture, particles lo ≤ i < hi; α, σ of length 1 (shared) or n, σ > 0.
 
@@ -124,6 +124,7 @@ def box_kernel(
     closed form (log p = log Z − log(α(b − a)), mean x/α − (σ/α)·E[z]). The per-time quantities (per entry: α·centre
     and h' over σ√2, log(α(b − a))) are computed once for a shared time, per particle otherwise."""
     n_comp, dim = centre.shape
+    null_row = log_weights.shape[0] - 1  # the unconditional row, for the label −1
     shared = alpha.shape[0] == 1
     logits = np.empty(n_comp)
     bound = np.empty(n_comp)
@@ -149,7 +150,7 @@ def box_kernel(
                     a_centre[k, d] = ascale * centre[k, d]
                     h_q[k, d] = ascale * half[k, d]
                     log_box[k, d] = log_a + log_width[k, d]
-        row = rows[i] if mode != COMPONENTS else 0
+        row = 0 if mode == COMPONENTS else labels[i] if labels[i] >= 0 else null_row
         poison = 0.0  # NaN where x has a NaN or an infinite coordinate: every output of the particle is then NaN
         for d in range(dim):
             poison += x[i, d] * 0.0
@@ -300,7 +301,7 @@ def finish_block(
 
 @compiled
 def gaussian_shared(
-    x, w_fwd, const, w_back, means, log_weights, rows, mode, lo, hi, out_mean, out_lp
+    x, w_fwd, const, w_back, means, log_weights, labels, mode, lo, hi, out_mean, out_lp
 ):  # pragma: no cover - compiled by numba
     """Gaussian mixture at one time: z_kj = Σ_d x_d·w_fwd[kD+j, d] + w_fwd[kD+j, D] (whitened rotated
     residual), log p_k = const_k − |z_k|²/2, mean Σ_k r_k(μ_k + Σ_j z_kj·w_back[kD+j]).
@@ -316,11 +317,17 @@ def gaussian_shared(
     acc = np.empty(BLOCK)
     part = np.empty(BLOCK)
     bits = np.empty(BLOCK, dtype=np.int64)
+    rows = np.zeros(BLOCK, dtype=np.int64)
+    null_row = log_weights.shape[0] - 1  # the unconditional row, for the label −1
     for start in range(lo, hi, BLOCK):
         m = min(BLOCK, hi - start)
         for d in range(dim):
             for p in range(m):
                 xb[d, p] = x[start + p, d]
+        if mode != COMPONENTS:
+            for p in range(m):
+                label = labels[start + p]
+                rows[p] = label if label >= 0 else null_row
         for k in range(n_comp):
             lk = logits[k]
             for p in range(m):
@@ -343,14 +350,14 @@ def gaussian_shared(
                     out_lp[start + p, k] = c - 0.5 * lk[p]
             else:
                 for p in range(m):
-                    lk[p] = (c - 0.5 * lk[p]) + log_weights[rows[start + p], k]
+                    lk[p] = (c - 0.5 * lk[p]) + log_weights[rows[p], k]
         if mode != COMPONENTS:
             finish_block(start, m, logits, z, w_back, means, mode, top, total, acc, part, bits, out_mean, out_lp)
 
 
 @compiled
 def gaussian_per_sample(
-    x, alpha, sigma, u, m_rot, s_all, means, log_weights, rows, mode, lo, hi, out_mean, out_lp
+    x, alpha, sigma, u, m_rot, s_all, means, log_weights, labels, mode, lo, hi, out_mean, out_lp
 ):  # pragma: no cover - compiled by numba
     """Gaussian mixture, one time per particle: y = U_kᵀx − α·U_kᵀμ_k, var = α²s + σ², z = y/√var,
     log p_k = −(|z|² + Σ log var + D log 2π)/2, mean Σ_k r_k(μ_k + U_k(α·s·z/√var)).
@@ -369,11 +376,17 @@ def gaussian_per_sample(
     acc = np.empty(BLOCK)
     part = np.empty(BLOCK)
     bits = np.empty(BLOCK, dtype=np.int64)
+    rows = np.zeros(BLOCK, dtype=np.int64)
+    null_row = log_weights.shape[0] - 1  # the unconditional row, for the label −1
     for start in range(lo, hi, BLOCK):
         m = min(BLOCK, hi - start)
         for d in range(dim):
             for p in range(m):
                 xb[d, p] = x[start + p, d]
+        if mode != COMPONENTS:
+            for p in range(m):
+                label = labels[start + p]
+                rows[p] = label if label >= 0 else null_row
         for p in range(m):
             ab[p] = alpha[start + p]
             s2b[p] = sigma[start + p] * sigma[start + p]
@@ -410,6 +423,6 @@ def gaussian_per_sample(
                 if mode == COMPONENTS:
                     out_lp[start + p, k] = value
                 else:
-                    lk[p] = value + log_weights[rows[start + p], k]
+                    lk[p] = value + log_weights[rows[p], k]
         if mode != COMPONENTS:
             finish_block(start, m, logits, z, u, means, mode, top, total, acc, part, bits, out_mean, out_lp)

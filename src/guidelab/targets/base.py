@@ -276,8 +276,12 @@ class PathTime:
     sigma0: float = float("nan")
 
 
-def path_time(path: NoisePath, t: Tensor | float, x_t: Tensor) -> PathTime:
-    """Evaluate the path at ``t`` (a float, a 0-d tensor or one time per sample) in float64, then cast.
+def path_time(
+    path: NoisePath, t: Tensor | float, x_t: Tensor, *, dtype: torch.dtype | None = None, full: bool = True
+) -> PathTime:
+    """Evaluate the path at ``t`` (a float, a 0-d tensor or one time per sample) in float64, then cast to ``dtype``
+    (default that of ``x_t``). ``full=False``: for one shared time, ``alpha``/``sigma`` are one value expanded over
+    the batch (views, not to be written), for callers that read ``alpha0``/``sigma0`` only.
 
     Raises a ValueError naming ``t`` when its size matches neither 1 nor the batch.
 
@@ -287,12 +291,13 @@ def path_time(path: NoisePath, t: Tensor | float, x_t: Tensor) -> PathTime:
     """
     batch = x_t.shape[0]
     wide = torch.float64 if x_t.device.type != "mps" else torch.float32
+    dtype = x_t.dtype if dtype is None else dtype
     if compiling():
         t = torch.as_tensor(t, device=x_t.device).to(wide).reshape(-1)
         if t.numel() not in (1, batch):
             raise ValueError(f"t: expected a scalar or {batch} times (one per sample), got shape {tuple(t.shape)}")
         c = path.coefficients(t.expand(batch))
-        return PathTime(c.alpha.to(x_t.dtype), c.sigma.to(x_t.dtype), False)
+        return PathTime(c.alpha.to(dtype), c.sigma.to(dtype), False)
     t = t.to(device=x_t.device) if isinstance(t, Tensor) else torch.tensor(t, dtype=wide, device=x_t.device)
     t = t.to(wide)
     if t.numel() not in (1, batch):
@@ -301,11 +306,12 @@ def path_time(path: NoisePath, t: Tensor | float, x_t: Tensor) -> PathTime:
     if t.numel() == 1 or batch == 0 or bool((t == t[0]).all()):
         c = path.coefficients(t[:1].cpu().double())
         alpha0, sigma0 = float(c.alpha.reshape(-1)[0]), float(c.sigma.reshape(-1)[0])
-        alpha = torch.full((batch,), alpha0, dtype=x_t.dtype, device=x_t.device)
-        sigma = torch.full((batch,), sigma0, dtype=x_t.dtype, device=x_t.device)
+        size = batch if full else 1
+        alpha = torch.full((size,), alpha0, dtype=dtype, device=x_t.device).expand(batch)
+        sigma = torch.full((size,), sigma0, dtype=dtype, device=x_t.device).expand(batch)
         return PathTime(alpha, sigma, True, alpha0, sigma0)
     c = path.coefficients(t)
-    return PathTime(c.alpha.to(x_t.dtype), c.sigma.to(x_t.dtype), False)
+    return PathTime(c.alpha.to(dtype), c.sigma.to(dtype), False)
 
 
 def as_float_array(value: object, field: str, ndim: int | None = None) -> np.ndarray:

@@ -340,6 +340,10 @@ class BoxMixture(FusedTarget):
         pass :meth:`_fused_chunk`; anything else goes through :func:`box_log_prob_and_mean` entry by entry.
         """
         self.check_input(x_t)
+        if self.uses_compiled_kernels(x_t):
+            time = path_time(path, t, x_t, dtype=torch.float64, full=False)
+            if time.sigma0 > 0 if time.shared else bool((time.sigma > 0).all()):
+                return self._evaluate_compiled(x_t, time, cond, want_mean)
         out_dtype = x_t.dtype
         wide = torch.float64 if x_t.device.type != "mps" else x_t.dtype
         x_t = x_t.to(wide)
@@ -347,8 +351,6 @@ class BoxMixture(FusedTarget):
         p = self._params(wide, x_t.device)
         time = path_time(path, t, x_t)
         rows = None if cond is None and not want_mean else self.cond_rows(cond, n, x_t.device)
-        if self.uses_compiled_kernels(x_t) and (time.sigma0 > 0 if time.shared else bool((time.sigma > 0).all())):
-            return self._evaluate_compiled(x_t, time, rows, want_mean, out_dtype)
         fused = (
             time.shared
             and time.sigma0 > 0
@@ -413,29 +415,25 @@ class BoxMixture(FusedTarget):
         )
 
     def _evaluate_compiled(
-        self, x_t: Tensor, time: PathTime, rows: Tensor | None, want_mean: bool, out_dtype: torch.dtype
+        self, x_t: Tensor, time: PathTime, cond: Tensor | int | None, want_mean: bool
     ) -> tuple[Tensor | None, Tensor]:
-        """:meth:`_evaluate` by the compiled loop (x_t float64 on the CPU, σ > 0)."""
+        """:meth:`_evaluate` by the compiled loop (on the CPU, σ > 0), in float64 (float32 inputs read as they are,
+        results written in float32 once at the end)."""
         n, D, K = x_t.shape[0], self.dim, self.num_components
         q = self._jit_arrays()
-        if rows is None:
-            mode, rows_np = mixture_jit.COMPONENTS, np.zeros(0, dtype=np.int64)
-        else:
-            mode = mixture_jit.MEAN if want_mean else mixture_jit.LOG_PROB
-            rows_np = rows.numpy()
+        mode, labels = mixture_jit.mode_and_labels(self, cond, n, want_mean)
         if time.shared:
             alpha, sigma = np.array([time.alpha0]), np.array([time.sigma0])
         else:
             alpha, sigma = time.alpha.numpy(), time.sigma.numpy()
-        out_mean = np.empty((n if want_mean else 0, D))
-        out_lp = np.empty((n, K if mode == mixture_jit.COMPONENTS else 1))
-        kernels = mixture_jit.KERNELS.get()
         x = x_t.detach().contiguous().numpy()
-        args = (x, alpha, sigma, q["centre"], q["half"], q["log_width"], q["log_weights"], rows_np, kernels.table)
+        out_mean = np.empty((n if want_mean else 0, D), dtype=x.dtype)
+        out_lp = np.empty((n, K if mode == mixture_jit.COMPONENTS else 1), dtype=x.dtype)
+        kernels = mixture_jit.KERNELS.get()
+        args = (x, alpha, sigma, q["centre"], q["half"], q["log_width"], q["log_weights"], labels, kernels.table)
         mixture_jit.run(kernels.box, n, *args, mode, True, out=(out_mean, out_lp))
         log_prob = torch.from_numpy(out_lp if mode == mixture_jit.COMPONENTS else out_lp.reshape(n))
-        mean = torch.from_numpy(out_mean).to(out_dtype) if want_mean else None
-        return mean, log_prob.to(out_dtype)
+        return (torch.from_numpy(out_mean) if want_mean else None), log_prob
 
     def _jit_arrays(self) -> dict[str, np.ndarray]:
         """The float64 parameters of the compiled loop: ``centre``, ``half``, ``log_width`` = log(b − a) (K, D)

@@ -285,20 +285,17 @@ class GaussianMixture(FusedTarget):
     def _evaluate_compiled(
         self, x_t: Tensor, t: Tensor | float, path: NoisePath, cond: Tensor | int | None, want_mean: bool
     ) -> tuple[Tensor | None, Tensor]:
-        """:meth:`_evaluate` by the compiled loop, in float64 (float32 inputs widened, results rounded back once)."""
+        """:meth:`_evaluate` by the compiled loop, in float64 (float32 inputs read as they are, results written in
+        float32 once at the end)."""
         n, D, K = x_t.shape[0], self.dim, self.num_components
-        x = x_t.detach().to(torch.float64).contiguous()
-        time = path_time(path, t, x)
+        x = x_t.detach().contiguous().numpy()
+        time = path_time(path, t, x_t, dtype=torch.float64, full=False)
         if self.singular and (time.sigma0 == 0 if time.shared else bool((time.sigma == 0).any())):
             raise ValueError("t: σ = 0 with a singular covariance: the density is degenerate there; evaluate at σ > 0")
         q = self._jit_arrays()
-        if cond is None and not want_mean:
-            mode, rows = mixture_jit.COMPONENTS, np.zeros(0, dtype=np.int64)
-        else:
-            mode = mixture_jit.MEAN if want_mean else mixture_jit.LOG_PROB
-            rows = self.cond_rows(cond, n, x.device).numpy()
-        out_mean = np.empty((n if want_mean else 0, D))
-        out_lp = np.empty((n, K if mode == mixture_jit.COMPONENTS else 1))
+        mode, labels = mixture_jit.mode_and_labels(self, cond, n, want_mean)
+        out_mean = np.empty((n if want_mean else 0, D), dtype=x.dtype)
+        out_lp = np.empty((n, K if mode == mixture_jit.COMPONENTS else 1), dtype=x.dtype)
         kernels = mixture_jit.KERNELS.get()
         if time.shared:
             a, s2 = time.alpha0, time.sigma0**2
@@ -307,15 +304,14 @@ class GaussianMixture(FusedTarget):
             w_fwd = np.concatenate([q["u"] * inv_std[:, None], (-a * q["m_rot"] * inv_std)[:, None]], axis=1)
             const = -0.5 * (np.log(var).reshape(K, D).sum(-1) + D * _LOG_2PI)
             w_back = q["u"] * (a * q["s_all"] * inv_std)[:, None]
-            args = (x.numpy(), w_fwd, const, w_back, q["means"], q["log_weights"], rows, mode)
+            args = (x, w_fwd, const, w_back, q["means"], q["log_weights"], labels, mode)
             mixture_jit.run(kernels.gaussian_shared, n, *args, out=(out_mean, out_lp))
         else:
             alpha, sigma = time.alpha.numpy(), time.sigma.numpy()
-            args = (x.numpy(), alpha, sigma, q["u"], q["m_rot"], q["s_all"], q["means"], q["log_weights"], rows, mode)
+            args = (x, alpha, sigma, q["u"], q["m_rot"], q["s_all"], q["means"], q["log_weights"], labels, mode)
             mixture_jit.run(kernels.gaussian_per_sample, n, *args, out=(out_mean, out_lp))
         log_prob = torch.from_numpy(out_lp if mode == mixture_jit.COMPONENTS else out_lp.reshape(n))
-        mean = torch.from_numpy(out_mean).to(x_t.dtype) if want_mean else None
-        return mean, log_prob.to(x_t.dtype)
+        return (torch.from_numpy(out_mean) if want_mean else None), log_prob
 
     def _jit_arrays(self) -> dict[str, np.ndarray]:
         """The float64 parameters of the compiled loop: ``u`` (K·D, D) with u[kD + j, d] = U_k[d, j], ``m_rot``

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from guidelab import jit
+from guidelab.denoiser import NULL_COND, as_cond
 from guidelab.targets._mixture_constants import (
     _DEGREE,
     _LOG_2PI,
@@ -60,7 +61,18 @@ from guidelab.targets._mixture_constants import (
     PRUNE,
 )
 
-__all__ = ["COMPONENTS", "KERNELS", "LOG_PROB", "MEAN", "MIN_CHUNK", "PRUNE", "available", "erfcx_table", "run"]
+__all__ = [
+    "COMPONENTS",
+    "KERNELS",
+    "LOG_PROB",
+    "MEAN",
+    "MIN_CHUNK",
+    "PRUNE",
+    "available",
+    "erfcx_table",
+    "mode_and_labels",
+    "run",
+]
 
 MIN_CHUNK = 2048  # particles per thread below which a call runs on the calling thread alone
 
@@ -103,23 +115,24 @@ def _build() -> SimpleNamespace:
 
 
 def _probe(kernels: SimpleNamespace) -> bool:
-    """The kernels agree with plain numpy/math references on a small case (1e-12 relative)."""
+    """The kernels agree with plain numpy/math references on a small case: 1e-12 relative in float64, and float32
+    inputs and outputs (compiled here too, so that no run compiles them later) to float32 rounding."""
     ok = True
     # Gaussian: two components in 2-D, one time, against the textbook density and posterior mean.
     means = np.array([[0.5, -1.0], [-1.5, 0.25]])
     covs = np.array([[[1.0, 0.3], [0.3, 0.5]], [[0.4, -0.1], [-0.1, 0.8]]])
     x = np.cos(np.arange(14.0)).reshape(7, 2) * 2
     a, s = 0.8, 0.6
-    log_w = np.log(np.array([[0.3, 0.7]]))
-    rows = np.zeros(7, dtype=np.int64)
+    log_w = np.log(np.array([[0.3, 0.7], [0.5, 0.5]]))  # a class row and the null row
+    labels = np.array([0, -1, 0, -1, 0, 0, -1], dtype=np.int64)
     logits, posts = [], []
     for k in range(2):
         cov_t = a * a * covs[k] + s * s * np.eye(2)
         res = x - a * means[k]
         sol = np.linalg.solve(cov_t, res.T).T
-        logits.append(log_w[0, k] - 0.5 * ((res * sol).sum(1) + np.log(np.linalg.det(cov_t)) + 2 * _LOG_2PI))
+        logits.append(-0.5 * ((res * sol).sum(1) + np.log(np.linalg.det(cov_t)) + 2 * _LOG_2PI))
         posts.append(means[k] + a * sol @ covs[k])
-    logits = np.stack(logits, 1)
+    logits = np.stack(logits, 1) + log_w[np.where(labels < 0, 1, labels)]
     top = logits.max(1, keepdims=True)
     r = np.exp(logits - top)
     ref_lp = (top + np.log(r.sum(1, keepdims=True)))[:, 0]
@@ -128,23 +141,22 @@ def _probe(kernels: SimpleNamespace) -> bool:
     u = np.ascontiguousarray(vec.transpose(0, 2, 1).reshape(4, 2))  # u[kD + j, d] = U_k[d, j]
     m_rot = np.einsum("kdj,kd->kj", vec, means).reshape(4)
     s_all = eig.reshape(4)
-    out_mean, out_lp = np.empty((7, 2)), np.empty((7, 1))
-    kernels.gaussian_per_sample(
-        x, np.full(7, a), np.full(7, s), u, m_rot, s_all, means, log_w, rows, MEAN, 0, 7, out_mean, out_lp
-    )
-    ok &= bool(np.allclose(out_lp[:, 0], ref_lp, rtol=1e-12, atol=0) and np.allclose(out_mean, ref_mean, rtol=1e-12))
     var = a * a * s_all + s * s
     w_fwd = np.concatenate([u / np.sqrt(var)[:, None], (-a * m_rot / np.sqrt(var))[:, None]], 1)
     const = -0.5 * (np.log(var).reshape(2, 2).sum(1) + 2 * _LOG_2PI)
     w_back = u * (a * s_all / np.sqrt(var))[:, None]
-    kernels.gaussian_shared(x, w_fwd, const, w_back, means, log_w, rows, MEAN, 0, 7, out_mean, out_lp)
-    ok &= bool(np.allclose(out_lp[:, 0], ref_lp, rtol=1e-12, atol=0) and np.allclose(out_mean, ref_mean, rtol=1e-12))
+    for dtype, rtol in ((np.float64, 1e-12), (np.float32, 1e-6)):
+        xd = x.astype(dtype)
+        out_mean, out_lp = np.empty((7, 2), dtype=dtype), np.empty((7, 1), dtype=dtype)
+        per_sample = (np.full(7, a), np.full(7, s), u, m_rot, s_all, means, log_w, labels, MEAN, 0, 7)
+        kernels.gaussian_per_sample(xd, *per_sample, out_mean, out_lp)
+        ok &= bool(np.allclose(out_lp[:, 0], ref_lp, rtol=rtol, atol=0) and np.allclose(out_mean, ref_mean, rtol=rtol))
+        kernels.gaussian_shared(xd, w_fwd, const, w_back, means, log_w, labels, MEAN, 0, 7, out_mean, out_lp)
+        ok &= bool(np.allclose(out_lp[:, 0], ref_lp, rtol=rtol, atol=0) and np.allclose(out_mean, ref_mean, rtol=rtol))
     # Box: one interval [low, high], inside and on both sides, against math.erfc directly (moderate distances).
     low, high = -0.5, 1.0
     xs = np.linspace(-3.0, 3.0, 9)[:, None]
-    out_mean, out_lp = np.empty((9, 1)), np.empty((9, 1))
-    kernels.box(
-        xs,
+    box = (
         np.array([a]),
         np.array([s]),
         np.array([[0.5 * (low + high)]]),
@@ -157,15 +169,16 @@ def _probe(kernels: SimpleNamespace) -> bool:
         True,
         0,
         9,
-        out_mean,
-        out_lp,
     )
-    for i, xv in enumerate(xs[:, 0]):
-        u_end, w_end = (xv - a * low) / s, (xv - a * high) / s
-        mass = 0.5 * (math.erfc(-u_end * _SQRT_HALF) - math.erfc(-w_end * _SQRT_HALF))
-        density = (math.exp(-0.5 * w_end * w_end) - math.exp(-0.5 * u_end * u_end)) / math.sqrt(2 * math.pi)
-        ok &= math.isclose(out_lp[i, 0], math.log(mass / (a * (high - low))), rel_tol=1e-12)
-        ok &= math.isclose(out_mean[i, 0], xv / a - (s / a) * density / mass, rel_tol=1e-12, abs_tol=1e-12)
+    for dtype, rtol in ((np.float64, 1e-12), (np.float32, 1e-6)):
+        out_mean, out_lp = np.empty((9, 1), dtype=dtype), np.empty((9, 1), dtype=dtype)
+        kernels.box(xs.astype(dtype), *box, out_mean, out_lp)
+        for i, xv in enumerate(xs[:, 0]):
+            u_end, w_end = (xv - a * low) / s, (xv - a * high) / s
+            mass = 0.5 * (math.erfc(-u_end * _SQRT_HALF) - math.erfc(-w_end * _SQRT_HALF))
+            density = (math.exp(-0.5 * w_end * w_end) - math.exp(-0.5 * u_end * u_end)) / math.sqrt(2 * math.pi)
+            ok &= math.isclose(out_lp[i, 0], math.log(mass / (a * (high - low))), rel_tol=rtol)
+            ok &= math.isclose(out_mean[i, 0], xv / a - (s / a) * density / mass, rel_tol=rtol, abs_tol=rtol)
     return bool(ok)
 
 
@@ -176,6 +189,18 @@ def available() -> bool:
     """Whether the compiled kernels can be used: numba installed, not turned off by ``GUIDELAB_COMPILE=0``, and
     the kernels agree with numpy on a probe (checked once per process; compiles or loads them)."""
     return KERNELS.available()
+
+
+def mode_and_labels(target: Any, cond: Any, n: int, want_mean: bool) -> tuple[int, np.ndarray]:
+    """The kernels' mode and each particle's label (int64, −1 for the null class) as numpy; the labels are checked
+    in numpy, and :meth:`~guidelab.targets.base.Target.cond_rows` raises its ValueError naming ``cond`` for a label
+    outside [−1, C − 1]."""
+    if cond is None and not want_mean:
+        return COMPONENTS, np.zeros(0, dtype=np.int64)
+    labels = as_cond(cond, n, "cpu").numpy()
+    if n and (labels.min() < NULL_COND or labels.max() >= target.num_classes):
+        target.cond_rows(cond, n, "cpu")  # raises
+    return (MEAN if want_mean else LOG_PROB), labels
 
 
 _pools: dict[int, ThreadPoolExecutor] = {}
