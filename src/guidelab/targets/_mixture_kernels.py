@@ -169,15 +169,15 @@ def box_kernel(
                     first = k
                 continue
             b = lw
-            for d in range(dim):
+            series = False
+            for d in range(dim):  # branch-free but for the rare series entries
                 hq = h_q[k, d]
                 am = abs(x[i, d] * scale - a_centre[k, d])
-                if hq < _H_SERIES * _SQRT_HALF and am * hq < 0.5 * _H_SERIES:
-                    b = np.inf  # a series entry: no bound
-                elif am >= hq:
-                    b -= _LN2 + (am - hq) * (am - hq) + log_box[k, d]
-                else:
-                    b -= log_box[k, d]
+                series |= hq < _H_SERIES * _SQRT_HALF and am * hq < 0.5 * _H_SERIES
+                gap = am - hq
+                b -= (_LN2 + gap * gap if gap >= 0.0 else 0.0) + log_box[k, d]
+            if series:
+                b = np.inf  # a series entry: no bound
             bound[k] = b
             if first < 0 or b > best_bound:
                 first = k
@@ -210,10 +210,15 @@ def box_kernel(
             continue
         weight_sum = 0.0
         for k in range(n_comp):
-            w = math.exp(logits[k] - top) if logits[k] != -np.inf else 0.0
+            if logits[k] == top:
+                w = 1.0
+            elif logits[k] == -np.inf:
+                w = 0.0
+            else:
+                w = math.exp(logits[k] - top)
             logits[k] = w
             weight_sum += w
-        out_lp[i, 0] = top + math.log(weight_sum)
+        out_lp[i, 0] = top + (math.log(weight_sum) if weight_sum != 1.0 else 0.0)
         if mode == MEAN:
             for d in range(dim):
                 acc = 0.0
