@@ -8,13 +8,17 @@
 - σ = 0 with a singular covariance is the same ValueError; NaN and infinite inputs give NaN where the torch path does.
 - The same bits on 1 and 2 torch threads and for any split into chunks; without numba (or with
   ``GUIDELAB_COMPILE=0``) the torch path's numbers; autograd through x_t takes the torch path.
-- ``ExactDenoiser(compile="auto")`` does not try torch.compile where the kernels run.
+- ``ExactDenoiser(compile="auto")`` does not try torch.compile where the kernels run; a forked child starts its own
+  threads for them.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import signal
 import sys
+from time import monotonic, sleep
 
 import numpy as np
 import pytest
@@ -356,3 +360,33 @@ def test_exact_denoiser_auto_does_not_compile_where_the_kernels_run(monkeypatch)
     forced = target.denoiser(path, compile=True)  # True: torch.compile of the torch path, as documented
     forced(x, t, None)
     assert len(calls) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_its_own_threads():
+    """The loops' thread pool does not survive a fork (its threads would not exist in the child): a child forked
+    after a two-thread call evaluates on new threads, with the same bits."""
+    target, _ = gaussian(2, 8, 4, seed=7)
+    path = get_path("rf")
+    x = noisy(target, path, 0.3, 2 * mixture_jit.MIN_CHUNK + 5, seed=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        want = target.posterior_mean(x, 0.3, path, None)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            same = torch.equal(target.posterior_mean(x, 0.3, path, None), want)
+            os._exit(0 if same else 3)
+    finally:
+        torch.set_num_threads(threads)
+    deadline = monotonic() + 120
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child did not finish")
+        sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -38,6 +38,7 @@ is False and the targets take their torch paths.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
@@ -205,6 +206,18 @@ def mode_and_labels(target: Any, cond: Any, n: int, want_mean: bool) -> tuple[in
 
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
+
+
+def _forget_pools() -> None:
+    """In a forked child the pools' threads do not exist: start new ones there (work submitted to the parent's
+    pools would wait forever)."""
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools)
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
