@@ -68,8 +68,10 @@ def erfcx(y, table):  # pragma: no cover - compiled by numba
 
 
 @inline
-def box_entry(mq, hq, table):  # pragma: no cover - compiled by numba
-    """One dimension of one box: (series?, log Z or log of the series' S-part, E[z] or T/S) — see box_kernel."""
+def box_entry(mq, hq, table, take_log):  # pragma: no cover - compiled by numba
+    """One dimension of one box: (series?, f, a, r) with log Z = log f + a and r = E[z], or for the series
+    log S − m²/2 = log f + a and r = T/S; with ``take_log`` f is returned as log f (one dimension: no product to
+    take the log of later)."""
     am = abs(mq)
     if hq < _H_SERIES * _SQRT_HALF and am * hq < 0.5 * _H_SERIES:
         m = mq * _SQRT2
@@ -83,7 +85,7 @@ def box_entry(mq, hq, table):  # pragma: no cover - compiled by numba
         h2 = h * h
         big_s = 1.0 + h2 * (he2 / 6.0 + h2 * (he4 / 120.0 + h2 * he6 / 5040.0))
         big_t = m / 3.0 + h2 * (he3 / 30.0 + h2 * (he5 / 840.0 + h2 * he7 / 45360.0))
-        return True, -0.5 * m * m + math.log(big_s), big_t / big_s
+        return True, math.log(big_s) if take_log else big_s, -0.5 * m * m, big_t / big_s
     near = abs(am - hq)
     far = am + hq
     expo = 4.0 * am * hq
@@ -99,7 +101,7 @@ def box_entry(mq, hq, table):  # pragma: no cover - compiled by numba
         two_z = erfcx(near, table)
         if expo < _FAR_NEGLIGIBLE:
             two_z -= (em + 1.0) * erfcx(far, table)
-        log_z = math.log(two_z) - _LN2 - near * near
+        add = -_LN2 - near * near
         mills = _SQRT_2_OVER_PI / two_z
     else:  # inside: 2Z = 2 − erfc(n) − erfc(f)
         e_near = math.exp(-near * near)
@@ -108,9 +110,9 @@ def box_entry(mq, hq, table):  # pragma: no cover - compiled by numba
             two_z -= erfcx(near, table) * e_near
         if far < _ERFC_NEGLIGIBLE:
             two_z -= erfcx(far, table) * math.exp(-far * far)
-        log_z = math.log(two_z) - _LN2
+        add = -_LN2
         mills = _SQRT_2_OVER_PI * e_near / two_z
-    return False, log_z, math.copysign(mills * em, mq)
+    return False, math.log(two_z) if take_log else two_z, add, math.copysign(mills * em, mq)
 
 
 @compiled
@@ -132,6 +134,8 @@ def box_kernel(
     a_centre = np.empty((n_comp, dim))  # α·centre/(σ√2)
     h_q = np.empty((n_comp, dim))  # h' = α·half/(σ√2)
     log_box = np.empty((n_comp, dim))  # log(α(b − a))
+    factors = np.empty(dim)
+    one_dim = dim == 1
     a = s = scale = c = log_s = inv_a = s_over_a = 0.0
     for i in range(lo, hi):
         if i == lo or not shared:
@@ -192,16 +196,26 @@ def box_kernel(
                 logits[k] = -np.inf
                 continue
             total = (log_weights[row, k] if mode != COMPONENTS else 0.0) + poison
+            product = 1.0  # of the entries' factors: one log a component (each factor lies in (0, 2])
             for d in range(dim):
                 xd = x[i, d]
-                series, value, ratio = box_entry(xd * scale - a_centre[k, d], h_q[k, d], table)
+                series, factor, add, ratio = box_entry(xd * scale - a_centre[k, d], h_q[k, d], table, one_dim)
+                if one_dim:
+                    add += factor
+                else:
+                    factors[d] = factor
+                    product *= factor
                 if series:
-                    total += value - _HALF_LOG_2PI - log_s
+                    total += add - _HALF_LOG_2PI - log_s
                     means[k, d] = centre[k, d] + c * half[k, d] * half[k, d] * ratio
                 else:
-                    total += value - log_box[k, d]
+                    total += add - log_box[k, d]
                     means[k, d] = xd * inv_a - ratio * s_over_a
-            logits[k] = total
+            if not product >= _TINY_PRODUCT:  # far tails in many dimensions (or NaN): the sum of the logs
+                product = 1.0
+                for d in range(dim):
+                    total += math.log(factors[d])
+            logits[k] = total + math.log(product)
             if total > top:
                 top = total
         if mode == COMPONENTS:
