@@ -6,9 +6,12 @@ Parts (``--parts``, all by default), each a ratio to a baseline measured in the 
   conditions, at 2·10⁴ and 10⁵ particles: achieved GFLOP/s of its two GEMMs (4·n·K·D² flops) as a fraction of a
   large (4096²) float32 matmul's, per round (interleaved, so drift in the machine's load cancels); float32 finite.
 - ``box``: the box-mixture posterior mean (float64, the mpmath-checked tails) against the Gaussian mixture at the
-  same D, K and n (1-D with 2 boxes and 2-D with 8 boxes, n = 4000): evaluations per second and their ratio.
-- ``compile``: the Gaussian mixture, D = 2, K = 8, at 10⁴ and 10⁵ particles, eager against ``torch.compile``
-  (fullgraph, inductor), with the compile time; "unavailable" where compilation fails.
+  same D, K and n (1-D with 2 boxes and 2-D with 8 boxes, n = 4000): evaluations per second and their ratios, each
+  by its default path (the compiled loops of ``targets.mixture_jit`` where numba is installed) and the Gaussian
+  mixture's and the box's torch paths (eager).
+- ``compile``: the Gaussian mixture, D = 2, K = 8, at 10⁴ and 10⁵ particles: the torch path (eager) against the
+  compiled numba loop (the default) and ``torch.compile`` of the torch path (fullgraph, inductor), with the compile
+  time; "unavailable" where one cannot be used.
 - ``sampler``: N Euler steps of CFG sampling (cond + uncond in one batched call) for (D=2, K=8) and (D=64, K=100):
   particle-steps per second, the fraction of the matmul's GFLOP/s, the speed-up over a textbook per-component loop
   (torch.distributions + a solve per component) and the peak extra resident memory (Linux VmHWM in a fresh
@@ -36,7 +39,7 @@ from guidelab.grids import make_grid
 from guidelab.guiders import CFG
 from guidelab.paths import get_path
 from guidelab.sampling import sample
-from guidelab.targets import BoxMixture, GaussianMixture
+from guidelab.targets import BoxMixture, GaussianMixture, mixture_jit
 
 
 def random_mixture(dim: int, components: int, classes: int, seed: int = 0) -> GaussianMixture:
@@ -180,11 +183,24 @@ def random_boxes(dim: int, components: int, classes: int, seed: int = 0) -> BoxM
     return BoxMixture(low, high, component_class=torch.arange(components) % classes)
 
 
+def eager(target):
+    """The same target on its torch path (the compiled loops turned off for this instance)."""
+    target.jit_max_work = 0
+    return target
+
+
+def ratio_stats(times: dict[str, list[float]], slow: str, fast: str) -> dict:
+    """Per-round ratios time[slow]/time[fast] (how many times faster ``fast`` is): median, min, max."""
+    ratios = [ts / tf for ts, tf in zip(times[slow], times[fast], strict=True)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+
+
 def box_case(dim: int, components: int, particles: int, repeats: int) -> dict:
-    """Box mixture against a Gaussian mixture of the same D, K and n (same points, times, conditions)."""
+    """Box mixture against a Gaussian mixture of the same D, K and n (same points, times, conditions), each by its
+    default path and its torch path."""
     classes = min(2, components)
-    box = random_boxes(dim, components, classes)
-    gmm = random_mixture(dim, components, classes)
+    box, box_eager = random_boxes(dim, components, classes), eager(random_boxes(dim, components, classes))
+    gmm, gmm_eager = random_mixture(dim, components, classes), eager(random_mixture(dim, components, classes))
     path = get_path("rf")
     gen = torch.Generator().manual_seed(1)
     x = 2 * torch.randn(particles, dim, generator=gen)
@@ -193,53 +209,65 @@ def box_case(dim: int, components: int, particles: int, repeats: int) -> dict:
     times = interleaved(
         {
             "gaussian": lambda: gmm.posterior_mean(x, t, path, cond),
+            "gaussian_eager": lambda: gmm_eager.posterior_mean(x, t, path, cond),
             "box": lambda: box.posterior_mean(x, t, path, cond),
+            "box_eager": lambda: box_eager.posterior_mean(x, t, path, cond),
         },
         repeats,
     )
-    ratios = [tg / tb for tg, tb in zip(times["gaussian"], times["box"], strict=True)]
+    rate = {name: particles / statistics.median(ts) for name, ts in times.items()}
     return {
         "dim": dim,
         "components": components,
         "particles": particles,
-        "box_evals_per_s": particles / statistics.median(times["box"]),
-        "gaussian_evals_per_s": particles / statistics.median(times["gaussian"]),
-        "box_rate_over_gaussian": statistics.median(ratios),
-        "ratio_min": min(ratios),
-        "ratio_max": max(ratios),
+        "compiled_loops": mixture_jit.available(),
+        "evals_per_s": rate,
+        "box_over_gaussian": ratio_stats(times, "gaussian", "box"),
+        "box_over_gaussian_eager": ratio_stats(times, "gaussian_eager", "box"),
+        "box_over_box_eager": ratio_stats(times, "box_eager", "box"),
+        "box_eager_over_gaussian_eager": ratio_stats(times, "gaussian_eager", "box_eager"),
     }
 
 
 def compile_case(particles: int, repeats: int, dim: int = 2, components: int = 8) -> dict:
-    """Eager against torch.compile (fullgraph, default inductor backend) on the same inputs."""
+    """The torch path (eager) against the compiled numba loop and torch.compile (fullgraph, default inductor backend)
+    of the torch path, on the same inputs."""
     target = random_mixture(dim, components, classes=4)
+    slow = eager(random_mixture(dim, components, classes=4))
     path = get_path("rf")
     gen = torch.Generator().manual_seed(2)
     x = 2 * torch.randn(particles, dim, generator=gen)
     t = torch.full((particles,), 0.3)
     cond = torch.randint(-1, 4, (particles,), generator=gen)
-    eager = target.denoiser(path, compile=False)
+    eager_den = slow.denoiser(path, compile=False)
+    fns = {"eager": lambda: eager_den(x, t, cond)}
     result: dict = {"dim": dim, "components": components, "particles": particles}
+    if target.uses_compiled_kernels(x):
+        numba_den = target.denoiser(path, compile=False)
+        fns["numba"] = lambda: numba_den(x, t, cond)
+        result["numba_max_abs_diff"] = float((numba_den(x, t, cond) - eager_den(x, t, cond)).abs().max())
+    else:
+        result["numba"] = "unavailable (numba not installed or GUIDELAB_COMPILE=0)"
     try:
         torch._dynamo.reset()
-        compiled = torch.compile(lambda x, t, c: eager(x, t, c), fullgraph=True, dynamic=False)
+        compiled = torch.compile(lambda x, t, c: eager_den(x, t, c), fullgraph=True, dynamic=False)
         start = time.perf_counter()
-        diff = float((compiled(x, t, cond) - eager(x, t, cond)).abs().max())
+        diff = float((compiled(x, t, cond) - eager_den(x, t, cond)).abs().max())
         result["compile_s"] = time.perf_counter() - start
+        result["compiled_max_abs_diff"] = diff
+        fns["compiled"] = lambda: compiled(x, t, cond)
     except Exception as err:  # compile needs a working C++ toolchain; report instead of failing
-        result["compiled_over_eager"] = f"unavailable: {type(err).__name__}"
-        return result
-    times = interleaved({"eager": lambda: eager(x, t, cond), "compiled": lambda: compiled(x, t, cond)}, repeats)
-    ratios = [te / tc for te, tc in zip(times["eager"], times["compiled"], strict=True)]
-    result.update(
-        eager_ms=1e3 * statistics.median(times["eager"]),
-        compiled_ms=1e3 * statistics.median(times["compiled"]),
-        compiled_speedup=statistics.median(ratios),
-        speedup_min=min(ratios),
-        speedup_max=max(ratios),
-        max_abs_diff=diff,
-    )
+        result["compiled"] = f"unavailable: {type(err).__name__}"
+    times = interleaved(fns, repeats)
+    result["ms"] = {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
+    for name in ("numba", "compiled"):
+        if name in times:
+            result[f"{name}_speedup"] = ratio_stats(times, "eager", name)
     return result
+
+
+def _fmt(stats: dict) -> str:
+    return f"{stats['median']:.2f}x (min {stats['min']:.2f}, max {stats['max']:.2f})"
 
 
 def main() -> None:
@@ -276,24 +304,32 @@ def main() -> None:
         for dim, k in ((1, 2), (2, 8)):
             r = box_case(dim, k, 4000, max(args.repeats, 5))
             results["box"].append(r)
+            rate = r["evals_per_s"]
             print(
-                f"box D={dim} K={k} n=4000: {r['box_evals_per_s']:.3g} evals/s against the Gaussian mixture's "
-                f"{r['gaussian_evals_per_s']:.3g}: ratio {r['box_rate_over_gaussian']:.2f} "
-                f"(min {r['ratio_min']:.2f}, max {r['ratio_max']:.2f})"
+                f"box D={dim} K={k} n=4000 (compiled loops: {r['compiled_loops']}): box {rate['box']:.3g} evals/s, "
+                f"Gaussian {rate['gaussian']:.3g}; box/Gaussian {_fmt(r['box_over_gaussian'])}, box/Gaussian eager "
+                f"{_fmt(r['box_over_gaussian_eager'])}; box over its eager path {_fmt(r['box_over_box_eager'])} "
+                f"(eager box/eager Gaussian {_fmt(r['box_eager_over_gaussian_eager'])})"
             )
     if "compile" in parts:
         results["compile"] = []
         for n in (10_000, 100_000):
             r = compile_case(n, max(args.repeats, 5))
             results["compile"].append(r)
-            if "compiled_speedup" not in r:
-                print(f"GMM D=2 K=8 n={n}: torch.compile {r['compiled_over_eager']}")
-                continue
-            print(
-                f"GMM D=2 K=8 n={n}: eager {r['eager_ms']:.2f} ms, compiled {r['compiled_ms']:.2f} ms: "
-                f"{r['compiled_speedup']:.2f}x (min {r['speedup_min']:.2f}, max {r['speedup_max']:.2f}); "
-                f"compiling took {r['compile_s']:.1f} s; max diff {r['max_abs_diff']:.1e}"
-            )
+            ms = ", ".join(f"{name} {value:.2f} ms" for name, value in r["ms"].items())
+            line = f"GMM D=2 K=8 n={n}: {ms}"
+            if "numba_speedup" in r:
+                line += f"; numba {_fmt(r['numba_speedup'])} eager (max diff {r['numba_max_abs_diff']:.1e})"
+            else:
+                line += f"; numba {r['numba']}"
+            if "compiled_speedup" in r:
+                line += (
+                    f"; torch.compile {_fmt(r['compiled_speedup'])} eager (compiling took {r['compile_s']:.1f} s, "
+                    f"max diff {r['compiled_max_abs_diff']:.1e})"
+                )
+            else:
+                line += f"; torch.compile {r['compiled']}"
+            print(line)
     if "sampler" in parts:
         gflops = matmul_gflops(args.repeats)
         print(f"float32 matmul 4096²: {gflops:.1f} GFLOP/s ({args.threads} threads)")

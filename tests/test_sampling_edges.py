@@ -117,11 +117,16 @@ def test_runaway_samples_are_flagged_relative_to_the_data_scale():
     assert sample(Runaway(path), None, grid=grid, n=6, shape=(2,), divergence_bound=1e6).num_diverged == 0
 
 
-def test_beta_cfg_at_scale_100_flags_exactly_the_runaway_samples():
+def test_beta_cfg_at_scale_100_flags_exactly_the_runaway_samples(monkeypatch):
     """β-CFG with g = 2 divides by ||Δ||², so where Δ is small it throws a sample far beyond the data (γ = 10: one
     of 400 ends at |x| ≈ 3e4 on data of scale 2.7): the default relative bound flags exactly the runaway samples,
-    a fixed bound of 1e6 none. With the default g = 1 the guidance term is bounded and γ = 100 flags nothing."""
+    a fixed bound of 1e6 none. With the default g = 1 the guidance term is bounded and γ = 100 flags nothing.
+
+    The runaway comes from float32 rounding noise in Δ where the conditional and unconditional means agree, so the
+    denoiser is pinned to the torch path computed in float32 (the compiled loop of ``targets.mixture_jit`` computes
+    in float64 and rounds once: there Δ is exactly 0 and this seed has no runaway)."""
     target, path = get_target("multimodal-2d"), get_path("rf")
+    monkeypatch.setattr(target, "jit_max_work", 0)
     grid = make_grid("uniform", 32, path)
     kw = dict(grid=grid, n=400, shape=(2,), cond=0)
     den = target.denoiser(path)

@@ -20,7 +20,7 @@ import torch
 import _oracle_box_mixture as box_oracle
 import _oracle_gaussian_mixture as oracle
 from guidelab.paths import get_path
-from guidelab.targets import BoxMixture, GaussianMixture, get_target
+from guidelab.targets import BoxMixture, GaussianMixture, get_target, mixture_jit
 
 TIMES = [0.0, 1e-6, 0.3, 1 - 1e-6, 1.0]
 
@@ -227,6 +227,7 @@ def _failing_compile(calls: list):
 def test_exact_denoiser_auto_compiles_only_a_long_run_of_a_small_target(monkeypatch):
     """``compile="auto"`` (the default): eager until the denoiser has evaluated COMPILE_MIN_EVALUATIONS particles,
     then compiled (same values); never for a batch above COMPILE_MAX_BATCH or a target with compile_max_work 0."""
+    monkeypatch.setattr(mixture_jit.KERNELS, "_kernels", False)  # the "auto" rule where numba is missing
     import guidelab.targets.base as base
 
     calls: list = []
@@ -278,6 +279,7 @@ def test_exact_denoiser_traces_inside_an_outer_compile_without_recompiling():
 
 
 def test_exact_denoiser_auto_falls_back_silently_and_env_turns_compiling_off(monkeypatch, caplog):
+    monkeypatch.setattr(mixture_jit.KERNELS, "_kernels", False)  # the "auto" rule where numba is missing
     import logging
 
     import guidelab.targets.base as base
@@ -309,6 +311,7 @@ def test_exact_denoiser_auto_falls_back_silently_and_env_turns_compiling_off(mon
 
 def test_exact_denoiser_auto_never_compiles_on_one_torch_thread(monkeypatch):
     """On one torch thread (a sweep's default) compiled code measured no faster: "auto" stays eager however long."""
+    monkeypatch.setattr(mixture_jit.KERNELS, "_kernels", False)  # the "auto" rule where numba is missing
     import guidelab.targets.base as base
 
     calls: list = []

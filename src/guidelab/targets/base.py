@@ -249,6 +249,12 @@ class Target(ABC):
             f"classes={{{classes}{more}}})"
         )
 
+    def uses_compiled_kernels(self, x_t: Tensor) -> bool:
+        """Whether a call on ``x_t`` runs compiled per-particle kernels (numba) rather than torch operations; False
+        here, overridden by the families that have them. ``ExactDenoiser(compile="auto")`` does not try
+        ``torch.compile`` where it is True."""
+        return False
+
     def denoiser(self, path: NoisePath, *, compile: bool | str = "auto") -> ExactDenoiser:
         """The exact denoiser of this target on ``path`` (prediction space x0); ``compile`` (``"auto"``, True or
         False) decides when it runs under ``torch.compile`` (see :class:`ExactDenoiser`)."""
@@ -270,8 +276,12 @@ class PathTime:
     sigma0: float = float("nan")
 
 
-def path_time(path: NoisePath, t: Tensor | float, x_t: Tensor) -> PathTime:
-    """Evaluate the path at ``t`` (a float, a 0-d tensor or one time per sample) in float64, then cast.
+def path_time(
+    path: NoisePath, t: Tensor | float, x_t: Tensor, *, dtype: torch.dtype | None = None, full: bool = True
+) -> PathTime:
+    """Evaluate the path at ``t`` (a float, a 0-d tensor or one time per sample) in float64, then cast to ``dtype``
+    (default that of ``x_t``). ``full=False``: for one shared time, ``alpha``/``sigma`` are one value expanded over
+    the batch (views, not to be written), for callers that read ``alpha0``/``sigma0`` only.
 
     Raises a ValueError naming ``t`` when its size matches neither 1 nor the batch.
 
@@ -281,12 +291,13 @@ def path_time(path: NoisePath, t: Tensor | float, x_t: Tensor) -> PathTime:
     """
     batch = x_t.shape[0]
     wide = torch.float64 if x_t.device.type != "mps" else torch.float32
+    dtype = x_t.dtype if dtype is None else dtype
     if compiling():
         t = torch.as_tensor(t, device=x_t.device).to(wide).reshape(-1)
         if t.numel() not in (1, batch):
             raise ValueError(f"t: expected a scalar or {batch} times (one per sample), got shape {tuple(t.shape)}")
         c = path.coefficients(t.expand(batch))
-        return PathTime(c.alpha.to(x_t.dtype), c.sigma.to(x_t.dtype), False)
+        return PathTime(c.alpha.to(dtype), c.sigma.to(dtype), False)
     t = t.to(device=x_t.device) if isinstance(t, Tensor) else torch.tensor(t, dtype=wide, device=x_t.device)
     t = t.to(wide)
     if t.numel() not in (1, batch):
@@ -295,11 +306,12 @@ def path_time(path: NoisePath, t: Tensor | float, x_t: Tensor) -> PathTime:
     if t.numel() == 1 or batch == 0 or bool((t == t[0]).all()):
         c = path.coefficients(t[:1].cpu().double())
         alpha0, sigma0 = float(c.alpha.reshape(-1)[0]), float(c.sigma.reshape(-1)[0])
-        alpha = torch.full((batch,), alpha0, dtype=x_t.dtype, device=x_t.device)
-        sigma = torch.full((batch,), sigma0, dtype=x_t.dtype, device=x_t.device)
+        size = batch if full else 1
+        alpha = torch.full((size,), alpha0, dtype=dtype, device=x_t.device).expand(batch)
+        sigma = torch.full((size,), sigma0, dtype=dtype, device=x_t.device).expand(batch)
         return PathTime(alpha, sigma, True, alpha0, sigma0)
     c = path.coefficients(t)
-    return PathTime(c.alpha.to(x_t.dtype), c.sigma.to(x_t.dtype), False)
+    return PathTime(c.alpha.to(dtype), c.sigma.to(dtype), False)
 
 
 def as_float_array(value: object, field: str, ndim: int | None = None) -> np.ndarray:
@@ -468,8 +480,14 @@ class ExactDenoiser(TargetModel):
       the seconds of compiling, a long one compiles once it is known to be long). The decision depends on the
       counts only, so a run compiles at the same step on every machine with a working compiler. Where compiling is
       unavailable or fails, it evaluates eagerly from then on, with a debug log and no warning.
-    - ``True``: compile from the first call; a failure warns once and falls back to eager evaluation.
-    - ``False``: eager. ``GUIDELAB_COMPILE=0`` in the environment turns compiling off in every mode.
+      Where the target runs its own compiled kernels on these inputs (``target.uses_compiled_kernels``: the numba
+      loops of :mod:`guidelab.targets.mixture_jit`, 1.4–4.4× the eager torch path at small sizes), "auto" never
+      compiles: ``torch.compile`` would trace the torch path instead, which measured slower than those kernels.
+    - ``True``: compile from the first call; a failure warns once and falls back to eager evaluation. The traced
+      function is the target's torch path (the numba kernels are not traced), so at small sizes this can be slower
+      than ``"auto"``.
+    - ``False``: no ``torch.compile`` (the target's numba kernels still run where it has them).
+      ``GUIDELAB_COMPILE=0`` in the environment turns both ``torch.compile`` and the numba kernels off.
 
     Raises:
         ValueError: ``compile`` is not True, False or ``"auto"``.
@@ -486,7 +504,7 @@ class ExactDenoiser(TargetModel):
     def _eager(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         return self.target.posterior_mean(x_t, t, self.path, cond)
 
-    def _wants_compiled(self, batch: int) -> bool:
+    def _wants_compiled(self, x_t: Tensor) -> bool:
         if self.compile is not True and self.compile != "auto":
             return False
         if not compile_enabled():
@@ -496,15 +514,16 @@ class ExactDenoiser(TargetModel):
         work = self.target.num_components * self.target.dim
         return (
             work <= self.target.compile_max_work
-            and batch <= COMPILE_MAX_BATCH
+            and x_t.shape[0] <= COMPILE_MAX_BATCH
             and torch.get_num_threads() >= COMPILE_MIN_THREADS
             and self.evaluated >= COMPILE_MIN_EVALUATIONS
+            and not self.target.uses_compiled_kernels(x_t)
         )
 
     def __call__(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         if compiling():  # traced inside someone else's torch.compile: no counter (a guard on it would recompile)
             return self._eager(x_t, t, cond)
-        if not self._wants_compiled(x_t.shape[0]):
+        if not self._wants_compiled(x_t):
             self.evaluated += x_t.shape[0]
             return self._eager(x_t, t, cond)
         if self._compiled is None:

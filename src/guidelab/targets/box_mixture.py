@@ -28,7 +28,8 @@ from torch import Tensor
 
 from guidelab.denoiser import NULL_COND
 from guidelab.paths import NoisePath
-from guidelab.targets.base import FusedTarget, as_float_array, compiling, init_classes, path_time
+from guidelab.targets import mixture_jit
+from guidelab.targets.base import FusedTarget, PathTime, as_float_array, compiling, init_classes, path_time
 
 __all__ = ["BoxMixture"]
 
@@ -271,6 +272,7 @@ class BoxMixture(FusedTarget):
 
     max_chunk_bytes: int = 200 * 2**20
     cache_chunk_entries: int = 2**14
+    jit_max_work: int = 2**16  # the compiled per-particle loop up to K·D entries per particle (all sizes measured)
 
     def __init__(
         self,
@@ -338,6 +340,10 @@ class BoxMixture(FusedTarget):
         pass :meth:`_fused_chunk`; anything else goes through :func:`box_log_prob_and_mean` entry by entry.
         """
         self.check_input(x_t)
+        if self.uses_compiled_kernels(x_t):
+            time = path_time(path, t, x_t, dtype=torch.float64, full=False)
+            if time.sigma0 > 0 if time.shared else bool((time.sigma > 0).all()):
+                return self._evaluate_compiled(x_t, time, cond, want_mean)
         out_dtype = x_t.dtype
         wide = torch.float64 if x_t.device.type != "mps" else x_t.dtype
         x_t = x_t.to(wide)
@@ -391,6 +397,56 @@ class BoxMixture(FusedTarget):
         log_prob = (torch.cat(log_probs) if log_probs else empty).to(out_dtype)
         mean = (torch.cat(means) if means else torch.empty_like(x_t)).to(out_dtype) if want_mean else None
         return mean, log_prob
+
+    def uses_compiled_kernels(self, x_t: Tensor) -> bool:
+        """Whether a call on ``x_t`` may take the compiled per-particle loop (:mod:`guidelab.targets.mixture_jit`):
+        on the CPU, float32 or float64 (computed in float64 either way), no autograd through ``x_t``, not traced by
+        ``torch.compile``, at most :attr:`jit_max_work` = K·D entries a particle, and numba available; it is taken
+        where moreover σ > 0 for every sample (t = 0 stays on the torch path). The decision depends on the install,
+        ``GUIDELAB_COMPILE`` and the inputs only (never on timing)."""
+        return (
+            x_t.device.type == "cpu"
+            and x_t.dtype in (torch.float32, torch.float64)
+            and x_t.shape[0] > 0
+            and self.num_components * self.dim <= self.jit_max_work
+            and not (torch.is_grad_enabled() and x_t.requires_grad)
+            and not compiling()
+            and mixture_jit.available()
+        )
+
+    def _evaluate_compiled(
+        self, x_t: Tensor, time: PathTime, cond: Tensor | int | None, want_mean: bool
+    ) -> tuple[Tensor | None, Tensor]:
+        """:meth:`_evaluate` by the compiled loop (on the CPU, σ > 0), in float64 (float32 inputs read as they are,
+        results written in float32 once at the end)."""
+        n, D, K = x_t.shape[0], self.dim, self.num_components
+        q = self._jit_arrays()
+        mode, labels = mixture_jit.mode_and_labels(self, cond, n, want_mean)
+        if time.shared:
+            alpha, sigma = np.array([time.alpha0]), np.array([time.sigma0])
+        else:
+            alpha, sigma = time.alpha.numpy(), time.sigma.numpy()
+        x = x_t.detach().contiguous().numpy()
+        out_mean = np.empty((n if want_mean else 0, D), dtype=x.dtype)
+        out_lp = np.empty((n, K if mode == mixture_jit.COMPONENTS else 1), dtype=x.dtype)
+        kernels = mixture_jit.KERNELS.get()
+        args = (x, alpha, sigma, q["centre"], q["half"], q["log_width"], q["log_weights"], labels, kernels.table)
+        mixture_jit.run(kernels.box, n, *args, mode, True, out=(out_mean, out_lp))
+        log_prob = torch.from_numpy(out_lp if mode == mixture_jit.COMPONENTS else out_lp.reshape(n))
+        return (torch.from_numpy(out_mean) if want_mean else None), log_prob
+
+    def _jit_arrays(self) -> dict[str, np.ndarray]:
+        """The float64 parameters of the compiled loop: ``centre``, ``half``, ``log_width`` = log(b − a) (K, D)
+        and ``log_weights`` (C + 1, K)."""
+        if getattr(self, "_jit_params", None) is None:
+            low, high = self.low.numpy(), self.high.numpy()
+            self._jit_params = {
+                "centre": np.ascontiguousarray(0.5 * (low + high)),
+                "half": np.ascontiguousarray(0.5 * (high - low)),
+                "log_width": np.ascontiguousarray(np.log(high - low)),
+                "log_weights": np.ascontiguousarray(self.log_weight_table().numpy()),
+            }
+        return self._jit_params
 
     def _fused_chunk(
         self, x: Tensor, alpha: float, sigma: float, p: _Params, rows: Tensor | None, lo: int, want_mean: bool

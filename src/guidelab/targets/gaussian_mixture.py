@@ -31,6 +31,7 @@ from torch import Tensor
 
 from guidelab.denoiser import NULL_COND
 from guidelab.paths import NoisePath
+from guidelab.targets import mixture_jit
 from guidelab.targets.base import FusedTarget, as_float_array, compiling, init_classes, path_time
 
 __all__ = ["GaussianMixture"]
@@ -92,6 +93,11 @@ class GaussianMixture(FusedTarget):
     max_chunk_bytes: int = 200 * 2**20
     cache_chunk_bytes: int = 8 * 2**20
     compile_max_work: int = 64  # compiled 1.3–1.7× faster at K·D ≤ 64, slower at K·D ≥ 256 (base.py)
+    # The compiled per-particle loop (mixture_jit) where K·D² ≤ jit_max_work and D ≤ jit_max_dim: measured 1.4–4.4×
+    # the torch path there on 1 thread (D = 1–4, K = 2–256); at D = 8 it gained only 1.1–1.6× on 1 thread and lost
+    # on 2 (0.6–0.7×), at D = 16 it lost on both (its D² multiply-adds per component are scalar against a GEMM's).
+    jit_max_work: int = 256
+    jit_max_dim: int = 4
 
     def __init__(
         self,
@@ -139,6 +145,7 @@ class GaussianMixture(FusedTarget):
         self.eigenvectors = torch.from_numpy(U)  # (K, D, D), columns are eigenvectors
         self._config: dict | None = None
         self._cache: dict[tuple[torch.dtype, torch.device], _Params] = {}
+        self._jit_params: dict[str, np.ndarray] | None = None
 
     # --- parameters per dtype/device ----------------------------------------------------------------
 
@@ -181,6 +188,8 @@ class GaussianMixture(FusedTarget):
         ``cond`` is None and no mean is wanted. In place on the big work arrays unless autograd needs them."""
         self.check_input(x_t)
         n, D, K = x_t.shape[0], self.dim, self.num_components
+        if self.uses_compiled_kernels(x_t):
+            return self._evaluate_compiled(x_t, t, path, cond, want_mean)
         p = self._params(x_t.dtype, x_t.device)
         time = path_time(path, t, x_t)
         if self.singular and (time.sigma0 == 0 if time.shared else bool((time.sigma == 0).any())):
@@ -254,6 +263,69 @@ class GaussianMixture(FusedTarget):
         log_prob = torch.cat(log_probs) if log_probs else empty
         mean = (torch.cat(means) if means else torch.empty_like(x_t)) if want_mean else None
         return mean, log_prob
+
+    def uses_compiled_kernels(self, x_t: Tensor) -> bool:
+        """Whether a call on ``x_t`` takes the compiled per-particle loop (:mod:`guidelab.targets.mixture_jit`): on the
+        CPU, float32 or float64 (computed in float64 either way, rounded once to float32 at the end), no autograd
+        through ``x_t``, not traced by ``torch.compile``, at most :attr:`jit_max_work` = K·D² and :attr:`jit_max_dim`
+        = D (above them the two GEMMs of the torch path are as fast or faster), numba available. The decision depends
+        on the install, ``GUIDELAB_COMPILE`` and the inputs only (never on timing), so a seed gives the same numbers
+        in every process."""
+        return (
+            x_t.device.type == "cpu"
+            and x_t.dtype in (torch.float32, torch.float64)
+            and x_t.shape[0] > 0
+            and self.dim <= self.jit_max_dim
+            and self.num_components * self.dim * self.dim <= self.jit_max_work
+            and not (torch.is_grad_enabled() and x_t.requires_grad)
+            and not compiling()
+            and mixture_jit.available()
+        )
+
+    def _evaluate_compiled(
+        self, x_t: Tensor, t: Tensor | float, path: NoisePath, cond: Tensor | int | None, want_mean: bool
+    ) -> tuple[Tensor | None, Tensor]:
+        """:meth:`_evaluate` by the compiled loop, in float64 (float32 inputs read as they are, results written in
+        float32 once at the end)."""
+        n, D, K = x_t.shape[0], self.dim, self.num_components
+        x = x_t.detach().contiguous().numpy()
+        time = path_time(path, t, x_t, dtype=torch.float64, full=False)
+        if self.singular and (time.sigma0 == 0 if time.shared else bool((time.sigma == 0).any())):
+            raise ValueError("t: σ = 0 with a singular covariance: the density is degenerate there; evaluate at σ > 0")
+        q = self._jit_arrays()
+        mode, labels = mixture_jit.mode_and_labels(self, cond, n, want_mean)
+        out_mean = np.empty((n if want_mean else 0, D), dtype=x.dtype)
+        out_lp = np.empty((n, K if mode == mixture_jit.COMPONENTS else 1), dtype=x.dtype)
+        kernels = mixture_jit.KERNELS.get()
+        if time.shared:
+            a, s2 = time.alpha0, time.sigma0**2
+            var = a * a * q["s_all"] + s2
+            inv_std = 1.0 / np.sqrt(var)
+            w_fwd = np.concatenate([q["u"] * inv_std[:, None], (-a * q["m_rot"] * inv_std)[:, None]], axis=1)
+            const = -0.5 * (np.log(var).reshape(K, D).sum(-1) + D * _LOG_2PI)
+            w_back = q["u"] * (a * q["s_all"] * inv_std)[:, None]
+            args = (x, w_fwd, const, w_back, q["means"], q["log_weights"], labels, mode)
+            mixture_jit.run(kernels.gaussian_shared, n, *args, out=(out_mean, out_lp))
+        else:
+            alpha, sigma = time.alpha.numpy(), time.sigma.numpy()
+            args = (x, alpha, sigma, q["u"], q["m_rot"], q["s_all"], q["means"], q["log_weights"], labels, mode)
+            mixture_jit.run(kernels.gaussian_per_sample, n, *args, out=(out_mean, out_lp))
+        log_prob = torch.from_numpy(out_lp if mode == mixture_jit.COMPONENTS else out_lp.reshape(n))
+        return (torch.from_numpy(out_mean) if want_mean else None), log_prob
+
+    def _jit_arrays(self) -> dict[str, np.ndarray]:
+        """The float64 parameters of the compiled loop: ``u`` (K·D, D) with u[kD + j, d] = U_k[d, j], ``m_rot``
+        (K·D,) U_kᵀμ_k, ``s_all`` (K·D,), ``means`` (K, D), ``log_weights`` (C + 1, K)."""
+        if getattr(self, "_jit_params", None) is None:
+            p = self._params(torch.float64, torch.device("cpu"))
+            self._jit_params = {
+                "u": np.ascontiguousarray(p.u_all.T.numpy()),
+                "m_rot": p.m_all.numpy(),
+                "s_all": p.s_all.numpy(),
+                "means": np.ascontiguousarray(p.means.numpy()),
+                "log_weights": np.ascontiguousarray(p.log_weights.numpy()),
+            }
+        return self._jit_params
 
     def _per_sample_chunk(
         self, x: Tensor, alpha: Tensor, sigma: Tensor, p: _Params, inplace: bool
