@@ -6,7 +6,8 @@ divergence exponents to their small-σ laws:
   ``g = (γ − 1)·t/(1 − t)·∇log p_t(c | x)`` has a bounded divergence times t: |∇·g| ∝ t¹;
 - at the contact set of two classes (planes meeting at a point, boxes sharing an edge) the posterior sharpens in a
   band of width σ_t = t: ∇·∇log p_t(c | x) ∝ 1/σ_t², so |∇·g| ∝ t·t⁻² = t⁻¹;
-- boxes a gap apart: the posterior is exactly 1 in float64 near the data, so g and its divergence are exactly 0.
+- boxes a gap apart: the posterior is exactly 1 in float64 near the data, so g and its divergence are 0 (exactly, or
+  the finite differences of the combine's rounding: below ``ZERO``).
 ``pytest -m slow`` runs the paper size (MNIST)."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from guidelab.experiments.reproductions import REPRODUCTIONS
+from guidelab.experiments.reproductions.conservation_images import ZERO
 from guidelab.report.data import find_reproductions
 
 NAME = "conservation-images"
@@ -81,8 +83,10 @@ def test_divergence_exponents_follow_their_small_sigma_laws(ci):
     div = ci[0]["results"]["divergence"]
     for s in ("median", "p99", "max"):
         assert 0.7 < div["planes-shared"]["abs_divergence_exponent"][s] < 1.4  # ∝ t
-        assert div["boxes-separated"]["abs_divergence_exponent"][s] is None  # exactly 0
-        assert max(div["boxes-separated"]["abs_divergence"][s]) == 0.0
+        assert div["boxes-separated"]["abs_divergence_exponent"][s] is None  # 0
+        # 0 up to rounding: exactly 0 where the combine rounds as the reference's conversion (the torch path), the
+        # finite differences of a last-bit difference (≲ 1e-8) where it does not (the compiled combine's FMAs)
+        assert max(div["boxes-separated"]["abs_divergence"][s]) < ZERO
     for name in ("planes-distinct", "boxes-touching"):
         assert -1.3 < div[name]["contact"]["abs_divergence_exponent"]["median"] < -0.7  # ∝ 1/t
     # the image model: grows, and Hutchinson's standard error is well below the value
