@@ -390,3 +390,58 @@ def test_a_forked_child_starts_its_own_threads():
             pytest.fail("the forked child did not finish")
         sleep(0.05)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "box"])
+def test_times_requiring_a_gradient_take_the_torch_path(kind):
+    """Per-sample times that require a gradient: the torch path (the compiled loop reads them as numpy arrays, which
+    raised); the box's d log p_t/dt there agrees with central differences of the compiled log-density (the Gaussian
+    mixture's torch path writes its outputs in place, so it has no gradient in t with or without the kernels)."""
+    target = gaussian(2, 8, 4, seed=5)[0] if kind == "gaussian" else boxes(2, 4, seed=1)[0]
+    path = get_path("rf")
+    x = noisy(target, path, 0.4, 6, seed=3)
+    cond = torch.tensor([0, 1, -1, 0, 1, -1])
+    t = torch.linspace(0.2, 0.8, 6, dtype=torch.float64).requires_grad_()
+    assert not target.uses_compiled_kernels(x, t) and target.uses_compiled_kernels(x, t.detach())
+    if kind == "gaussian":
+        return
+    (grad,) = torch.autograd.grad(target.log_prob_t(x, t, path, cond).sum(), t)
+    h = 1e-6
+    with torch.no_grad():
+        fd = (target.log_prob_t(x, t + h, path, cond) - target.log_prob_t(x, t - h, path, cond)) / (2 * h)
+    assert_relative(grad, fd, rtol=1e-5)
+
+
+def test_box_pruning_keeps_the_component_that_dominates_in_many_dimensions():
+    """D = 10, one particle far outside box A in every dimension and outside box B in one: each dimension's factor
+    lifts A's entry-wise total far above its true log-weight, so pruning against that total (not the log-weight)
+    dropped B, the component that carries the weight: the compiled loop must equal the torch path there."""
+    dim, t = 10, 1e-3
+    a, s = 1 - t, t
+    x0 = 1000 * s * math.sqrt(2)
+    low = torch.tensor([[-1.0] * dim, [0.0] + [-4.0] * (dim - 1)], dtype=torch.float64)
+    high = torch.tensor([[0.0] * dim, [1.0] + [6.0] * (dim - 1)], dtype=torch.float64)
+    # B's near end in dimension 0 at 3162.2849 σ√2: B's entry-wise bound lies 60 below A's (pruned against A's total,
+    # in the window −66..−50 where it was wrongly dropped) while its true log-weight lies 6 above A's
+    low[1, 0] = (x0 - 3162.2848567 * s * math.sqrt(2)) / a - 1
+    high[1, 0] = low[1, 0] + 1
+    target, path = BoxMixture(low, high), get_path("rf")
+    x, cond = torch.full((1, dim), x0, dtype=torch.float64), torch.tensor([-1])
+    assert target.uses_compiled_kernels(x)
+    compiled = all_quantities(target, x, t, path, cond)
+    for new, old in zip(compiled, torch_path(target, lambda: all_quantities(target, x, t, path, cond)), strict=True):
+        assert_relative(new, old)
+
+
+def test_box_kernel_inside_a_thousand_dimensions_does_not_overflow():
+    """Inside a box every entry's factor is about 2, so their product overflows past D ≈ 1024 (it gave log p = +inf
+    and a NaN mean): the loop sums the logs there, as it does in the far tails."""
+    dim = 1030
+    low = torch.stack([torch.full((dim,), -1.0), torch.full((dim,), -0.5)]).double()
+    target, path = BoxMixture(low, low + 2.0), get_path("rf")
+    x, cond = torch.zeros(2, dim, dtype=torch.float64), torch.tensor([-1, 0])
+    assert target.uses_compiled_kernels(x)
+    mean, log_prob = target.posterior_mean_and_log_prob(x, 0.01, path, cond)
+    ref_mean, ref_lp = torch_path(target, lambda: target.posterior_mean_and_log_prob(x, 0.01, path, cond))
+    assert_relative(log_prob, ref_lp)
+    assert float((mean - ref_mean).abs().max()) < 1e-12  # 0 against the torch path's 5e-297

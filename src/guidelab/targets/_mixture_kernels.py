@@ -211,13 +211,13 @@ def box_kernel(
                 else:
                     total += add - log_box[k, d]
                     means[k, d] = xd * inv_a - ratio * s_over_a
-            if not product >= _TINY_PRODUCT:  # far tails in many dimensions (or NaN): the sum of the logs
+            if not (_TINY_PRODUCT <= product <= _HUGE_PRODUCT):  # far tails (or NaN), or 2^D inside: sum the logs
                 product = 1.0
                 for d in range(dim):
                     total += math.log(factors[d])
             logits[k] = total + math.log(product)
-            if total > top:
-                top = total
+            if logits[k] > top:  # the best exact log-weight so far, which the bounds are pruned against
+                top = logits[k]
         if mode == COMPONENTS:
             for k in range(n_comp):
                 out_lp[i, k] = logits[k]

@@ -249,10 +249,10 @@ class Target(ABC):
             f"classes={{{classes}{more}}})"
         )
 
-    def uses_compiled_kernels(self, x_t: Tensor) -> bool:
-        """Whether a call on ``x_t`` runs compiled per-particle kernels (numba) rather than torch operations; False
-        here, overridden by the families that have them. ``ExactDenoiser(compile="auto")`` does not try
-        ``torch.compile`` where it is True."""
+    def uses_compiled_kernels(self, x_t: Tensor, t: Tensor | float | None = None) -> bool:
+        """Whether a call on ``x_t`` (at times ``t``: autograd through either keeps the torch path) runs compiled
+        per-particle kernels (numba) rather than torch operations; False here, overridden by the families that have
+        them. ``ExactDenoiser(compile="auto")`` does not try ``torch.compile`` where it is True."""
         return False
 
     def denoiser(self, path: NoisePath, *, compile: bool | str = "auto") -> ExactDenoiser:

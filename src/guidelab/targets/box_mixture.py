@@ -340,7 +340,7 @@ class BoxMixture(FusedTarget):
         pass :meth:`_fused_chunk`; anything else goes through :func:`box_log_prob_and_mean` entry by entry.
         """
         self.check_input(x_t)
-        if self.uses_compiled_kernels(x_t):
+        if self.uses_compiled_kernels(x_t, t):
             time = path_time(path, t, x_t, dtype=torch.float64, full=False)
             if time.sigma0 > 0 if time.shared else bool((time.sigma > 0).all()):
                 return self._evaluate_compiled(x_t, time, cond, want_mean)
@@ -398,18 +398,18 @@ class BoxMixture(FusedTarget):
         mean = (torch.cat(means) if means else torch.empty_like(x_t)).to(out_dtype) if want_mean else None
         return mean, log_prob
 
-    def uses_compiled_kernels(self, x_t: Tensor) -> bool:
+    def uses_compiled_kernels(self, x_t: Tensor, t: Tensor | float | None = None) -> bool:
         """Whether a call on ``x_t`` may take the compiled per-particle loop (:mod:`guidelab.targets.mixture_jit`):
-        on the CPU, float32 or float64 (computed in float64 either way), no autograd through ``x_t``, not traced by
-        ``torch.compile``, at most :attr:`jit_max_work` = K·D entries a particle, and numba available; it is taken
-        where moreover σ > 0 for every sample (t = 0 stays on the torch path). The decision depends on the install,
-        ``GUIDELAB_COMPILE`` and the inputs only (never on timing)."""
+        on the CPU, float32 or float64 (computed in float64 either way), no autograd through ``x_t`` or ``t``, not
+        traced by ``torch.compile``, at most :attr:`jit_max_work` = K·D entries a particle, and numba available; it
+        is taken where moreover σ > 0 for every sample (t = 0 stays on the torch path). The decision depends on the
+        install, ``GUIDELAB_COMPILE`` and the inputs only (never on timing)."""
         return (
             x_t.device.type == "cpu"
             and x_t.dtype in (torch.float32, torch.float64)
             and x_t.shape[0] > 0
             and self.num_components * self.dim <= self.jit_max_work
-            and not (torch.is_grad_enabled() and x_t.requires_grad)
+            and not (torch.is_grad_enabled() and (x_t.requires_grad or (isinstance(t, Tensor) and t.requires_grad)))
             and not compiling()
             and mixture_jit.available()
         )

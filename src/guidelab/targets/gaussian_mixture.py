@@ -188,7 +188,7 @@ class GaussianMixture(FusedTarget):
         ``cond`` is None and no mean is wanted. In place on the big work arrays unless autograd needs them."""
         self.check_input(x_t)
         n, D, K = x_t.shape[0], self.dim, self.num_components
-        if self.uses_compiled_kernels(x_t):
+        if self.uses_compiled_kernels(x_t, t):
             return self._evaluate_compiled(x_t, t, path, cond, want_mean)
         p = self._params(x_t.dtype, x_t.device)
         time = path_time(path, t, x_t)
@@ -264,20 +264,20 @@ class GaussianMixture(FusedTarget):
         mean = (torch.cat(means) if means else torch.empty_like(x_t)) if want_mean else None
         return mean, log_prob
 
-    def uses_compiled_kernels(self, x_t: Tensor) -> bool:
+    def uses_compiled_kernels(self, x_t: Tensor, t: Tensor | float | None = None) -> bool:
         """Whether a call on ``x_t`` takes the compiled per-particle loop (:mod:`guidelab.targets.mixture_jit`): on the
         CPU, float32 or float64 (computed in float64 either way, rounded once to float32 at the end), no autograd
-        through ``x_t``, not traced by ``torch.compile``, at most :attr:`jit_max_work` = K·D² and :attr:`jit_max_dim`
-        = D (above them the two GEMMs of the torch path are as fast or faster), numba available. The decision depends
-        on the install, ``GUIDELAB_COMPILE`` and the inputs only (never on timing), so a seed gives the same numbers
-        in every process."""
+        through ``x_t`` or ``t``, not traced by ``torch.compile``, at most :attr:`jit_max_work` = K·D² and
+        :attr:`jit_max_dim` = D (above them the two GEMMs of the torch path are as fast or faster), numba available.
+        The decision depends on the install, ``GUIDELAB_COMPILE`` and the inputs only (never on timing), so a seed
+        gives the same numbers in every process."""
         return (
             x_t.device.type == "cpu"
             and x_t.dtype in (torch.float32, torch.float64)
             and x_t.shape[0] > 0
             and self.dim <= self.jit_max_dim
             and self.num_components * self.dim * self.dim <= self.jit_max_work
-            and not (torch.is_grad_enabled() and x_t.requires_grad)
+            and not (torch.is_grad_enabled() and (x_t.requires_grad or (isinstance(t, Tensor) and t.requires_grad)))
             and not compiling()
             and mixture_jit.available()
         )
