@@ -271,12 +271,13 @@ def test_the_split_estimates_a_trained_models_runs_and_names_oversubscription(tm
 
 
 def test_the_log_says_where_the_ray_executor_runs(monkeypatch):
-    """``ray.init(address=None)`` starts a Ray instance on this machine unless RAY_ADDRESS names a cluster: the
-    sweep's log says which, so a user who forgot --address sees that the cluster is not used."""
+    """``ray.init(address=None)`` uses RAY_ADDRESS, else this machine's running instance, else starts one on this
+    machine only: the sweep's log says which, so a user who forgot --address sees that a remote cluster is not used."""
     from guidelab.experiments.runner import ray_where
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert "new local Ray instance" in ray_where(None) and "--address" in ray_where(None)
+    assert "this machine's Ray instance" in ray_where(None) and "--address" in ray_where(None)
+    assert ray_where("auto") == "on the Ray cluster running on this machine (--address auto)"
     assert ray_where("10.0.0.1:6379") == "on the Ray cluster at 10.0.0.1:6379"
     monkeypatch.setenv("RAY_ADDRESS", "head:6379")
     assert ray_where(None) == "on the Ray cluster at head:6379 (RAY_ADDRESS)"

@@ -428,17 +428,24 @@ def _pipeline_map(
 
 
 def ray_where(address: str | None) -> str:
-    """Where the ray executor runs, for the sweep's log: ``ray.init`` connects to ``address``, else to
-    ``RAY_ADDRESS``, else starts a Ray instance on this machine only."""
+    """Where the ray executor runs, for the sweep's log. ``ray.init(address)`` connects to ``address``; without one,
+    to ``RAY_ADDRESS``, else to the instance ``ray start`` left running on this machine (which may have other nodes
+    joined), else it starts a Ray instance on this machine only (Ray's ``ray.init`` documentation)."""
+    if address == "auto":
+        return "on the Ray cluster running on this machine (--address auto)"
     where = address or os.environ.get("RAY_ADDRESS")
     if where:
         return f"on the Ray cluster at {where}" + ("" if address else " (RAY_ADDRESS)")
-    return "on a new local Ray instance (this machine only: pass --address to use a cluster)"
+    return (
+        "on this machine's Ray instance (the one `ray start` left running, else a new one on this machine only: pass "
+        "--address to use another cluster)"
+    )
 
 
 @contextlib.contextmanager
 def ray_cluster(address: str | None) -> Iterator[Any]:
-    """Connect to the Ray cluster at ``address`` (None: start a local one) unless this process already is, and
+    """Connect to the Ray cluster at ``address`` (None: Ray's default, see :func:`ray_where`) unless this process
+    already is, and
     yield the ``ray`` module; disconnect at the end only where connected here.
 
     Raises:

@@ -293,9 +293,9 @@ def unfinished_runs(stores: Sequence[Path]) -> list[Unfinished]:
         try:
             config = SweepConfig.model_validate(json.loads((store.parent / "sweep.json").read_text()))
             hashes = {spec.hash for spec in config.runs()}
-        except Exception:  # no sweep.json, or one this version cannot rebuild: nothing to compare against
+            missing = len(hashes - set(ResultStore(store).statuses()))
+        except Exception:  # no sweep.json, one this version cannot rebuild, or a store it cannot read: no note
             continue
-        missing = len(hashes - set(ResultStore(store).statuses()))
         if missing:
             out.append(Unfinished(store.parent, config.name, missing, len(hashes)))
     return out
