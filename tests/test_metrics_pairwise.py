@@ -3,7 +3,9 @@ previous implementation kept as an oracle (tests/distance_reference.py: torch.cd
 brute force by explicit float64 differences summed exactly (near-duplicates, where the old GEMM-form cdist
 itself loses digits)."""
 
+import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -261,3 +263,30 @@ def test_the_self_term_cache_on_threads_measures_a_set_once_and_different_sets_a
     with ThreadPoolExecutor(4) as pool:
         values = list(pool.map(lambda _: pw.cached_self_distance_mean(one), range(4)))
     assert len(calls) == 3 and values == [real(one)] * 4
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_while_kernels_load_does_not_deadlock_the_child():
+    """A process forked while another thread holds a kernel set's lock (loading it) gets a fresh lock: the child's
+    first ``available()`` returns instead of waiting forever on a lock no thread of the child will release."""
+    from guidelab import jit
+
+    kernels = jit.Kernels(lambda: "built", lambda built: True, "test")
+    kernels._lock.acquire()  # as a warm-up thread mid-load
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os._exit(0 if kernels.available() else 1)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child deadlocked on the kernel set's lock")
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        kernels._lock.release()

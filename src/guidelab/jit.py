@@ -54,6 +54,11 @@ class Kernels:
         self.name = name
         self._lock = threading.Lock()
         self._kernels: Any = None  # the built kernels, False where unavailable, None before the first try
+        if hasattr(os, "register_at_fork"):  # a fork while another thread holds the lock would leave it held forever
+            os.register_at_fork(after_in_child=self._new_lock)
+
+    def _new_lock(self) -> None:
+        self._lock = threading.Lock()
 
     def available(self) -> bool:
         """Whether the kernels can be used here (builds or loads them once per process; thread-safe)."""
