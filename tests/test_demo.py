@@ -71,8 +71,12 @@ def test_the_headline_tables_go_whole_to_stdout(monkeypatch):
     assert console.file is out and console.width == demo.RESULT_WIDTH
     name = "cfg + interval-guidance (t in [0.2, 0.8]) + tv-cfg schedule, scale 3"
     row = [[name, "3", "0.0123", "0.981"]]
-    demo._table(console, "title", ("method", "γ", "distance", "fidelity"), row, [])
-    assert name in out.getvalue()
+    title = "the best setting of every method that reaches the data's fidelity (class fidelity ≥ 0.990), by distance"
+    missed = [f"method-{i} (best 0.751 at γ 6)" for i in range(12)]
+    demo._table(console, title, ("method", "γ", "distance", "fidelity"), row, missed)
+    text = out.getvalue()
+    assert name in text and title + "\n" in text  # the title on one line, not wrapped at the table's width
+    assert "; ".join(missed) in text  # nor the line of methods that miss it, at any width
     narrow = Console(record=True, width=60)
     demo._table(narrow, "title", ("method", "γ", "distance", "fidelity"), row, [])
     text = narrow.export_text()

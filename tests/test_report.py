@@ -299,7 +299,16 @@ def test_a_report_on_an_unfinished_sweep_says_how_many_runs_are_missing(tmp_path
         with sqlite3.connect(tmp_path / name / "results.sqlite") as db:
             db.execute(f"DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs ORDER BY rowid LIMIT {dropped})")
     body = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "3 runs (3 ok, 0 failed), 3 more not run yet (an unfinished sweep)" in body  # the header's counts
     assert "Sweep sweep-one in " in body and "1 of its 3 runs are not in the store" in body
+    from typer.testing import CliRunner
+
+    from guidelab.cli import app
+
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 0 and "report written to" in result.stdout
+    err = result.stderr
+    assert "note: sweep sweep-one in " in err and "(1 of its 3 runs not stored)" in err and "(2 of its 3" in err
     assert "Sweep sweep-two in " in body and "2 of its 3 runs are not in the store" in body
     (tmp_path / "one" / "sweep.json").write_text("{not json")
     (tmp_path / "two" / "sweep.json").unlink()

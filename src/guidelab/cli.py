@@ -665,6 +665,14 @@ def report(
             "folder: " + message.removeprefix("dir: ") if message.startswith("dir: ") else message
         ) from None
     typer.echo(f"report written to {path}")
+    from guidelab.report.data import find_stores, unfinished_runs
+
+    for u in unfinished_runs(find_stores(folder)):
+        typer.echo(
+            f"note: sweep {u.sweep} in {u.folder} is unfinished ({u.missing} of its {u.total} runs not stored); rerun"
+            " the same guidelab run command to finish it",
+            err=True,
+        )
 
 
 @app.command()

@@ -52,7 +52,8 @@ def run_demo(out: Path, *, workers: int | None = None, progress: bool = True) ->
     console.print(
         "γ (effective): the scale a run applied, averaged over its steps in rectified-flow time; an interval or a "
         "schedule shows that mean (interval at scale 2 is 1.5 here), CFG++ its λ. The sweep files name the scales "
-        "given. Each method's best setting is among the scales its sweep tried."
+        "given. Each method's best setting is among the scales its sweep tried.",
+        soft_wrap=True,  # a paragraph: the terminal or the reader wraps it, not rich at a fixed width
     )
     console.print(f"{total} runs ({reused} reused, {failed} failed) in {time.perf_counter() - start:.0f} s")
     return summary, report
@@ -79,14 +80,15 @@ def _frame(folder: Path) -> Any:
 def _table(console: Any, title: str, columns: tuple[str, ...], rows: list[list[str]], missed: list[str]) -> None:
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    console.print(title, soft_wrap=True)  # one line however wide (a table title wraps at the table's width)
+    table = Table()
     for col in columns:  # in a narrow terminal a method's name wraps onto more lines, never cut
         table.add_column(col, justify="left" if col == "method" else "right", overflow="fold")
     for row in rows:
         table.add_row(*row)
     console.print(table)
     if missed:
-        console.print("  not reaching it at any scale tried: " + "; ".join(missed))
+        console.print("  not reaching it at any scale tried: " + "; ".join(missed), soft_wrap=True)
 
 
 def _reaching(points: Any, fidelity: str, distance: str, bar: float) -> tuple[Any, list[str]]:

@@ -156,7 +156,9 @@ def build_report(
     sweeps = sorted({str(r.get("sweep")) for r in rows if r.get("sweep")})
     title = "guidelab report" + (f": {', '.join(sweeps)}" if sweeps else "")
     failed = sum(r["status"] != "ok" for r in rows)
+    missing = sum(u.missing for u in unfinished)
     counts = [f"{len(rows)} runs ({len(rows) - failed} ok, {failed} failed)"] if rows or not repros else []
+    counts += [f"{missing} more not run yet (an unfinished sweep)"] if missing else []
     counts += [f"{len(repros)} reproduction{'' if len(repros) == 1 else 's'}"] if repros else []
     meta = f"{', '.join(counts)}; folder {root}; generated {time.strftime('%Y-%m-%d %H:%M')} by guidelab {__version__}"
     exact = len(pipeline_rows) + len(model_rows) < len(rows) or not (rows or repros or tunes)
