@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy import integrate, stats
 
+from _target_points import alpha_sigma, mixed_cond, noisy_points, truncated_normal_mp
 from guidelab.paths import PATHS, get_path
 from guidelab.targets import BoxMixture
 from guidelab.targets.box_mixture import box_log_prob_and_mean
@@ -29,24 +30,6 @@ def random_boxes(dim: int, num_components: int = 4, num_classes: int = 2, seed: 
         np.arange(num_components) % num_classes,
         class_prior=rng.uniform(0.3, 1.0, num_classes),
     )
-
-
-def alpha_sigma(path, t: float) -> tuple[float, float]:
-    c = path.coefficients(torch.tensor(t, dtype=torch.float64))
-    return float(c.alpha), float(c.sigma)
-
-
-def noisy_points(target, path, t: float, n: int, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    a, s = alpha_sigma(path, t)
-    x0 = target.sample(n, None, gen, dtype=torch.float64)
-    x = a * x0 + s * torch.randn(n, target.dim, generator=gen, dtype=torch.float64)
-    x[:2] *= 3.0
-    return x
-
-
-def mixed_cond(n: int, num_classes: int) -> torch.Tensor:
-    return torch.arange(n) % (num_classes + 1) - 1
 
 
 def _quad(x: float, a: float, s: float, low: float, high: float, power: int) -> tuple[float, float]:
@@ -119,17 +102,7 @@ def test_posterior_mean_is_tweedie_of_log_prob(dim, path):
 
 def test_truncated_normal_against_high_precision():
     """All regimes (far tails, tiny σ, tiny α, near the series/closed-form switch) vs 50-digit mpmath."""
-    import mpmath as mp  # a dependency of torch (through sympy)
-
-    mp.mp.dps = 50
-
-    def reference(x, a, s, lo, hi):
-        x, a, s, lo, hi = (mp.mpf(v) for v in (x, a, s, lo, hi))
-        u, w = (x - a * lo) / s, (x - a * hi) / s
-        r2 = mp.sqrt(2)
-        Z = (mp.erfc(w / r2) - mp.erfc(u / r2)) / 2 if w > 0 else (mp.erfc(-u / r2) - mp.erfc(-w / r2)) / 2
-        E_z = (mp.npdf(w) - mp.npdf(u)) / Z
-        return float(mp.log(Z / (a * (hi - lo)))), float(x / a - s / a * E_z)
+    reference = truncated_normal_mp
 
     rng = np.random.default_rng(0)
     rows = []

@@ -12,6 +12,7 @@ import torch
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
+from _target_points import alpha_sigma, mixed_cond, noisy_points
 from guidelab.paths import PATHS, get_path
 from guidelab.targets import GaussianMixture
 
@@ -33,25 +34,6 @@ def random_gmm(dim: int, num_components: int = 5, num_classes: int = 2, seed: in
         np.arange(num_components) % num_classes,
         class_prior=rng.uniform(0.3, 1.0, num_classes),
     )
-
-
-def alpha_sigma(path, t: float) -> tuple[float, float]:
-    c = path.coefficients(torch.tensor(t, dtype=torch.float64))
-    return float(c.alpha), float(c.sigma)
-
-
-def noisy_points(target, path, t: float, n: int, seed: int = 0) -> torch.Tensor:
-    """x_t drawn from the forward process (so points sit where the density lives), plus a few far ones."""
-    gen = torch.Generator().manual_seed(seed)
-    a, s = alpha_sigma(path, t)
-    x0 = target.sample(n, None, gen, dtype=torch.float64)
-    x = a * x0 + s * torch.randn(n, target.dim, generator=gen, dtype=torch.float64)
-    x[:2] *= 3.0
-    return x
-
-
-def mixed_cond(n: int, num_classes: int) -> torch.Tensor:
-    return torch.arange(n) % (num_classes + 1) - 1
 
 
 # --- densities -------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import _oracle_box_mixture as box_oracle
-import _oracle_gaussian_mixture as oracle
+from _target_points import assert_relative, mixture_pair, tail_points, truncated_normal_mp
 from guidelab import jit
 from guidelab.paths import get_path
 from guidelab.targets import BoxMixture, GaussianMixture, mixture_jit
@@ -34,13 +34,7 @@ TIMES = [0.0, 1e-6, 0.3, 1 - 1e-6, 1.0]
 BOX_TIMES = [1e-9, 1e-3, 0.3, 0.9, 1 - 1e-9, 1.0]
 
 
-def gaussian(dim: int, components: int, classes: int, seed: int) -> tuple[GaussianMixture, oracle.GaussianMixture]:
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.normal(size=(components, dim, dim)))
-    covs = np.einsum("kij,kj,klj->kil", q, rng.uniform(0.05, 2.0, size=(components, dim)), q)
-    args = (rng.normal(scale=2.0, size=(components, dim)), covs, rng.uniform(0.2, 1.0, components))
-    kwargs = {"component_class": np.arange(components) % classes, "class_prior": rng.uniform(0.3, 1.0, classes)}
-    return GaussianMixture(*args, **kwargs), oracle.GaussianMixture(*args, **kwargs)
+gaussian = mixture_pair
 
 
 def boxes(dim: int, components: int, seed: int) -> tuple[BoxMixture, box_oracle.BoxMixture]:
@@ -49,24 +43,6 @@ def boxes(dim: int, components: int, seed: int) -> tuple[BoxMixture, box_oracle.
     high = low + 0.2 + torch.rand(components, dim, generator=g, dtype=torch.float64)
     kwargs = {"component_class": torch.arange(components) % 2, "weights": torch.rand(components, generator=g) + 0.2}
     return BoxMixture(low, high, **kwargs), box_oracle.BoxMixture(low, high, **kwargs)
-
-
-def noisy(target, path, t: float, n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    c = path.coefficients(torch.tensor(t, dtype=torch.float64))
-    x0 = target.sample(n, None, g, dtype=torch.float64)
-    x = c.alpha * x0 + c.sigma * torch.randn(x0.shape, generator=g, dtype=torch.float64)
-    x[:3] *= 8.0  # far in the tails
-    return x
-
-
-def assert_relative(new: torch.Tensor, old: torch.Tensor, rtol: float = 1e-10) -> None:
-    """|new − old| ≤ rtol·max(|old|, 1) elementwise, same non-finite entries."""
-    assert new.shape == old.shape and new.dtype == old.dtype
-    assert torch.equal(torch.isfinite(new), torch.isfinite(old))
-    ok = torch.isfinite(old)
-    err = ((new - old).abs() / old.abs().clamp_min(1.0))[ok]
-    assert err.numel() == 0 or float(err.max()) <= rtol, float(err.max())
 
 
 def torch_path(target, fn):
@@ -98,10 +74,10 @@ def test_gaussian_kernels_equal_the_torch_path_and_the_oracle(dim, components, c
     new, old = gaussian(dim, components, classes, seed=dim + components)
     n = 40
     mixed = torch.arange(n) % (classes + 1) - 1  # null and every class
-    x = noisy(new, path, 0.5, n, seed=0)
+    x = tail_points(new, path, 0.5, n, seed=0)
     assert new.uses_compiled_kernels(x)
     for t in TIMES:
-        x = noisy(new, path, t, n, seed=int(1e6 * t) % 97)
+        x = tail_points(new, path, t, n, seed=int(1e6 * t) % 97)
         per_sample = torch.full((n,), float(t), dtype=torch.float64) + torch.linspace(0, 1e-3, n, dtype=torch.float64)
         for time in (t, per_sample.clamp(max=1.0)):
             for cond in (mixed, None, classes - 1, -1):
@@ -118,7 +94,7 @@ def test_gaussian_kernels_in_float32_round_the_float64_values():
     path = get_path("rf")
     cond = torch.arange(64) % 5 - 1
     for t in (0.0, 1e-4, 0.5, 1.0):
-        x = noisy(new, path, t, 64, seed=1)
+        x = tail_points(new, path, t, 64, seed=1)
         for time in (t, torch.linspace(0.0, 1.0, 64, dtype=torch.float64)):
             got = new.posterior_mean(x.float(), time, path, cond)
             assert got.dtype == torch.float32 and bool(torch.isfinite(got).all())
@@ -141,7 +117,7 @@ def test_box_kernels_equal_the_torch_path_and_the_oracle(dim, components, path_n
     far = torch.full((4, dim), 40.0, dtype=torch.float64)
     far[1] *= -1
     for t in BOX_TIMES:
-        x = noisy(new, path, t, n, seed=int(1e3 * t) % 89)
+        x = tail_points(new, path, t, n, seed=int(1e3 * t) % 89)
         assert new.uses_compiled_kernels(x)
         for pts, cond in ((x, mixed), (x, None), (x, 0), (far, None), (far, 1)):
             got = all_quantities(new, pts, t, path, cond)
@@ -154,7 +130,7 @@ def test_box_kernels_equal_the_torch_path_and_the_oracle(dim, components, path_n
         got32 = new.posterior_mean(x.float(), t, path, mixed)
         assert torch.equal(got32, new.posterior_mean(x.float().double(), t, path, mixed).float())
     times = torch.linspace(1e-3, 1.0, n, dtype=torch.float64)
-    x = noisy(new, path, 0.5, n, seed=5)
+    x = tail_points(new, path, 0.5, n, seed=5)
     for cond in (mixed, None):
         got = all_quantities(new, x, times, path, cond)
         for a, b in zip(got, all_quantities(old, x, times, path, cond), strict=True):
@@ -165,7 +141,7 @@ def test_box_kernels_at_t_zero_take_the_torch_path():
     """σ = 0 (the data itself): the uniform density and x/α, by the torch path, with or without the kernels."""
     new, old = boxes(2, 5, seed=2)
     path = get_path("rf")
-    x = noisy(new, path, 0.0, 30, seed=1)
+    x = tail_points(new, path, 0.0, 30, seed=1)
     for time in (0.0, torch.linspace(0.0, 0.5, 30, dtype=torch.float64)):
         for a, b in zip(
             all_quantities(new, x, time, path, None), all_quantities(old, x, time, path, None), strict=True
@@ -176,17 +152,7 @@ def test_box_kernels_at_t_zero_take_the_torch_path():
 def test_box_kernels_against_high_precision():
     """One interval per target, the regimes of test_targets_box's mpmath test (far tails, tiny σ, tiny α, near the
     series switch) plus points far outside at tiny σ, through the compiled loop, against 50-digit mpmath."""
-    import mpmath as mp
-
-    mp.mp.dps = 50
-
-    def reference(x, a, s, lo, hi):
-        x, a, s, lo, hi = (mp.mpf(v) for v in (x, a, s, lo, hi))
-        u, w = (x - a * lo) / s, (x - a * hi) / s
-        r2 = mp.sqrt(2)
-        Z = (mp.erfc(w / r2) - mp.erfc(u / r2)) / 2 if w > 0 else (mp.erfc(-u / r2) - mp.erfc(-w / r2)) / 2
-        E_z = (mp.npdf(w) - mp.npdf(u)) / Z
-        return float(mp.log(Z / (a * (hi - lo)))), float(x / a - s / a * E_z)
+    reference = truncated_normal_mp
 
     rng = np.random.default_rng(0)
     path = get_path("rf")  # α = 1 − t, σ = t
@@ -269,7 +235,7 @@ def test_same_bits_on_every_thread_count_and_split(monkeypatch, kind):
     target = gaussian(2, 8, 4, seed=2)[0] if kind == "gaussian" else boxes(2, 8, seed=2)[0]
     path = get_path("rf")
     n = 2 * mixture_jit.MIN_CHUNK + 777
-    x = noisy(target, path, 0.4, n, seed=3)
+    x = tail_points(target, path, 0.4, n, seed=3)
     cond = torch.arange(n) % 5 - 1 if kind == "gaussian" else torch.arange(n) % 3 - 1
     times = torch.linspace(0.1, 0.9, n, dtype=torch.float64)
     threads = torch.get_num_threads()
@@ -297,8 +263,8 @@ def test_without_the_kernels_the_torch_path(monkeypatch, why):
     new, _ = gaussian(2, 8, 4, seed=4)
     box, _ = boxes(2, 4, seed=4)
     path = get_path("rf")
-    x = noisy(new, path, 0.3, 50, seed=1)
-    xb = noisy(box, path, 0.3, 50, seed=1)
+    x = tail_points(new, path, 0.3, 50, seed=1)
+    xb = tail_points(box, path, 0.3, 50, seed=1)
     cond = torch.arange(50) % 3 - 1
     want = torch_path(new, lambda: all_quantities(new, x, 0.3, path, cond))
     want_box = torch_path(box, lambda: all_quantities(box, xb, 0.3, path, cond))
@@ -324,7 +290,7 @@ def test_autograd_takes_the_torch_path_and_gradients_flow(kind):
     target = gaussian(2, 8, 4, seed=5)[0] if kind == "gaussian" else boxes(2, 6, seed=5)[0]
     path = get_path("rf")
     t = 0.4
-    x = noisy(target, path, t, 32, seed=2)
+    x = tail_points(target, path, t, 32, seed=2)
     cond = torch.arange(32) % 3 - 1
     xg = x.clone().requires_grad_(True)
     assert not target.uses_compiled_kernels(xg)
@@ -351,7 +317,7 @@ def test_exact_denoiser_auto_does_not_compile_where_the_kernels_run(monkeypatch)
     monkeypatch.setattr(base, "COMPILE_MIN_THREADS", 1)
     target, _ = gaussian(2, 8, 4, seed=6)
     path = get_path("rf")
-    x = noisy(target, path, 0.5, 32, seed=2)
+    x = tail_points(target, path, 0.5, 32, seed=2)
     t = torch.full((32,), 0.5, dtype=torch.float64)
     den = target.denoiser(path)
     for _ in range(3):
@@ -368,7 +334,7 @@ def test_a_forked_child_starts_its_own_threads():
     after a two-thread call evaluates on new threads, with the same bits."""
     target, _ = gaussian(2, 8, 4, seed=7)
     path = get_path("rf")
-    x = noisy(target, path, 0.3, 2 * mixture_jit.MIN_CHUNK + 5, seed=1)
+    x = tail_points(target, path, 0.3, 2 * mixture_jit.MIN_CHUNK + 5, seed=1)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -399,7 +365,7 @@ def test_times_requiring_a_gradient_take_the_torch_path(kind):
     mixture's torch path writes its outputs in place, so it has no gradient in t with or without the kernels)."""
     target = gaussian(2, 8, 4, seed=5)[0] if kind == "gaussian" else boxes(2, 4, seed=1)[0]
     path = get_path("rf")
-    x = noisy(target, path, 0.4, 6, seed=3)
+    x = tail_points(target, path, 0.4, 6, seed=3)
     cond = torch.tensor([0, 1, -1, 0, 1, -1])
     t = torch.linspace(0.2, 0.8, 6, dtype=torch.float64).requires_grad_()
     assert not target.uses_compiled_kernels(x, t) and target.uses_compiled_kernels(x, t.detach())

@@ -13,45 +13,18 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import pytest
 import torch
 
 import _oracle_box_mixture as box_oracle
-import _oracle_gaussian_mixture as oracle
+from _target_points import assert_relative, mixture_pair, tail_points
 from guidelab.paths import get_path
-from guidelab.targets import BoxMixture, GaussianMixture, get_target, mixture_jit
+from guidelab.targets import BoxMixture, get_target, mixture_jit
 
 TIMES = [0.0, 1e-6, 0.3, 1 - 1e-6, 1.0]
 
 
-def mixture(dim: int, components: int, classes: int, seed: int) -> tuple[GaussianMixture, oracle.GaussianMixture]:
-    """A random full-covariance mixture (eigenvalues in [0.05, 2]) built twice: the library's and the oracle's."""
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.normal(size=(components, dim, dim)))
-    covs = np.einsum("kij,kj,klj->kil", q, rng.uniform(0.05, 2.0, size=(components, dim)), q)
-    args = (rng.normal(scale=2.0, size=(components, dim)), covs, rng.uniform(0.2, 1.0, components))
-    kwargs = {"component_class": np.arange(components) % classes, "class_prior": rng.uniform(0.3, 1.0, classes)}
-    return GaussianMixture(*args, **kwargs), oracle.GaussianMixture(*args, **kwargs)
-
-
-def points(target: GaussianMixture, path, t: float, n: int, seed: int) -> torch.Tensor:
-    """x_t = α·x0 + σ·ε from exact samples, plus a few far-out points (float64)."""
-    g = torch.Generator().manual_seed(seed)
-    c = path.coefficients(torch.tensor(t, dtype=torch.float64))
-    x0 = target.sample(n, None, g, dtype=torch.float64)
-    x = c.alpha * x0 + c.sigma * torch.randn(x0.shape, generator=g, dtype=torch.float64)
-    x[:3] *= 8.0  # far in the tails
-    return x
-
-
-def assert_relative(new: torch.Tensor, old: torch.Tensor, rtol: float = 1e-10) -> None:
-    """|new − old| ≤ rtol·max(|old|, 1) elementwise, same non-finite entries."""
-    assert new.shape == old.shape and new.dtype == old.dtype
-    assert torch.equal(torch.isfinite(new), torch.isfinite(old))
-    ok = torch.isfinite(old)
-    err = ((new - old).abs() / old.abs().clamp_min(1.0))[ok]
-    assert err.numel() == 0 or float(err.max()) <= rtol, float(err.max())
+mixture = mixture_pair
 
 
 @pytest.mark.parametrize(
@@ -63,7 +36,7 @@ def test_gaussian_mixture_equals_the_previous_implementation(dim, components, cl
     n = 40
     cond = torch.arange(n) % (classes + 1) - 1  # null and every class
     for t in TIMES:
-        x = points(new, path, t, n, seed=int(1e6 * t) % 97)
+        x = tail_points(new, path, t, n, seed=int(1e6 * t) % 97)
         for c in (cond, None):
             assert_relative(new.posterior_mean(x, t, path, c), old.posterior_mean(x, t, path, c))
             assert_relative(new.log_prob_t(x, t, path, c), old.log_prob_t(x, t, path, c))
@@ -72,7 +45,7 @@ def test_gaussian_mixture_equals_the_previous_implementation(dim, components, cl
         times = torch.full((n,), float(t), dtype=torch.float64)
         assert_relative(new.posterior_mean(x, times, path, cond), old.posterior_mean(x, times, path, cond))
     mixed = torch.tensor(TIMES * 8, dtype=torch.float64)[:n]
-    x = points(new, path, 0.5, n, seed=3)
+    x = tail_points(new, path, 0.5, n, seed=3)
     assert_relative(new.posterior_mean(x, mixed, path, cond), old.posterior_mean(x, mixed, path, cond))
 
 
@@ -83,7 +56,7 @@ def test_gaussian_mixture_equals_the_previous_implementation_over_many_chunks():
         target.max_chunk_bytes = target.cache_chunk_bytes = 30 * 8 * 8 * 3 * 7  # 7 particles a chunk, ragged end
     cond = torch.arange(100) % 4 - 1
     for t in (1e-4, 0.5, 1.0):
-        x = points(new, path, t, 100, seed=1)
+        x = tail_points(new, path, t, 100, seed=1)
         assert_relative(new.posterior_mean(x, t, path, cond), old.posterior_mean(x, t, path, cond))
         assert_relative(new.log_prob_t(x, t, path, cond), old.log_prob_t(x, t, path, cond))
 
@@ -144,7 +117,7 @@ def test_gaussian_mixture_float32_has_no_nan_at_the_ends():
     path = get_path("rf")
     cond = torch.arange(64) % 5 - 1
     for t in TIMES:
-        x = points(new, path, t, 64, seed=4).float()
+        x = tail_points(new, path, t, 64, seed=4).float()
         mean, log_p = new.posterior_mean_and_log_prob(x, t, path, cond)
         assert mean.dtype == torch.float32 and torch.isfinite(mean).all() and torch.isfinite(log_p).all(), t
 
@@ -160,7 +133,7 @@ def test_gaussian_mixture_compiles_without_graph_breaks_and_matches_eager():
     target, _ = mixture(2, 8, 4, seed=0)
     path = get_path("rf")
     n = 64
-    x = points(target, path, 0.3, n, seed=0)
+    x = tail_points(target, path, 0.3, n, seed=0)
     cond = torch.arange(n) % 5 - 1
     compiled = _compiled(lambda x, t, c: target.posterior_mean(x, t, path, c))
     for t in (torch.full((n,), 0.3, dtype=torch.float64), torch.linspace(0.0, 1.0, n, dtype=torch.float64)):
@@ -181,7 +154,7 @@ def test_exact_denoiser_compile_option_falls_back_to_eager(monkeypatch):
     """``denoiser(path, compile=True)`` equals the eager denoiser; where compilation fails it warns and runs eagerly."""
     target, _ = mixture(2, 8, 4, seed=1)
     path = get_path("rf")
-    x = points(target, path, 0.5, 32, seed=2)
+    x = tail_points(target, path, 0.5, 32, seed=2)
     t = torch.full((32,), 0.5, dtype=torch.float64)
     cond = torch.arange(32) % 5 - 1
     eager = target.denoiser(path)(x, t, cond)
@@ -237,7 +210,7 @@ def test_exact_denoiser_auto_compiles_only_a_long_run_of_a_small_target(monkeypa
     monkeypatch.setattr(base, "COMPILE_MIN_THREADS", 1)  # whatever this machine's thread count
     target, _ = mixture(2, 8, 4, seed=1)
     path = get_path("rf")
-    x = points(target, path, 0.5, 32, seed=2)
+    x = tail_points(target, path, 0.5, 32, seed=2)
     t = torch.full((32,), 0.5, dtype=torch.float64)
     cond = torch.arange(32) % 5 - 1
     eager = target.denoiser(path, compile=False)(x, t, cond)
@@ -248,7 +221,7 @@ def test_exact_denoiser_auto_compiles_only_a_long_run_of_a_small_target(monkeypa
     assert calls == [] and den.evaluated == 128
     assert_relative(den(x, t, cond), eager)  # 128 ≥ 100: compiled from here
     assert calls == [{"fullgraph": True, "dynamic": False}] and den.evaluated == 128
-    big = points(target, path, 0.5, 65, seed=3)
+    big = tail_points(target, path, 0.5, 65, seed=3)
     den(big, 0.5, None)  # above COMPILE_MAX_BATCH: eager
     assert den.evaluated == 128 + 65 and len(calls) == 1
     box = get_target("chidambaram-uniform-1d")
@@ -265,7 +238,7 @@ def test_exact_denoiser_traces_inside_an_outer_compile_without_recompiling():
     calls of one shape reuse one graph (a guard on the counter would recompile each call, then fail at the limit)."""
     target, _ = mixture(2, 8, 4, seed=1)
     path = get_path("rf")
-    x = points(target, path, 0.5, 32, seed=2)
+    x = tail_points(target, path, 0.5, 32, seed=2)
     t = torch.full((32,), 0.5, dtype=torch.float64)
     den = target.denoiser(path)
     torch._dynamo.reset()
@@ -290,7 +263,7 @@ def test_exact_denoiser_auto_falls_back_silently_and_env_turns_compiling_off(mon
     monkeypatch.setattr(base, "COMPILE_MIN_THREADS", 1)
     target, _ = mixture(2, 8, 4, seed=1)
     path = get_path("rf")
-    x = points(target, path, 0.5, 32, seed=2)
+    x = tail_points(target, path, 0.5, 32, seed=2)
     t = torch.full((32,), 0.5, dtype=torch.float64)
     eager = target.denoiser(path, compile=False)(x, t, None)
     den = target.denoiser(path)
@@ -319,7 +292,7 @@ def test_exact_denoiser_auto_never_compiles_on_one_torch_thread(monkeypatch):
     monkeypatch.setattr(base, "COMPILE_MIN_EVALUATIONS", 0)
     target, _ = mixture(2, 8, 4, seed=1)
     path = get_path("rf")
-    x = points(target, path, 0.5, 32, seed=2)
+    x = tail_points(target, path, 0.5, 32, seed=2)
     t = torch.full((32,), 0.5, dtype=torch.float64)
     den = target.denoiser(path)
     before = torch.get_num_threads()
@@ -345,7 +318,7 @@ def test_another_threads_compile_does_not_change_this_threads_branches(monkeypat
     assert not base.compiling()
     target, _ = mixture(2, 8, 4, seed=1)
     path = get_path("rf")
-    x = points(target, path, 0.5, 32, seed=2)
+    x = tail_points(target, path, 0.5, 32, seed=2)
     t = torch.full((32,), 0.5, dtype=torch.float64)
     den = target.denoiser(path, compile="auto")
     den(x, t, None)

@@ -273,6 +273,22 @@ def exp_row(src, dst, bits, m):  # pragma: no cover - compiled by numba
 
 
 @inline
+def load_block(x, labels, start, hi, mode, null_row, xb, rows):  # pragma: no cover - compiled by numba
+    """Copy the particles [start, start + m) of a block into ``xb`` (D, BLOCK), transposed so that the loops over a
+    block's particles run over contiguous entries, and their log-weight rows (the null row for the label −1) into
+    ``rows``; returns m = min(BLOCK, hi − start)."""
+    m = min(BLOCK, hi - start)
+    for d in range(x.shape[1]):
+        for p in range(m):
+            xb[d, p] = x[start + p, d]
+    if mode != COMPONENTS:
+        for p in range(m):
+            label = labels[start + p]
+            rows[p] = label if label >= 0 else null_row
+    return m
+
+
+@inline
 def finish_block(
     start, m, logits, z, back, means, mode, top, total, acc, part, bits, out_mean, out_lp
 ):  # pragma: no cover - compiled by numba
@@ -339,14 +355,7 @@ def gaussian_shared(
     rows = np.zeros(BLOCK, dtype=np.int64)
     null_row = log_weights.shape[0] - 1  # the unconditional row, for the label −1
     for start in range(lo, hi, BLOCK):
-        m = min(BLOCK, hi - start)
-        for d in range(dim):
-            for p in range(m):
-                xb[d, p] = x[start + p, d]
-        if mode != COMPONENTS:
-            for p in range(m):
-                label = labels[start + p]
-                rows[p] = label if label >= 0 else null_row
+        m = load_block(x, labels, start, hi, mode, null_row, xb, rows)
         for k in range(n_comp):
             lk = logits[k]
             for p in range(m):
@@ -398,14 +407,7 @@ def gaussian_per_sample(
     rows = np.zeros(BLOCK, dtype=np.int64)
     null_row = log_weights.shape[0] - 1  # the unconditional row, for the label −1
     for start in range(lo, hi, BLOCK):
-        m = min(BLOCK, hi - start)
-        for d in range(dim):
-            for p in range(m):
-                xb[d, p] = x[start + p, d]
-        if mode != COMPONENTS:
-            for p in range(m):
-                label = labels[start + p]
-                rows[p] = label if label >= 0 else null_row
+        m = load_block(x, labels, start, hi, mode, null_row, xb, rows)
         for p in range(m):
             ab[p] = alpha[start + p]
             s2b[p] = sigma[start + p] * sigma[start + p]
