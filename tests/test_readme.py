@@ -83,6 +83,12 @@ def test_python_example_runs_and_guides():
     assert out.nfe == 2 * (2 * 64 - 1)  # Heun, cond + uncond in every evaluation
     assert out.num_diverged == 0
     assert torch.isfinite(out.x).all()
+    # the printed mean the README quotes, pushed away from class 0's own mean (−0.875, 0.375) by CFG at γ = 3
+    said = re.search(r"about `tensor\(\[([-\d.]+), ([-\d.]+)\]\)`", TEXT)
+    assert said is not None, "the README no longer quotes the example's printed mean"
+    quoted = torch.tensor([float(said.group(1)), float(said.group(2))])
+    assert torch.allclose(out.x.mean(0).double(), quoted.double(), atol=0.01)
+    assert float((out.x.mean(0).double() - namespace["target"].mean(0)).norm()) > 0.5
 
 
 def test_the_own_guider_example_registers_builds_and_samples():
