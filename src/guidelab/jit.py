@@ -16,9 +16,10 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["FLAGS", "Kernels", "enabled", "njit"]
+__all__ = ["FLAGS", "Kernels", "enabled", "njit", "pool"]
 
 FLAGS = frozenset({"reassoc", "contract"})  # vectorised sums and fused multiply-adds; sqrt, exp and division exact
 
@@ -102,3 +103,29 @@ class Kernels:
         """Forget the kernels, as in a fresh process (for tests of the fallback)."""
         with self._lock:
             self._kernels = None
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def pool(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool of ``workers`` threads for splitting a kernel's rows or particles (the kernels release
+    the GIL), kept across calls: a new pool per call costs its threads' start. Its threads are named
+    ``guidelab-jit…``, so the console script need not wait for them."""
+    with _pools_lock:
+        if workers not in _pools:
+            _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="guidelab-jit")
+        return _pools[workers]
+
+
+def _forget_pools() -> None:
+    """In a forked child the pools' threads do not exist: start new ones there (work submitted to the parent's
+    pools would wait forever)."""
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools)

@@ -19,7 +19,6 @@ the loop runs without the GIL.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -130,6 +129,8 @@ def row_sums(x: np.ndarray, y: np.ndarray, same: bool, threads: int = 1) -> np.n
     if threads <= 1 or n <= CHUNK_ROWS:
         kernel(x, yt, 0, n, same, out)
         return out
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda lo: kernel(x, yt, lo, min(n, lo + CHUNK_ROWS), same, out), range(0, n, CHUNK_ROWS)))
+    chunks = jit.pool(threads).map(
+        lambda lo: kernel(x, yt, lo, min(n, lo + CHUNK_ROWS), same, out), range(0, n, CHUNK_ROWS)
+    )
+    list(chunks)
     return out

@@ -29,21 +29,20 @@ from torch import Tensor
 from guidelab.denoiser import NULL_COND
 from guidelab.paths import NoisePath
 from guidelab.targets import mixture_jit
+from guidelab.targets._mixture_constants import (  # one source for the torch path and the compiled loop
+    _H_SERIES,
+    _HALF_LOG_2PI,
+    _INV_SQRT_PI,
+    _LN2,
+    _SQRT2,
+    _SQRT_2_OVER_PI,
+    _SQRT_HALF,
+    _Y_TAIL,
+)
 from guidelab.targets.base import FusedTarget, PathTime, as_float_array, compiling, init_classes, path_time
 
 __all__ = ["BoxMixture"]
 
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-_LN2 = math.log(2.0)
-_SQRT_HALF = math.sqrt(0.5)
-_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
-_SQRT2 = math.sqrt(2.0)
-_INV_SQRT_PI = 1 / math.sqrt(math.pi)
-# Series region: h < _H_SERIES and |m|·h < _H_SERIES. There the omitted Hermite terms are below 1e-14.
-_H_SERIES = 0.02
-# Below it erfc(y) is a normal double and e^{y²}·erfc(y) keeps its digits; above it the asymptotic series. float32
-# (only on MPS, which has no float64) switches at 9, where erfc is still normal and the series is exact to 1e-9.
-_Y_TAIL = 26.0
 _Y_TAIL_FLOAT32 = 9.0
 _VELTKAMP = 134217729.0  # 2^27 + 1: splits a double into halves whose squares are exact
 

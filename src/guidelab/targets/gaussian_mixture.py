@@ -32,11 +32,10 @@ from torch import Tensor
 from guidelab.denoiser import NULL_COND
 from guidelab.paths import NoisePath
 from guidelab.targets import mixture_jit
+from guidelab.targets._mixture_constants import _LOG_2PI
 from guidelab.targets.base import FusedTarget, as_float_array, compiling, init_classes, path_time
 
 __all__ = ["GaussianMixture"]
-
-_LOG_2PI = math.log(2 * math.pi)
 
 
 @dataclass(frozen=True)

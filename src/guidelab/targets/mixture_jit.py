@@ -38,9 +38,6 @@ is False and the targets take their torch paths.
 from __future__ import annotations
 
 import math
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
@@ -204,30 +201,6 @@ def mode_and_labels(target: Any, cond: Any, n: int, want_mean: bool) -> tuple[in
     return (MEAN if want_mean else LOG_PROB), labels
 
 
-_pools: dict[int, ThreadPoolExecutor] = {}
-_pools_lock = threading.Lock()
-
-
-def _forget_pools() -> None:
-    """In a forked child the pools' threads do not exist: start new ones there (work submitted to the parent's
-    pools would wait forever)."""
-    global _pools_lock
-    _pools.clear()
-    _pools_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pools)
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """A process-wide pool of ``workers`` threads (named ``guidelab-…``, so the console script need not wait)."""
-    with _pools_lock:
-        if workers not in _pools:
-            _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix=f"guidelab-{KERNELS.name}")
-        return _pools[workers]
-
-
 def run(kernel: Any, n: int, *args: Any, out: tuple[np.ndarray, np.ndarray]) -> None:
     """Call ``kernel(*args, lo, hi, *out)`` over particles [0, n), split into one contiguous range per torch thread
     (at least :data:`MIN_CHUNK` particles each); the calling thread takes the first range. The values do not
@@ -237,7 +210,7 @@ def run(kernel: Any, n: int, *args: Any, out: tuple[np.ndarray, np.ndarray]) -> 
         kernel(*args, 0, n, *out)
         return
     bounds = [n * j // threads for j in range(threads + 1)]
-    pool = _pool(threads - 1)
+    pool = jit.pool(threads - 1)
     futures = [pool.submit(kernel, *args, bounds[j], bounds[j + 1], *out) for j in range(1, threads)]
     kernel(*args, bounds[0], bounds[1], *out)
     for future in futures:
