@@ -652,22 +652,23 @@ def report(
 ) -> None:
     """Write the self-contained HTML report of a sweep folder (and of any reproduction run into it)."""
     from guidelab.report import write_report
+    from guidelab.report.data import find_stores, unfinished_runs
 
     if not folder.is_dir():
         raise ValueError(f"folder: no such directory {str(folder)!r}")
     if out is not None:
         writable_file(out, "out")
+
+    unfinished = unfinished_runs(find_stores(folder))  # for the report and the lines below: one pass over each store
     try:
-        path = write_report(folder, out)
+        path = write_report(folder, out, unfinished)
     except ValueError as err:  # write_report names its argument dir; here it is the FOLDER argument
         message = str(err)
         raise ValueError(
             "folder: " + message.removeprefix("dir: ") if message.startswith("dir: ") else message
         ) from None
     typer.echo(f"report written to {path}")
-    from guidelab.report.data import find_stores, unfinished_runs
-
-    for u in unfinished_runs(find_stores(folder)):
+    for u in unfinished:
         typer.echo(
             f"note: sweep {u.sweep} in {u.folder} is unfinished ({u.missing} of its {u.total} runs not stored); rerun"
             " the same guidelab run command to finish it",

@@ -94,8 +94,12 @@ reason in the notes below the table; the numbers behind them are in the reproduc
 """
 
 
-def write_report(dir: str | Path, out: str | Path | None = None) -> Path:
+def write_report(
+    dir: str | Path, out: str | Path | None = None, unfinished: Sequence[Unfinished] | None = None
+) -> Path:
     """Write the HTML report of the results under ``dir`` to ``out`` (default ``dir/report.html``); return its path.
+    ``unfinished``: the sweeps under ``dir`` whose runs are not all stored, where the caller has them already
+    (default: :func:`~guidelab.report.data.unfinished_runs` of its stores).
 
     Raises:
         ValueError: ``dir`` is not a folder, or holds neither a results store nor a reproduction.
@@ -111,7 +115,9 @@ def write_report(dir: str | Path, out: str | Path | None = None) -> Path:
             f"dir: {str(root)!r} holds no runs (results.sqlite) and no reproduction output (a JSON with 'claims')"
         )
     target = Path(out) if out is not None else root / "report.html"
-    text = build_report(root, rows, repros, report_dir=target.parent, unfinished=unfinished_runs(stores))
+    if unfinished is None:
+        unfinished = unfinished_runs(stores)
+    text = build_report(root, rows, repros, report_dir=target.parent, unfinished=unfinished)
     write_text_atomic(target, text)
     return target
 
