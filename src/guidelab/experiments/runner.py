@@ -445,8 +445,7 @@ def ray_where(address: str | None) -> str:
 @contextlib.contextmanager
 def ray_cluster(address: str | None) -> Iterator[Any]:
     """Connect to the Ray cluster at ``address`` (None: Ray's default, see :func:`ray_where`) unless this process
-    already is, and
-    yield the ``ray`` module; disconnect at the end only where connected here.
+    already is, and yield the ``ray`` module; disconnect at the end only where connected here.
 
     Raises:
         ValueError: naming ``executor`` where ray is not installed.
