@@ -93,25 +93,31 @@ def tangential_weights(a, b, dd, g):  # pragma: no cover - compiled by numba
     return g + (1.0 - g) * p, (1.0 - g) * q
 
 
-def make(dt) -> SimpleNamespace:
-    """The kernels for one dtype (``numpy.float32`` or ``numpy.float64``); compiled on first call, cached on disk."""
-    fast = jit.njit()
+@jit.njit(inline="always")
+def operands(c_at, u_at, x_at, x0_at, eps_at, shape, dt):  # pragma: no cover - compiled by numba
+    """The arrays at the addresses of c, u, x_t and the pair's outputs, each of ``shape`` and dtype ``dt``."""
+    return (
+        numba.carray(_at(c_at), shape, dt),
+        numba.carray(_at(u_at), shape, dt),
+        numba.carray(_at(x_at), shape, dt),
+        numba.carray(_at(x0_at), shape, dt),
+        numba.carray(_at(eps_at), shape, dt),
+    )
 
-    @jit.njit(inline="always")
-    def operands(c_at, u_at, x_at, x0_at, eps_at, shape):  # pragma: no cover - compiled by numba
-        """The arrays at the addresses of c, u, x_t and the pair's outputs, each of ``shape`` and the kernel's dtype."""
-        return (
-            numba.carray(_at(c_at), shape, dt),
-            numba.carray(_at(u_at), shape, dt),
-            numba.carray(_at(x_at), shape, dt),
-            numba.carray(_at(x0_at), shape, dt),
-            numba.carray(_at(eps_at), shape, dt),
-        )
+
+def make(dt) -> SimpleNamespace:
+    """The kernels for one dtype (``numpy.float32`` or ``numpy.float64``); compiled on first call, cached on disk.
+
+    numba keys a closure's cache entry on its pickled free variables, so the kernels close over ``dt`` only (a
+    class, pickled by name): a compiled function among them (a dispatcher, pickled with a per-process id) would
+    miss the cache in every new process and compile again, about 4 s.
+    """
+    fast = jit.njit()
 
     @fast
     def affine(c_at, u_at, x_at, x0_at, eps_at, n, w, p0, q0, p1, q1):  # pragma: no cover - compiled by numba
         """CFG: m = u + w·(c − u); x0̂ = p0·m + q0·x, ε̂ = p1·m + q1·x (flat, n elements)."""
-        c, u, x, x0, eps = operands(c_at, u_at, x_at, x0_at, eps_at, n)
+        c, u, x, x0, eps = operands(c_at, u_at, x_at, x0_at, eps_at, n, dt)
         w_, p0_, q0_, p1_, q1_ = dt(w), dt(p0), dt(q0), dt(p1), dt(q1)
         for j in range(n):
             m = u[j] + w_ * (c[j] - u[j])
@@ -122,7 +128,7 @@ def make(dt) -> SimpleNamespace:
     def cfg_zero(c_at, u_at, x_at, x0_at, eps_at, rows, d, ac, bc, g, p0, q0, p1, q1):  # pragma: no cover
         """CFG-Zero*: s* = <v_c, v_u>/(||v_u||² + ε); v̂ = γ·v_c + (1 − γ)·s*·v_u (v in velocity: ac, bc)."""
         shape = (rows, d)
-        c, u, x, x0, eps = operands(c_at, u_at, x_at, x0_at, eps_at, shape)
+        c, u, x, x0, eps = operands(c_at, u_at, x_at, x0_at, eps_at, shape, dt)
         ac_, bc_, g_, p0_, q0_, p1_, q1_ = dt(ac), dt(bc), dt(g), dt(p0), dt(q0), dt(p1), dt(q1)
         for i in range(rows):
             ci, ui, xi, oi, ei = c[i], u[i], x[i], x0[i], eps[i]
@@ -146,7 +152,7 @@ def make(dt) -> SimpleNamespace:
         """MAMBO-G: pred = c + (γ − 1)·exp(−α·r)·(c − u), r = ||c_S − u_S||/(||u_S|| + ε), pair from the model's
         space."""
         shape = (rows, d)
-        c, u, x, x0, eps = operands(c_at, u_at, x_at, x0_at, eps_at, shape)
+        c, u, x, x0, eps = operands(c_at, u_at, x_at, x0_at, eps_at, shape, dt)
         ac_, bc_, p0_, q0_, p1_, q1_ = dt(ac), dt(bc), dt(p0), dt(q0), dt(p1), dt(q1)
         for i in range(rows):
             ci, ui, xi, oi, ei = c[i], u[i], x[i], x0[i], eps[i]
@@ -170,7 +176,7 @@ def make(dt) -> SimpleNamespace:
         Δ̄ = Δ) written to ``avg``; x0̂ = (1 − (γ−1)(1−η)·k·s)·c0 + (γ−1)·s·Δ̄ with k = <Δ̄, c0>/(||c0||² + ε),
         s = min(1, r/(||Δ̄|| + ε)) (1 without threshold: ``threshold`` < 0); ε̂ = p1·x0̂ + q1·x."""
         shape = (rows, d)
-        c, u, x, x0, eps = operands(c_at, u_at, x_at, x0_at, eps_at, shape)
+        c, u, x, x0, eps = operands(c_at, u_at, x_at, x0_at, eps_at, shape, dt)
         has_prev = prev_at != 0
         prev = numba.carray(_at(prev_at if has_prev else avg_at), shape, dt)
         avg = numba.carray(_at(avg_at), shape, dt)
@@ -204,7 +210,7 @@ def make(dt) -> SimpleNamespace:
         """Guidance rescale in S: x_S = u_S + γ·(c_S − u_S), pred = x_S·(φ·(std(c_S) + ε)/(std(x_S) + ε) + 1 − φ)
         (two-pass population stds in float64; factor 1 where x_S is constant)."""
         shape = (rows, d)
-        c, u, x, x0, eps = operands(c_at, u_at, x_at, x0_at, eps_at, shape)
+        c, u, x, x0, eps = operands(c_at, u_at, x_at, x0_at, eps_at, shape, dt)
         ac_, bc_, g_, p0_, q0_, p1_, q1_ = dt(ac), dt(bc), dt(g), dt(p0), dt(q0), dt(p1), dt(q1)
         for i in range(rows):
             ci, ui, xi, oi, ei = c[i], u[i], x[i], x0[i], eps[i]
@@ -239,7 +245,7 @@ def make(dt) -> SimpleNamespace:
         """TCFG in S: pred = (γ + (1 − γ)p)·c_S + (1 − γ)q·u_S, u' = p·c_S + q·u_S the projection of u_S on the top
         right singular vector of [c_S; u_S] (from the three float64 dot products)."""
         shape = (rows, d)
-        c, u, x, x0, eps = operands(c_at, u_at, x_at, x0_at, eps_at, shape)
+        c, u, x, x0, eps = operands(c_at, u_at, x_at, x0_at, eps_at, shape, dt)
         ac_, bc_, p0_, q0_, p1_, q1_ = dt(ac), dt(bc), dt(p0), dt(q0), dt(p1), dt(q1)
         for i in range(rows):
             ci, ui, xi, oi, ei = c[i], u[i], x[i], x0[i], eps[i]
