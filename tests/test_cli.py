@@ -239,7 +239,7 @@ def test_run_says_on_stderr_when_runs_have_diverged_samples(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
-    assert lines == [lines[0]] and lines[0].startswith("warning: 1 of the 2 runs have diverged samples")
+    assert lines == [lines[0]] and lines[0].startswith("warning: 1 of the 2 runs has diverged samples")
 
 
 @pytest.mark.parametrize("code", [0, 2])

@@ -341,9 +341,9 @@ def test_the_cli_runs_a_pipeline_sweep_and_its_report(folders, tmp_path, capsys)
         _case(folders, "pipeline: {folder: {sd}, prompts: [a], n: 2, steps: 2}\nguiders: [{name: cfg}]\n"),
     )
     main(["run", str(sweep), "--out", str(tmp_path / "out")])
-    assert "1 runs: 0 already done, 1 ran, 0 failed" in capsys.readouterr().out
+    assert "1 run: 0 already done, 1 ran, 0 failed" in capsys.readouterr().out
     main(["run", str(sweep), "--out", str(tmp_path / "out")])
-    assert "1 runs: 1 already done, 0 ran, 0 failed" in capsys.readouterr().out
+    assert "1 run: 1 already done, 0 ran, 0 failed" in capsys.readouterr().out
     main(["report", str(tmp_path / "out")])
     sources = _grid_sources(tmp_path / "out" / "report.html")
     assert len(sources) == 1 and (tmp_path / "out" / sources[0]).is_file()

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from guidelab.progress import ProgressBar
+from guidelab.progress import ProgressBar, counted, every
 
 
 def test_a_pipe_gets_one_line_per_tenth_and_the_end(capsys):
@@ -34,3 +34,9 @@ def test_the_cli_shows_sampling_progress_when_piped(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "sampling (euler): 20/20 (100%" in result.stderr
     assert out.is_file()
+
+
+def test_counts_take_the_number_of_their_noun():
+    assert [counted(n, "run") for n in (0, 1, 2)] == ["0 runs", "1 run", "2 runs"]
+    assert counted(1, "matrix", "matrices") == "1 matrix" and counted(3, "matrix", "matrices") == "3 matrices"
+    assert [every(n, "run") for n in (1, 4)] == ["the only run", "all 4 runs"]

@@ -212,6 +212,7 @@ def test_single_run_with_missing_metrics(tmp_path):
     assert len(page.run_rows) == 1
     body = html.read_text(encoding="utf-8")
     assert "No fidelity/distance plot" in body and "No diversity plot" in body
+    assert "1 run (1 ok, 0 failed)" in body and "1 run, 1 ok." in body and "1 runs" not in body
 
 
 def test_only_errors(tmp_path):
@@ -300,7 +301,7 @@ def test_a_report_on_an_unfinished_sweep_says_how_many_runs_are_missing(tmp_path
             db.execute(f"DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs ORDER BY rowid LIMIT {dropped})")
     body = write_report(tmp_path).read_text(encoding="utf-8")
     assert "3 runs (3 ok, 0 failed), 3 more not run yet (an unfinished sweep)" in body  # the header's counts
-    assert "Sweep sweep-one in " in body and "1 of its 3 runs are not in the store" in body
+    assert "Sweep sweep-one in " in body and "1 of its 3 runs is not in the store" in body
     from typer.testing import CliRunner
 
     from guidelab.cli import app

@@ -266,7 +266,8 @@ def test_ctrl_c_on_worker_threads_exits_130_at_once_and_the_rerun_completes(tmp_
     assert time.monotonic() - start < 10
     assert "terminate called" not in err
     rows = stored(out)
-    assert f"interrupted: {len(rows)} runs stored in {out}; rerun the same command to resume" in err
+    count = f"{len(rows)} run" + ("" if len(rows) == 1 else "s")
+    assert f"interrupted: {count} stored in {out}; rerun the same command to resume" in err
     assert 2 <= len(rows) < 12
     assert all((out / "runs" / h / "run.json").is_file() for h in rows)
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

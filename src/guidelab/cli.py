@@ -15,6 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
+from guidelab.progress import counted
+
 __all__ = ["app", "main"]
 
 app = typer.Typer(
@@ -58,7 +60,8 @@ def _say_interrupted(out: Path) -> None:
             stored = len(ResultStore(out / "results.sqlite").statuses())
     # print, flushed: the console script may leave by os._exit (worker threads still in a run), which drops
     # whatever a buffered stream still holds
-    print(f"interrupted: {stored} runs stored in {out}; rerun the same command to resume", file=sys.stderr, flush=True)
+    line = f"interrupted: {counted(stored, 'run')} stored in {out}; rerun the same command to resume"
+    print(line, file=sys.stderr, flush=True)
 
 
 def _resumable(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -542,18 +545,19 @@ def run(
         raise typer.Exit(1) from None
     retried = f" ({summary.retried} retried)" if summary.retried else ""
     typer.echo(
-        f"{summary.total} runs: {summary.skipped} already done, {summary.ran} ran{retried}, {summary.failed} failed; "
-        f"results in {summary.out / 'results.sqlite'}"
+        f"{counted(summary.total, 'run')}: {summary.skipped} already done, {summary.ran} ran{retried}, "
+        f"{summary.failed} failed; results in {summary.out / 'results.sqlite'}"
     )
     if summary.diverged:
         typer.echo(
-            f"warning: {summary.diverged} of the {summary.ran} runs have diverged samples (frozen, left out of their "
-            f"metrics); the report lists them",
+            f"warning: {summary.diverged} of the {counted(summary.ran, 'run')} "
+            f"{'has' if summary.diverged == 1 else 'have'} diverged samples (frozen, left out of their metrics); "
+            "the report lists them",
             err=True,
         )
     if summary.failed_total:
         typer.echo(
-            f"error: {summary.failed_total} of {summary.total} runs failed; "
+            f"error: {summary.failed_total} of {counted(summary.total, 'run')} failed; "
             f"see the error column of {summary.out / 'results.sqlite'}",
             err=True,
         )
@@ -670,8 +674,8 @@ def report(
     typer.echo(f"report written to {path}")
     for u in unfinished:
         typer.echo(
-            f"note: sweep {u.sweep} in {u.folder} is unfinished ({u.missing} of its {u.total} runs not stored); rerun"
-            " the same guidelab run command to finish it",
+            f"note: sweep {u.sweep} in {u.folder} is unfinished ({u.missing} of its {counted(u.total, 'run')} not "
+            "stored); rerun the same guidelab run command to finish it",
             err=True,
         )
 

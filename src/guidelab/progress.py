@@ -12,7 +12,18 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["ProgressBar"]
+__all__ = ["ProgressBar", "counted", "every"]
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and the noun in the number it takes: ``counted(1, "run")`` is "1 run", ``counted(3, "run")`` "3 runs"
+    (``plural``: where the plural is not the noun plus "s")."""
+    return f"{n} {noun if n == 1 else (plural or noun + 's')}"
+
+
+def every(n: int, noun: str, plural: str | None = None) -> str:
+    """ "the only run" for one, "all 3 runs" for more (``plural`` as in :func:`counted`)."""
+    return f"the only {noun}" if n == 1 else f"all {counted(n, noun, plural)}"
 
 
 class ProgressBar:

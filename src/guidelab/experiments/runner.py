@@ -52,7 +52,7 @@ from guidelab.experiments.config import PipelineRunSpec, PipelineSweep, RunSpec,
 from guidelab.experiments.measures import MeasureInput, measure, reference_samples
 from guidelab.experiments.store import ResultStore
 from guidelab.io import write_json_atomic, write_npy_atomic
-from guidelab.progress import ProgressBar
+from guidelab.progress import ProgressBar, counted
 
 __all__ = [
     "Split",
@@ -179,7 +179,7 @@ def choose_split(
         slots = max(1, int(memory // per_worker))
         why += f", memory for {slots}"
     if slots == 1 or len(runs) <= 1:
-        return Split(1, threads, f"{why}, {len(runs)} run(s)", kind)
+        return Split(1, threads, f"{why}, {counted(len(runs), 'run')}", kind)
     total = sum(estimated_run_seconds(spec) for spec in runs)
     least = 2 * _SPAWN_S if kind == "processes" else _THREADS_MIN_S
     if total < least:
@@ -816,7 +816,7 @@ def run_sweep(
                 if used * threads > cores:
                     why += f"; {used * threads} torch threads on {cores} usable cores: the runs share cores"
                 split = Split(used, threads, why, kind)
-        described = f"{len(todo)} of {len(unique)} runs to do, " + (
+        described = f"{len(todo)} of {counted(len(unique), 'run')} to do, " + (
             f"ray executor {ray_where(address)} × {threads} torch thread(s) per run"
             if executor == "ray"
             else split.describe()

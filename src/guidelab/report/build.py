@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from guidelab.io import write_text_atomic
+from guidelab.progress import counted, every
 from guidelab.report import figures
 from guidelab.report.data import (
     FLOORED,
@@ -163,7 +164,7 @@ def build_report(
     title = "guidelab report" + (f": {', '.join(sweeps)}" if sweeps else "")
     failed = sum(r["status"] != "ok" for r in rows)
     missing = sum(u.missing for u in unfinished)
-    counts = [f"{len(rows)} runs ({len(rows) - failed} ok, {failed} failed)"] if rows or not repros else []
+    counts = [f"{counted(len(rows), 'run')} ({len(rows) - failed} ok, {failed} failed)"] if rows or not repros else []
     counts += [f"{missing} more not run yet (an unfinished sweep)"] if missing else []
     counts += [f"{len(repros)} reproduction{'' if len(repros) == 1 else 's'}"] if repros else []
     meta = f"{', '.join(counts)}; folder {root}; generated {time.strftime('%Y-%m-%d %H:%M')} by guidelab {__version__}"
@@ -201,7 +202,8 @@ def _overview(
     after a note per sweep whose runs are not all stored."""
     body = [
         note(
-            f"Sweep {u.sweep} in {u.folder} is unfinished: {u.missing} of its {u.total} runs are not in the store, so"
+            f"Sweep {u.sweep} in {u.folder} is unfinished: {u.missing} of its {counted(u.total, 'run')} "
+            f"{'is' if u.missing == 1 else 'are'} not in the store, so"
             " every figure and table below shows the finished runs only. Rerun the same guidelab run command to"
             " finish it (finished runs are kept).",
             bad=True,
@@ -228,16 +230,21 @@ def _overview(
     if errors:
         kinds = list(dict.fromkeys(str(r.get("error") or "unknown error") for r in errors))
         shown = "; ".join(kinds[:3]) + (f"; and {len(kinds) - 3} other messages" if len(kinds) > 3 else "")
-        body.append(note(f"{len(errors)} of {len(rows)} runs failed (see the run table): {shown}", bad=True))
+        body.append(note(f"{len(errors)} of {counted(len(rows), 'run')} failed (see the run table): {shown}", bad=True))
     diverged = [r for r in rows if r["status"] == "ok" and n_diverged(r)]
     if diverged:
-        every = sum(n_diverged(r) >= int(r.get("n") or 0) > 0 for r in diverged)
+        all_diverged = sum(n_diverged(r) >= int(r.get("n") or 0) > 0 for r in diverged)
         body.append(
             note(
-                f"{len(diverged)} of {len(rows)} runs have diverged samples, left out of their metrics"
-                + (f"; in {every} every sample diverged (no metrics, no point in the plots)" if every else "")
+                f"{len(diverged)} of {counted(len(rows), 'run')} {'has' if len(diverged) == 1 else 'have'} diverged"
+                " samples, left out of their metrics"
+                + (
+                    f"; in {all_diverged} every sample diverged (no metrics, no point in the plots)"
+                    if all_diverged
+                    else ""
+                )
                 + ". Each target's section lists them.",
-                bad=bool(every),
+                bad=bool(all_diverged),
             )
         )
     if catalog.varying:
@@ -260,10 +267,15 @@ def _group_section(i: int, target: str, cond: str, group: list[dict[str, Any]], 
     title = f"{target} · c = {cond}"
     key = f"{target}|{cond}"
     ok = [r for r in group if r["status"] == "ok"]
-    parts = [f"<p class='muted'>{len(group)} runs, {len(ok)} ok.</p>"]
+    parts = [f"<p class='muted'>{counted(len(group), 'run')}, {len(ok)} ok.</p>"]
     if not ok:
         first = next((r.get("error") for r in group if r.get("error")), "unknown error")
-        parts.append(note(f"All {len(group)} runs of {title} failed; nothing to plot. First error: {first}", bad=True))
+        parts.append(
+            note(
+                f"{every(len(group), 'run').capitalize()} of {title} failed; nothing to plot. First error: {first}",
+                bad=True,
+            )
+        )
         return Section(_anchor(i), title, "".join(parts))
     points = aggregate(ok, catalog)
     x_metric = _first_metric(points, _DISTANCES)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from guidelab.progress import counted, every
 from guidelab.report import figures
 from guidelab.report.data import (
     Catalog,
@@ -90,13 +91,21 @@ def _pipeline_section(
 ) -> Section:
     ok = [r for r in rows if r["status"] == "ok"]
     first = (ok or rows)[0]["config"]
-    facts = [f"{len(rows)} runs, {len(ok)} ok", f"pipeline {first.get('pipeline_class') or ''} in {first['pipeline']}"]
+    facts = [
+        f"{counted(len(rows), 'run')}, {len(ok)} ok",
+        f"pipeline {first.get('pipeline_class') or ''} in {first['pipeline']}",
+    ]
     if first.get("n"):
         facts.append(f"{first['n']} images per run")
     parts = [f"<p class='muted'>{escape('; '.join(facts))}.</p>"]
     if not ok:
         error = next((r.get("error") for r in rows if r.get("error")), "unknown error")
-        parts.append(note(f"All {len(rows)} runs on {name} failed; nothing to show. First error: {error}", bad=True))
+        parts.append(
+            note(
+                f"{every(len(rows), 'run').capitalize()} on {name} failed; nothing to show. First error: {error}",
+                bad=True,
+            )
+        )
         return Section(anchor, f"Images: {name}", "".join(parts))
     metrics = [m for m in metric_names(ok) if m != "n_excluded"]
     points = [p for p in aggregate(ok, catalog) if p.gamma is not None]

@@ -22,6 +22,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from guidelab.progress import counted, every
 from guidelab.report import figures
 from guidelab.report.data import (
     BETTER,
@@ -131,7 +132,7 @@ def _model_section(anchor: str, name: str, rows: list[dict[str, Any]], catalog: 
     config = (ok or rows)[0]["config"]
     models = list(dict.fromkeys(_model_text(r["config"].get("model")) for r in rows))
     title = f"{' and '.join(models)} on {name}"
-    facts = [f"{len(rows)} runs, {len(ok)} ok", f"classes {', '.join(conds)}"]
+    facts = [f"{counted(len(rows), 'run')}, {len(ok)} ok", f"classes {', '.join(conds)}"]
     reference = _set_fields(config.get("reference") or {})
     source = (reference.get("dataset") and f"the {reference['dataset']} test split") or reference.get("samples")
     if source:
@@ -143,7 +144,12 @@ def _model_section(anchor: str, name: str, rows: list[dict[str, Any]], catalog: 
     parts = [f"<p class='muted'>{escape('; '.join(facts))}.</p>"]
     if not ok:
         error = next((r.get("error") for r in rows if r.get("error")), "unknown error")
-        parts.append(note(f"All {len(rows)} runs on {name} failed; nothing to show. First error: {error}", bad=True))
+        parts.append(
+            note(
+                f"{every(len(rows), 'run').capitalize()} on {name} failed; nothing to show. First error: {error}",
+                bad=True,
+            )
+        )
         return Section(anchor, title, "".join(parts))
     points = [ClassMeanPoint(p.line, p.gamma, p.rows) for p in aggregate(ok, catalog)]
     floors = {m: _class_mean(ok, f"{m}_floor") for m in MODEL_METRICS}
