@@ -263,7 +263,7 @@ def sample(
     write_json_atomic(out.with_suffix(".json"), sidecar)
     sheet = f", a sheet of them in {out.with_suffix('.png')}" if result.x.ndim == 4 else ""
     typer.echo(
-        f"wrote {n} samples to {out}{sheet} (nfe {result.nfe}, diverged {result.num_diverged}, "
+        f"wrote {counted(n, 'sample')} to {out}{sheet} (nfe {result.nfe}, diverged {result.num_diverged}, "
         f"{result.wall_time:.2f} s)"
     )
 
@@ -387,8 +387,8 @@ def generate(
     }
     write_json_atomic(out / "generate.json", sidecar)
     typer.echo(
-        f"wrote {len(files) - 1} images and grid.png to {out} (nfe {result.nfe}, diverged {result.diverged}, "
-        f"{result.wall_time:.2f} s)"
+        f"wrote {counted(len(files) - 1, 'image')} and grid.png to {out} (nfe {result.nfe}, "
+        f"diverged {result.diverged}, {result.wall_time:.2f} s)"
     )
     if result.diverged:
         typer.echo(
@@ -627,7 +627,7 @@ def _tune_lines(summary: dict[str, Any]) -> list[str]:
 
     lines = [f"objective: {summary['objective']['text']}"]
     for study in summary["studies"]:
-        done = f"{study['label']}: {len(study['trials'])} trials ({study['stopped'] or 'done'})"
+        done = f"{study['label']}: {counted(len(study['trials']), 'trial')} ({study['stopped'] or 'done'})"
         best = study["best"]
         if best is None:
             lines.append(f"{done}; no feasible trial")
@@ -708,8 +708,8 @@ def reproduce(
         typer.echo(f"{'holds         ' if ok else 'not reproduced'}  {claim}")
     held = sum(bool(ok) for ok in claims.values())
     typer.echo(
-        f"{held} of {len(claims)} claims hold here (a claim not reproduced is a result, with its reason in the notes; "
-        f"the command succeeded); numbers and figures in {out}; report written to {write_report(out)}"
+        f"{held} of {counted(len(claims), 'claim')} hold here (a claim not reproduced is a result, with its reason "
+        f"in the notes; the command succeeded); numbers and figures in {out}; report written to {write_report(out)}"
     )
 
 
@@ -914,7 +914,7 @@ def _train_on_target(
         threads=threads,
     )
     final = f", final loss {result.losses[-1]:.4g}" if result.losses else ""
-    typer.echo(f"denoiser written to {out} ({steps} steps{final}, {result.wall_time:.1f} s)")
+    typer.echo(f"denoiser written to {out} ({counted(steps, 'step')}{final}, {result.wall_time:.1f} s)")
 
 
 @app.command("train-classifier")

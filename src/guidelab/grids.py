@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from guidelab.paths import NoisePath
+from guidelab.progress import counted
 
 __all__ = ["GRIDS", "GRID_PARAMS", "check_grid_params", "make_grid"]
 
@@ -124,7 +125,9 @@ def make_grid(
         times = _lam_grid(kind, n, path, t_min, t_max, rho, lam_cap)
     grid = torch.cat([times, torch.zeros(1, dtype=torch.float64)])
     if not bool((grid[1:] < grid[:-1]).all()):
-        raise ValueError(f"grid: {kind} grid with {steps} steps is not strictly decreasing; widen [t_min, t_max]")
+        raise ValueError(
+            f"grid: {kind} grid with {counted(steps, 'step')} is not strictly decreasing; widen [t_min, t_max]"
+        )
     grid.noise_path = path  # type: ignore[attr-defined]  # the path it was built for; sample() checks it
     return grid
 

@@ -42,6 +42,7 @@ from guidelab.models.adapters import (
 )
 from guidelab.noise import NoiseSource
 from guidelab.paths import DiscreteVPPath, NoisePath, RectifiedFlowPath
+from guidelab.progress import counted
 from guidelab.sampling import DEFAULT_DIVERGENCE_FACTOR, SOLVERS, sample
 
 __all__ = [
@@ -143,7 +144,7 @@ def scheduler_grid(scheduler: Any, steps: int, path: NoisePath, *, image_seq_len
         type(sch).set_timesteps(sch, steps)
     grid = current_grid(sch, path)
     if grid.numel() != steps + 1:
-        raise ValueError(f"grid: {type(scheduler).__name__} gave {grid.numel() - 1} steps for {steps}")
+        raise ValueError(f"grid: {type(scheduler).__name__} gave {counted(grid.numel() - 1, 'step')} for {steps}")
     return grid
 
 

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from guidelab.denoiser import Denoiser
 from guidelab.paths import NoisePath
+from guidelab.progress import counted
 
 __all__ = [
     "COND",
@@ -101,8 +102,8 @@ def as_batch(scale: Scale, like: Tensor) -> Tensor | float:
             return float(scale)
         if scale.numel() != like.shape[0]:
             raise ValueError(
-                f"scale: {scale.numel()} per-sample values for a batch of {like.shape[0]} samples; give one number "
-                "or one value per sample"
+                f"scale: {scale.numel()} per-sample values for a batch of {counted(like.shape[0], 'sample')}; give "
+                "one number or one value per sample"
             )
         return scale.to(device=like.device, dtype=torch.float64).reshape(-1)
     return float(scale)

@@ -23,6 +23,7 @@ from guidelab.guiders.context import Scale
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import Schedule
 from guidelab.paths import NoisePath
+from guidelab.progress import counted
 
 __all__ = ["LearnedGuider", "LearnedSchedule"]
 
@@ -96,8 +97,8 @@ class LearnedGuider(ScheduledGuider):
         source = (self.meta.get("learn") or {}).get("target") or "its target"
         if len(learned) != len(names):
             raise ValueError(
-                f"checkpoint: learned on {len(learned)} classes of {source} ({', '.join(learned)}), but the "
-                f"denoiser's target has {len(names)} ({', '.join(names)})"
+                f"checkpoint: learned on {counted(len(learned), 'class', 'classes')} of {source} "
+                f"({', '.join(learned)}), but the denoiser's target has {len(names)} ({', '.join(names)})"
             )
         if learned != names:
             warnings.warn(

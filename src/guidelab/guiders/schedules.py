@@ -39,6 +39,7 @@ from guidelab.guiders._checks import check_choice, check_flag, check_number, con
 from guidelab.guiders.context import Scale, StepContext, scale_from_config, scale_to_config, step_contexts
 from guidelab.guiders.scales import extra_to_ho, ho_to_extra
 from guidelab.paths import NoisePath
+from guidelab.progress import counted
 
 __all__ = [
     "SCHEDULES",
@@ -365,7 +366,7 @@ class _GridSchedule(Schedule):
 
     def __call__(self, ctx: StepContext) -> Scale:
         if len(ctx.grid) - 1 != ctx.steps:
-            raise ValueError(f"grid: has {len(ctx.grid) - 1} steps but the context says {ctx.steps}")
+            raise ValueError(f"grid: has {counted(len(ctx.grid) - 1, 'step')} but the context says {ctx.steps}")
         gamma = self._weights(ctx)[ctx.index]
         return gamma if gamma.ndim > 0 else float(gamma)
 

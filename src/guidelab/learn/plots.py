@@ -11,6 +11,7 @@ from torch import Tensor
 
 from guidelab.io import save_figure_atomic
 from guidelab.paths import NoisePath, get_path
+from guidelab.progress import counted
 
 __all__ = ["plot_learned_schedule", "plot_omega"]
 
@@ -64,5 +65,7 @@ def plot_learned_schedule(
     names = guider.class_names if guider.weights.conditional else ["all"]
     entry = {"t": grid[:-1].tolist(), "omega": {name: table[c].tolist() for c, name in enumerate(names)}}
     label = Path(guider.checkpoint).name if guider.checkpoint else "learned"
-    plot_omega({label: entry}, file, title=title or f"learned ω per class ({path.name}, {grid.numel() - 1} steps)")
+    plot_omega(
+        {label: entry}, file, title=title or f"learned ω per class ({path.name}, {counted(grid.numel() - 1, 'step')})"
+    )
     return entry

@@ -569,7 +569,11 @@ def _reproduction_section(root: Path, repros: Sequence[Reproduction]) -> Section
             facts.append(f"{fmt(float(data['wall_time_s']))} s")
         claims = data["claims"]
         checks = [ok for _, ok, _ in claim_items(claims) if ok is not None]
-        summary = f"{sum(checks)} of {len(checks)} checks hold" if checks else ("no pass/fail checks" if claims else "")
+        summary = (
+            f"{sum(checks)} of {counted(len(checks), 'check')} hold"
+            if checks
+            else ("no pass/fail checks" if claims else "")
+        )
         parts.append(
             f'<h3 id="repro-{k}">{escape(rep.title)}</h3><p class="muted">{escape("; ".join(facts))}. '
             f"{escape(summary)}{'.' if summary else ''}</p>"

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from guidelab.progress import counted
 from guidelab.report.data import BETTER, FLOORED, Line, Point, gamma_sort, gamma_text, pareto_front
 
 __all__ = [
@@ -697,7 +698,7 @@ def samples_plot(
             ax.tick_params(labelleft=True)
         ax.set_xlim(*view[0])
         if item is None:
-            ax.set_title(f"exact p(x | c), {len(ref)} samples", fontsize=8.5, color="#333")
+            ax.set_title(f"exact p(x | c), {counted(len(ref), 'sample')}", fontsize=8.5, color="#333")
         else:
             n = item.x.shape[0]
             ax.set_title(f"{item.title}\n{n - int(inside.sum())} of {n} outside view", fontsize=8.5, color=item.color)

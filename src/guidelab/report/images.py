@@ -96,7 +96,7 @@ def _pipeline_section(
         f"pipeline {first.get('pipeline_class') or ''} in {first['pipeline']}",
     ]
     if first.get("n"):
-        facts.append(f"{first['n']} images per run")
+        facts.append(f"{counted(first['n'], 'image')} per run")
     parts = [f"<p class='muted'>{escape('; '.join(facts))}.</p>"]
     if not ok:
         error = next((r.get("error") for r in rows if r.get("error")), "unknown error")

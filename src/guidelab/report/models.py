@@ -140,7 +140,7 @@ def _model_section(anchor: str, name: str, rows: list[dict[str, Any]], catalog: 
     if reference.get("classifier"):
         facts.append(f"classifier {reference['classifier']}")
     if config.get("n"):
-        facts.append(f"{config['n']} images per run")
+        facts.append(f"{counted(config['n'], 'image')} per run")
     parts = [f"<p class='muted'>{escape('; '.join(facts))}.</p>"]
     if not ok:
         error = next((r.get("error") for r in rows if r.get("error")), "unknown error")

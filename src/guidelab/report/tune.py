@@ -20,6 +20,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from guidelab.progress import counted
 from guidelab.report import figures
 from guidelab.report.data import _walk, finite
 from guidelab.report.html import Section, figure, note
@@ -164,7 +165,7 @@ def _section(root: Path, i: int, folder: Path, summary: dict[str, Any]) -> Secti
     trials = sum(len(s["trials"]) for s in studies)
     parts = [
         f"<p class='muted'>Folder {escape(where)}; objective: {escape(summary['objective']['text'])}; "
-        f"search: {escape(str(summary.get('search_method')))}, {trials} trials over {len(studies)} "
+        f"search: {escape(str(summary.get('search_method')))}, {counted(trials, 'trial')} over {len(studies)} "
         f"method{'' if len(studies) == 1 else 's'}; search seeds {escape(fmt(summary.get('seeds')))}, held-out seeds "
         f"{escape(fmt(summary.get('heldout_seeds')))}.</p>"
     ]
