@@ -129,8 +129,10 @@ class LearnedGuider(ScheduledGuider):
         weights are conditioning-agnostic and no labels are known)."""
         key = (ctx.index, id(ctx.grid))
         if key not in self._cache:
-            column = self._table_for(ctx)[:, ctx.index]  # (C,)
+            column = self._table_for(ctx)[:, ctx.index]  # (C,), computed on the CPU
             labels = self._labels(ctx)
+            if labels is not None:
+                column = column.to(labels.device)  # the labels live where the samples do
             if not self.weights.conditional:
                 omega = column[0] if labels is None else torch.where(labels == -1, 0.0, column[0])
             elif labels is None:

@@ -137,7 +137,7 @@ def mode_weights(
     w_true = true_log_w[members].exp()
     assigned = k >= 0
     n_assigned = int(assigned.sum())
-    counts = torch.bincount(k[assigned], minlength=true_log_w.numel()).double()[members]
+    counts = torch.bincount(k[assigned], minlength=true_log_w.numel()).double().to(w_true.device)[members]
     w_hat = counts / n_assigned if n_assigned > 0 else torch.zeros_like(w_true)
     covered = w_hat >= threshold * w_true
     return ModeWeights(

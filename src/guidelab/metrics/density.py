@@ -244,7 +244,7 @@ def grid_divergences(
     q = torch.cat([q_in, torch.tensor([q_out], dtype=torch.float64)])
     q = q / q.sum()  # absorbs the quadrature error of Σ Q_j (≤ 1e-10 for smooth densities)
     counts, outside = histogram(x, grid)
-    counts = torch.cat([counts, torch.tensor([float(outside)], dtype=torch.float64)])
+    counts = torch.cat([counts.cpu(), torch.tensor([float(outside)], dtype=torch.float64)])  # beside q, on the CPU
 
     def divergences(c: Tensor) -> tuple[float, float, float]:
         p_hat = c / n

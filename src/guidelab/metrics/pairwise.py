@@ -65,10 +65,10 @@ def _gap_sum_cross(x: Tensor, y: Tensor) -> float:
     """Σ_ij |x_i − y_j| for 1-D x (n,), y (m,) by the gaps of the merged sorted sample."""
     n, m = x.shape[0], y.shape[0]
     z = torch.cat([x, y])
-    is_x = torch.cat([torch.ones(n, dtype=torch.float64), torch.zeros(m, dtype=torch.float64)])
+    is_x = torch.cat([z.new_ones(n, dtype=torch.float64), z.new_zeros(m, dtype=torch.float64)])  # on z's device
     z, order = torch.sort(z, stable=True)
     a = torch.cumsum(is_x[order], 0)[:-1]  # x-points left of each gap (exact integers in float64)
-    b = torch.arange(1, n + m, dtype=torch.float64) - a  # y-points left of it
+    b = torch.arange(1, n + m, dtype=torch.float64, device=z.device) - a  # y-points left of it
     gaps = z[1:] - z[:-1]
     return float((gaps * (a * (m - b) + b * (n - a))).sum())
 
@@ -77,7 +77,7 @@ def _gap_sum_self(x: Tensor) -> float:
     """Σ_{i<j} |x_i − x_j| for 1-D x (n,) by the gaps of the sorted sample."""
     n = x.shape[0]
     z, _ = torch.sort(x)
-    a = torch.arange(1, n, dtype=torch.float64)
+    a = torch.arange(1, n, dtype=torch.float64, device=x.device)
     return float(((z[1:] - z[:-1]) * (a * (n - a))).sum())
 
 
