@@ -19,7 +19,8 @@ Pipelines are compared on explicit latents drawn on the CPU.
 
 - exact denoisers (posterior mean, log p_t, scores, class posteriors), float64: 1e-10 relative (``close``:
   ``|a − b| ≤ 1e-10·(|b| + 1)`` elementwise); the CPU's numba loops and the device's torch path agree to rounding;
-- guider combines, float64: 1e-11 relative error of the pair (x0̂, ε̂) per sample; float16 and bfloat16 on the device
+- guider combines, float64: 1e-11 relative error of the pair (x0̂, ε̂) per sample (diffusers' CFG-Zero* and TCFG,
+  which compute in float32 inside: 1e-5 and 3e-5, ``FLOAT32_INSIDE``); float16 and bfloat16 on the device
   against float64 on the same rounded inputs: 2·eps of the dtype (2^-9, 2^-6), as tests/test_guiders_precision.py;
 - sampling on exact targets, float64: 1e-9·(1 + max |x|) (the per-step rounding differences grow along 6 steps);
   float32 on the device against float64 on the device: finite, and every sample within 2e-3·(1 + max |x|); β-CFG at
@@ -332,6 +333,11 @@ COMBINE_CASES = [
     ("diffusers:TangentialClassifierFreeGuidance", {"guidance_scale": 4.0}),
 ]
 COMBINE_IDS = [f"{n}-{i}" for i, (n, _) in enumerate(COMBINE_CASES)]
+# diffusers' CFG-Zero* and TCFG cast to float32 inside whatever the input dtype (diffusers/guiders/
+# classifier_free_zero_star_guidance.py: cond.float(); tangential_classifier_free_guidance.py: the SVD's operands
+# .float()), so their float64 results on two devices agree to float32 rounding only: measured on an H200 against the
+# CPU 1.0e-7 (CFG-Zero*) and 2.9e-6 (TCFG, the SVD's error grows as its singular values close up).
+FLOAT32_INSIDE = {"diffusers:ClassifierFreeZeroStarGuidance": 1e-5, "diffusers:TangentialClassifierFreeGuidance": 3e-5}
 HALF_TOLERANCE = {torch.float16: 2 * 2.0**-10, torch.bfloat16: 2 * 2.0**-7}
 
 
@@ -403,7 +409,8 @@ def _pair_error(got, want):
 )
 @pytest.mark.parametrize(("name", "params"), COMBINE_CASES, ids=COMBINE_IDS)
 def test_guider_combines_match_the_cpu(name, params, path_name, times, space, learned_checkpoints):
-    """Every guider's combine over two steps on device predictions equals the CPU's in float64 (1e-11), with the
+    """Every guider's combine over two steps on device predictions equals the CPU's in float64 (1e-11; float32
+    rounding for the diffusers guiders that compute in float32, ``FLOAT32_INSIDE``), with the
     sampler's scalar conversions and with per-sample coefficients; in float16 and bfloat16 on the device it runs,
     returns the dtype, stays finite and lies within 2·eps of the float64 result on the same rounded inputs."""
     path = get_path(path_name)
@@ -417,7 +424,8 @@ def test_guider_combines_match_the_cpu(name, params, path_name, times, space, le
             )  # fmt: skip
         assert where(got) == {DEV.type}
         err = _pair_error(got, want)
-        assert err <= 1e-11, f"{name} (scalars={scalars}): relative error {err:.3g} against the CPU"
+        tol = FLOAT32_INSIDE.get(name, 1e-11)
+        assert err <= tol, f"{name} (scalars={scalars}): relative error {err:.3g} against the CPU"
     for dtype in HALVES:
         rounded = {k: v.to(dtype) for k, v in raw.items()}
         with torch_paths():
