@@ -226,26 +226,61 @@ def log_normal(v):  # pragma: no cover - compiled by numba
 
 
 @inline
-def erfcx_fast(y):  # pragma: no cover - compiled by numba
-    """e^{y²}erfc(y) for 0 ≤ y ≤ 1e100 without a table (straight-line, so that a loop around it vectorises):
-    with t = (y − L)/(y + L) ∈ [−1, 1), L = 4, erfcx(y)·(y + L) is smooth in t on [−1, 1] (it tends to 1/√π as
-    y → ∞) and its degree-22 interpolant at the Chebyshev points (:data:`_ERFCX_G`, monomial coefficients, from
-    60-digit mpmath) is within 5e-16 relative of erfcx over [0, 1e100] in double arithmetic (the tests check it
-    against mpmath)."""
-    r = 1.0 / (y + _ERFCX_L)
-    t = (y - _ERFCX_L) * r
+def erfcx_poly(t):  # pragma: no cover - compiled by numba
+    """G(t) = erfcx(y)·(y + L) at t = (y − L)/(y + L) ∈ [−1, 1), L = :data:`_ERFCX_L`: smooth in t on [−1, 1] (it
+    tends to 1/√π as y → ∞), its degree-22 interpolant at the Chebyshev points (:data:`_ERFCX_G`, monomial
+    coefficients from 60-digit mpmath), by Estrin's scheme (short dependency chains, so that the loops around run at
+    the multiply-adds' throughput)."""
     c = _ERFCX_G
     t2 = t * t
     t4 = t2 * t2
     t8 = t4 * t4
-    # Estrin's scheme: short dependency chains, so that the loops around run at the multiply-adds' throughput
     p0 = fma(t2, fma(c[3], t, c[2]), fma(c[1], t, c[0]))
     p1 = fma(t2, fma(c[7], t, c[6]), fma(c[5], t, c[4]))
     p2 = fma(t2, fma(c[11], t, c[10]), fma(c[9], t, c[8]))
     p3 = fma(t2, fma(c[15], t, c[14]), fma(c[13], t, c[12]))
     p4 = fma(t2, fma(c[19], t, c[18]), fma(c[17], t, c[16]))
     p5 = fma(t2, c[22], fma(c[21], t, c[20]))
-    return fma(t8, fma(t8, fma(t4, p5, p4), fma(t4, p3, p2)), fma(t4, p1, p0)) * r
+    return fma(t8, fma(t8, fma(t4, p5, p4), fma(t4, p3, p2)), fma(t4, p1, p0))
+
+
+@inline
+def erfcx_fast(y):  # pragma: no cover - compiled by numba
+    """e^{y²}erfc(y) for 0 ≤ y ≤ 1e100 without a table (straight-line, so that a loop around it vectorises):
+    :func:`erfcx_poly`, within 5e-16 relative of erfcx over [0, 1e100] in double arithmetic (the tests check it
+    against mpmath); the box loop takes the same polynomial with one division for both ends (:func:`closed_entry`)."""
+    r = 1.0 / (y + _ERFCX_L)
+    return erfcx_poly((y - _ERFCX_L) * r) * r
+
+
+@inline
+def closed_entry(mq, hq):  # pragma: no cover - compiled by numba
+    """:func:`box_entry`'s closed form, straight-line so that a loop around it vectorises (both branches computed, one
+    selected): (2Z, its log's other term, E[z], whether the entry is left to the scalar pass). The scalar pass takes
+    the Hermite series' entries (small h' and |m'|h') and far ends past 1e100 or NaN, whose values here are ignored.
+
+    With n, f the ends' distances: outside 2Z·e^{n²} = erfcx(n) − e^{−4|m'|h'}·erfcx(f), inside 2Z = 2 − erfc(n) −
+    erfc(f) with erfc(f) = e^{−n²}·e^{−4|m'|h'}·erfcx(f), and |E[z]| = φ(near end)/Z·(1 − e^{−4|m'|h'}). Terms that
+    the scalar code skips as negligible (the far end past e^{−4|m'|h'} < e^{−50}, inside an end past 6.5) are kept:
+    below rounding. Both erfcx by :func:`erfcx_poly` with one division: 1/((n + L)(f + L))."""
+    am = abs(mq)
+    near = abs(am - hq)
+    far = am + hq
+    expo = 4.0 * am * hq
+    special = ((hq < _H_SERIES * _SQRT_HALF) & (am * hq < 0.5 * _H_SERIES)) | (not (far < _FAR_LIMIT))
+    e_expo, em = exp_pair(-expo)
+    sq = near * near
+    e_near, _ = exp_pair(-sq)
+    a_near = near + _ERFCX_L
+    a_far = far + _ERFCX_L
+    inv = 1.0 / (a_near * a_far)
+    g_near = erfcx_poly((near - _ERFCX_L) * a_far * inv) * a_far  # erfcx(n)·(n + L)(f + L)
+    g_far = erfcx_poly((far - _ERFCX_L) * a_near * inv) * a_near * e_expo  # e^{−4|m'|h'}·erfcx(f)·(n + L)(f + L)
+    outside = am >= hq
+    two_z = (g_near - g_far) * inv if outside else fma(-(e_near * inv), g_near + g_far, 2.0)
+    mills = (_SQRT_2_OVER_PI if outside else _SQRT_2_OVER_PI * e_near) / two_z
+    add = -_LN2 - sq if outside else -_LN2
+    return two_z, add, math.copysign(mills * em, mq), special
 
 
 @inline
@@ -293,16 +328,35 @@ def box_lanes(
     means[k] (columns idx[j]).
 
     The particles are copied to contiguous rows (``work_x``, and their times where they differ), so that the loop
-    over them vectorises; per entry the closed form of :func:`box_entry` (both ends' erfcx by :func:`erfcx_fast`,
-    e^{−4|m'|h'} and its expm1 by :func:`exp_pair`, e^{−n²} inside, the far end's e^{−f²} = e^{−n²}·e^{−4|m'|h'}),
-    branch-free (each branch computed, one selected); one log per component (:func:`log_normal`). Particles with a
-    series entry, a distance beyond 1e100 (or NaN) or a product out of the normal range are done again by the
+    over them vectorises: per entry :func:`closed_entry`, one log per component (:func:`log_normal`). Particles with
+    a series entry, a distance beyond 1e100 (or NaN) or a product out of the normal range are done again by the
     scalar :func:`box_component`. ``work`` = (total, product, flag, work_t, work_x, work_mean, factors): work arrays."""
     centre, half, log_width = params[0], params[1], params[2]
     total, product, flag, work_t, work_x, work_mean, factors = work
     dim = centre.shape[1]
-    if shared:
-        sc, asc, l_a, i_a, s_a = times[0], times[1], times[4], times[5], times[6]
+    lk = lwb[k]
+    for j in range(cnt):
+        total[j] = lk[idx[j]]
+        product[j] = 1.0
+        flag[j] = 0.0
+    for d in range(dim):
+        xd, row_d = work_x[d], xb[d]
+        for j in range(cnt):
+            xd[j] = row_d[idx[j]]
+    special_count = 0
+    if shared:  # the times as scalars, so that LLVM hoists what depends on them alone
+        scale, ascale, log_a, inv_a, s_over_a = times[0, 0], times[1, 0], times[4, 0], times[5, 0], times[6, 0]
+        for d in range(dim):
+            a_centre, hq, log_box = ascale * centre[k, d], ascale * half[k, d], log_a + log_width[k, d]
+            xd, md = work_x[d], work_mean[d]
+            for j in range(cnt):
+                xv = xd[j]
+                two_z, add, ratio, special = closed_entry(xv * scale - a_centre, hq)
+                product[j] *= two_z
+                total[j] += add - log_box
+                md[j] = xv * inv_a - ratio * s_over_a
+                flag[j] = 1.0 if special else flag[j]
+                special_count += 1 if special else 0
     else:
         sc, asc, l_a, i_a, s_a = work_t[0], work_t[1], work_t[2], work_t[3], work_t[4]
         for j in range(cnt):
@@ -312,54 +366,23 @@ def box_lanes(
             l_a[j] = times[4, q]
             i_a[j] = times[5, q]
             s_a[j] = times[6, q]
-    for d in range(dim):
-        xd, row_d = work_x[d], xb[d]
-        for j in range(cnt):
-            xd[j] = row_d[idx[j]]
-    lk = lwb[k]
-    for j in range(cnt):
-        total[j] = lk[idx[j]]
-        product[j] = 1.0
-        flag[j] = 0.0
-    for d in range(dim):
-        ck, hk, wk = centre[k, d], half[k, d], log_width[k, d]
-        xd, md = work_x[d], work_mean[d]
-        for j in range(cnt):
-            a_scale = asc[j]
-            mq = xd[j] * sc[j] - a_scale * ck
-            hq = a_scale * hk
-            am = abs(mq)
-            near = abs(am - hq)
-            far = am + hq
-            expo = 4.0 * am * hq
-            special = ((hq < _H_SERIES * _SQRT_HALF) & (am * hq < 0.5 * _H_SERIES)) | (not (far < _FAR_LIMIT))
-            far_c = far if far < _FAR_LIMIT else _FAR_LIMIT  # finite arguments on the lanes left to the scalar pass
-            near_c = near if near < _FAR_LIMIT else _FAR_LIMIT
-            e_expo, em = exp_pair(-expo)
-            dropped = expo >= _FAR_NEGLIGIBLE
-            em = -1.0 if dropped else em
-            g_near = erfcx_fast(near_c)
-            g_far = erfcx_fast(far_c)
-            sq = near_c * near_c
-            e_near, _ = exp_pair(-sq)
-            # outside: 2Z·e^{n²} = erfcx(n) − e^{−4|m'|h'}·erfcx(f); inside: 2Z = 2 − erfc(n) − erfc(f)
-            out_z = g_near - (0.0 if dropped else e_expo * g_far)
-            in_z = 2.0 - (g_near * e_near if near_c < _ERFC_NEGLIGIBLE else 0.0)
-            in_z -= g_far * (e_near * e_expo) if far_c < _ERFC_NEGLIGIBLE else 0.0
-            outside = am >= hq
-            two_z = out_z if outside else in_z
-            mills = (_SQRT_2_OVER_PI if outside else _SQRT_2_OVER_PI * e_near) / two_z
-            add = -_LN2 - sq if outside else -_LN2
-            ratio = math.copysign(mills * em, mq)
-            product[j] *= two_z
-            total[j] += add - (l_a[j] + wk)
-            md[j] = xd[j] * i_a[j] - ratio * s_a[j]
-            flag[j] = 1.0 if special else flag[j]
+        for d in range(dim):
+            ck, hk, wk = centre[k, d], half[k, d], log_width[k, d]
+            xd, md = work_x[d], work_mean[d]
+            for j in range(cnt):
+                xv, a_scale = xd[j], asc[j]
+                two_z, add, ratio, special = closed_entry(xv * sc[j] - a_scale * ck, a_scale * hk)
+                product[j] *= two_z
+                total[j] += add - (l_a[j] + wk)
+                md[j] = xv * i_a[j] - ratio * s_a[j]
+                flag[j] = 1.0 if special else flag[j]
+                special_count += 1 if special else 0
     for j in range(cnt):
         v = product[j]
         normal = (v >= _TINY_PRODUCT) & (v <= _HUGE_PRODUCT)
         total[j] += log_normal(v if normal else 1.0)
         flag[j] = flag[j] if normal else 1.0
+        special_count += 0 if normal else 1
     lk = logits[k]
     for j in range(cnt):
         lk[idx[j]] = total[j]
@@ -367,10 +390,11 @@ def box_lanes(
         md, mean_d = work_mean[d], means[k, d]
         for j in range(cnt):
             mean_d[idx[j]] = md[j]
-    for j in range(cnt):
-        if flag[j] != 0.0:
-            q = idx[j]
-            lk[q] = box_component(x, start + q, q, k, rows[q], params, mode, times, factors, means)
+    if special_count:
+        for j in range(cnt):
+            if flag[j] != 0.0:
+                q = idx[j]
+                lk[q] = box_component(x, start + q, q, k, rows[q], params, mode, times, factors, means)
 
 
 @compiled_lanewise
@@ -407,6 +431,8 @@ def box_kernel(
     groups = np.empty((n_comp, size), dtype=np.int64)
     count = np.zeros(n_comp, dtype=np.int64)
     idx = np.empty(size, dtype=np.int64)
+    kept = np.empty(size, dtype=np.int64)
+    series_any = np.empty(size)
     # Separate arrays for what a vectorised loop writes: rows of one array would defeat LLVM's runtime overlap check.
     total, product, flag = np.empty(size), np.empty(size), np.empty(size)
     work_t = np.empty((5, size))  # the times of a component's particles (one time per particle)
@@ -444,24 +470,34 @@ def box_kernel(
                 for p in range(m):
                     lk[p] = 0.0
             else:
-                for p in range(m):
+                for p in range(m):  # a gather: a scalar loop, kept short
                     lk[p] = log_weights[rows[p], k]
             for p in range(m):
                 bk[p] = lk[p]
-                best[p] = 0.0  # here: whether some entry takes the series
+                series_any[p] = 0.0
             for d in range(dim):
                 ck, hk, wk = centre[k, d], half[k, d], log_width[k, d]
                 row_d = xb[d]
-                for p in range(m):
-                    hq = ascale[p] * hk
-                    am = abs(row_d[p] * scale[p] - ascale[p] * ck)
-                    gap = am - hq
-                    bk[p] -= (_LN2 + gap * gap if gap >= 0.0 else 0.0) + (log_a[p] + wk)
-                    series = (hq < _H_SERIES * _SQRT_HALF) & (am * hq < 0.5 * _H_SERIES)
-                    best[p] = 1.0 if series else best[p]
+                if shared:  # the times as scalars, so that LLVM hoists what depends on them alone
+                    a_centre, hq, log_box = ascale[0] * ck, ascale[0] * hk, log_a[0] + wk
+                    may_series = hq < _H_SERIES * _SQRT_HALF
+                    for p in range(m):
+                        am = abs(row_d[p] * scale[0] - a_centre)
+                        gap = am - hq
+                        bk[p] -= (_LN2 + gap * gap if gap >= 0.0 else 0.0) + log_box
+                        series_any[p] = 1.0 if may_series & (am * hq < 0.5 * _H_SERIES) else series_any[p]
+                else:
+                    for p in range(m):
+                        hq = ascale[p] * hk
+                        am = abs(row_d[p] * scale[p] - ascale[p] * ck)
+                        gap = am - hq
+                        bk[p] -= (_LN2 + gap * gap if gap >= 0.0 else 0.0) + (log_a[p] + wk)
+                        series = (hq < _H_SERIES * _SQRT_HALF) & (am * hq < 0.5 * _H_SERIES)
+                        series_any[p] = 1.0 if series else series_any[p]
             for p in range(m):
                 finite = lk[p] != -np.inf
-                bk[p] = np.inf if finite & ((best[p] != 0.0) | (not use_bound)) else bk[p] if finite else -np.inf
+                no_bound = (series_any[p] != 0.0) | (not use_bound)
+                bk[p] = np.inf if finite & no_bound else bk[p] if finite else -np.inf
         for p in range(m):
             first[p] = -1
             best[p] = -np.inf
@@ -492,11 +528,13 @@ def box_kernel(
         # (3) the components that can matter: a bound less than PRUNE below the exact log-weight of (2)
         for k in range(n_comp):
             bk = bound[k]
+            for p in range(m):  # vectorised; the compaction below is a scalar loop, kept short
+                keep = (first[p] != k) & (bk[p] != -np.inf) & ((not use_bound) | (bk[p] >= best[p] - PRUNE))
+                kept[p] = 1 if keep else 0
             cnt = 0
             for p in range(m):
                 idx[cnt] = p
-                keep = (first[p] != k) & (bk[p] != -np.inf) & ((not use_bound) | (bk[p] >= best[p] - PRUNE))
-                cnt += 1 if keep else 0
+                cnt += kept[p]
             if cnt:
                 box_lanes(k, idx, cnt, start, x, xb, lwb, rows, shared, times, mode, params, work, logits, means)
         # (4) log p_t and the mean
