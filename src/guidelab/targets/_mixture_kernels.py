@@ -44,7 +44,10 @@ _EXP_C7, _EXP_C8, _EXP_C9, _EXP_C10 = 1 / 5040, 1 / 40320, 1 / 362880, 1 / 36288
 _EXP_C11, _EXP_C12, _EXP_C13 = 1 / 39916800, 1 / 479001600, 1 / 6227020800
 _MANTISSA, _ONE_BITS = (1 << 52) - 1, 1023 << 52  # a double's mantissa bits, and the exponent bits of 1.0
 _FAR_LIMIT = 1e100  # distances beyond (or NaN) go to the scalar pass
-_BOX_BLOCK_ENTRIES = 1 << 18  # per-component means kept per block of the box loop: K·D·block ≤ this (2 MB)
+_LANES = 8  # doubles in a vector register (AVX-512); the box loop pads its particle lists to a multiple
+_BOX_BLOCK_ENTRIES = (
+    1 << 18
+)  # the box loop's per-component (K, block) and per-dimension (D, block) work arrays: 2 MB each
 _ERFCX_L = 4.0
 _ERFCX_G = (  # erfcx(y)·(y + L) in t = (y − L)/(y + L): the degree-22 interpolant at the Chebyshev points
     1.095995661000491,
@@ -188,16 +191,22 @@ def bits_of(typingctx, value):  # pragma: no cover - compiled by numba
 def exp_pair(d):  # pragma: no cover - compiled by numba
     """(e^d, e^d − 1) for d ≤ 0 as :func:`exp_row` (2^k·e^r, Taylor degree 13), both flushed below −700 (to 0 and
     −1; −∞ too): e^d − 1 = 2^k·(e^r − 1) + (2^k − 1) keeps its digits where it is small (k = 0 for |d| < ln 2/2, and
-    no worse than 2 ulps beyond). Straight-line code, so that a loop around it vectorises."""
+    no worse than 2 ulps beyond). Straight-line code, so that a loop around it vectorises; Horner's scheme in fused
+    multiply-adds, as :func:`erfcx_poly`."""
     k = math.floor((d if d > _EXP_FLOOR else _EXP_FLOOR) * _LOG2E + 0.5)  # not max(): its NaN test stops LLVM
-    r = (d - k * _LN2_HI) - k * _LN2_LO
-    # e^r − 1 = r·Σ_{i≤12} r^i/(i + 1)!, by Estrin's scheme: short dependency chains, which the loops around need
-    r2 = r * r
-    r4 = r2 * r2
-    p0 = fma(r2, fma(_EXP_C4, r, _EXP_C3), fma(0.5, r, 1.0))
-    p1 = fma(r2, fma(_EXP_C8, r, _EXP_C7), fma(_EXP_C6, r, _EXP_C5))
-    p2 = fma(r2, fma(_EXP_C12, r, _EXP_C11), fma(_EXP_C10, r, _EXP_C9))
-    q = r * fma(r4 * r4, fma(r4, _EXP_C13, p2), fma(r4, p1, p0))  # e^r − 1
+    r = fma(-k, _LN2_LO, fma(-k, _LN2_HI, d))  # k·ln 2's high part is exact
+    q = fma(_EXP_C13, r, _EXP_C12)  # e^r − 1 = r·Σ_{i≤12} r^i/(i + 1)!
+    q = fma(q, r, _EXP_C11)
+    q = fma(q, r, _EXP_C10)
+    q = fma(q, r, _EXP_C9)
+    q = fma(q, r, _EXP_C8)
+    q = fma(q, r, _EXP_C7)
+    q = fma(q, r, _EXP_C6)
+    q = fma(q, r, _EXP_C5)
+    q = fma(q, r, _EXP_C4)
+    q = fma(q, r, _EXP_C3)
+    q = fma(q, r, 0.5)
+    q = fma(q, r, 1.0) * r
     scale = float_from_bits((np.int64(k) + 1023) << 52)
     flush = d < _EXP_FLOOR
     return (0.0 if flush else fma(scale, q, scale)), (-1.0 if flush else fma(scale, q, scale - 1.0))
@@ -216,12 +225,17 @@ def log_normal(v):  # pragma: no cover - compiled by numba
     e = e + 1 if big else e
     s = (f - 1.0) / (f + 1.0)
     z = s * s
-    z2 = z * z
-    z4 = z2 * z2
-    p_lo = fma(z2, fma(1 / 9, z, 1 / 7), fma(1 / 5, z, 1 / 3))
-    p_hi = fma(z4, fma(1 / 21, z, 1 / 19), fma(z2, fma(1 / 17, z, 1 / 15), fma(1 / 13, z, 1 / 11)))
+    p = fma(1 / 21, z, 1 / 19)
+    p = fma(p, z, 1 / 17)
+    p = fma(p, z, 1 / 15)
+    p = fma(p, z, 1 / 13)
+    p = fma(p, z, 1 / 11)
+    p = fma(p, z, 1 / 9)
+    p = fma(p, z, 1 / 7)
+    p = fma(p, z, 1 / 5)
+    p = fma(p, z, 1 / 3)
     s2 = s + s
-    log_f = fma(s2, z * fma(z4, p_hi, p_lo), s2)
+    log_f = fma(s2, z * p, s2)
     return v if v != v else e * _LN2_HI + (e * _LN2_LO + log_f)
 
 
@@ -229,19 +243,32 @@ def log_normal(v):  # pragma: no cover - compiled by numba
 def erfcx_poly(t):  # pragma: no cover - compiled by numba
     """G(t) = erfcx(y)·(y + L) at t = (y − L)/(y + L) ∈ [−1, 1), L = :data:`_ERFCX_L`: smooth in t on [−1, 1] (it
     tends to 1/√π as y → ∞), its degree-22 interpolant at the Chebyshev points (:data:`_ERFCX_G`, monomial
-    coefficients from 60-digit mpmath), by Estrin's scheme (short dependency chains, so that the loops around run at
-    the multiply-adds' throughput)."""
+    coefficients from 60-digit mpmath), by Horner's scheme in fused multiply-adds (each coefficient an operand read
+    from memory; Estrin's shorter chains measured slower in the box loop, whose registers they exhaust)."""
     c = _ERFCX_G
-    t2 = t * t
-    t4 = t2 * t2
-    t8 = t4 * t4
-    p0 = fma(t2, fma(c[3], t, c[2]), fma(c[1], t, c[0]))
-    p1 = fma(t2, fma(c[7], t, c[6]), fma(c[5], t, c[4]))
-    p2 = fma(t2, fma(c[11], t, c[10]), fma(c[9], t, c[8]))
-    p3 = fma(t2, fma(c[15], t, c[14]), fma(c[13], t, c[12]))
-    p4 = fma(t2, fma(c[19], t, c[18]), fma(c[17], t, c[16]))
-    p5 = fma(t2, c[22], fma(c[21], t, c[20]))
-    return fma(t8, fma(t8, fma(t4, p5, p4), fma(t4, p3, p2)), fma(t4, p1, p0))
+    g = fma(c[22], t, c[21])
+    g = fma(g, t, c[20])
+    g = fma(g, t, c[19])
+    g = fma(g, t, c[18])
+    g = fma(g, t, c[17])
+    g = fma(g, t, c[16])
+    g = fma(g, t, c[15])
+    g = fma(g, t, c[14])
+    g = fma(g, t, c[13])
+    g = fma(g, t, c[12])
+    g = fma(g, t, c[11])
+    g = fma(g, t, c[10])
+    g = fma(g, t, c[9])
+    g = fma(g, t, c[8])
+    g = fma(g, t, c[7])
+    g = fma(g, t, c[6])
+    g = fma(g, t, c[5])
+    g = fma(g, t, c[4])
+    g = fma(g, t, c[3])
+    g = fma(g, t, c[2])
+    g = fma(g, t, c[1])
+    g = fma(g, t, c[0])
+    return g
 
 
 @inline
@@ -284,11 +311,11 @@ def closed_entry(mq, hq):  # pragma: no cover - compiled by numba
 
 
 @inline
-def box_component(x, i, p, k, row, params, mode, times, factors, means):  # pragma: no cover - compiled by numba
-    """One particle (row i of x, column p of the block's ``times`` and ``means``) and component k entry by entry with
+def box_component(x, i, p, k, row, params, mode, times, factors, means, col):  # pragma: no cover - compiled by numba
+    """One particle (row i of x, column p of the block's ``times``) and component k entry by entry with
     :func:`box_entry` (the scalar pass, for the entries the vectorised one leaves: the Hermite series, non-finite or
-    huge distances, and products of factors out of the normal range): returns the exact log-weight and writes
-    means[k, :, p]. ``params`` = (centre, half, log_width, log_weights, table)."""
+    huge distances, and products of factors out of the normal range): returns the exact log-weight and writes the
+    means into means[:, col]. ``params`` = (centre, half, log_width, log_weights, table)."""
     centre, half, log_width, log_weights, table = params
     scale, ascale, c, log_s, log_a = times[0, p], times[1, p], times[2, p], times[3, p], times[4, p]
     inv_a, s_over_a = times[5, p], times[6, p]
@@ -309,10 +336,10 @@ def box_component(x, i, p, k, row, params, mode, times, factors, means):  # prag
             product *= factor
         if series:
             total += add - _HALF_LOG_2PI - log_s
-            means[k, d, p] = centre[k, d] + c * half[k, d] * half[k, d] * ratio
+            means[d, col] = centre[k, d] + c * half[k, d] * half[k, d] * ratio
         else:
             total += add - (log_a + log_width[k, d])
-            means[k, d, p] = xd * inv_a - ratio * s_over_a
+            means[d, col] = xd * inv_a - ratio * s_over_a
     if not (_TINY_PRODUCT <= product <= _HUGE_PRODUCT):  # far tails (or NaN), or 2^D inside: sum the logs
         product = 1.0
         for d in range(dim):
@@ -322,18 +349,29 @@ def box_component(x, i, p, k, row, params, mode, times, factors, means):  # prag
 
 @inline
 def box_lanes(
-    k, idx, cnt, start, x, xb, lwb, rows, shared, times, mode, params, work, logits, means
+    k, idx, cnt, start, x, xb, lwb, rows, shared, times, mode, initial, params, work, state
 ):  # pragma: no cover - compiled by numba
-    """Component k for the block's particles idx[:cnt]: their exact log-weights into logits[k] and means into
-    means[k] (columns idx[j]).
+    """Component k for the block's particles idx[:cnt].
 
     The particles are copied to contiguous rows (``work_x``, and their times where they differ), so that the loop
     over them vectorises: per entry :func:`closed_entry`, one log per component (:func:`log_normal`). Particles with
     a series entry, a distance beyond 1e100 (or NaN) or a product out of the normal range are done again by the
-    scalar :func:`box_component`. ``work`` = (total, product, flag, work_t, work_x, work_mean, factors): work arrays."""
+    scalar :func:`box_component`. ``work`` = (total, product, flag, work_t, work_x, work_mean, factors): work arrays.
+
+    ``state`` = (logits, top, weight, acc): per-component output (mode COMPONENTS) puts the exact log-weights l_k in
+    logits[k]; else they are folded into each particle's running log-sum-exp, top (the largest l so far), weight
+    (Σ e^{l − top}) and in mode MEAN acc (D, size) (Σ e^{l − top}·mean_k), each component once, ``initial`` for the
+    first (top = l, weight 1, acc = its mean): one exponential per component a particle takes, not one per component.
+    A −∞ equal to top counts 1 and a term of weight 0 adds nothing, as in the scalar loop's log-sum-exp."""
     centre, half, log_width = params[0], params[1], params[2]
     total, product, flag, work_t, work_x, work_mean, factors = work
     dim = centre.shape[1]
+    # Padded to whole vectors with copies of the last particle (their results are not written out): a vectorised
+    # loop's scalar remainder costs as much as its vectors over these short lists.
+    padded = min((cnt + _LANES - 1) // _LANES * _LANES, idx.shape[0])
+    for j in range(cnt, padded):
+        idx[j] = idx[cnt - 1]
+    cnt_all, cnt = cnt, padded
     lk = lwb[k]
     for j in range(cnt):
         total[j] = lk[idx[j]]
@@ -383,18 +421,62 @@ def box_lanes(
         total[j] += log_normal(v if normal else 1.0)
         flag[j] = flag[j] if normal else 1.0
         special_count += 0 if normal else 1
-    lk = logits[k]
-    for j in range(cnt):
-        lk[idx[j]] = total[j]
-    for d in range(dim):
-        md, mean_d = work_mean[d], means[k, d]
-        for j in range(cnt):
-            mean_d[idx[j]] = md[j]
+    cnt = cnt_all
     if special_count:
         for j in range(cnt):
             if flag[j] != 0.0:
                 q = idx[j]
-                lk[q] = box_component(x, start + q, q, k, rows[q], params, mode, times, factors, means)
+                total[j] = box_component(x, start + q, q, k, rows[q], params, mode, times, factors, work_mean, j)
+    logits, top, weight, acc = state
+    if mode == COMPONENTS:
+        lk = logits[k]
+        for j in range(cnt):
+            lk[idx[j]] = total[j]
+        return
+    if initial:
+        for j in range(cnt):
+            q = idx[j]
+            v = total[j]
+            top[q] = v
+            weight[q] = 1.0 if v == v else v  # NaN (a NaN or infinite coordinate): every output NaN
+        if mode == MEAN:
+            for d in range(dim):
+                md, acc_d = work_mean[d], acc[d]
+                for j in range(cnt):
+                    acc_d[idx[j]] = md[j]
+        return
+    top_c, weight_c, keep_old, take_new = product, flag, work_t[0], work_t[1]  # free again
+    for j in range(cnt):
+        q = idx[j]
+        top_c[j] = top[q]
+        weight_c[j] = weight[q]
+    for j in range(cnt):
+        v, t = total[j], top_c[j]
+        diff = v - t
+        e, _ = exp_pair(-abs(diff))
+        up = diff > 0.0
+        same = v == t  # −∞ and −∞ too
+        scale_old = 1.0 if same | (not up) else e
+        scale_new = 1.0 if same | up else e
+        weight_c[j] = fma(weight_c[j], scale_old, scale_new)
+        top_c[j] = v if up else t
+        keep_old[j] = scale_old
+        take_new[j] = scale_new
+    for j in range(cnt):
+        q = idx[j]
+        top[q] = top_c[j]
+        weight[q] = weight_c[j]
+    if mode == MEAN:
+        part = total  # free again
+        for d in range(dim):
+            md, acc_d = work_mean[d], acc[d]
+            for j in range(cnt):
+                part[j] = acc_d[idx[j]]
+            for j in range(cnt):
+                old, new = keep_old[j], take_new[j]
+                part[j] = (part[j] * old if old != 0.0 else 0.0) + (new * md[j] if new != 0.0 else 0.0)
+            for j in range(cnt):
+                acc_d[idx[j]] = part[j]
 
 
 @compiled_lanewise
@@ -407,25 +489,27 @@ def box_kernel(
     where h' and |m'|h' are small (log p = log φ(m) − log σ + log S, mean centre + (α/σ)·half²·T/S), else the
     closed form (log p = log Z − log(α(b − a)), mean x/α − (σ/α)·E[z]).
 
-    Blocks of particles as :func:`gaussian_shared` (fewer than :data:`BLOCK` where K·D is large, to bound the
-    per-component means kept), every loop over a block's particles: (1) each component's upper bound on its
-    log-weight (:func:`box_kernel`'s pruning, below), and each particle's best-bound component; (2) that component's
-    exact log-weight, for the particles grouped by it (:func:`box_lanes`); (3) every other component for the
-    particles where it can matter: its bound lies at most :data:`PRUNE` below that exact log-weight (all of them
-    with ``prune`` False or per-component output); (4) the log-sum-exp and the mean. Which components a particle
-    takes depends on its own values alone, so its results do not depend on the other particles of its block."""
+    Blocks of particles as :func:`gaussian_shared` (fewer than :data:`BLOCK` where K or D is large, to bound the
+    work arrays), every loop over a block's particles: (1) each component's upper bound on its log-weight (outside
+    its box an entry has log Z ≤ −ln 2 − n², inside log Z ≤ 0) and each particle's best-bound component among those
+    of its class; (2) that component's exact log-weight and mean, for the particles grouped by it (:func:`box_lanes`);
+    (3) every other component for the particles where it can matter: its bound lies at most :data:`PRUNE` below the
+    exact log-weight of (2) (all of them with ``prune`` False or per-component output), folded into each particle's
+    running log-sum-exp and mean; (4) log p_t and the mean out. Which components a particle takes, and in which
+    order, depends on its own values alone, and every loop computes a particle's values on their own, so a particle
+    has the same bits whatever the other particles of its block."""
     n_comp, dim = centre.shape
     null_row = log_weights.shape[0] - 1  # the unconditional row, for the label −1
     shared = alpha.shape[0] == 1
-    size = min(BLOCK, max(8, _BOX_BLOCK_ENTRIES // (n_comp * dim)))
+    size = min(BLOCK, max(_LANES, _BOX_BLOCK_ENTRIES // max(n_comp, dim) // _LANES * _LANES))
     use_bound = prune and mode != COMPONENTS
     xb = np.empty((dim, size))
     rows = np.zeros(size, dtype=np.int64)
     times = np.empty((7, size))  # σ√2 scale, α·scale, α/σ, log σ, log α, 1/α, σ/α per particle
     lwb = np.empty((n_comp, size))  # log-weights of the particles' rows
     bound = np.empty((n_comp, size))
-    logits = np.empty((n_comp, size))
-    means = np.empty((n_comp, dim, size))
+    logits = np.empty((n_comp if mode == COMPONENTS else 0, size))
+    top, weight, acc = np.empty(size), np.empty(size), np.empty((dim, size))
     first = np.empty(size, dtype=np.int64)
     best = np.empty(size)
     groups = np.empty((n_comp, size), dtype=np.int64)
@@ -439,6 +523,7 @@ def box_kernel(
     work_x = np.empty((dim, size))
     work_mean = np.empty((dim, size))
     work = (total, product, flag, work_t, work_x, work_mean, np.empty(dim))
+    state = (logits, top, weight, acc)
     params = (centre, half, log_width, log_weights, table)
     for start in range(lo, hi, size):
         m = min(size, hi - start)
@@ -510,9 +595,17 @@ def box_kernel(
         # (2) each particle's best-bound component, the particles grouped by it
         for k in range(n_comp):
             count[k] = 0
+        for k in range(logits.shape[0]):
             lk = logits[k]
             for p in range(m):
                 lk[p] = -np.inf
+        for p in range(m):
+            top[p] = -np.inf  # a particle without components (none in its class) keeps log p = −∞, mean 0
+            weight[p] = 1.0
+        for d in range(dim):
+            acc_d = acc[d]
+            for p in range(m):
+                acc_d[p] = 0.0
         for p in range(m):
             k = first[p]
             if k >= 0:
@@ -521,10 +614,11 @@ def box_kernel(
         for k in range(n_comp):
             if count[k]:
                 box_lanes(
-                    k, groups[k], count[k], start, x, xb, lwb, rows, shared, times, mode, params, work, logits, means
+                    k, groups[k], count[k], start, x, xb, lwb, rows, shared, times, mode, True, params, work, state
                 )
-        for p in range(m):
-            best[p] = logits[first[p], p] if first[p] >= 0 else -np.inf
+        if use_bound:
+            for p in range(m):
+                best[p] = top[p]
         # (3) the components that can matter: a bound less than PRUNE below the exact log-weight of (2)
         for k in range(n_comp):
             bk = bound[k]
@@ -536,7 +630,7 @@ def box_kernel(
                 idx[cnt] = p
                 cnt += kept[p]
             if cnt:
-                box_lanes(k, idx, cnt, start, x, xb, lwb, rows, shared, times, mode, params, work, logits, means)
+                box_lanes(k, idx, cnt, start, x, xb, lwb, rows, shared, times, mode, False, params, work, state)
         # (4) log p_t and the mean
         if mode == COMPONENTS:
             for k in range(n_comp):
@@ -544,40 +638,19 @@ def box_kernel(
                 for p in range(m):
                     out_lp[start + p, k] = lk[p]
             continue
-        top, weight_sum = total, product
+        out = total  # the outputs' rows are strided: computed here, copied out in a loop of their own
         for p in range(m):
-            top[p] = -np.inf
-            weight_sum[p] = 0.0
-        for k in range(n_comp):
-            lk = logits[k]
-            for p in range(m):
-                top[p] = lk[p] if lk[p] > top[p] else top[p]
-        for k in range(n_comp):
-            lk = logits[k]
-            for p in range(m):
-                v = lk[p]
-                e, _ = exp_pair(v - top[p])
-                w = 1.0 if v == top[p] else 0.0 if v == -np.inf else e
-                lk[p] = w
-                weight_sum[p] += w
-        acc = flag  # the outputs' rows are strided: computed here, copied out in a loop of their own
+            v = weight[p]
+            out[p] = top[p] + (log_normal(v) if v != 1.0 else 0.0)
         for p in range(m):
-            v = weight_sum[p]
-            acc[p] = top[p] + (log_normal(v) if v != 1.0 else 0.0)
-        for p in range(m):
-            out_lp[start + p, 0] = acc[p]
+            out_lp[start + p, 0] = out[p]
         if mode == MEAN:
             for d in range(dim):
+                acc_d = acc[d]
                 for p in range(m):
-                    acc[p] = 0.0
-                for k in range(n_comp):
-                    lk, mean_d = logits[k], means[k, d]
-                    for p in range(m):
-                        acc[p] += lk[p] * mean_d[p] if lk[p] != 0.0 else 0.0
+                    out[p] = acc_d[p] / weight[p]
                 for p in range(m):
-                    acc[p] /= weight_sum[p]
-                for p in range(m):
-                    out_mean[start + p, d] = acc[p]
+                    out_mean[start + p, d] = out[p]
 
 
 @inline
