@@ -518,3 +518,23 @@ def test_box_loop_gives_a_particle_the_same_bits_alone_and_in_a_batch():
             mean_i, log_prob_i = target.posterior_mean_and_log_prob(x[i : i + 1], t_i, path, cond[i : i + 1])
             assert torch.equal(mean_i, mean[i : i + 1]) and torch.equal(log_prob_i, log_prob[i : i + 1])
             assert torch.equal(target.component_log_prob_t(x[i : i + 1], t_i, path), components[i : i + 1])
+
+
+def test_box_loop_with_many_classes():
+    """More than 7 classes: the loop gathers each particle's log-weight row (with fewer, it selects among the rows);
+    both against the torch path and the oracle, with every label and the null class."""
+    g = torch.Generator().manual_seed(7)
+    low = torch.randn(12, 2, generator=g, dtype=torch.float64) * 2
+    high = low + 0.3 + torch.rand(12, 2, generator=g, dtype=torch.float64)
+    path = get_path("rf")
+    for classes in (3, 10):
+        kwargs = {"component_class": torch.arange(12) % classes, "weights": torch.rand(12, generator=g) + 0.2}
+        new, old = BoxMixture(low, high, **kwargs), box_oracle.BoxMixture(low, high, **kwargs)
+        x = tail_points(new, path, 0.4, 90, seed=5)
+        cond = torch.arange(90) % (classes + 1) - 1
+        got = all_quantities(new, x, 0.4, path, cond)
+        eager = torch_path(new, lambda t=new, x=x, c=cond: all_quantities(t, x, 0.4, path, c))
+        for a, b in zip(got, eager, strict=True):
+            assert_relative(a, b)
+        for a, b in zip(got, all_quantities(old, x, 0.4, path, cond), strict=True):
+            assert_relative(a, b)

@@ -554,6 +554,13 @@ def box_kernel(
             if mode == COMPONENTS:
                 for p in range(m):
                     lk[p] = 0.0
+            elif log_weights.shape[0] <= 8:  # few rows: selects, which vectorise, in place of a gather
+                for p in range(m):
+                    lk[p] = log_weights[0, k]
+                for c in range(1, log_weights.shape[0]):
+                    v = log_weights[c, k]
+                    for p in range(m):
+                        lk[p] = v if rows[p] == c else lk[p]
             else:
                 for p in range(m):  # a gather: a scalar loop, kept short
                     lk[p] = log_weights[rows[p], k]
