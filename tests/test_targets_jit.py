@@ -411,3 +411,130 @@ def test_box_kernel_inside_a_thousand_dimensions_does_not_overflow():
     ref_mean, ref_lp = torch_path(target, lambda: target.posterior_mean_and_log_prob(x, 0.01, path, cond))
     assert_relative(log_prob, ref_lp)
     assert float((mean - ref_mean).abs().max()) < 1e-12  # 0 against the torch path's 5e-297
+
+
+def test_box_loop_special_functions_against_mpmath():
+    """The box loop's vectorised erfcx (one polynomial in t = (y − 4)/(y + 4), no table, no tail series), exp and
+    e^d − 1 (one reduction for both) and log of a normal number, against 40-digit mpmath over their whole ranges."""
+    import mpmath as mp
+
+    from guidelab.targets import _mixture_kernels as kernels
+
+    mixture_jit.KERNELS.get()
+    mp.mp.dps = 40
+    rng = np.random.default_rng(3)
+    ys = np.concatenate(
+        [
+            [0.0, 1e-300, 6.5, 25.999, 26.0, 1e3, 1e8, 1e50, 1e100],
+            rng.uniform(0, 8, 300),
+            10 ** rng.uniform(-3, 100, 200),
+        ]
+    )
+    worst = 0.0
+    for y in ys:
+        ref = mp.exp(mp.mpf(y) ** 2) * mp.erfc(mp.mpf(y))
+        worst = max(worst, abs(float((mp.mpf(kernels.erfcx_fast(float(y))) - ref) / ref)))
+    assert worst < 1e-15, worst
+    worst_exp = worst_expm1 = 0.0
+    for d in np.concatenate(
+        [[0.0, -1e-300, -1e-12, -0.3465, -0.3466, -1.0, -50.0, -699.9], -(10 ** rng.uniform(-9, 2.8, 300))]
+    ):
+        e, em = kernels.exp_pair(float(d))
+        worst_exp = max(worst_exp, abs(float((mp.mpf(e) - mp.exp(d)) / mp.exp(d))))
+        if d != 0:
+            worst_expm1 = max(worst_expm1, abs(float((mp.mpf(em) - mp.expm1(d)) / mp.expm1(d))))
+    assert worst_exp < 1e-15 and worst_expm1 < 1e-15, (worst_exp, worst_expm1)
+    assert kernels.exp_pair(-700.5) == (0.0, -1.0) and kernels.exp_pair(-math.inf) == (0.0, -1.0)
+    worst = 0.0
+    for v in np.concatenate(
+        [[1.0, 1 - 2**-53, 1 + 2**-52, 2**-1022, 1e-290, 1e290, math.sqrt(2)], 10 ** rng.uniform(-300, 300, 300)]
+    ):
+        ref = mp.log(mp.mpf(v))
+        err = abs(mp.mpf(kernels.log_normal(float(v))) - ref)
+        worst = max(worst, float(err / max(abs(ref), mp.mpf(1e-300))) if ref != 0 else float(err))
+    assert worst < 1e-15, worst
+    assert math.isnan(kernels.log_normal(math.nan))
+
+
+def test_box_loop_on_edges_deep_inside_and_far_out():
+    """Particles exactly on a box's ends, deep inside a wide box (e^{−n²} flushed to 0), just outside, far out (n
+    beyond 26, where the old loop switched to its tail series; beyond 1e100, left to the scalar pass) and at times
+    where some entries take the Hermite series: 1-D against 50-digit mpmath (the mean where x/α is below 3000:
+    beyond, x/α − (σ/α)·E[z] cancels to fewer digits than checked, in any path), 2-D (one box wide, one narrow)
+    against the torch path and the pre-issue-17 oracle."""
+    path = get_path("rf")
+    for s in (0.3, 1e-3, 0.985, 1e-101):  # σ = t on rf; 0.985: the series; 1e-101: every distance past 1e100
+        a = 1 - s
+        lo, hi = -0.5, 1.25
+        target = BoxMixture([[lo]], [[hi]])
+        out = s * np.array([0.0, 1e-12, -1e-12, 1e-3, 0.3, 3.0, 30.0, 60.0, 4e3, 1e8 / s])
+        inside = s * np.array([1e-12, 1e-3, 0.3])
+        if s < 1e-50:  # x's own rounding is many σ: only distances far above it are meaningful
+            out, inside = np.array([1e-3, 0.3, 3.0]), np.array([1e-3, 0.3])
+        xs = np.concatenate([a * lo - out, a * hi + out, a * lo + inside, a * hi - inside])
+        xs = np.concatenate([xs, a * (lo + hi) / 2 + np.array([0.0, 1e-9])])
+        x = torch.tensor(xs, dtype=torch.float64)[:, None]
+        mean, log_p = target.posterior_mean_and_log_prob(x, s, path, None)
+        ref = np.array([truncated_normal_mp(v, a, s, lo, hi) for v in xs])
+        np.testing.assert_allclose(log_p.numpy(), ref[:, 0], rtol=1e-12, atol=1e-12)
+        near = (np.abs(xs / a) < 3e3) & np.isfinite(ref[:, 1])
+        np.testing.assert_allclose(mean[near, 0].numpy(), ref[near, 1], rtol=1e-11, atol=1e-11)
+        if s < 1e-50:  # σ√2 below 1e-100 of every distance (mpmath's mean overflows): the nearest point of the box
+            np.testing.assert_allclose(mean[:, 0].numpy(), np.clip(xs / a, lo, hi), rtol=1e-15)
+    low = torch.tensor([[-40.0, -0.5], [-1.0, 0.2], [2.0, -3.0]], dtype=torch.float64)
+    high = torch.tensor([[40.0, 0.0], [-0.96, 0.25], [2.5, 3.0]], dtype=torch.float64)
+    new, old = BoxMixture(low, high), box_oracle.BoxMixture(low, high)
+    for t in (1e-4, 0.3, 0.985):
+        a, s = 1 - t, t
+        corners = torch.cartesian_prod(torch.cat([low[:, 0], high[:, 0]]), torch.cat([low[:, 1], high[:, 1]])) * a
+        rest = torch.tensor([[0.0, -0.25], [39.0, 0.1], [-1e3, 2.0], [5.0, 1e3], [1e3, 0.1]], dtype=torch.float64)
+        x = torch.cat([corners, a * rest, tail_points(new, path, t, 40, seed=2)]).double()
+        cond = torch.arange(x.shape[0]) % 2 - 1
+        assert new.uses_compiled_kernels(x)
+        got = all_quantities(new, x, t, path, cond)
+        for a_, b_ in zip(
+            got, torch_path(new, lambda x=x, t=t, c=cond: all_quantities(new, x, t, path, c)), strict=True
+        ):
+            assert_relative(a_, b_)
+        for a_, b_ in zip(got, all_quantities(old, x, t, path, cond), strict=True):
+            assert_relative(a_, b_)
+
+
+def test_box_loop_gives_a_particle_the_same_bits_alone_and_in_a_batch():
+    """Each particle's outputs do not depend on the others in its block (which components its block evaluates, where
+    it falls in a vectorised loop or its scalar remainder): every particle alone equals the batch, for one time and
+    for one per particle, in every regime (tails, series, mixed labels)."""
+    target, _ = boxes(2, 8, seed=3)
+    path = get_path("rf")
+    n = 300
+    x = tail_points(target, path, 0.5, n, seed=4)
+    cond = torch.arange(n) % 3 - 1
+    times = torch.linspace(1e-3, 0.999, n, dtype=torch.float64)
+    for time in (0.5, 0.99, times):
+        mean, log_prob = target.posterior_mean_and_log_prob(x, time, path, cond)
+        components = target.component_log_prob_t(x, time, path)
+        for i in range(0, n, 7):
+            t_i = time if isinstance(time, float) else time[i : i + 1]
+            mean_i, log_prob_i = target.posterior_mean_and_log_prob(x[i : i + 1], t_i, path, cond[i : i + 1])
+            assert torch.equal(mean_i, mean[i : i + 1]) and torch.equal(log_prob_i, log_prob[i : i + 1])
+            assert torch.equal(target.component_log_prob_t(x[i : i + 1], t_i, path), components[i : i + 1])
+
+
+def test_box_loop_with_many_classes():
+    """More than 7 classes: the loop gathers each particle's log-weight row (with fewer, it selects among the rows);
+    both against the torch path and the oracle, with every label and the null class."""
+    g = torch.Generator().manual_seed(7)
+    low = torch.randn(12, 2, generator=g, dtype=torch.float64) * 2
+    high = low + 0.3 + torch.rand(12, 2, generator=g, dtype=torch.float64)
+    path = get_path("rf")
+    for classes in (3, 10):
+        kwargs = {"component_class": torch.arange(12) % classes, "weights": torch.rand(12, generator=g) + 0.2}
+        new, old = BoxMixture(low, high, **kwargs), box_oracle.BoxMixture(low, high, **kwargs)
+        x = tail_points(new, path, 0.4, 90, seed=5)
+        cond = torch.arange(90) % (classes + 1) - 1
+        got = all_quantities(new, x, 0.4, path, cond)
+        eager = torch_path(new, lambda t=new, x=x, c=cond: all_quantities(t, x, 0.4, path, c))
+        for a, b in zip(got, eager, strict=True):
+            assert_relative(a, b)
+        for a, b in zip(got, all_quantities(old, x, 0.4, path, cond), strict=True):
+            assert_relative(a, b)
