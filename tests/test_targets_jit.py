@@ -60,6 +60,16 @@ def all_quantities(target, x, t, path, cond) -> list[torch.Tensor]:
     return [mean, log_prob, target.log_prob_t(x, t, path, cond), target.component_log_prob_t(x, t, path)]
 
 
+def agrees_with_torch_and_oracle(new, old, x, t, path, cond):
+    """Every quantity of ``new`` (its compiled loop) at ``x`` equals its torch path's and the kept oracle ``old``'s
+    to 1e-10 relative (``assert_relative``)."""
+    got = all_quantities(new, x, t, path, cond)
+    for a, b in zip(got, torch_path(new, lambda: all_quantities(new, x, t, path, cond)), strict=True):
+        assert_relative(a, b)
+    for a, b in zip(got, all_quantities(old, x, t, path, cond), strict=True):
+        assert_relative(a, b)
+
+
 def test_the_kernels_load_here():
     """numba is a dev dependency: the kernels must load (and pass their probe) in the test environment."""
     assert mixture_jit.available()
@@ -120,13 +130,7 @@ def test_box_kernels_equal_the_torch_path_and_the_oracle(dim, components, path_n
         x = tail_points(new, path, t, n, seed=int(1e3 * t) % 89)
         assert new.uses_compiled_kernels(x)
         for pts, cond in ((x, mixed), (x, None), (x, 0), (far, None), (far, 1)):
-            got = all_quantities(new, pts, t, path, cond)
-            for a, b in zip(
-                got, torch_path(new, lambda pts=pts, c=cond, t=t: all_quantities(new, pts, t, path, c)), strict=True
-            ):
-                assert_relative(a, b)
-            for a, b in zip(got, all_quantities(old, pts, t, path, cond), strict=True):
-                assert_relative(a, b)
+            agrees_with_torch_and_oracle(new, old, pts, t, path, cond)
         got32 = new.posterior_mean(x.float(), t, path, mixed)
         assert torch.equal(got32, new.posterior_mean(x.float().double(), t, path, mixed).float())
     times = torch.linspace(1e-3, 1.0, n, dtype=torch.float64)
@@ -491,13 +495,7 @@ def test_box_loop_on_edges_deep_inside_and_far_out():
         x = torch.cat([corners, a * rest, tail_points(new, path, t, 40, seed=2)]).double()
         cond = torch.arange(x.shape[0]) % 2 - 1
         assert new.uses_compiled_kernels(x)
-        got = all_quantities(new, x, t, path, cond)
-        for a_, b_ in zip(
-            got, torch_path(new, lambda x=x, t=t, c=cond: all_quantities(new, x, t, path, c)), strict=True
-        ):
-            assert_relative(a_, b_)
-        for a_, b_ in zip(got, all_quantities(old, x, t, path, cond), strict=True):
-            assert_relative(a_, b_)
+        agrees_with_torch_and_oracle(new, old, x, t, path, cond)
 
 
 def test_box_loop_gives_a_particle_the_same_bits_alone_and_in_a_batch():
