@@ -707,13 +707,20 @@ def load_block(x, labels, start, hi, mode, null_row, xb, rows):  # pragma: no co
 
 
 @inline
+def finish_work():  # pragma: no cover - compiled by numba
+    """The work rows of :func:`finish_block`, :data:`BLOCK` each: top, total, acc, part (float64), bits (int64)."""
+    return np.empty(BLOCK), np.empty(BLOCK), np.empty(BLOCK), np.empty(BLOCK), np.empty(BLOCK, dtype=np.int64)
+
+
+@inline
 def finish_block(
-    start, m, logits, z, back, means, mode, top, total, acc, part, bits, out_mean, out_lp
+    start, m, logits, z, back, means, mode, work, out_mean, out_lp
 ):  # pragma: no cover - compiled by numba
     """For a block's particles p < m with their logits (K, m) (log w_k + log p_k): log p_t = logsumexp into out_lp
     and, in mode MEAN, the mean Σ_k r_k(μ_k + Σ_j z[kD+j]·back[kD+j]) into out_mean (rows start + p). The logits
-    are overwritten with e^{logit − max}; top, total, acc, part and bits are work rows."""
+    are overwritten with e^{logit − max}; ``work`` holds the work rows (:func:`finish_work`)."""
     n_comp, dim = means.shape
+    top, total, acc, part, bits = work
     for p in range(m):
         top[p] = logits[0, p]
     for k in range(1, n_comp):
@@ -765,11 +772,7 @@ def gaussian_shared(
     xb = np.empty((dim, BLOCK))
     z = np.empty((n_comp * dim, BLOCK))
     logits = np.empty((n_comp, BLOCK))
-    top = np.empty(BLOCK)
-    total = np.empty(BLOCK)
-    acc = np.empty(BLOCK)
-    part = np.empty(BLOCK)
-    bits = np.empty(BLOCK, dtype=np.int64)
+    work = finish_work()
     rows = np.zeros(BLOCK, dtype=np.int64)
     null_row = log_weights.shape[0] - 1  # the unconditional row, for the label −1
     for start in range(lo, hi, BLOCK):
@@ -798,7 +801,7 @@ def gaussian_shared(
                 for p in range(m):
                     lk[p] = (c - 0.5 * lk[p]) + log_weights[rows[p], k]
         if mode != COMPONENTS:
-            finish_block(start, m, logits, z, w_back, means, mode, top, total, acc, part, bits, out_mean, out_lp)
+            finish_block(start, m, logits, z, w_back, means, mode, work, out_mean, out_lp)
 
 
 @compiled
@@ -817,11 +820,7 @@ def gaussian_per_sample(
     z = np.empty((n_comp * dim, BLOCK))
     logits = np.empty((n_comp, BLOCK))
     det = np.empty(BLOCK)
-    top = np.empty(BLOCK)
-    total = np.empty(BLOCK)
-    acc = np.empty(BLOCK)
-    part = np.empty(BLOCK)
-    bits = np.empty(BLOCK, dtype=np.int64)
+    work = finish_work()
     rows = np.zeros(BLOCK, dtype=np.int64)
     null_row = log_weights.shape[0] - 1  # the unconditional row, for the label −1
     for start in range(lo, hi, BLOCK):
@@ -864,4 +863,4 @@ def gaussian_per_sample(
                 else:
                     lk[p] = value + log_weights[rows[p], k]
         if mode != COMPONENTS:
-            finish_block(start, m, logits, z, u, means, mode, top, total, acc, part, bits, out_mean, out_lp)
+            finish_block(start, m, logits, z, u, means, mode, work, out_mean, out_lp)
