@@ -3,8 +3,11 @@
 Parts (``--parts``, all by default), each a ratio to a baseline measured in the same process:
 
 - ``direct``: the Gaussian-mixture posterior mean, D = 64, K = 100, full covariances, one shared time, mixed
-  conditions, at 2·10⁴ and 10⁵ particles: achieved GFLOP/s of its two GEMMs (4·n·K·D² flops) as a fraction of a
-  large (4096²) float32 matmul's, per round (interleaved, so drift in the machine's load cancels); float32 finite.
+  conditions, at 2·10⁴ and 10⁵ particles: the rate of its dense form's two GEMMs (4·n·K·D² flops over the call's
+  time) as a fraction of a large (4096²) float32 matmul's, per round (interleaved, so drift in the machine's load
+  cancels); float32 finite. Above 100% the call beats that roof: the back-projection ran over the nonzero
+  responsibilities only (their share is printed). The same call with the sparse back-projection off
+  (``sparse_max_density = 0``) is the dense line.
 - ``box``: the box-mixture posterior mean (float64, the mpmath-checked tails) against the Gaussian mixture at the
   same D, K and n (1-D with 2 boxes and 2-D with 8 boxes, n = 4000): evaluations per second and their ratios, each
   by its default path (the compiled loops of ``targets.mixture_jit`` where numba is installed) and the Gaussian
@@ -26,6 +29,7 @@ Medians with min–max over repeats after a warm-up; ``torch.set_num_threads`` f
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -160,20 +164,41 @@ def direct_case(particles: int, repeats: int, dim: int = 64, components: int = 1
     t = torch.full((particles,), 0.3)  # the sampler's tensor of one shared time
     cond = torch.randint(-1, 4, (particles,), generator=gen)
     a, b = torch.randn(4096, 4096, generator=gen), torch.randn(4096, 4096, generator=gen)
-    times = interleaved({"matmul": lambda: a @ b, "denoiser": lambda: target.posterior_mean(x, t, path, cond)}, repeats)
+    dense = copy.copy(target)
+    dense.sparse_max_density = 0.0  # the two dense GEMMs whatever the responsibilities
+    fns = {
+        "matmul": lambda: a @ b,
+        "denoiser": lambda: target.posterior_mean(x, t, path, cond),
+        "dense": lambda: dense.posterior_mean(x, t, path, cond),
+    }
+    times = interleaved(fns, repeats)
     flops = 4 * particles * components * dim * dim
-    fractions = [(flops / td) / (2 * 4096**3 / tm) for td, tm in zip(times["denoiser"], times["matmul"], strict=True)]
+
+    def fractions(name: str) -> list[float]:
+        return [(flops / td) / (2 * 4096**3 / tm) for td, tm in zip(times[name], times["matmul"], strict=True)]
+
     return {
         "dim": dim,
         "components": components,
         "particles": particles,
         "denoiser_gflops": flops / statistics.median(times["denoiser"]) / 1e9,
         "matmul_gflops": 2 * 4096**3 / statistics.median(times["matmul"]) / 1e9,
-        "fraction_of_matmul": statistics.median(fractions),
-        "fraction_min": min(fractions),
-        "fraction_max": max(fractions),
+        "fraction_of_matmul": statistics.median(fractions("denoiser")),
+        "fraction_min": min(fractions("denoiser")),
+        "fraction_max": max(fractions("denoiser")),
+        "dense_fraction_of_matmul": statistics.median(fractions("dense")),
+        "dense_fraction_min": min(fractions("dense")),
+        "dense_fraction_max": max(fractions("dense")),
+        "nonzero_responsibilities": nonzero_fraction(target, x, t, path, cond),
         "finite": bool(torch.isfinite(target.posterior_mean(x, t, path, cond)).all()),
     }
+
+
+def nonzero_fraction(target: GaussianMixture, x: torch.Tensor, t: torch.Tensor, path, cond: torch.Tensor) -> float:
+    """The fraction of responsibilities r_k^{(c)}(x_t) not flushed to 0 in x's dtype (the sparse back-projection's
+    share of the dense one's work)."""
+    logits = target.component_log_prob_t(x.double(), t.double(), path) + target.log_mixture_weights(cond, x.shape[0])
+    return float((torch.softmax(logits, dim=1) > 4 * torch.finfo(x.dtype).tiny).double().mean())  # as flushed
 
 
 def random_boxes(dim: int, components: int, classes: int, seed: int = 0) -> BoxMixture:
@@ -297,7 +322,9 @@ def main() -> None:
             print(
                 f"GMM D=64 K=100 n={n}: {r['denoiser_gflops']:.1f} GFLOP/s = {100 * r['fraction_of_matmul']:.0f}% "
                 f"(min {100 * r['fraction_min']:.0f}, max {100 * r['fraction_max']:.0f}) of a 4096² matmul "
-                f"({r['matmul_gflops']:.1f} GFLOP/s); float32 finite={r['finite']}"
+                f"({r['matmul_gflops']:.1f} GFLOP/s); dense {100 * r['dense_fraction_of_matmul']:.0f}% "
+                f"(min {100 * r['dense_fraction_min']:.0f}, max {100 * r['dense_fraction_max']:.0f}); "
+                f"{100 * r['nonzero_responsibilities']:.1f}% of responsibilities nonzero; float32 finite={r['finite']}"
             )
     if "box" in parts:
         results["box"] = []

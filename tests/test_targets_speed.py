@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
 import _oracle_box_mixture as box_oracle
+import _oracle_gaussian_mixture as gm_oracle
 from _target_points import assert_relative, mixture_pair, tail_points
 from guidelab.paths import get_path
-from guidelab.targets import BoxMixture, get_target, mixture_jit
+from guidelab.targets import BoxMixture, GaussianMixture, gaussian_mixture, get_target, mixture_jit
 
 TIMES = [0.0, 1e-6, 0.3, 1 - 1e-6, 1.0]
 
@@ -59,6 +61,59 @@ def test_gaussian_mixture_equals_the_previous_implementation_over_many_chunks():
         x = tail_points(new, path, t, 100, seed=1)
         assert_relative(new.posterior_mean(x, t, path, cond), old.posterior_mean(x, t, path, cond))
         assert_relative(new.log_prob_t(x, t, path, cond), old.log_prob_t(x, t, path, cond))
+
+
+def separated_pair(dim: int, components: int, classes: int, seed: int):
+    """A mixture whose components sit ~12 standard deviations apart (responsibilities 0 but for one or two near the
+    data, spread at large σ), built twice: the library's and the oracle's."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(components, dim, dim)))
+    covs = np.einsum("kij,kj,klj->kil", q, rng.uniform(0.1, 1.0, size=(components, dim)), q)
+    args = (rng.normal(scale=12.0, size=(components, dim)), covs, rng.uniform(0.2, 1.0, components))
+    kwargs = {"component_class": np.arange(components) % classes}
+    return GaussianMixture(*args, **kwargs), gm_oracle.GaussianMixture(*args, **kwargs)
+
+
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_gaussian_mixture_sparse_back_projection_equals_the_previous_implementation(chunk, monkeypatch):
+    """Where responsibilities are mostly exactly 0 the back-projection runs over the nonzero ones only
+    (``_SparseBackProjection``); dense chunks (large σ) keep the GEMM. Both, mixed within one call, in chunks of 7 with
+    the kept pairs flushed many times over, equal the pre-issue-17 code to 1e-10 relative (float64)."""
+    outcomes, flushes, inside_add = [], [], []
+    sparse = gaussian_mixture._SparseBackProjection
+    add, flush = sparse.add, sparse.flush
+
+    def spy_add(self, *args):
+        inside_add.append(True)
+        outcomes.append(add(self, *args))
+        inside_add.pop()
+        return outcomes[-1]
+
+    def spy_flush(self):
+        flushes.append(bool(inside_add))  # True: flushed by the row budget before the call's end
+        flush(self)
+
+    monkeypatch.setattr(sparse, "add", spy_add)
+    monkeypatch.setattr(sparse, "flush", spy_flush)
+    new, old = separated_pair(6, 12, 3, seed=4)
+    if chunk:
+        for target in (new, old):
+            target.max_chunk_bytes = target.cache_chunk_bytes = 12 * 6 * 8 * chunk
+    path = get_path("rf")
+    n = 60
+    cond = torch.arange(n) % 4 - 1
+    for t in TIMES:
+        x = tail_points(new, path, t, n, seed=int(1e6 * t) % 89)
+        for c in (cond, 2):
+            mean, log_prob = new.posterior_mean_and_log_prob(x, t, path, c)
+            assert_relative(mean, old.posterior_mean(x, t, path, c))
+            assert_relative(log_prob, old.log_prob_t(x, t, path, c))
+    times = torch.linspace(0.0, 1.0, n, dtype=torch.float64)  # per-sample times: sparse and dense rows in one call
+    x = tail_points(new, path, 0.5, n, seed=2)
+    assert_relative(new.posterior_mean(x, times, path, cond), old.posterior_mean(x, times, path, cond))
+    assert True in outcomes and False in outcomes  # both paths ran
+    if chunk:
+        assert True in flushes
 
 
 @pytest.mark.parametrize(("dim", "components"), [(1, 2), (2, 5)])

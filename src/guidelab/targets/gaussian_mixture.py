@@ -12,6 +12,10 @@ rotations at once ``x_t @ [U_1 … U_K]`` (D × K·D) and the back-projection ``
 (n, K·D) @ (K·D, D). See e.g. Karras et al. 2024 (arXiv 2406.02507) ``toy_example.py`` for the same exact
 mixture denoiser written per component.
 
+Near the data most responsibilities are exactly 0 (their weights flush below float's smallest normal), so the
+back-projection runs over the nonzero ones only where they are few: one (P_k, D) @ (D, D) product per component k
+over its P_k particles instead of the (n, K·D) GEMM, which halves the work at D = 64, K = 100.
+
 **Singular covariances** (``allow_singular=True``): data on a low-dimensional affine subspace, e.g. rank r < D
 with ``Σ_k = A_k A_kᵀ``, A_k (D, r). Every formula above holds for σ > 0 with the zero eigenvalues as they are: the
 noisy covariance ``α²Σ_k + σ²I`` stays invertible and the gain is 0 off the support, so the denoiser projects onto
@@ -68,6 +72,67 @@ def _sq_norm(z: Tensor, fast: bool) -> Tensor:
     return torch.linalg.vector_norm(z, dim=-1).square_() if fast else (z * z).sum(-1)
 
 
+class _SparseBackProjection:
+    """The back-projection ``Σ_k r_k U_k diag(g_k) y_k`` over the nonzero responsibilities only.
+
+    Far from the other components a particle's responsibilities are exactly 0 but for a few (``_exp_flushed`` flushes
+    e^{l_k − max l} below 4·tiny to 0): then the dense (m, K·D) @ (K·D, D) GEMM spends all but a few of its K blocks
+    multiplying zeros. Here the nonzero pairs (particle i, component k) of each chunk are gathered, their rows
+    ``r_ik·z_ik`` (D,) kept, and at the end (or when they outgrow ``budget_rows``) grouped by component, multiplied
+    by the component's (D, D) block of the back-projection, and added to the particles' means. A term whose weight
+    is exactly 0 adds exactly 0, so the result equals the dense GEMM's up to the order of the sum (rounding).
+
+    A chunk whose pairs exceed ``max_density`` of its m·K entries returns False from :meth:`add`: the dense GEMM is
+    cheaper there (mixed components, e.g. at large σ).
+    """
+
+    def __init__(self, out: Tensor, w_back: Tensor, components: int, budget_rows: int, max_density: float):
+        self.out, self.w_back = out, w_back  # (n, D) means so far, (K·D, D)
+        self.max_density = max_density
+        self.components, self.dim = components, out.shape[1]
+        self.budget_rows = max(1, budget_rows)
+        self._rows: list[Tensor] = []
+        self._comps: list[Tensor] = []
+        self._vals: list[Tensor] = []
+        self._count = 0
+
+    def add(self, lo: int, z: Tensor, r: Tensor, scale: Tensor | None = None) -> bool:
+        """Keep the pairs of one chunk: z (m, K, D) residuals, r (m, K) weights of particles lo … lo + m − 1; ``scale``
+        (m, K, D), if given, multiplies z elementwise. False (nothing kept) when the chunk is too dense."""
+        pairs = torch.nonzero(r)  # (P, 2), by particle then component
+        if pairs.shape[0] > self.max_density * r.numel():
+            return False
+        i, k = pairs.unbind(1)
+        flat = i * self.components + k
+        # index_select copies whole rows (advanced indexing goes element by element: 3–5× slower here)
+        vals = z.reshape(-1, self.dim).index_select(0, flat)  # a copy: safe to scale in place
+        if scale is not None:
+            vals.mul_(scale.reshape(-1, self.dim).index_select(0, flat))
+        self._vals.append(vals.mul_(r.reshape(-1).index_select(0, flat).unsqueeze(1)))
+        self._rows.append(i.add_(lo))
+        self._comps.append(k)
+        self._count += pairs.shape[0]
+        if self._count >= self.budget_rows:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Add the kept pairs' back-projections to ``out``, one (P_k, D) @ (D, D) product per component."""
+        if not self._vals:
+            return
+        comps = torch.cat(self._comps)
+        order = torch.argsort(comps, stable=True)
+        rows, vals = torch.cat(self._rows)[order], torch.cat(self._vals).index_select(0, order)
+        self._rows, self._comps, self._vals, self._count = [], [], [], 0
+        D, start = self.dim, 0
+        back = torch.empty_like(vals)
+        for k, count in enumerate(torch.bincount(comps, minlength=self.components).tolist()):
+            if count:
+                torch.mm(vals[start : start + count], self.w_back[k * D : (k + 1) * D], out=back[start : start + count])
+                start += count
+        self.out.index_add_(0, rows, back)
+
+
 class GaussianMixture(FusedTarget):
     """A class-conditional mixture of full-covariance Gaussians ``p(x | c) = Σ_{k ∈ c} w_k N(x; μ_k, Σ_k)``.
 
@@ -87,6 +152,8 @@ class GaussianMixture(FusedTarget):
     Attributes:
         max_chunk_bytes: bound on the working memory of one chunk of particles (default 200 MB).
         cache_chunk_bytes: on CPU, the size of a chunk's rotated residuals that keeps them in cache.
+        sparse_max_density: the largest fraction of nonzero responsibilities in a chunk for which the
+            back-projection runs over the nonzero ones only (default 1/6; 0 turns it off).
     """
 
     max_chunk_bytes: int = 200 * 2**20
@@ -97,6 +164,10 @@ class GaussianMixture(FusedTarget):
     # on 2 (0.6–0.7×), at D = 16 it lost on both (its D² multiply-adds per component are scalar against a GEMM's).
     jit_max_work: int = 256
     jit_max_dim: int = 4
+    # The back-projection over the nonzero responsibilities only where a chunk has at most this fraction of them.
+    # D = 64, K = 100, 2·10⁴ particles, 2 threads: 143 ms at 2.3% nonzero, 221 ms at 11.6%, 440 ms at 39.7%, against
+    # 275 ms for the dense GEMM at all three: they meet near 19%.
+    sparse_max_density: float = 1 / 6
 
     def __init__(
         self,
@@ -216,6 +287,11 @@ class GaussianMixture(FusedTarget):
         # Without autograd, work in place in one reused buffer: fresh multi-MB arrays per chunk cost page faults.
         buf = x_t.new_empty((min(step, n), K * D)) if inplace and time.shared else None
         x_one = x_t.new_ones((min(step, n), D + 1)) if time.shared else None  # [x, 1] per chunk
+        sparse = None
+        if direct and want_mean and not compiling():  # data-dependent shapes: a traced graph keeps the dense GEMM
+            budget_rows = self.max_chunk_bytes // 4 // (D * x_t.element_size() + 16)  # a pair: its row, 2 indices
+            w = w_back if time.shared else w_back_s
+            sparse = _SparseBackProjection(mean_out, w, K, budget_rows, self.sparse_max_density)
         for lo in range(0, n, step):
             hi = min(lo + step, n)
             if time.shared:
@@ -246,17 +322,25 @@ class GaussianMixture(FusedTarget):
             else:
                 log_probs.append((top + torch.log(total)).squeeze(-1))
             if want_mean:
+                if direct:  # Σ_k r_k(μ_k + U_k g_k y_k): the nonzero terms only where they are few
+                    torch.mm(r, p.means, out=mean_out[lo:hi])
+                    if sparse is not None and (
+                        sparse.add(lo, z, r) if time.shared else sparse.add(lo, z, alpha * r, inv_std)
+                    ):
+                        continue
                 if time.shared:
                     z = z.mul_(r[:, :, None]) if inplace else z * r[:, :, None]
                 else:  # g·y = α·s·z/√var: fold α·r here and s into the back-projection
                     scale = (alpha * r)[:, :, None]
                     z = z.mul_(inv_std).mul_(scale) if inplace else z * inv_std * scale
                     w_back = w_back_s
-                if direct:  # Σ_k r_k(μ_k + U_k g_k y_k)
-                    torch.mm(r, p.means, out=mean_out[lo:hi]).addmm_(z.reshape(-1, K * D), w_back)
+                if direct:
+                    mean_out[lo:hi].addmm_(z.reshape(-1, K * D), w_back)
                 else:
                     means.append(torch.addmm(r @ p.means, z.reshape(-1, K * D), w_back))
         if direct:
+            if sparse is not None:
+                sparse.flush()
             return mean_out, log_prob_out.view(n)
         empty = x_t.new_empty((0,) if rows is not None else (0, K))
         log_prob = torch.cat(log_probs) if log_probs else empty
