@@ -289,7 +289,8 @@ class GaussianMixture(FusedTarget):
         x_one = x_t.new_ones((min(step, n), D + 1)) if time.shared else None  # [x, 1] per chunk
         sparse = None
         if direct and want_mean and not compiling():  # data-dependent shapes: a traced graph keeps the dense GEMM
-            budget_rows = self.max_chunk_bytes // 4 // (D * x_t.element_size() + 16)  # a pair: its row, 2 indices
+            # a pair: its row and 2 indices, copied ~4 times over in the flush
+            budget_rows = self.max_chunk_bytes // 16 // (D * x_t.element_size() + 16)
             w = w_back if time.shared else w_back_s
             sparse = _SparseBackProjection(mean_out, w, K, budget_rows, self.sparse_max_density)
         for lo in range(0, n, step):
