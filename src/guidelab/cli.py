@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from guidelab import jit
 from guidelab.progress import counted
 
 __all__ = ["app", "main"]
@@ -960,10 +961,16 @@ def demo(
     typer.echo(f"report written to {report_path}")
 
 
+def _notice(line: str) -> None:
+    """One line on stderr (from any thread), as the progress lines."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``guidelab`` script. A usage mistake (an unknown option, a value of the wrong type, a
     missing required option) is one ``error: option: message`` line and exit 2, like every other bad input."""
     usage_error = typer.BadParameter.__bases__[0]  # the UsageError of the click that typer ships
+    jit.notify = _notice  # a first compile of the kernels (a minute) says so instead of a silent wait
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="guidelab", standalone_mode=False)

@@ -9,6 +9,10 @@ rounding. Kernels are compiled with ``nogil=True``, so a sweep's worker threads 
 
 Which path runs depends only on the install, ``GUIDELAB_COMPILE`` and the inputs (device, dtype, size, autograd),
 never on timing or on what ran before, so the same seed gives the same numbers in every process.
+
+Compiling (a machine's first use, about a minute for all sets on 2 cores) prints nothing by itself; a program that
+shows progress sets :data:`notify`, and a load still going after :data:`SLOW_LOAD_SECONDS` calls it once with a
+line saying so (the ``guidelab`` command prints it to stderr).
 """
 
 from __future__ import annotations
@@ -19,9 +23,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["FLAGS", "Kernels", "enabled", "njit", "pool"]
+__all__ = ["FLAGS", "SLOW_LOAD_SECONDS", "Kernels", "enabled", "njit", "notify", "pool"]
 
 FLAGS = frozenset({"reassoc", "contract"})  # vectorised sums and fused multiply-adds; sqrt, exp and division exact
+
+
+SLOW_LOAD_SECONDS = 3.0  # loading from numba's cache takes under a second; longer is a compile
+notify: Callable[[str], None] | None = None  # called with one line when a load outlasts SLOW_LOAD_SECONDS
 
 
 def enabled() -> bool:
@@ -68,13 +76,29 @@ class Kernels:
                 if self._kernels is None:
                     kernels: Any = False
                     if enabled():
+                        timer = self._slow_notice()
                         try:
                             built = self._build()
                             kernels = built if self._probe(built) else False
                         except Exception:  # numba missing or unable to compile here: the caller's eager path
                             kernels = False
+                        finally:
+                            if timer is not None:
+                                timer.cancel()
                     self._kernels = kernels
         return self._kernels is not False
+
+    def _slow_notice(self) -> threading.Timer | None:
+        """A started timer that calls :data:`notify` once if the load is still going after
+        :data:`SLOW_LOAD_SECONDS` (None where nothing is to be notified)."""
+        if notify is None:
+            return None
+        line = f"numba is compiling guidelab's {self.name} kernels for this machine: once, they are then cached on disk"
+        timer = threading.Timer(SLOW_LOAD_SECONDS, notify, args=(line,))
+        timer.name = f"guidelab-jit-notice-{self.name}"
+        timer.daemon = True
+        timer.start()
+        return timer
 
     def get(self) -> Any:
         """The kernels. Raises RuntimeError where they are not available (check :meth:`available` first)."""
