@@ -123,6 +123,15 @@ def test_the_readme_has_a_target_and_a_sweep_example():
     assert "target" in kinds and "sweep" in kinds
 
 
+def test_the_shipped_sweep_example_is_the_readmes():
+    """``examples/sweep.yaml`` is the README's sweep example, byte for byte, and it loads as a sweep."""
+    from guidelab.experiments.config import load_sweep
+
+    shipped = (ROOT / "examples" / "sweep.yaml").read_text()
+    assert shipped in [body for _, body in YAML_BLOCKS]
+    assert load_sweep(ROOT / "examples" / "sweep.yaml").runs()
+
+
 def _yaml_kind(data: object) -> str:
     if isinstance(data, dict) and "objective" in data and ("search" in data or "compare" in data):
         return "tune"
