@@ -94,6 +94,28 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, field):
     assert not (tmp_path / "x.npy").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["sample", "--target", "multimodal-2d", "--steps", "abc"], "error: --steps: Input should be a valid integer"),
+        (["sample", "--stesp", "3"], "error: --stesp: no such option; did you mean --steps"),
+        (["methods", "--bogus"], "error: --bogus: no such option (see `guidelab methods --help`)"),
+        (["sample", "--target", "multimodal-2d"], "error: --out: required (see `guidelab sample --help`)"),
+        (["sample", "--target"], "error: --target: needs a value"),
+        (["nosuchcommand"], "error: No such command 'nosuchcommand'."),
+        (["sample", "--target", "multimodal-2d", "--solver", "rk4", "--out", "x.npy"], "error: solver: unknown solver"),
+    ],
+)
+def test_usage_mistakes_name_the_option_in_one_line(args, line, tmp_path, monkeypatch):
+    """click's usage errors read as the library's own: ``error: option: message`` (plus where to look), one line,
+    exit 2; a message that quotes the bad value does not repeat it."""
+    monkeypatch.chdir(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "guidelab.cli", *args], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(line), result.stderr
+    assert result.stderr.count("rk4") <= 1
+
+
 def test_bad_target_file_names_the_field(tmp_path):
     bad = tmp_path / "t.yaml"
     bad.write_text(

@@ -114,6 +114,12 @@ def test_gaussian_mixture_sparse_back_projection_equals_the_previous_implementat
     assert True in outcomes and False in outcomes  # both paths ran
     if chunk:
         assert True in flushes
+    for t in (0.05, 0.9):  # float32 (the oracle's float64 rounded) and the ends of the batch sizes
+        x = tail_points(new, path, t, n, seed=5)
+        got = new.posterior_mean(x.float(), t, path, cond)
+        torch.testing.assert_close(got, old.posterior_mean(x, t, path, cond).float(), rtol=2e-5, atol=2e-5)
+        assert_relative(new.posterior_mean(x[:1], t, path, cond[:1]), old.posterior_mean(x[:1], t, path, cond[:1]))
+        assert new.posterior_mean(x[:0], t, path, cond[:0]).shape == (0, 6)
 
 
 @pytest.mark.parametrize(("dim", "components"), [(1, 2), (2, 5)])

@@ -57,7 +57,7 @@ CASES = [
     (["tune", "{good}", "--out", "{root}/o", "--executor", "dask"], "error: executor: unknown 'dask'"),
     (["tune", "{good}", "--out", "{root}/o", "--address", "x:1"], "error: address: only the ray executor"),
     (["tune", "{good}", "--out", "{root}/o", "--threads", "0"], "error: threads:"),
-    (["tune", "{good}"], "error: Missing option '--out'"),
+    (["tune", "{good}"], "error: --out: required"),
     (["tune", "{good}", "--out", "{best}"], "error: out:"),
     (
         ["sample", "--target", "multimodal-2d", "--guider-file", "{best}", "--guider", "apg", "--out", "{root}/x.npy"],

@@ -966,6 +966,27 @@ def _notice(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _usage_message(err: Exception) -> str:
+    """click's usage error as ``option: message`` where it names one option (``--steps: Input should be a valid
+    integer…``, ``--stesp: no such option; did you mean --steps?``, ``--out: required``), else its own message,
+    on one line."""
+    kind = type(err).__name__
+    param = getattr(err, "param", None)
+    option = getattr(err, "option_name", None)
+    message = " ".join(str(getattr(err, "message", "") or "").split())
+    name = (param.opts[0] if getattr(param, "opts", None) else param.name) if param is not None else option
+    if kind == "BadParameter" and name and message:
+        return f"{name}: {message}"
+    if kind == "MissingParameter" and name:
+        return f"{name}: required"
+    if kind == "NoSuchOption" and name:
+        guesses = list(getattr(err, "possibilities", None) or [])[:3]  # click's, closest first
+        return f"{name}: no such option" + (f"; did you mean {' or '.join(guesses)}?" if guesses else "")
+    if kind == "BadOptionUsage" and name and "requires an argument" in message:
+        return f"{name}: needs a value"
+    return " ".join(err.format_message().split())  # type: ignore[attr-defined]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``guidelab`` script. A usage mistake (an unknown option, a value of the wrong type, a
     missing required option) is one ``error: option: message`` line and exit 2, like every other bad input."""
@@ -976,8 +997,7 @@ def main(argv: list[str] | None = None) -> None:
         code = command.main(args=argv, prog_name="guidelab", standalone_mode=False)
     except usage_error as err:
         where = err.ctx.command_path if err.ctx is not None else "guidelab"
-        message = " ".join(err.format_message().split())
-        typer.echo(f"error: {message} (see `{where} --help`)", err=True)
+        typer.echo(f"error: {_usage_message(err)} (see `{where} --help`)", err=True)
         sys.exit(2)
     except typer.Exit as err:
         sys.exit(err.exit_code)

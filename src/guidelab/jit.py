@@ -10,7 +10,7 @@ rounding. Kernels are compiled with ``nogil=True``, so a sweep's worker threads 
 Which path runs depends only on the install, ``GUIDELAB_COMPILE`` and the inputs (device, dtype, size, autograd),
 never on timing or on what ran before, so the same seed gives the same numbers in every process.
 
-Compiling (a machine's first use, about a minute for all sets on 2 cores) prints nothing by itself; a program that
+Compiling (an install's first use, about a minute for all sets on 2 cores) prints nothing by itself; a program that
 shows progress sets :data:`notify`, and a load still going after :data:`SLOW_LOAD_SECONDS` calls it once with a
 line saying so (the ``guidelab`` command prints it to stderr).
 """
@@ -93,7 +93,10 @@ class Kernels:
         :data:`SLOW_LOAD_SECONDS` (None where nothing is to be notified)."""
         if notify is None:
             return None
-        line = f"numba is compiling guidelab's {self.name} kernels for this machine: once, they are then cached on disk"
+        line = (
+            f"numba is compiling guidelab's {self.name} kernels, up to about a minute on 2 cores: once per install "
+            "(numba caches them beside the source, in __pycache__)"
+        )
         timer = threading.Timer(SLOW_LOAD_SECONDS, notify, args=(line,))
         timer.name = f"guidelab-jit-notice-{self.name}"
         timer.daemon = True

@@ -37,7 +37,8 @@ def error_lines(err: ValidationError) -> list[str]:
             lines += message.splitlines()
             continue
         got = e.get("input")
-        shown = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) else ""
+        scalar = got is not None and not isinstance(got, dict | list)
+        shown = f" (got {got!r})" if scalar and repr(got) not in message else ""  # unless the message quotes it
         where = location(tuple(e["loc"]))
         named = message.startswith((f"{where}: ", f"{where}.", f"{where}["))  # already names its field (or a part)
         lines.append(f"{message}{shown}" if named else f"{where}: {message}{shown}")

@@ -24,7 +24,7 @@ thread count.
 
 Loading: numba is imported, and the kernels loaded from numba's on-disk cache, on the first combine that can use
 them: ~0.6 s once per process (numba's import 0.2 s, LLVM's start at the first kernel 0.35 s, the other kernels and
-the probe 0.05 s); compiling them on a machine's first use takes ~5 s. Nothing imports numba at import time of
+the probe 0.05 s); compiling them on an install's first use takes ~5 s. Nothing imports numba at import time of
 guidelab or of its command line, and no sampler starts the load ahead: it happens inside the first step that can use
 the kernels (a background :func:`warm_up` would hold the GIL for most of that time, against a sampler's own Python).
 :func:`warm_up` is there for a caller with other work to overlap.

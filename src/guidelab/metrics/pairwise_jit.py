@@ -9,7 +9,7 @@ into SIMD lanes, the only relaxation: ≲ √m·ε relative per row). A row's va
 are split, so the result is the same for every thread count; the loops release the GIL, so runs on several
 threads of one process (a sweep's thread workers) and the chunks of one call run in parallel.
 
-Compiled once per machine and cached on disk (numba's ``cache=True``): loading takes ~0.3 s per process, the
+Compiled once per install and cached on disk (numba's ``cache=True``): loading takes ~0.3 s per process, the
 first compile ~1–2 s. Where numba is not installed, :func:`available` is False and the caller uses its eager
 tiles. Source of the fused-loop form: the kernel ``torch.compile`` generates for the same sum (inductor's
 ``cpp_fused_*_sqrt_sub_sum``), written out by hand so that no process pays inductor's seconds of start-up and

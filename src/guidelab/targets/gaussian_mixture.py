@@ -290,7 +290,7 @@ class GaussianMixture(FusedTarget):
         sparse = None
         # On the CPU only: on a GPU the dense GEMM is cheap, nonzero() waits for the device, and index_add_ adds a
         # particle's terms in a varying order (atomics). A traced graph keeps it too (data-dependent shapes).
-        if direct and want_mean and x_t.device.type == "cpu" and not compiling():
+        if direct and want_mean and self.sparse_max_density > 0 and x_t.device.type == "cpu" and not compiling():
             # a pair: its row and 2 indices, copied ~4 times over in the flush
             budget_rows = self.max_chunk_bytes // 16 // (D * x_t.element_size() + 16)
             w = w_back if time.shared else w_back_s

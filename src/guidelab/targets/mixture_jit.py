@@ -42,7 +42,7 @@ coordinate gives NaN outputs for its particle, as on the torch path.
 Each particle's values are computed on their own, so splitting the particles over threads (:func:`run`, one
 contiguous range per torch thread, at least :data:`MIN_CHUNK` particles each) gives the same bits at every thread
 count; the loops release the GIL. Loading the compiled loops from numba's cache takes about 0.5–0.8 s once per
-process, numba's import included (compiling them, once per machine, took about a minute on a busy 2-core machine).
+process, numba's import included (compiling them, once per install, took about a minute on a busy 2-core machine).
 Where numba is missing or ``GUIDELAB_COMPILE=0`` is set, :func:`available` is False and the targets take their torch
 paths.
 """
