@@ -256,6 +256,25 @@ def test_the_split_counts_vendi_and_the_kernel_measures(tmp_path):
     assert runner.choose_split(tiny, threads=1, cores=2).workers == 1
 
 
+def test_the_run_estimate_follows_the_compiled_loops(tmp_path, monkeypatch):
+    """The per-run estimate the sweep's log states is the documented sum of its terms, with the compiled loops'
+    constants where numba can run and the torch path's where it cannot (GUIDELAB_COMPILE=0 or no numba)."""
+    text = SWEEP.replace("n: 64", "n: 20000")
+    spec = load_sweep(write(tmp_path, text, "big.yaml")).runs()[0]
+    n, steps = spec.sample.n, spec.sample.steps
+    pairs = n * n + n * n  # n·m + (n² + m²)/2 with m = n
+    kernels = runner._KERNEL_PAIR_S * (2 * n) ** 2 * sum(k in spec.metrics for k in runner._PAIRWISE_MEASURES)
+    vendi = runner._EIGEN_S * 2 * n**3 if "vendi" in spec.metrics else 0.0
+    compiled_loops = runner._compiled_loops
+    cases = ((True, runner._SAMPLE_JIT_S, runner._PAIR_JIT_S), (False, runner._SAMPLE_S, runner._PAIR_S))
+    for jit, per_sample, per_pair in cases:
+        monkeypatch.setattr(runner, "_compiled_loops", lambda jit=jit: jit)
+        expected = runner._RUN_S + (runner._STEP_S + per_sample * n * 4) * steps + per_pair * pairs + kernels + vendi
+        assert runner.estimated_run_seconds(spec) == pytest.approx(expected, rel=1e-12)
+    monkeypatch.setenv("GUIDELAB_COMPILE", "0")  # the real check: the environment turns the compiled constants off
+    assert not compiled_loops()
+
+
 def test_the_split_estimates_a_trained_models_runs_and_names_oversubscription(tmp_path, monkeypatch):
     """A trained model's run costs a network's evaluations (the digits demo: ~1 s a run, not ~0); explicit
     --workers × --threads beyond the cores is said in the log."""

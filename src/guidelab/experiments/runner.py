@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib.util
 import json
 import os
 import signal
@@ -109,9 +110,13 @@ _THREADS_MIN_S = 0.5  # below this much work in all, worker threads would only t
 _SPAWN_S = 3.0  # starting a spawned worker (python, torch and guidelab imports), seconds on a loaded 2-core machine
 _WORKER_MEMORY = 1 << 30  # bytes a worker process may take (torch, a compiled kernel, a run of 10⁵ points)
 _RUN_MEMORY = 1 << 29  # bytes a run may take on a worker thread (its denoiser's chunks ≤ 200 MB, samples, tiles)
-_SAMPLE_S = 2e-7  # seconds per sample per network evaluation of an exact-target run (measured, one thread)
-_MODEL_SAMPLE_S = 2e-4  # the same for a trained model (the shipped digits UNet, one thread; larger nets cost more)
-_PAIR_S = 3e-9  # seconds per pair of the energy distance (eager tiles, one thread)
+# One thread, measured on multimodal-2d and chidambaram-uniform-1d at n = 2,000–20,000, 32–100 steps (2026-12-01):
+_SAMPLE_S = 5e-8  # seconds per sample per network evaluation of an exact target on its torch path (4.7–7.5e-8)
+_SAMPLE_JIT_S = 1.5e-8  # the same by the compiled denoiser loops (numba; 1.4–2.2e-8)
+_STEP_S = 1e-3  # seconds of a solver step's fixed cost (0.5–0.7 ms compiled, 1.0–1.25 ms on the torch path)
+_MODEL_SAMPLE_S = 2e-4  # per sample per evaluation for a trained model (the shipped digits UNet; larger nets cost more)
+_PAIR_S = 1.5e-9  # seconds per pair of the energy distance by eager tiles
+_PAIR_JIT_S = 4.5e-10  # the same by the compiled pairwise loop, the default metrics included (4.2e-10)
 _RUN_S = 0.01  # seconds of a run's fixed costs (building it, writing samples, run.json and its row; measured)
 _KERNEL_PAIR_S = 1e-8  # seconds per pair of a kernel or k-NN measure (mmd, prdc, w2's cost matrix; one thread)
 _EIGEN_S = 8e-11  # seconds per n³ of Vendi's eigenvalues (n = 2000: ~0.65 s per set, measured, one thread)
@@ -119,21 +124,33 @@ _PAIRWISE_MEASURES = ("mmd", "w2", "prdc")
 
 
 def estimated_run_seconds(spec: RunSpec) -> float:
-    """A rough one-thread cost of a run (an upper estimate: eager pairwise sums), used only to decide whether
-    workers pay (:func:`choose_split`): ``_RUN_S``, ``n · steps · 4`` network evaluations (a second-order solver,
-    conditional and unconditional) at ``_SAMPLE_S`` (``_MODEL_SAMPLE_S`` for a trained model), the energy
-    distance's pairs at ``_PAIR_S``, the other pairwise measures' at ``_KERNEL_PAIR_S``, and Vendi's two n³
-    eigendecompositions (samples and reference) at ``_EIGEN_S``."""
+    """A rough one-thread cost of a run, used to decide whether workers pay (:func:`choose_split`) and said in the
+    sweep's log: ``_RUN_S``, ``steps`` solver steps at ``_STEP_S``, ``n · steps · 4`` network evaluations (a
+    second-order solver, conditional and unconditional) at ``_SAMPLE_S`` (``_SAMPLE_JIT_S`` where the compiled loops
+    can run, ``_MODEL_SAMPLE_S`` for a trained model), the energy distance's pairs at ``_PAIR_S`` (``_PAIR_JIT_S`` by
+    the compiled loop), the other pairwise measures' at ``_KERNEL_PAIR_S``, and Vendi's two n³ eigendecompositions
+    (samples and reference) at ``_EIGEN_S``. Within a factor of ~2 of the measured runs on 2-D targets; an upper
+    estimate on 1-D ones (their energy distance is a sort)."""
     cfg = spec.sample
     m = spec.reference_n or cfg.n
-    per_sample = _SAMPLE_S if spec.reference is None else _MODEL_SAMPLE_S
-    seconds = _RUN_S + per_sample * cfg.n * cfg.steps * 4
+    jit = _compiled_loops()
+    per_sample = (_SAMPLE_JIT_S if jit else _SAMPLE_S) if spec.reference is None else _MODEL_SAMPLE_S
+    seconds = _RUN_S + (_STEP_S + per_sample * cfg.n * 4) * cfg.steps
     if "energy_distance" in spec.metrics:
-        seconds += _PAIR_S * (cfg.n * m + (cfg.n**2 + m**2) / 2)
+        per_pair = _PAIR_JIT_S if jit and _uses_compiled_loop(spec) else _PAIR_S
+        seconds += per_pair * (cfg.n * m + (cfg.n**2 + m**2) / 2)
     seconds += _KERNEL_PAIR_S * (cfg.n + m) ** 2 * sum(k in spec.metrics for k in _PAIRWISE_MEASURES)
     if "vendi" in spec.metrics:
         seconds += _EIGEN_S * (cfg.n**3 + m**3)
     return seconds
+
+
+def _compiled_loops() -> bool:
+    """Whether the compiled loops can run here, as far as is known without loading them: numba installed and
+    ``GUIDELAB_COMPILE`` not ``0``."""
+    from guidelab import jit
+
+    return jit.enabled() and importlib.util.find_spec("numba") is not None
 
 
 def _usable_cores() -> int:
