@@ -166,7 +166,7 @@ def build_report(
     missing = sum(u.missing for u in unfinished)
     counts = [f"{counted(len(rows), 'run')} ({len(rows) - failed} ok, {failed} failed)"] if rows or not repros else []
     counts += [f"{missing} more not run yet (an unfinished sweep)"] if missing else []
-    counts += [f"{len(repros)} reproduction{'' if len(repros) == 1 else 's'}"] if repros else []
+    counts += [counted(len(repros), "reproduction")] if repros else []
     meta = f"{', '.join(counts)}; folder {root}; generated {time.strftime('%Y-%m-%d %H:%M')} by guidelab {__version__}"
     exact = len(pipeline_rows) + len(model_rows) < len(rows) or not (rows or repros or tunes)
     intro = (_INTRO if exact else "") + (IMAGES_INTRO if pipeline_rows else "") + (MODELS_INTRO if model_rows else "")

@@ -165,8 +165,8 @@ def _section(root: Path, i: int, folder: Path, summary: dict[str, Any]) -> Secti
     trials = sum(len(s["trials"]) for s in studies)
     parts = [
         f"<p class='muted'>Folder {escape(where)}; objective: {escape(summary['objective']['text'])}; "
-        f"search: {escape(str(summary.get('search_method')))}, {counted(trials, 'trial')} over {len(studies)} "
-        f"method{'' if len(studies) == 1 else 's'}; search seeds {escape(fmt(summary.get('seeds')))}, held-out seeds "
+        f"search: {escape(str(summary.get('search_method')))}, {counted(trials, 'trial')} over "
+        f"{counted(len(studies), 'method')}; search seeds {escape(fmt(summary.get('seeds')))}, held-out seeds "
         f"{escape(fmt(summary.get('heldout_seeds')))}.</p>"
     ]
     if not summary.get("complete"):
