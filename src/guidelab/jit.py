@@ -55,12 +55,23 @@ class Kernels:
         build: returns the compiled kernels (any object, e.g. a tuple or namespace); may raise (numba missing).
         probe: called with ``build()``'s result; returns True where the kernels agree with their reference.
         name: what they are, for the warm-up thread's name.
+        what: the same in words a user reads (the notice of a slow load), e.g. "the exact targets' loops".
+        compile_time: how long compiling them takes, in words, for that notice.
     """
 
-    def __init__(self, build: Callable[[], Any], probe: Callable[[Any], bool], name: str):
+    def __init__(
+        self,
+        build: Callable[[], Any],
+        probe: Callable[[Any], bool],
+        name: str,
+        what: str | None = None,
+        compile_time: str = "up to a minute on 2 cores",
+    ):
         self._build = build
         self._probe = probe
         self.name = name
+        self.what = what or f"the {name} kernels"
+        self.compile_time = compile_time
         self._lock = threading.Lock()
         self._kernels: Any = None  # the built kernels, False where unavailable, None before the first try
         if hasattr(os, "register_at_fork"):  # a fork while another thread holds the lock would leave it held forever
@@ -94,8 +105,8 @@ class Kernels:
         if notify is None:
             return None
         line = (
-            f"numba is compiling guidelab's {self.name} kernels, up to about a minute on 2 cores: once per install "
-            "(numba caches them beside the source, in __pycache__)"
+            f"numba is compiling {self.what} for this install ({self.compile_time}); this happens once: they are "
+            "cached in guidelab's __pycache__"
         )
         timer = threading.Timer(SLOW_LOAD_SECONDS, notify, args=(line,))
         timer.name = f"guidelab-jit-notice-{self.name}"

@@ -126,7 +126,7 @@ def _probe(kernels: dict) -> bool:
     return ok
 
 
-KERNELS = jit.Kernels(_build, _probe, "combines")
+KERNELS = jit.Kernels(_build, _probe, "combines", "guidelab's fast loops for the guiders", "about 5 s on 2 cores")
 
 
 def available() -> bool:

@@ -193,7 +193,9 @@ def _probe(kernels: SimpleNamespace) -> bool:
     return bool(ok)
 
 
-KERNELS = jit.Kernels(_build, _probe, "mixtures")
+KERNELS = jit.Kernels(
+    _build, _probe, "mixtures", "guidelab's fast loops for the exact targets", "about a minute on 2 cores"
+)
 
 
 def available() -> bool:
