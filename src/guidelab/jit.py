@@ -105,8 +105,8 @@ class Kernels:
         if notify is None:
             return None
         line = (
-            f"numba is compiling {self.what} for this install ({self.compile_time}); this happens once: they are "
-            "cached in guidelab's __pycache__"
+            f"numba is compiling {self.what} ({self.compile_time}), once per install: they are then cached in "
+            "guidelab's __pycache__"
         )
         timer = threading.Timer(SLOW_LOAD_SECONDS, notify, args=(line,))
         timer.name = f"guidelab-jit-notice-{self.name}"
