@@ -22,6 +22,7 @@ import _oracle_gaussian_mixture as gm_oracle
 from _target_points import assert_relative, mixture_pair, tail_points
 from guidelab.paths import get_path
 from guidelab.targets import BoxMixture, GaussianMixture, gaussian_mixture, get_target, mixture_jit
+from guidelab.targets.base import path_time
 
 TIMES = [0.0, 1e-6, 0.3, 1 - 1e-6, 1.0]
 
@@ -384,3 +385,50 @@ def test_another_threads_compile_does_not_change_this_threads_branches(monkeypat
     den = target.denoiser(path, compile="auto")
     den(x, t, None)
     assert den.evaluated == 32
+
+
+def _old_path_time(path, t, batch):
+    """The pre-fast-path evaluation (oracle): t in float64, its first element's (α, σ) where all are equal, else
+    per sample."""
+    t = (t if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=torch.float64)).to(torch.float64).reshape(-1)
+    if t.numel() == 1 or bool((t == t[0]).all()):
+        c = path.coefficients(t[:1])
+        return True, float(c.alpha[0]), float(c.sigma[0])
+    c = path.coefficients(t)
+    return False, c.alpha, c.sigma
+
+
+@pytest.mark.parametrize("path_name", ["rf", "vp-cosine", "vp-linear", "ve", "ou"])
+def test_path_time_one_time_fast_path_equals_the_previous_evaluation(path_name):
+    """One time (a float, a 0-d or one-element tensor, a batch of equal times in float16/32/64 or bfloat16) is read
+    once and evaluated by the cached scalar evaluation: the same bits as before; unequal or NaN times stay per
+    sample; a t of the wrong size raises naming t."""
+    path = get_path(path_name)
+    batch = 6
+    x = torch.zeros(batch, 2)
+    times = [0.0, 1e-6, 0.3, 0.7, 1.0]
+    cases = []
+    for v in times:
+        cases += [v, torch.tensor(v), torch.tensor([v]), torch.full((batch,), v, dtype=torch.float64)]
+        cases += [torch.full((batch,), v, dtype=dtype) for dtype in (torch.float32, torch.float16, torch.bfloat16)]
+    cases += [torch.linspace(0.1, 0.9, batch), torch.tensor([0.3] * (batch - 1) + [float("nan")])]
+    cases += [torch.tensor([float("nan")] * batch), torch.tensor(1)]
+    for t in cases:
+        shared, alpha, sigma = _old_path_time(path, t, batch)
+        for full in (True, False):
+            got = path_time(path, t, x, dtype=torch.float64, full=full)
+            assert got.shared == shared, (path_name, t)
+            if shared:
+                np.testing.assert_array_equal([got.alpha0, got.sigma0], [alpha, sigma])
+                assert got.alpha.shape == got.sigma.shape == (batch,)
+                np.testing.assert_array_equal(got.alpha.numpy(), np.full(batch, alpha))
+                np.testing.assert_array_equal(got.sigma.numpy(), np.full(batch, sigma))
+            else:
+                np.testing.assert_array_equal(got.alpha.numpy(), alpha.numpy())
+                np.testing.assert_array_equal(got.sigma.numpy(), sigma.numpy())
+    assert path_time(path, torch.full((batch,), 0.3), x).alpha.dtype == torch.float32  # x_t's dtype by default
+    for bad in (torch.full((batch + 1,), 0.3), torch.zeros(2, 4), torch.zeros(0)):
+        with pytest.raises(ValueError, match="^t: expected a scalar or 6 times"):
+            path_time(path, bad, x)
+    empty = path_time(path, torch.zeros(0), torch.zeros(0, 2))
+    assert empty.shared and empty.alpha.shape == (0,)

@@ -14,7 +14,6 @@ import logging
 import os
 import warnings
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 from torch import Tensor
 
 from guidelab.denoiser import NULL_COND, as_cond
-from guidelab.paths import NoisePath
+from guidelab.paths import NoisePath, path_scalars
 
 logger = logging.getLogger(__name__)
 
@@ -261,19 +260,56 @@ class Target(ABC):
         return ExactDenoiser(self, path, compile=compile)
 
 
-@dataclass(frozen=True)
 class PathTime:
     """α_t and σ_t of one call, (batch,) in the dtype and device of ``x_t``.
 
     ``shared`` is true when every sample has the same t; then ``alpha0``/``sigma0`` hold it as floats so
-    per-time quantities can be folded into matrices once per call.
+    per-time quantities can be folded into matrices once per call, and the (batch,) tensors ``alpha``/``sigma``
+    are made on first use only (most callers with one time read the floats alone).
     """
 
-    alpha: Tensor
-    sigma: Tensor
-    shared: bool
-    alpha0: float = float("nan")
-    sigma0: float = float("nan")
+    __slots__ = ("_alpha", "_like", "_sigma", "alpha0", "shared", "sigma0")
+
+    def __init__(
+        self,
+        alpha: Tensor | None,
+        sigma: Tensor | None,
+        shared: bool,
+        alpha0: float = float("nan"),
+        sigma0: float = float("nan"),
+        *,
+        like: tuple[int, int, torch.dtype, torch.device] | None = None,
+    ):
+        self._alpha, self._sigma, self.shared, self.alpha0, self.sigma0 = alpha, sigma, shared, alpha0, sigma0
+        self._like = like  # (batch, size, dtype, device) of the tensors still to make from alpha0, sigma0
+
+    def _expanded(self, value: float) -> Tensor:
+        batch, size, dtype, device = self._like  # type: ignore[misc]
+        return torch.full((size,), value, dtype=dtype, device=device).expand(batch)
+
+    @property
+    def alpha(self) -> Tensor:
+        if self._alpha is None:
+            self._alpha = self._expanded(self.alpha0)
+        return self._alpha
+
+    @property
+    def sigma(self) -> Tensor:
+        if self._sigma is None:
+            self._sigma = self._expanded(self.sigma0)
+        return self._sigma
+
+
+def _one_time(t: Tensor) -> float | None:
+    """t's value as a float where all of ``t`` (1-d, at least one element) holds one value, else None. On the CPU
+    the test reads the values in place (numpy), elsewhere it is one comparison and one read back."""
+    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64, torch.float16):
+        values = t.detach().numpy()
+        first = values[0]
+        return float(first) if values.shape[0] == 1 or bool((values == first).all()) else None
+    if t.numel() == 1 or bool((t == t[0]).all()):
+        return float(t[0])
+    return None
 
 
 def path_time(
@@ -282,6 +318,9 @@ def path_time(
     """Evaluate the path at ``t`` (a float, a 0-d tensor or one time per sample) in float64, then cast to ``dtype``
     (default that of ``x_t``). ``full=False``: for one shared time, ``alpha``/``sigma`` are one value expanded over
     the batch (views, not to be written), for callers that read ``alpha0``/``sigma0`` only.
+
+    One time (a float, a one-element tensor, or a batch of equal times) is evaluated once, by
+    :func:`~guidelab.paths.path_scalars` (cached), the same float64 arithmetic as the per-sample evaluation.
 
     Raises a ValueError naming ``t`` when its size matches neither 1 nor the batch.
 
@@ -298,19 +337,21 @@ def path_time(
             raise ValueError(f"t: expected a scalar or {batch} times (one per sample), got shape {tuple(t.shape)}")
         c = path.coefficients(t.expand(batch))
         return PathTime(c.alpha.to(dtype), c.sigma.to(dtype), False)
-    t = t.to(device=x_t.device) if isinstance(t, Tensor) else torch.tensor(t, dtype=wide, device=x_t.device)
-    t = t.to(wide)
-    if t.numel() not in (1, batch):
-        raise ValueError(f"t: expected a scalar or {batch} times (one per sample), got shape {tuple(t.shape)}")
-    t = t.reshape(-1)
-    if t.numel() == 1 or batch == 0 or bool((t == t[0]).all()):
-        c = path.coefficients(t[:1].cpu().double())
-        alpha0, sigma0 = float(c.alpha.reshape(-1)[0]), float(c.sigma.reshape(-1)[0])
-        size = batch if full else 1
-        alpha = torch.full((size,), alpha0, dtype=dtype, device=x_t.device).expand(batch)
-        sigma = torch.full((size,), sigma0, dtype=dtype, device=x_t.device).expand(batch)
-        return PathTime(alpha, sigma, True, alpha0, sigma0)
-    c = path.coefficients(t)
+    if isinstance(t, Tensor):
+        if t.numel() not in (1, batch):
+            raise ValueError(f"t: expected a scalar or {batch} times (one per sample), got shape {tuple(t.shape)}")
+        t = t.reshape(-1)
+        t0 = _one_time(t) if t.numel() else None
+    else:
+        t0 = float(t)
+    if t0 is not None or batch == 0:
+        if t0 is None:  # an empty batch with an empty t
+            t0 = float("nan")
+        if wide != torch.float64:  # MPS: t read in float32, as the per-sample evaluation reads it
+            t0 = float(np.float32(t0))
+        alpha0, sigma0 = path_scalars(path, t0)[:2]
+        return PathTime(None, None, True, alpha0, sigma0, like=(batch, batch if full else 1, dtype, x_t.device))
+    c = path.coefficients(t.to(device=x_t.device, dtype=wide))
     return PathTime(c.alpha.to(dtype), c.sigma.to(dtype), False)
 
 
