@@ -346,7 +346,9 @@ def generate(
     if dtype in ("float16", "bfloat16") and device == "cpu":
         raise ValueError(f"dtype: {dtype} needs a GPU (--device cuda); on the CPU use float32")
     if solver is not None and solver not in SOLVERS:
-        raise ValueError(f"solver: unknown name {solver!r}; accepted: {', '.join(SOLVERS)}")
+        from guidelab.validation import did_you_mean
+
+        raise ValueError(f"solver: unknown name {solver!r}{did_you_mean(solver, SOLVERS)}")
     # the guider and its parameters are checked before the (possibly long) load of the pipeline
     guider, params = _guider_choice(ctx, guider, param, guider_file)
     built = None if guider == "none" else build_guider(guider, **params)
@@ -699,7 +701,9 @@ def reproduce(
             typer.echo(f"{key:<{width}}  {claim} ({source})")
         return
     if name not in REPRODUCTIONS:
-        raise ValueError(f"name: unknown reproduction {name!r}; accepted: {', '.join(REPRODUCTIONS)}")
+        from guidelab.validation import did_you_mean
+
+        raise ValueError(f"name: unknown reproduction {name!r}{did_you_mean(name, REPRODUCTIONS)}")
     if size not in ("ci", "paper"):
         raise ValueError(f"size: must be ci or paper, got {size!r}")
     writable_folder(out, "out")

@@ -52,6 +52,7 @@ from torch import Tensor
 
 from guidelab.guiders.base import GuidedStep, Guider, Predictions, StepContext
 from guidelab.guiders.cfg import CFG
+from guidelab.validation import did_you_mean
 
 if TYPE_CHECKING:
     from guidelab.sampling import GuidedModel, Monitor
@@ -85,7 +86,7 @@ def log_weight_increment(
         form: ``"log"``: Δℓ = log λ_cur − log λ_next; ``"first-order"``: Δℓ = (λ_cur − λ_next)/λ_cur (official code).
     """
     if form not in INCREMENTS:
-        raise ValueError(f"increment: unknown form {form!r}; accepted: {', '.join(INCREMENTS)}")
+        raise ValueError(f"increment: unknown form {form!r}{did_you_mean(form, INCREMENTS)}")
     sq = (eps_cond.double() - eps_uncond.double()).reshape(eps_cond.shape[0], -1).square().sum(dim=1)
     dl = math.log(lam_cur) - math.log(lam_next) if form == "log" else (lam_cur - lam_next) / lam_cur
     g = torch.as_tensor(gamma, dtype=torch.float64, device=sq.device)
@@ -130,7 +131,9 @@ class FKCConfig:
 
     def __post_init__(self) -> None:
         if self.increment not in INCREMENTS:
-            raise ValueError(f"fkc.increment: unknown form {self.increment!r}; accepted: {', '.join(INCREMENTS)}")
+            raise ValueError(
+                f"fkc.increment: unknown form {self.increment!r}{did_you_mean(self.increment, INCREMENTS)}"
+            )
         if self.ess_threshold is not None and not 0 < self.ess_threshold <= 1:
             raise ValueError(f"fkc.ess_threshold: must lie in (0, 1], got {self.ess_threshold}")
         if self.clamp is not None and not (self.clamp > 0 and math.isfinite(self.clamp)):

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from guidelab.paths import NoisePath
 from guidelab.progress import counted
+from guidelab.validation import did_you_mean
 
 __all__ = ["GRIDS", "GRID_PARAMS", "check_grid_params", "make_grid"]
 
@@ -47,8 +48,7 @@ def check_grid_params(kind: str, params: dict[str, object]) -> None:
         if key not in used:
             users = [k for k, names in GRID_PARAMS.items() if key in names]
             hint = f" (it applies to {', '.join(users)})" if users else ""
-            accepted = ", ".join(used) or "none"
-            raise ValueError(f"grid_params: the {kind} grid does not use {key!r}{hint}; accepted: {accepted}")
+            raise ValueError(f"grid_params: the {kind} grid does not use {key!r}{hint}{did_you_mean(key, used)}")
 
 
 _DEFAULT_LAM_MIN = 0.002  # EDM's σ_min
@@ -85,7 +85,7 @@ def make_grid(
         shift: SD3 shift s > 0 (shifted only).
         lam_cap: largest finite noise level of λ-based grids (default: see the module docstring).
     """
-    _check("grid", kind in GRIDS, f"unknown kind {kind!r}; accepted: {', '.join(GRIDS)}")
+    _check("grid", kind in GRIDS, f"unknown kind {kind!r}{did_you_mean(kind, GRIDS)}")
     _check(
         "steps",
         isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1,

@@ -39,6 +39,7 @@ from guidelab.guiders.registry import build_guider
 from guidelab.paths import get_path
 from guidelab.pipeline_guidance import MODEL_OUTPUTS, StepGuidance, model_output_of
 from guidelab.pipelines import pipeline_path
+from guidelab.validation import did_you_mean
 
 __all__ = ["GuidelabGuidance"]
 
@@ -75,7 +76,7 @@ class GuidelabGuidance(BaseGuidance):
     ):
         super().__init__(start, stop, enabled)
         if model_output not in MODEL_OUTPUTS:
-            raise ValueError(f"model_output: unknown {model_output!r}; accepted: {', '.join(MODEL_OUTPUTS)}")
+            raise ValueError(f"model_output: unknown {model_output!r}{did_you_mean(model_output, MODEL_OUTPUTS)}")
         self.guidelab_guider: Guider = build_guider(**dict(guider or {"name": "cfg"}))
         self.guidelab_path = get_path(**dict(path or {"name": "rf"}))
         self.scheduler_spec = scheduler

@@ -25,6 +25,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from guidelab.validation import did_you_mean
+
 __all__ = [
     "PATHS",
     "SPACES",
@@ -320,7 +322,7 @@ class DiscreteVPPath(NoisePath):
         else:
             if beta_schedule not in self.BETA_SCHEDULES:
                 raise ValueError(
-                    f"beta_schedule: unknown name {beta_schedule!r}; accepted: {', '.join(self.BETA_SCHEDULES)}"
+                    f"beta_schedule: unknown name {beta_schedule!r}{did_you_mean(beta_schedule, self.BETA_SCHEDULES)}"
                 )
             if not (isinstance(num_train_timesteps, int) and num_train_timesteps >= 2):
                 raise ValueError(f"num_train_timesteps: must be an integer ≥ 2, got {num_train_timesteps!r}")
@@ -502,7 +504,7 @@ def get_path(name: str | NoisePath, **params: float) -> NoisePath:
     if isinstance(name, NoisePath):
         return name
     if name not in PATHS:
-        raise ValueError(f"path: unknown name {name!r}; accepted: {', '.join(PATHS)}")
+        raise ValueError(f"path: unknown name {name!r}{did_you_mean(name, PATHS)}")
     try:
         return PATHS[name](**params)
     except TypeError as err:
@@ -556,7 +558,7 @@ def to_x0_eps(pred: Tensor, space: str, x_t: Tensor, c: PathCoefficients) -> tup
     if space == "score":
         eps = score_to_eps(pred, c)
         return eps_to_x0(eps, x_t, c), eps
-    raise ValueError(f"space: unknown prediction space {space!r}; accepted: {', '.join(SPACES)}")
+    raise ValueError(f"space: unknown prediction space {space!r}{did_you_mean(space, SPACES)}")
 
 
 def convert(pred: Tensor, src: str, dst: str, x_t: Tensor, c: PathCoefficients) -> Tensor:
@@ -572,7 +574,7 @@ def convert(pred: Tensor, src: str, dst: str, x_t: Tensor, c: PathCoefficients) 
         return eps_to_score(eps, c)
     if dst == "velocity":
         return velocity_from_x0_eps(x0, eps, c)
-    raise ValueError(f"space: unknown prediction space {dst!r}; accepted: {', '.join(SPACES)}")
+    raise ValueError(f"space: unknown prediction space {dst!r}{did_you_mean(dst, SPACES)}")
 
 
 # --- the same conversions with one scalar per step (Python floats: one or two fused kernels each) --------

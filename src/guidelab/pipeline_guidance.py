@@ -42,6 +42,7 @@ from guidelab.guiders.registry import build_guider
 from guidelab.models.adapters import flux_pack, flux_unpack
 from guidelab.paths import NoisePath, path_scalars
 from guidelab.pipelines import current_grid, family_of, pipeline_path
+from guidelab.validation import did_you_mean
 
 __all__ = ["MODEL_OUTPUTS", "StepGuidance", "guided", "model_output_of"]
 
@@ -70,7 +71,7 @@ class StepGuidance:
 
     def __init__(self, guider: Guider, path: NoisePath, model_output: str, scheduler: Any):
         if model_output not in MODEL_OUTPUTS:
-            raise ValueError(f"model_output: unknown {model_output!r}; accepted: {', '.join(MODEL_OUTPUTS)}")
+            raise ValueError(f"model_output: unknown {model_output!r}{did_you_mean(model_output, MODEL_OUTPUTS)}")
         self.guider = guider
         self.path = path
         self.model_output = model_output

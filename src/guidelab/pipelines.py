@@ -44,6 +44,7 @@ from guidelab.noise import NoiseSource
 from guidelab.paths import DiscreteVPPath, NoisePath, RectifiedFlowPath
 from guidelab.progress import counted
 from guidelab.sampling import DEFAULT_DIVERGENCE_FACTOR, SOLVERS, sample
+from guidelab.validation import did_you_mean
 
 __all__ = [
     "FAMILIES",
@@ -433,7 +434,7 @@ def generate(
     start = time.perf_counter()
     family = family_of(pipe)
     if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"output_type: unknown {output_type!r}; accepted: {', '.join(OUTPUT_TYPES)}")
+        raise ValueError(f"output_type: unknown {output_type!r}{did_you_mean(output_type, OUTPUT_TYPES)}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n: images per prompt must be an integer ≥ 1, got {n!r}")
     device = pipe.device
@@ -474,7 +475,7 @@ def generate(
     times = _grid(pipe, grid, steps, path, shape, grid_params)
     solver = solver or matching_solver(pipe.scheduler)
     if solver not in SOLVERS:
-        raise ValueError(f"solver: unknown name {solver!r}; accepted: {', '.join(SOLVERS)}")
+        raise ValueError(f"solver: unknown name {solver!r}{did_you_mean(solver, SOLVERS)}")
     guide = _guider(guider, params)
     if guided_channels is not None:
         guide = GuidedChannels(guide, guided_channels)
@@ -729,7 +730,7 @@ def load_pipeline(folder: str | Path, *, device: str | None = None, dtype: str |
     if dtype is not None:
         torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(dtype)
         if torch_dtype is None:
-            raise ValueError(f"dtype: unknown {dtype!r}; accepted: float32, float16, bfloat16")
+            raise ValueError(f"dtype: unknown {dtype!r}{did_you_mean(dtype, ('float32', 'float16', 'bfloat16'))}")
     import diffusers  # the [diffusers] extra
 
     # recent diffusers name the argument ``dtype`` and warn on ``torch_dtype``; older ones know only ``torch_dtype``

@@ -33,7 +33,7 @@ from guidelab.guiders.registry import guider_accepts
 from guidelab.paths import PATHS, NoisePath, get_path
 from guidelab.sampling import ETA_SOLVERS, SOLVERS, STOCHASTIC_SOLVERS, SampleResult, sample
 from guidelab.targets import Target, get_target
-from guidelab.validation import DTYPES, error_lines
+from guidelab.validation import DTYPES, did_you_mean, error_lines
 
 __all__ = [
     "TRAINED_KINDS",
@@ -202,7 +202,7 @@ class SampleConfig(BaseModel):
     def _known_name(cls, v: str, info: ValidationInfo) -> str:
         accepted = {"path": PATHS, "grid": GRIDS, "solver": SOLVERS, "dtype": DTYPES}[info.field_name]
         if v not in accepted:
-            raise ValueError(f"unknown {info.field_name} {v!r}; accepted: {', '.join(accepted)}")
+            raise ValueError(f"unknown {info.field_name} {v!r}{did_you_mean(v, accepted)}")
         return v
 
     @model_validator(mode="after")
@@ -293,7 +293,7 @@ def class_of(names: tuple[str, ...], cond: str) -> int:
     try:
         index = int(text)
     except ValueError:
-        raise ValueError(f"cond: unknown class {text!r}; accepted: {', '.join(names)}, null") from None
+        raise ValueError(f"cond: unknown class {text!r}{did_you_mean(text, names)}, null") from None
     if not -1 <= index < len(names):
         raise ValueError(
             f"cond: class index must lie in [-1, {len(names) - 1}], got {index}; the classes: "

@@ -36,6 +36,7 @@ from guidelab.guiders.cfg import CFG
 from guidelab.noise import NoiseSource
 from guidelab.paths import NoisePath, PathCoefficients, combine, path_scalars
 from guidelab.progress import ProgressBar
+from guidelab.validation import did_you_mean
 
 if TYPE_CHECKING:
     from guidelab.fkc import FKCConfig, FKCorrector
@@ -623,7 +624,7 @@ def sample(
         ValueError: naming the field, for an unknown solver, a bad grid, counts or bounds.
     """
     if solver not in SOLVERS:
-        raise ValueError(f"solver: unknown name {solver!r}; accepted: {', '.join(SOLVERS)}")
+        raise ValueError(f"solver: unknown name {solver!r}{did_you_mean(solver, SOLVERS)}")
     built_for = getattr(grid, "noise_path", None)
     if built_for is not None and built_for.config() != denoiser.path.config():
         raise ValueError(

@@ -42,6 +42,7 @@ from guidelab.models.image import ARCHS, PREDICTIONS, ImageDenoiser
 from guidelab.models.zoo import save_image_model
 from guidelab.paths import PATHS
 from guidelab.progress import ProgressBar
+from guidelab.validation import did_you_mean
 
 __all__ = [
     "ClassifierTrainConfig",
@@ -75,7 +76,7 @@ class _Common(BaseModel):
     @classmethod
     def _data(cls, v: str) -> str:
         if v not in DATASETS:
-            raise ValueError(f"unknown dataset {v!r}; accepted: {', '.join(DATASETS)}")
+            raise ValueError(f"unknown dataset {v!r}{did_you_mean(v, DATASETS)}")
         return v
 
 
@@ -101,7 +102,7 @@ class DenoiserTrainConfig(_Common):
     def _names(cls, v: str, info: Any) -> str:
         accepted = {"arch": ARCHS, "path": PATHS, "prediction": PREDICTIONS}[info.field_name]
         if v not in accepted:
-            raise ValueError(f"unknown {info.field_name} {v!r}; accepted: {', '.join(accepted)}")
+            raise ValueError(f"unknown {info.field_name} {v!r}{did_you_mean(v, accepted)}")
         if info.field_name == "path" and v == "discrete-vp":
             raise ValueError("discrete-vp is a pipeline scheduler's path; train on rf, vp-cosine, vp-linear, ve or ou")
         return v

@@ -1,15 +1,20 @@
-"""How configurations are checked and their mistakes told: the dtype names a configuration may use, and
-pydantic validation errors as one ``field: message`` line each (the CLI prints them and exits 2)."""
+"""How configurations are checked and their mistakes told: the dtype names a configuration may use, pydantic
+validation errors as one ``field: message`` line each (the CLI prints them and exits 2), and the list of accepted
+names, with the nearest ones first, that follows an unknown name."""
 
 from __future__ import annotations
 
+import difflib
 import re
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
-from pydantic import ValidationError
 
-__all__ = ["DTYPES", "error_lines", "location"]
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+__all__ = ["DTYPES", "did_you_mean", "error_lines", "location"]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
@@ -43,3 +48,19 @@ def error_lines(err: ValidationError) -> list[str]:
         named = message.startswith((f"{where}: ", f"{where}.", f"{where}["))  # already names its field (or a part)
         lines.append(f"{message}{shown}" if named else f"{where}: {message}{shown}")
     return lines
+
+
+def did_you_mean(value: object, names: Iterable[object]) -> str:
+    """The tail of an unknown-name message: ``; did you mean 'cfg'? accepted: a, b, c`` (the suggestion where one or
+    two names are close to ``value``, case aside: :func:`difflib.get_close_matches`), else ``; accepted: a, b, c``.
+    Used as ``f"guider: unknown name {name!r}{did_you_mean(name, GUIDERS)}"``."""
+    names = [str(n) for n in names]
+    by_lower = {n.lower(): n for n in reversed(names)}
+    close = difflib.get_close_matches(str(value).lower(), list(by_lower), n=2, cutoff=0.6)
+    close = [by_lower[c] for c in close if by_lower[c] != value]
+    listed = ", ".join(names) or "none"
+    return (
+        f"; did you mean {' or '.join(repr(c) for c in close)}? accepted: {listed}"
+        if close
+        else f"; accepted: {listed}"
+    )

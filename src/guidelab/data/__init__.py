@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from guidelab.validation import did_you_mean
+
 __all__ = ["DATASETS", "SPLITS", "ImageData", "dataset_info", "load_dataset"]
 
 DATASETS = ("digits", "mnist")
@@ -90,7 +92,7 @@ class ImageData:
                 cond = int(text)
             except ValueError:
                 raise ValueError(
-                    f"cond: unknown class {text!r} of {self.name}; accepted: {', '.join(self.class_names)}, null"
+                    f"cond: unknown class {text!r} of {self.name}{did_you_mean(text, self.class_names)}, null"
                 ) from None
         if not -1 <= int(cond) < self.num_classes:
             raise ValueError(f"cond: class index must lie in [-1, {self.num_classes - 1}], got {cond}")
@@ -143,9 +145,9 @@ def _mnist() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def load_dataset(name: str, split: str = "train") -> ImageData:
     """One split of a shipped dataset (see the module docstring); ValueError names ``data`` or ``split``."""
     if name not in DATASETS:
-        raise ValueError(f"data: unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
+        raise ValueError(f"data: unknown dataset {name!r}{did_you_mean(name, DATASETS)}")
     if split not in SPLITS:
-        raise ValueError(f"split: unknown split {split!r}; accepted: {', '.join(SPLITS)}")
+        raise ValueError(f"split: unknown split {split!r}{did_you_mean(split, SPLITS)}")
     images, labels = (_digits if name == "digits" else _mnist)()[split]
     return ImageData(
         name, split, torch.from_numpy(images.copy()), torch.from_numpy(labels.copy()), tuple(map(str, range(10)))

@@ -29,6 +29,7 @@ from guidelab.diagnostics._series import Series, as_trajectory, summarize
 from guidelab.guiders.base import Guider
 from guidelab.metrics.base import DEFAULT_QUANTILES, Record, seeded_generator
 from guidelab.sampling import GuidedModel
+from guidelab.validation import did_you_mean
 
 __all__ = [
     "ConservationTerms",
@@ -104,7 +105,7 @@ def divergence_exact(
         directions = eye[:, None, :].expand(D, n, D)  # basis vectors e_d: e_dᵀ J e_d = ∂g_d/∂x_d
         return _directional_derivatives_fd(field, x, directions, step, max_rows).sum(dim=0)
     if method != "autograd":
-        raise ValueError(f"method: unknown derivative method {method!r}; accepted: autograd, fd")
+        raise ValueError(f"method: unknown derivative method {method!r}{did_you_mean(method, ('autograd', 'fd'))}")
     x = x.detach().clone().requires_grad_(True)
     div = torch.zeros(n, dtype=x.dtype, device=x.device)
     with torch.enable_grad():
@@ -173,7 +174,7 @@ def divergence_hutchinson(
                 if g is not None:
                     est[j] = (g.detach() * probes[j]).sum(dim=1)
     else:
-        raise ValueError(f"method: unknown derivative method {method!r}; accepted: autograd, fd")
+        raise ValueError(f"method: unknown derivative method {method!r}{did_you_mean(method, ('autograd', 'fd'))}")
     return HutchinsonEstimate(est.mean(dim=0), est.std(dim=0, unbiased=True) / math.sqrt(num_probes), num_probes)
 
 

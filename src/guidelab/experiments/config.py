@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from guidelab.experiments.model_runs import ReferenceSpec
 from guidelab.grids import check_grid_params
 from guidelab.recipe import TRAINED_KINDS, ModelSpec, SampleConfig
-from guidelab.validation import error_lines
+from guidelab.validation import did_you_mean, error_lines
 
 __all__ = [
     "GridSpec",
@@ -168,7 +168,7 @@ class PipelineSweep(BaseModel):
     @classmethod
     def _dtype(cls, v: str) -> str:
         if v not in ("float32", "float16", "bfloat16"):
-            raise ValueError(f"unknown dtype {v!r}; accepted: float32, float16, bfloat16")
+            raise ValueError(f"unknown dtype {v!r}{did_you_mean(v, ('float32', 'float16', 'bfloat16'))}")
         return v
 
     def axis(self, name: str) -> list[Any]:
@@ -276,10 +276,9 @@ class SweepConfig(BaseModel):
 
         for name in v:
             if name not in MEASURES and name not in IMAGE_METRICS:
-                accepted = ", ".join(MEASURES)
                 raise ValueError(
-                    f"unknown metric {name!r}; accepted: {accepted} (exact targets); {', '.join(IMAGE_METRICS)} "
-                    f"(trained models)"
+                    f"unknown metric {name!r}{did_you_mean(name, [*MEASURES, *IMAGE_METRICS])} (the first "
+                    f"{len(MEASURES)} for exact targets, the rest for trained models)"
                 )
         return v
 
@@ -294,7 +293,7 @@ class SweepConfig(BaseModel):
         for name in self.metrics:
             if name not in accepted:
                 of = "a trained model's images" if self.model.trained else "an exact target"
-                raise ValueError(f"metrics: unknown metric {name!r} of {of}; accepted: {', '.join(accepted)}")
+                raise ValueError(f"metrics: unknown metric {name!r} of {of}{did_you_mean(name, accepted)}")
         return self
 
     @model_validator(mode="after")
@@ -617,9 +616,9 @@ def _check_pipeline(data: dict[str, Any]) -> list[str]:
         errors += _check_device(spec.device, spec.dtype)
         for solver in spec.axis("solver"):
             if solver is not None and solver not in SOLVERS:
-                errors.append(f"pipeline.solver: unknown solver {solver!r}; accepted: {', '.join(SOLVERS)}")
+                errors.append(f"pipeline.solver: unknown solver {solver!r}{did_you_mean(solver, SOLVERS)}")
         if spec.grid != "scheduler" and spec.grid not in GRIDS:
-            errors.append(f"pipeline.grid: unknown grid {spec.grid!r}; accepted: scheduler, {', '.join(GRIDS)}")
+            errors.append(f"pipeline.grid: unknown grid {spec.grid!r}{did_you_mean(spec.grid, ['scheduler', *GRIDS])}")
         elif spec.grid == "scheduler" and spec.grid_params:
             errors.append("pipeline.grid_params: the scheduler's grid takes none")
         else:
@@ -716,7 +715,7 @@ def _check_buildable(data: dict[str, Any]) -> list[str]:
                 errors.append(f"grids[{j}]: {err}")
     for i, solver in items("solvers"):
         if solver not in SOLVERS:
-            errors.append(f"solvers[{i}]: unknown solver {solver!r}; accepted: {', '.join(SOLVERS)}")
+            errors.append(f"solvers[{i}]: unknown solver {solver!r}{did_you_mean(solver, SOLVERS)}")
     specs: dict[str, ModelSpec] = {}
     models_ok = True
     if "models" in data:
@@ -794,7 +793,7 @@ def _check_trained(data: dict[str, Any]) -> list[str]:
             errors.append(f"grids[{j}]: {err}")
     for i, solver in enumerate(data.get("solvers") or []):
         if solver not in SOLVERS:
-            errors.append(f"solvers[{i}]: unknown solver {solver!r}; accepted: {', '.join(SOLVERS)}")
+            errors.append(f"solvers[{i}]: unknown solver {solver!r}{did_you_mean(solver, SOLVERS)}")
     try:
         specs = {k: ModelSpec.model_validate(v) for k, v in dict(data.get("models") or {}).items()}
     except (ValidationError, TypeError, ValueError):

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from guidelab.validation import did_you_mean
+
 __all__ = [
     "IMAGE_MEASURES",
     "ImageMeasureInput",
@@ -155,7 +157,7 @@ def resolve_image_metric(spec: str) -> ImageMetric:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(
-            f"unknown metric {spec!r}; accepted: {', '.join(IMAGE_MEASURES)}, or 'module.path:function' for your own"
+            f"unknown metric {spec!r}{did_you_mean(spec, IMAGE_MEASURES)}, or 'module.path:function' for your own"
         )
     try:
         with _current_folder_importable():

@@ -19,6 +19,7 @@ from torch import Tensor
 from guidelab import metrics as m
 from guidelab.metrics.pairwise import cached_self_distance_mean
 from guidelab.targets import Target
+from guidelab.validation import did_you_mean
 
 __all__ = ["MEASURES", "MEASURE_KEYS", "MeasureInput", "measure", "measure_of_key", "reference_samples"]
 
@@ -155,6 +156,6 @@ def measure(names: tuple[str, ...] | list[str], inp: MeasureInput) -> dict[str, 
     out: dict[str, float] = {}
     for name in names:
         if name not in MEASURES:
-            raise ValueError(f"metrics: unknown metric {name!r}; accepted: {', '.join(MEASURES)}")
+            raise ValueError(f"metrics: unknown metric {name!r}{did_you_mean(name, MEASURES)}")
         out.update(MEASURES[name](inp))
     return out

@@ -30,6 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from guidelab.io import write_image_grid, write_json_atomic, write_npy_atomic
+from guidelab.validation import did_you_mean
 
 __all__ = ["ReferenceSpec", "execute_model_run", "reference_images"]
 
@@ -63,7 +64,7 @@ class ReferenceSpec(BaseModel):
         if (self.dataset is None) == (self.samples is None):
             raise ValueError("dataset: give exactly one of dataset (digits, mnist) and samples (a .npz file)")
         if self.dataset is not None and self.dataset not in DATASETS:
-            raise ValueError(f"dataset: unknown {self.dataset!r}; accepted: {', '.join(DATASETS)}")
+            raise ValueError(f"dataset: unknown {self.dataset!r}{did_you_mean(self.dataset, DATASETS)}")
         if self.samples is not None and not self.samples.endswith(".npz"):
             raise ValueError(f"samples: expected a .npz file with images and labels, got {self.samples!r}")
         return self

@@ -54,6 +54,7 @@ from guidelab.experiments.measures import MeasureInput, measure, reference_sampl
 from guidelab.experiments.store import ResultStore
 from guidelab.io import write_json_atomic, write_npy_atomic
 from guidelab.progress import ProgressBar, counted
+from guidelab.validation import did_you_mean
 
 __all__ = [
     "Split",
@@ -753,7 +754,7 @@ def check_options(
     ``pipeline``: for a sweep on a pipeline, which runs in this process; ``workers=None``: chosen later;
     ``executors``: those the caller accepts."""
     if executor not in executors:
-        raise ValueError(f"executor: unknown {executor!r}; accepted: {', '.join(executors)}")
+        raise ValueError(f"executor: unknown {executor!r}{did_you_mean(executor, executors)}")
     if workers is None:
         workers = 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from guidelab.paths import SPACES
+from guidelab.validation import did_you_mean
 
 __all__ = [
     "check_choice",
@@ -22,7 +23,7 @@ __all__ = [
 
 def check_choice(field: str, value: Any, accepted: tuple[Any, ...]) -> None:
     if value not in accepted:
-        raise ValueError(f"{field}: got {value!r}; accepted: {', '.join(map(str, accepted))}")
+        raise ValueError(f"{field}: got {value!r}{did_you_mean(value, map(str, accepted))}")
 
 
 def check_number(
@@ -53,7 +54,7 @@ def check_number(
 def check_guider_space(space: str) -> str:
     """A prediction space a guider may combine in, or a ValueError naming ``space``."""
     if space not in SPACES:
-        raise ValueError(f"space: unknown prediction space {space!r}; accepted: {', '.join(SPACES)}")
+        raise ValueError(f"space: unknown prediction space {space!r}{did_you_mean(space, SPACES)}")
     return space
 
 
@@ -69,7 +70,7 @@ def construct(cls: type, label: str, params: dict[str, Any]) -> Any:
     accepted = signature_params(cls)
     for key in params:
         if key not in accepted:
-            raise ValueError(f"{label}: unknown parameter {key!r}; accepted: {', '.join(accepted) or 'none'}")
+            raise ValueError(f"{label}: unknown parameter {key!r}{did_you_mean(key, accepted)}")
     missing = [k for k, p in accepted.items() if p.default is inspect.Parameter.empty and k not in params]
     if missing:
         raise ValueError(f"{label}: missing required parameter {missing[0]!r}")

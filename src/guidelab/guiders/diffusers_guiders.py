@@ -32,6 +32,7 @@ from guidelab.guiders.base import COND, UNCOND, GuidedStep, Guider, Pass, Predic
 from guidelab.guiders.reductions import upcast
 from guidelab.guiders.schedules import Schedule
 from guidelab.paths import NoisePath
+from guidelab.validation import did_you_mean
 
 __all__ = [
     "PREFIX",
@@ -121,7 +122,7 @@ def diffusers_guider_class(name: str) -> type[DiffusersGuider]:
     if short in refused:
         raise ValueError(f"guider: {name} is not supported: {refused[short]}")
     if short not in accepted:
-        raise ValueError(f"guider: unknown diffusers guider {name!r}; accepted: {', '.join(diffusers_guider_names())}")
+        raise ValueError(f"guider: unknown diffusers guider {name!r}{did_you_mean(name, diffusers_guider_names())}")
     return _subclass(name, accepted[short])
 
 
@@ -285,8 +286,9 @@ class DiffusersGuider(Guider):
                 config[key] = p.default
         unknown = sorted(set(kwargs) - set(config))
         if unknown:
-            accepted = ", ".join(config)
-            raise ValueError(f"guider {self.name!r}: unknown parameter {unknown[0]!r}; accepted: {accepted}")
+            raise ValueError(
+                f"guider {self.name!r}: unknown parameter {unknown[0]!r}{did_you_mean(unknown[0], config)}"
+            )
         self._target = target
         self._kwargs = config
         self._inner = self._build()

@@ -28,6 +28,7 @@ from guidelab.guiders._checks import construct, signature_params
 from guidelab.guiders.diffusers_guiders import PREFIX as DIFFUSERS_PREFIX
 from guidelab.guiders.diffusers_guiders import diffusers_guider_class
 from guidelab.guiders.schedules import SCHEDULES, Schedule, build_schedule
+from guidelab.validation import did_you_mean
 
 if TYPE_CHECKING:
     from guidelab.guiders.base import Guider
@@ -88,7 +89,7 @@ def _lookup(name: str) -> type[Guider]:
         if isinstance(name, str) and name.startswith(DIFFUSERS_PREFIX):
             return diffusers_guider_class(name)
         raise ValueError(
-            f"guider: unknown name {name!r}; accepted: {', '.join(sorted(GUIDERS))}, or diffusers' own guiders as "
+            f"guider: unknown name {name!r}{did_you_mean(name, sorted(GUIDERS))}, or diffusers' own guiders as "
             "diffusers:ClassName (guidelab methods --diffusers)"
         )
     return GUIDERS[name]
@@ -107,7 +108,9 @@ def build_guider(name: str, **params: Any) -> Guider:
     elif "schedule" in own and not isinstance(schedule, Schedule) and (schedule is None or isinstance(schedule, str)):
         schedule_name = params.pop("schedule", None) or "constant"
         if schedule_name not in SCHEDULES:
-            raise ValueError(f"schedule: unknown name {schedule_name!r}; accepted: {', '.join(sorted(SCHEDULES))}")
+            raise ValueError(
+                f"schedule: unknown name {schedule_name!r}{did_you_mean(schedule_name, sorted(SCHEDULES))}"
+            )
         schedule_keys = set(signature_params(SCHEDULES[schedule_name]))
         for key in params:
             if key in own and key in schedule_keys:
@@ -117,7 +120,7 @@ def build_guider(name: str, **params: Any) -> Guider:
                 )
             if key not in own and key not in schedule_keys:
                 accepted = sorted(set(own) | schedule_keys)
-                raise ValueError(f"guider {name!r}: unknown parameter {key!r}; accepted: {', '.join(accepted)}")
+                raise ValueError(f"guider {name!r}: unknown parameter {key!r}{did_you_mean(key, accepted)}")
         flat = {k: params.pop(k) for k in list(params) if k in schedule_keys}
         if schedule_name == "constant" and "scale" not in flat:
             flat["scale"] = _default_scale(cls)

@@ -40,6 +40,7 @@ from guidelab.guiders.context import Scale, StepContext, scale_from_config, scal
 from guidelab.guiders.scales import extra_to_ho, ho_to_extra
 from guidelab.paths import NoisePath
 from guidelab.progress import counted
+from guidelab.validation import did_you_mean
 
 __all__ = [
     "SCHEDULES",
@@ -236,7 +237,7 @@ def wang_profile(shape: str, p: float) -> float:
         return 2 * abs(2 * p - 1)
     if shape == "lambda":
         return 2 * (1 - abs(2 * p - 1))
-    raise ValueError(f"shape: got {shape!r}; accepted: {', '.join(WANG_SHAPES)}")
+    raise ValueError(f"shape: got {shape!r}{did_you_mean(shape, WANG_SHAPES)}")
 
 
 @register_schedule
@@ -620,7 +621,7 @@ def build_schedule(spec: Mapping[str, Any], label: str = "schedule") -> Schedule
     params = dict(spec)
     name = params.pop("name", None) or "constant"
     if name not in SCHEDULES:
-        raise ValueError(f"{label}: unknown name {name!r}; accepted: {', '.join(sorted(SCHEDULES))}")
+        raise ValueError(f"{label}: unknown name {name!r}{did_you_mean(name, sorted(SCHEDULES))}")
     return construct(SCHEDULES[name], f"{label} {name!r}", params)
 
 

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from guidelab.models.guidance_weights import GuidanceWeights
 from guidelab.paths import PATHS
+from guidelab.validation import did_you_mean
 
 __all__ = [
     "HOLDOUT_SEED_OFFSET",
@@ -104,7 +105,7 @@ class LearnConfig(BaseModel):
     @classmethod
     def _path(cls, v: str) -> str:
         if v not in PATHS:
-            raise ValueError(f"unknown path {v!r}; accepted: {', '.join(PATHS)}")
+            raise ValueError(f"unknown path {v!r}{did_you_mean(v, PATHS)}")
         return v
 
     @model_validator(mode="before")

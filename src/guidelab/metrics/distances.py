@@ -17,6 +17,7 @@ from torch import Tensor
 
 from guidelab.metrics.base import as_points, check_same_dim, chunk_rows, seeded_generator
 from guidelab.metrics.pairwise import pairwise_distance_sum, self_distance_mean
+from guidelab.validation import did_you_mean
 
 __all__ = [
     "energy_distance",
@@ -265,7 +266,7 @@ def wasserstein2(
     """
     methods = ("auto", "1d", "exact", "sliced")
     if method not in methods:
-        raise ValueError(f"method: unknown W2 method {method!r}; accepted: {', '.join(methods)}")
+        raise ValueError(f"method: unknown W2 method {method!r}{did_you_mean(method, methods)}")
     x, y = as_points(x, "x"), as_points(y, "y")
     check_same_dim(x, y, "wasserstein2")
     if method == "auto":

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from guidelab.metrics.base import as_points, seeded_generator
 from guidelab.metrics.distances import median_heuristic_bandwidth
+from guidelab.validation import did_you_mean
 
 __all__ = ["vendi_score"]
 
@@ -60,7 +61,7 @@ def vendi_score(
         xn = x / norms
         return _entropy_exp(torch.linalg.eigvalsh(xn.T @ xn / x.shape[0]), q)
     if kernel != "gaussian":
-        raise ValueError(f"kernel: unknown kernel {kernel!r}; accepted: gaussian, cosine")
+        raise ValueError(f"kernel: unknown kernel {kernel!r}{did_you_mean(kernel, ('gaussian', 'cosine'))}")
     if x.shape[0] > max_points:
         x = x[torch.randperm(x.shape[0], generator=seeded_generator(seed))[:max_points].to(x.device)]
     h = median_heuristic_bandwidth(x, seed=seed) if bandwidth is None else float(bandwidth)

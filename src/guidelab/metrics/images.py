@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from guidelab.metrics.diversity import vendi_score
 from guidelab.metrics.knn import prdc
+from guidelab.validation import did_you_mean
 
 __all__ = [
     "IMAGE_METRICS",
@@ -191,7 +192,7 @@ def _names(metrics: tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
     names = tuple(metrics) if metrics is not None else IMAGE_METRICS
     for name in names:
         if name not in IMAGE_METRICS:
-            raise ValueError(f"metrics: unknown image metric {name!r}; accepted: {', '.join(IMAGE_METRICS)}")
+            raise ValueError(f"metrics: unknown image metric {name!r}{did_you_mean(name, IMAGE_METRICS)}")
     return names
 
 

@@ -23,6 +23,7 @@ from guidelab.denoiser import NULL_COND
 from guidelab.metrics.base import as_points, path_for, resolve_cond, seeded_generator
 from guidelab.metrics.density import CellGrid, cell_masses
 from guidelab.paths import NoisePath
+from guidelab.validation import did_you_mean
 
 __all__ = ["TiltedTarget"]
 
@@ -125,7 +126,7 @@ class TiltedTarget:
             raise ValueError(f"n: must be ≥ 0, got {n}")
         methods = ("auto", "rejection", "grid", "importance")
         if method not in methods:
-            raise ValueError(f"method: unknown sampling method {method!r}; accepted: {', '.join(methods)}")
+            raise ValueError(f"method: unknown sampling method {method!r}{did_you_mean(method, methods)}")
         if method == "auto":
             method = "rejection" if self.scale >= 0 else "importance"
         gen = seeded_generator(seed)

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from guidelab.denoiser import NULL_COND, as_cond
 from guidelab.paths import DiscreteVPPath, NoisePath, RectifiedFlowPath
+from guidelab.validation import did_you_mean
 
 __all__ = [
     "PREDICTION_TYPES",
@@ -194,7 +195,9 @@ class _DiscreteMixin(DiffusersDenoiser):
 
     def _init_prediction(self, prediction_type: str) -> str:
         if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type: unknown {prediction_type!r}; accepted: {', '.join(PREDICTION_TYPES)}")
+            raise ValueError(
+                f"prediction_type: unknown {prediction_type!r}{did_you_mean(prediction_type, PREDICTION_TYPES)}"
+            )
         self.prediction_type = prediction_type
         return "eps" if prediction_type == "epsilon" else "x0"
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from guidelab.denoiser import NULL_COND
 from guidelab.io import torch_load_checked, torch_save_atomic
 from guidelab.paths import NoisePath
+from guidelab.validation import did_you_mean
 
 __all__ = ["OUTPUTS", "GuidanceWeights", "load_weights", "log_noise_level", "save_weights"]
 
@@ -87,7 +88,7 @@ class GuidanceWeights(nn.Module):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{field_name}: must be an integer ≥ {low}, got {value!r}")
         if output not in OUTPUTS:
-            raise ValueError(f"output: unknown {output!r}; accepted: {', '.join(OUTPUTS)}")
+            raise ValueError(f"output: unknown {output!r}{did_you_mean(output, OUTPUTS)}")
         if not (math.isfinite(init_omega) and init_omega > 0):
             raise ValueError(f"init_omega: must be a finite number > 0, got {init_omega}")
         self.num_classes, self.hidden, self.depth = num_classes, hidden, depth

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from guidelab.denoiser import NULL_COND, as_cond, as_times
 from guidelab.models.mlp import edm_preconditioning, sinusoidal_embedding
 from guidelab.paths import NoisePath, get_path
+from guidelab.validation import did_you_mean
 
 __all__ = ["ARCHS", "PREDICTIONS", "ImageDenoiser"]
 
@@ -154,9 +155,9 @@ class ImageDenoiser(nn.Module):
     ):
         super().__init__()
         if arch not in ARCHS:
-            raise ValueError(f"arch: unknown {arch!r}; accepted: {', '.join(ARCHS)}")
+            raise ValueError(f"arch: unknown {arch!r}{did_you_mean(arch, ARCHS)}")
         if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction: unknown {prediction!r}; accepted: {', '.join(PREDICTIONS)}")
+            raise ValueError(f"prediction: unknown {prediction!r}{did_you_mean(prediction, PREDICTIONS)}")
         shape = tuple(int(s) for s in shape)
         if len(shape) != 3 or min(shape) < 1:
             raise ValueError(f"shape: expected (C, H, W) with positive sizes, got {shape}")

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from guidelab.models.zoo import SHIPPED_DENOISERS, load_image_denoiser, shipped_path
+from guidelab.validation import did_you_mean
 
 __all__ = ["class_names", "load_trained", "model_digest", "sample_shape"]
 
@@ -41,7 +42,7 @@ def load_trained(kind: str, ref: str) -> Any:
     if kind == "python":
         return _from_factory(ref)
     if kind == "shipped" and ref not in SHIPPED_DENOISERS:
-        raise ValueError(f"model: unknown shipped model {ref!r}; accepted: {', '.join(SHIPPED_DENOISERS)}")
+        raise ValueError(f"model: unknown shipped model {ref!r}{did_you_mean(ref, SHIPPED_DENOISERS)}")
     return _load_file(*_file_version(_file(kind, ref)))
 
 

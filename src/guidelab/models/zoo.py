@@ -26,6 +26,7 @@ from torch import nn
 from guidelab.io import load_safetensors_checked, save_safetensors_atomic
 from guidelab.models.classifier import ImageClassifier
 from guidelab.models.image import ImageDenoiser
+from guidelab.validation import did_you_mean
 
 __all__ = [
     "CLASSIFIER_FORMAT",
@@ -59,7 +60,7 @@ SHIPPED_DENOISERS = tuple(name for name in SHIPPED if not name.endswith("-classi
 def shipped_path(name: str) -> Path:
     """The file of a shipped model; ValueError names ``model`` for an unknown name."""
     if name not in SHIPPED:
-        raise ValueError(f"model: unknown shipped model {name!r}; accepted: {', '.join(SHIPPED)}")
+        raise ValueError(f"model: unknown shipped model {name!r}{did_you_mean(name, SHIPPED)}")
     path = Path(str(resources.files("guidelab.models").joinpath("weights", SHIPPED[name])))
     if not path.is_file():
         raise FileNotFoundError(f"model: the shipped model {name!r} is missing from the installation ({path})")

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from guidelab.denoiser import NULL_COND, as_cond
 from guidelab.paths import NoisePath, path_scalars
+from guidelab.validation import did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class Target(ABC):
             return self.class_names.index(text)
         if text.lower() in ("null", "none", "uncond"):
             return NULL_COND
-        raise ValueError(f"cond: unknown class {text!r}; accepted: {', '.join(self.class_names)} or null")
+        raise ValueError(f"cond: unknown class {text!r}{did_you_mean(text, self.class_names)} or null")
 
     def cond_rows(self, cond: Tensor | int | None, batch: int, device: torch.device | str | None = None) -> Tensor:
         """Each sample's condition as a row of :meth:`log_weight_table`: the class index, or C for null.

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from guidelab.targets.base import Target
 from guidelab.targets.box_mixture import BoxMixture
 from guidelab.targets.gaussian_mixture import GaussianMixture
-from guidelab.validation import error_lines
+from guidelab.validation import did_you_mean, error_lines
 
 __all__ = ["BUILTIN_TARGETS", "TargetSpec", "get_target", "list_targets", "load_target_file"]
 
@@ -371,4 +371,4 @@ def get_target(name_or_path: str | Path | dict | Target, **params: Any) -> Targe
         return load_target_file(path)
     if path.is_dir():
         raise ValueError(f"target: {name!r} is a folder; give a target file (YAML or JSON) or a built-in name")
-    raise ValueError(f"target: no built-in target or file named {name!r}; built-ins: {', '.join(BUILTIN_TARGETS)}")
+    raise ValueError(f"target: no built-in target or file named {name!r}{did_you_mean(name, BUILTIN_TARGETS)}")

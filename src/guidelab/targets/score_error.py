@@ -27,6 +27,7 @@ from torch import Tensor
 
 from guidelab.denoiser import NULL_COND, Denoiser, as_cond
 from guidelab.paths import PathCoefficients
+from guidelab.validation import did_you_mean
 
 __all__ = ["ScoreErrorDenoiser"]
 
@@ -155,7 +156,7 @@ def score_delta_in_space(d_score: Tensor, space: str, c: PathCoefficients) -> Te
         return d_x0
     if space == "velocity":
         return c.d_alpha * d_x0 + c.d_sigma * d_eps
-    raise ValueError(f"prediction: unknown space {space!r}; accepted: x0, eps, velocity, score")
+    raise ValueError(f"prediction: unknown space {space!r}{did_you_mean(space, ('x0', 'eps', 'velocity', 'score'))}")
 
 
 def x0_delta_in_space(d_x0: Tensor, space: str, c: PathCoefficients) -> Tensor:
@@ -173,4 +174,4 @@ def x0_delta_in_space(d_x0: Tensor, space: str, c: PathCoefficients) -> Tensor:
         return -d_eps / c.sigma
     if space == "velocity":
         return c.d_alpha * d_x0 + c.d_sigma * d_eps
-    raise ValueError(f"prediction: unknown space {space!r}; accepted: x0, eps, velocity, score")
+    raise ValueError(f"prediction: unknown space {space!r}{did_you_mean(space, ('x0', 'eps', 'velocity', 'score'))}")

@@ -56,7 +56,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from guidelab.experiments.config import SweepConfig, check_sweep, read_yaml_mapping
-from guidelab.validation import error_lines
+from guidelab.validation import did_you_mean, error_lines
 
 __all__ = [
     "DIRECTIONS",
@@ -650,7 +650,7 @@ def _metrics(config: TuneConfig, sweep_data: dict[str, Any], kind: str) -> Any:
         if measure is None:
             accepted = sorted({k for keys in table.values() for k in keys} | {"n_excluded"})
             of = "a trained model's runs" if kind == "trained" else "an exact target's runs"
-            errors.append(f"{where}: unknown metric {key!r} of {of}; accepted: {', '.join(accepted)}")
+            errors.append(f"{where}: unknown metric {key!r} of {of}{did_you_mean(key, accepted)}")
         elif measure not in metrics:
             metrics.append(measure)
     if errors:

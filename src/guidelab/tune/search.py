@@ -33,6 +33,7 @@ import numpy as np
 
 from guidelab.tune.config import SearchParam
 from guidelab.tune.objective import TrialRecord, order_key
+from guidelab.validation import did_you_mean
 
 __all__ = ["Proposal", "coordinate_next", "make_sampler", "propose", "trial_seed"]
 
@@ -60,7 +61,9 @@ def make_sampler(method: str, seed: int, *, startup_trials: int = 10, population
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
     if method == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    raise ValueError(f"search_method: unknown {method!r}; accepted: tpe, nsga2, random, coordinate")
+    raise ValueError(
+        f"search_method: unknown {method!r}{did_you_mean(method, ('tpe', 'nsga2', 'random', 'coordinate'))}"
+    )
 
 
 def propose(

@@ -43,6 +43,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from guidelab.validation import did_you_mean
+
 __all__ = ["CLAIMS", "REPRODUCTIONS", "SIZES", "Reproduction", "run_reproduction"]
 
 Reproduction = Callable[[str, Path], dict[str, Any]]
@@ -140,7 +142,7 @@ def run_reproduction(name: str, size: str = "ci", out_dir: str | Path | None = N
     """Run reproduction ``name`` at ``size`` into ``out_dir`` (default: a folder named after it); errors name the
     accepted values."""
     if name not in REPRODUCTIONS:
-        raise ValueError(f"reproduction: unknown name {name!r}; accepted: {', '.join(REPRODUCTIONS)}")
+        raise ValueError(f"reproduction: unknown name {name!r}{did_you_mean(name, REPRODUCTIONS)}")
     if size not in SIZES:
-        raise ValueError(f"size: unknown size {size!r}; accepted: {', '.join(SIZES)}")
+        raise ValueError(f"size: unknown size {size!r}{did_you_mean(size, SIZES)}")
     return REPRODUCTIONS[name](size, Path(out_dir if out_dir is not None else name))

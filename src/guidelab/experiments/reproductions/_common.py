@@ -18,6 +18,7 @@ from guidelab.denoiser import Denoiser, as_cond
 from guidelab.guiders import Guider
 from guidelab.io import write_json_atomic
 from guidelab.sampling import SampleResult, sample
+from guidelab.validation import did_you_mean
 
 __all__ = ["Run", "config_for", "is_nondecreasing", "per_copy", "rounded", "sample_copies", "slope"]
 
@@ -27,7 +28,7 @@ C = TypeVar("C")
 def config_for(name: str, size: str, sizes: Mapping[str, C]) -> C:
     """The config of ``size`` (``ci`` or ``paper``), or a ValueError naming the accepted sizes."""
     if size not in sizes:
-        raise ValueError(f"size: unknown size {size!r} for reproduction {name!r}; accepted: {', '.join(sizes)}")
+        raise ValueError(f"size: unknown size {size!r} for reproduction {name!r}{did_you_mean(name, sizes)}")
     return sizes[size]
 
 

@@ -42,6 +42,7 @@ from guidelab.learn.plots import plot_omega
 from guidelab.metrics.distances import energy_distance
 from guidelab.paths import NoisePath, get_path
 from guidelab.sampling import sample
+from guidelab.validation import did_you_mean
 
 __all__ = ["SIZES", "UnderConditionedDenoiser", "learned_guidance"]
 
@@ -201,7 +202,7 @@ def learned_guidance(size: str = "ci", out_dir: str | Path = "learned-guidance",
     ``measures`` (the ratios the claims rest on) and ``ed_floor``.
     """
     if size not in SIZES:
-        raise ValueError(f"size: unknown {size!r}; accepted: {', '.join(SIZES)}")
+        raise ValueError(f"size: unknown {size!r}{did_you_mean(size, SIZES)}")
     from guidelab.guiders.learned import LearnedGuider
     from guidelab.targets import get_target
     from guidelab.targets.score_error import ScoreErrorDenoiser

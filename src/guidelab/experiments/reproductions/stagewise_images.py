@@ -47,6 +47,7 @@ from guidelab.experiments.reproductions._image_lab import (
 from guidelab.grids import make_grid
 from guidelab.guiders import build_guider, schedule_table
 from guidelab.metrics.images import frechet_distance
+from guidelab.validation import did_you_mean
 
 __all__ = ["SIZES", "StagewiseImagesConfig", "schedule_params", "stagewise_images"]
 
@@ -100,7 +101,7 @@ def schedule_params(name: str, gamma_bar: float) -> dict[str, Any]:
         return {"schedule": "step-down", "scale": 2 * gamma_bar, "scale_low": 2 * gamma_bar / 3, "p_switch": 0.25}
     if name == "step-up":  # 0.25·h/3 + 0.75·h = 5h/6
         return {"schedule": "step-up", "scale": 1.2 * gamma_bar, "scale_low": 0.4 * gamma_bar, "p_switch": 0.25}
-    raise ValueError(f"schedule: unknown {name!r}; accepted: {', '.join(SCHEDULES)}")
+    raise ValueError(f"schedule: unknown {name!r}{did_you_mean(name, SCHEDULES)}")
 
 
 def _clusters(lab: Any, classes: tuple[int, ...], k: int, seed: int) -> dict[int, Any]:

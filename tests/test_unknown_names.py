@@ -1,0 +1,142 @@
+"""An unknown name anywhere (a solver, guider, schedule, path, grid, target, class, metric, dtype, dataset, …) is
+told as ``field: unknown … 'x'; did you mean 'y'? accepted: …`` where a name is close (difflib's ratio ≥ 0.6, case
+aside), else with the accepted list alone: one helper (``guidelab.validation.did_you_mean``) behind every registry."""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+import pytest
+
+from guidelab.cli import main
+from guidelab.validation import did_you_mean
+
+SOLVERS = ("euler", "heun", "ddim", "euler-maruyama", "dpm++2m", "euler-ancestral", "dpm++2s-ancestral")
+
+
+def test_the_suggestion_is_the_nearest_names_and_the_list_follows():
+    assert did_you_mean("cgf", ["cfg", "apg", "adg"]) == "; did you mean 'cfg'? accepted: cfg, apg, adg"
+    assert did_you_mean("Heun", SOLVERS).startswith("; did you mean 'heun'? accepted: euler, heun,")
+    assert did_you_mean("rk99", SOLVERS) == f"; accepted: {', '.join(SOLVERS)}"  # nothing close: the list alone
+    assert did_you_mean("x", []) == "; accepted: none"
+    assert did_you_mean(3, [1, 2, 3.5]) == "; accepted: 1, 2, 3.5"  # names of any type, shown as text
+    two = did_you_mean("intervall", ["constant", "interval", "tv-interval", "wang"])
+    assert two.startswith("; did you mean 'interval' or 'tv-interval'?")
+    # the same choice as difflib's over the lower-cased names, at most two
+    names = ["energy_distance", "class_fidelity", "mode_weights", "within_mode_variance", "support", "vendi"]
+    for typo in ["energy_distanse", "suport", "Vendi", "modeweights", "fidelity"]:
+        close = difflib.get_close_matches(typo.lower(), names, n=2, cutoff=0.6)
+        expected = f"; did you mean {' or '.join(map(repr, close))}? " if close else "; "
+        assert did_you_mean(typo, names) == f"{expected}accepted: {', '.join(names)}"
+
+
+def _get_path(name):
+    from guidelab.paths import get_path
+
+    get_path(name)
+
+
+def _guider(name, **params):
+    from guidelab.guiders import build_guider
+
+    build_guider(name, **params)
+
+
+def _grid(kind):
+    from guidelab.grids import make_grid
+    from guidelab.paths import get_path
+
+    make_grid(kind, 8, get_path("rf"))
+
+
+def _target(name):
+    from guidelab.targets import get_target
+
+    get_target(name)
+
+
+def _cond(name):
+    from guidelab.targets import get_target
+
+    get_target("multimodal-2d").class_index(name)
+
+
+def _solver(name):
+    import torch
+
+    from guidelab import sampling
+    from guidelab.grids import make_grid
+    from guidelab.paths import get_path
+    from guidelab.targets import get_target
+
+    path = get_path("rf")
+    sampling.sample(
+        get_target("multimodal-2d").denoiser(path), None, grid=make_grid("uniform", 2, path), n=2, shape=(2,),
+        solver=name, dtype=torch.float32,
+    )  # fmt: skip
+
+
+def _dataset(name):
+    from guidelab.data import load_dataset
+
+    load_dataset(name)
+
+
+def _space(name):
+    import torch
+
+    from guidelab.paths import get_path, to_x0_eps
+
+    path = get_path("rf")
+    to_x0_eps(torch.zeros(1, 2), name, torch.zeros(1, 2), path.coefficients(torch.tensor([0.5])))
+
+
+def _sweep_metric(name):
+    from guidelab.experiments.config import SweepConfig
+
+    SweepConfig.model_validate(
+        {"targets": [{"target": "multimodal-2d"}], "guiders": [{"name": "cfg"}], "metrics": [name]}
+    )
+
+
+CASES = [
+    (lambda: _get_path("rff"), "path: unknown name 'rff'; did you mean 'rf'?"),
+    (lambda: _get_path("VE"), "path: unknown name 'VE'; did you mean 've'?"),
+    (lambda: _guider("cgf"), "guider: unknown name 'cgf'; did you mean 'cfg'?"),
+    (lambda: _guider("cfg", scael=2.0), "guider 'cfg': unknown parameter 'scael'; did you mean 'scale'"),
+    (lambda: _guider("cfg", schedule={"name": "intervall"}), "schedule: unknown name 'intervall'; did you mean"),
+    (lambda: _grid("unifrom"), "grid: unknown kind 'unifrom'; did you mean 'uniform'?"),
+    (lambda: _target("multimodal2d"), "target: no built-in target or file named 'multimodal2d'; did you mean"),
+    (lambda: _cond("aa"), "cond: unknown class 'aa'; did you mean 'a'?"),
+    (lambda: _solver("Heun"), "solver: unknown name 'Heun'; did you mean 'heun'?"),
+    (lambda: _dataset("digit"), "data: unknown dataset 'digit'; did you mean 'digits'?"),
+    (lambda: _space("velocty"), "space: unknown prediction space 'velocty'; did you mean 'velocity'?"),
+    (lambda: _sweep_metric("energy_distanse"), "did you mean 'energy_distance'?"),
+]
+
+
+@pytest.mark.parametrize(("call", "message"), CASES, ids=[m.split(";")[0] for _, m in CASES])
+def test_every_registry_suggests_the_nearest_name(call, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        call()
+    assert "accepted: " in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--solver", "Heun"], "error: solver: unknown solver 'Heun'; did you mean 'heun'? accepted: euler, heun,"),
+        (["--guider", "cgf"], "error: guider: unknown name 'cgf'; did you mean 'cfg'? accepted: "),
+        (["--grid", "unifrom"], "error: grid: unknown grid 'unifrom'; did you mean 'uniform'? accepted: "),
+        (["--path", "rff"], "error: path: unknown path 'rff'; did you mean 'rf'? accepted: "),
+    ],
+)
+def test_the_command_prints_the_suggestion_on_one_line(argv, line, tmp_path, capsys):
+    with pytest.raises(SystemExit) as code:
+        main(
+            ["sample", "--target", "multimodal-2d", "--n", "4", "--steps", "2", "--out", str(tmp_path / "x.npy"), *argv]
+        )
+    assert code.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(line), err
