@@ -225,15 +225,19 @@ def test_train_then_learn_then_print_the_learned_schedule(tmp_path):
     assert (tmp_path / "omega.png").stat().st_size > 1000
 
 
-def test_help_answers_without_importing_torch():
+@pytest.mark.parametrize(
+    ("argv", "shown"), [(["--help"], "Usage"), (["run", "--help"], "Usage"), (["reproduce", "list"], "arXiv")]
+)
+def test_help_answers_without_importing_torch(argv, shown):
+    """The light paths answer at once (importing torch takes ~1 s): help, and the list of reproductions."""
     code = (
-        "import sys, runpy\nsys.argv = ['guidelab', '--help']\n"
+        f"import sys, runpy\nsys.argv = ['guidelab', *{argv!r}]\n"
         "try:\n    runpy.run_module('guidelab.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-        "assert 'torch' not in sys.modules, 'guidelab --help imported torch'\n"
+        f"assert 'torch' not in sys.modules, 'guidelab {' '.join(argv)} imported torch'\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "Usage" in result.stdout
+    assert shown in result.stdout
 
 
 def test_learn_help_lists_every_learn_config_field_and_reproduce_list_describes_each():

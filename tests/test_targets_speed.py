@@ -432,3 +432,28 @@ def test_path_time_one_time_fast_path_equals_the_previous_evaluation(path_name):
             path_time(path, bad, x)
     empty = path_time(path, torch.zeros(0), torch.zeros(0, 2))
     assert empty.shared and empty.alpha.shape == (0,)
+    # times given as a numpy array or a list, as before the fast path
+    for t in (np.full(batch, 0.3), [0.3] * batch, np.linspace(0.1, 0.9, batch), np.float32(0.3)):
+        shared, alpha, sigma = _old_path_time(path, torch.as_tensor(np.asarray(t), dtype=torch.float64), batch)
+        got = path_time(path, t, x, dtype=torch.float64)
+        assert got.shared == shared
+        np.testing.assert_array_equal(got.alpha.numpy(), np.broadcast_to(np.asarray(alpha), (batch,)))
+
+
+def test_path_time_sign_of_zero_and_nan_times_do_not_depend_on_the_cache():
+    """t = −0.0 and t = +0.0 are one key of the scalar cache: each still gets its own sign of σ whichever came
+    first; NaN times give NaN and leave the cache as it was."""
+    from guidelab.paths import path_scalars
+
+    path = get_path("rf")
+    x = torch.zeros(3, 2)
+    for first, second in ((0.0, -0.0), (-0.0, 0.0)):
+        path_scalars.cache_clear()
+        path_scalars(path, first)
+        got = path_time(path, second, x)
+        assert np.copysign(1.0, got.sigma0) == np.copysign(1.0, second)
+    path_scalars.cache_clear()
+    for t in (float("nan"), torch.tensor(float("nan")), torch.tensor([float("nan")])) * 3:
+        nan = path_time(path, t, x)
+        assert nan.shared and np.isnan(nan.alpha0) and np.isnan(nan.sigma0)
+    assert path_scalars.cache_info().currsize == 0

@@ -21,6 +21,9 @@ def test_the_suggestion_is_the_nearest_names_and_the_list_follows():
     assert did_you_mean("rk99", SOLVERS) == f"; accepted: {', '.join(SOLVERS)}"  # nothing close: the list alone
     assert did_you_mean("x", []) == "; accepted: none"
     assert did_you_mean(3, [1, 2, 3.5]) == "; accepted: 1, 2, 3.5"  # names of any type, shown as text
+    assert did_you_mean("z", ["a", "b", "a"]) == "; accepted: a, b"  # each name once
+    grouped = did_you_mean("fdd", ["fd", "nll"], "nll (exact targets); fd (trained models)")
+    assert grouped == "; did you mean 'fd'? accepted: nll (exact targets); fd (trained models)"
     two = did_you_mean("intervall", ["constant", "interval", "tv-interval", "wang"])
     assert two.startswith("; did you mean 'interval' or 'tv-interval'?")
     # the same choice as difflib's over the lower-cased names, at most two
@@ -100,6 +103,12 @@ def _sweep_metric(name):
     )
 
 
+def _size(size):
+    from guidelab.experiments.reproductions._common import config_for
+
+    config_for("cfg-overshoot", size, {"ci": 1, "paper": 2})
+
+
 CASES = [
     (lambda: _get_path("rff"), "path: unknown name 'rff'; did you mean 'rf'?"),
     (lambda: _get_path("VE"), "path: unknown name 'VE'; did you mean 've'?"),
@@ -113,6 +122,8 @@ CASES = [
     (lambda: _dataset("digit"), "data: unknown dataset 'digit'; did you mean 'digits'?"),
     (lambda: _space("velocty"), "space: unknown prediction space 'velocty'; did you mean 'velocity'?"),
     (lambda: _sweep_metric("energy_distanse"), "did you mean 'energy_distance'?"),
+    (lambda: _sweep_metric("fdd"), "did you mean 'fd'?"),
+    (lambda: _size("papr"), "size: unknown size 'papr' for reproduction 'cfg-overshoot'; did you mean 'paper'?"),
 ]
 
 

@@ -33,7 +33,7 @@ from guidelab.guiders.registry import guider_accepts
 from guidelab.paths import PATHS, NoisePath, get_path
 from guidelab.sampling import ETA_SOLVERS, SOLVERS, STOCHASTIC_SOLVERS, SampleResult, sample
 from guidelab.targets import Target, get_target
-from guidelab.validation import DTYPES, did_you_mean, error_lines
+from guidelab.validation import DTYPE_NAMES, did_you_mean, error_lines, torch_dtype
 
 __all__ = [
     "TRAINED_KINDS",
@@ -200,7 +200,7 @@ class SampleConfig(BaseModel):
     @field_validator("path", "grid", "solver", "dtype")
     @classmethod
     def _known_name(cls, v: str, info: ValidationInfo) -> str:
-        accepted = {"path": PATHS, "grid": GRIDS, "solver": SOLVERS, "dtype": DTYPES}[info.field_name]
+        accepted = {"path": PATHS, "grid": GRIDS, "solver": SOLVERS, "dtype": DTYPE_NAMES}[info.field_name]
         if v not in accepted:
             raise ValueError(f"unknown {info.field_name} {v!r}{did_you_mean(v, accepted)}")
         return v
@@ -353,7 +353,7 @@ def run_sample(config: SampleConfig, *, progress: bool = False) -> SampleOutcome
     if config.model.trained:
         return _run_trained(config, progress)
     target, cond, path, grid, guider, denoiser = resolve(config)
-    check_memory(config.n, target.dim, DTYPES[config.dtype], recorded=config.record_every is not None)
+    check_memory(config.n, target.dim, torch_dtype(config.dtype), recorded=config.record_every is not None)
     result = _sample(config, denoiser, guider, grid, (target.dim,), cond, progress)
     resolved = {
         **config.model_dump(),
@@ -384,7 +384,7 @@ def _sample(
         solver=config.solver,
         seed=config.seed,
         eta=config.eta,
-        dtype=DTYPES[config.dtype],
+        dtype=torch_dtype(config.dtype),
         record_every=config.record_every,
         divergence_bound=config.divergence_bound,
         divergence_factor=config.divergence_factor,
@@ -436,7 +436,7 @@ def _run_trained(config: SampleConfig, progress: bool) -> SampleOutcome:
 
     model, cond, path, grid, guider = resolve_trained(config)
     shape = sample_shape(model)
-    check_memory(config.n, math.prod(shape), DTYPES[config.dtype], recorded=config.record_every is not None)
+    check_memory(config.n, math.prod(shape), torch_dtype(config.dtype), recorded=config.record_every is not None)
     with torch.no_grad():
         result = _sample(config, model, guider, grid, shape, cond, progress)
     resolved = {

@@ -9,14 +9,21 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 if TYPE_CHECKING:
+    import torch
     from pydantic import ValidationError
 
-__all__ = ["DTYPES", "did_you_mean", "error_lines", "location"]
+__all__ = ["DTYPE_NAMES", "did_you_mean", "error_lines", "location", "torch_dtype"]
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+DTYPE_NAMES = ("float32", "float64")  # the dtypes a sampling or learning configuration may name
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a name in :data:`DTYPE_NAMES` (torch is imported here, not with this module: the
+    command line's light paths, ``--help`` and ``reproduce list``, use this module without torch)."""
+    import torch
+
+    return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
 def location(loc: tuple[Any, ...] | list[Any], default: str = "config") -> str:
@@ -50,15 +57,16 @@ def error_lines(err: ValidationError) -> list[str]:
     return lines
 
 
-def did_you_mean(value: object, names: Iterable[object]) -> str:
+def did_you_mean(value: object, names: Iterable[object], listed: str | None = None) -> str:
     """The tail of an unknown-name message: ``; did you mean 'cfg'? accepted: a, b, c`` (the suggestion where one or
     two names are close to ``value``, case aside: :func:`difflib.get_close_matches`), else ``; accepted: a, b, c``.
-    Used as ``f"guider: unknown name {name!r}{did_you_mean(name, GUIDERS)}"``."""
-    names = [str(n) for n in names]
+    ``listed`` replaces the plain list after "accepted: " (e.g. grouped by kind). Used as
+    ``f"guider: unknown name {name!r}{did_you_mean(name, GUIDERS)}"``."""
+    names = list(dict.fromkeys(str(n) for n in names))
     by_lower = {n.lower(): n for n in reversed(names)}
     close = difflib.get_close_matches(str(value).lower(), list(by_lower), n=2, cutoff=0.6)
     close = [by_lower[c] for c in close if by_lower[c] != value]
-    listed = ", ".join(names) or "none"
+    listed = listed if listed is not None else ", ".join(names) or "none"
     return (
         f"; did you mean {' or '.join(repr(c) for c in close)}? accepted: {listed}"
         if close

@@ -276,10 +276,8 @@ class SweepConfig(BaseModel):
 
         for name in v:
             if name not in MEASURES and name not in IMAGE_METRICS:
-                raise ValueError(
-                    f"unknown metric {name!r}{did_you_mean(name, [*MEASURES, *IMAGE_METRICS])} (the first "
-                    f"{len(MEASURES)} for exact targets, the rest for trained models)"
-                )
+                listed = f"{', '.join(MEASURES)} (exact targets); {', '.join(IMAGE_METRICS)} (trained models)"
+                raise ValueError(f"unknown metric {name!r}{did_you_mean(name, [*MEASURES, *IMAGE_METRICS], listed)}")
         return v
 
     @model_validator(mode="after")

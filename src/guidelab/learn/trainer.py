@@ -32,7 +32,7 @@ from guidelab.learn.config import HOLDOUT_SEED_OFFSET, DataSource, LearnConfig, 
 from guidelab.learn.data import batch_loss, build_denoiser, build_reward, draw_batch, target_data
 from guidelab.models.guidance_weights import GuidanceWeights, save_weights
 from guidelab.progress import ProgressBar
-from guidelab.validation import DTYPES
+from guidelab.validation import torch_dtype
 
 __all__ = ["learn"]
 
@@ -85,7 +85,7 @@ def _learn(
     callback: Callable[[int, dict[str, Any]], None] | None,
 ) -> LearnResult:
     start = time.perf_counter()
-    dtype = DTYPES[config.dtype]
+    dtype = torch_dtype(config.dtype)
     if denoiser is None:
         denoiser, target, path = build_denoiser(config)
         data = data or target_data(target)

@@ -313,6 +313,16 @@ def _one_time(t: Tensor) -> float | None:
     return None
 
 
+def _alpha_sigma(path: NoisePath, t: float) -> tuple[float, float]:
+    """(α, σ) at one time as floats, in float64: from the cache of :func:`~guidelab.paths.path_scalars`, except at
+    t = ±0 (the cache takes 0.0 and −0.0 for one key, and the sign of σ = 0 must not depend on which came first)
+    and at NaN (a key that never hits again)."""
+    if t == 0 or t != t:
+        c = path.coefficients(torch.tensor(t, dtype=torch.float64))
+        return float(c.alpha), float(c.sigma)
+    return path_scalars(path, t)[:2]
+
+
 def path_time(
     path: NoisePath, t: Tensor | float, x_t: Tensor, *, dtype: torch.dtype | None = None, full: bool = True
 ) -> PathTime:
@@ -338,6 +348,8 @@ def path_time(
             raise ValueError(f"t: expected a scalar or {batch} times (one per sample), got shape {tuple(t.shape)}")
         c = path.coefficients(t.expand(batch))
         return PathTime(c.alpha.to(dtype), c.sigma.to(dtype), False)
+    if not isinstance(t, Tensor | int | float):  # a numpy array, a list of times
+        t = torch.as_tensor(t, dtype=wide)
     if isinstance(t, Tensor):
         if t.numel() not in (1, batch):
             raise ValueError(f"t: expected a scalar or {batch} times (one per sample), got shape {tuple(t.shape)}")
@@ -350,7 +362,7 @@ def path_time(
             t0 = float("nan")
         if wide != torch.float64:  # MPS: t read in float32, as the per-sample evaluation reads it
             t0 = float(np.float32(t0))
-        alpha0, sigma0 = path_scalars(path, t0)[:2]
+        alpha0, sigma0 = _alpha_sigma(path, t0)
         return PathTime(None, None, True, alpha0, sigma0, like=(batch, batch if full else 1, dtype, x_t.device))
     c = path.coefficients(t.to(device=x_t.device, dtype=wide))
     return PathTime(c.alpha.to(dtype), c.sigma.to(dtype), False)

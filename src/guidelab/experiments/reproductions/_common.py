@@ -28,7 +28,7 @@ C = TypeVar("C")
 def config_for(name: str, size: str, sizes: Mapping[str, C]) -> C:
     """The config of ``size`` (``ci`` or ``paper``), or a ValueError naming the accepted sizes."""
     if size not in sizes:
-        raise ValueError(f"size: unknown size {size!r} for reproduction {name!r}{did_you_mean(name, sizes)}")
+        raise ValueError(f"size: unknown size {size!r} for reproduction {name!r}{did_you_mean(size, sizes)}")
     return sizes[size]
 
 
