@@ -182,7 +182,7 @@ BAD_SPECS = [
     (
         ("classes", 1, "components", 0, "covv"),
         1,
-        r"classes\[1\]\.components\[0\]\.covv: Extra inputs are not permitted",
+        r"classes\[1\]\.components\[0\]\.covv: unknown key; did you mean 'cov'\? accepted: weight, mean, cov,",
     ),
     (("classes", 1, "prior"), _DELETE, r"classes\[1\]\.prior: give a prior for every class or for none"),
     (("classes", 1, "name"), "a", r"classes\[1\]\.name: duplicate class name 'a'"),

@@ -1,6 +1,8 @@
 """An unknown name anywhere (a solver, guider, schedule, path, grid, target, class, metric, dtype, dataset, …) is
 told as ``field: unknown … 'x'; did you mean 'y'? accepted: …`` where a name is close (difflib's ratio ≥ 0.6, case
-aside), else with the accepted list alone: one helper (``guidelab.validation.did_you_mean``) behind every registry."""
+aside), else with the accepted list alone: one helper (``guidelab.validation.did_you_mean``) behind every registry.
+A misspelt key of a configuration file (a sweep, a target, a learning run) is told the same way, with the keys
+accepted at its place in the file."""
 
 from __future__ import annotations
 
@@ -151,3 +153,74 @@ def test_the_command_prints_the_suggestion_on_one_line(argv, line, tmp_path, cap
     assert code.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(line), err
+
+
+SWEEP = {"targets": [{"target": "multimodal-2d"}], "guiders": [{"name": "cfg"}]}
+
+
+@pytest.mark.parametrize(
+    ("change", "line"),
+    [
+        ({"seed": [1]}, "seed: unknown key; did you mean 'seeds'? accepted: name, pipeline, targets, paths,"),
+        ({"targets": [{"target": "multimodal-2d", "cond": ["a"]}]}, "targets[0].cond: unknown key; did you mean"),
+        ({"guiders": [{"name": "cfg", "param": {"scale": 2}}]}, "guiders[0].param: unknown key; did you mean 'params'"),
+        (
+            {"grids": [{"kind": "uniform", "step": 3}]},
+            "grids[0].step: unknown key; did you mean 'steps'? accepted: kind,",
+        ),
+        (
+            {"models": {"weak": {"kind": "score-error", "delt": 0.3}}},
+            "models.weak.delt: unknown key; did you mean 'delta'? accepted: kind, delta,",
+        ),
+        ({"xyzzy": 1}, "xyzzy: unknown key; accepted: name, pipeline, targets,"),  # nothing close: the list alone
+    ],
+)
+def test_a_misspelt_sweep_key_is_told_with_the_keys_of_its_place(change, line):
+    from pydantic import ValidationError
+
+    from guidelab.experiments.config import SweepConfig
+    from guidelab.validation import error_lines
+
+    with pytest.raises(ValidationError) as err:
+        SweepConfig.model_validate({**SWEEP, **change})
+    assert any(got.startswith(line) for got in error_lines(err.value)), error_lines(err.value)
+
+
+def test_misspelt_keys_of_a_target_file_and_a_learning_config_are_told_too():
+    from pydantic import ValidationError
+
+    from guidelab.learn import LearnConfig
+    from guidelab.targets.registry import spec_from_dict
+    from guidelab.validation import error_lines
+
+    with pytest.raises(
+        ValueError, match=r"^target spec: clases: unknown key; did you mean 'classes'\? accepted: kind,"
+    ):
+        spec_from_dict({"kind": "gaussian-mixture", "dim": 2, "clases": []})  # first, before "classes: missing"
+    with pytest.raises(ValidationError) as err:
+        LearnConfig.model_validate({"target": "multimodal-2d", "step": 3})
+    assert error_lines(err.value) == [f"step: unknown key{did_you_mean('step', LearnConfig.model_fields)}"]
+
+
+def test_a_key_whose_place_cannot_be_followed_keeps_pydantics_message():
+    from pydantic import BaseModel, ConfigDict, ValidationError
+
+    from guidelab.validation import error_lines
+
+    class Outside(BaseModel):  # not a guidelab model: its fields are not looked up
+        model_config = ConfigDict(extra="forbid")
+        steps: int = 1
+
+    with pytest.raises(ValidationError) as err:
+        Outside.model_validate({"step": 2})
+    assert error_lines(err.value) == ["step: Extra inputs are not permitted (got 2)"]
+
+
+def test_the_command_tells_a_misspelt_sweep_key_on_one_line(tmp_path, capsys):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("targets: [{target: multimodal-2d}]\nguiders: [{name: cfg}]\nseed: [1]\n")
+    with pytest.raises(SystemExit) as code:
+        main(["run", str(sweep), "--out", str(tmp_path / "o")])
+    assert code.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: seed: unknown key; did you mean 'seeds'?"), err

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+import types
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
 
 if TYPE_CHECKING:
     import torch
@@ -45,6 +46,11 @@ def error_lines(err: ValidationError) -> list[str]:
     lines = []
     for e in err.errors(include_url=False):
         message = str(e["msg"]).removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden" and e["loc"]:  # a misspelt key: the keys it may be, the nearest first
+            keys = _keys_at(err.title, tuple(e["loc"][:-1]))
+            if keys:
+                lines.append(f"{location(tuple(e['loc']))}: unknown key{did_you_mean(e['loc'][-1], keys)}")
+                continue
         if not e["loc"] and all(_NAMED.match(line) for line in message.splitlines()):
             lines += message.splitlines()
             continue
@@ -72,3 +78,56 @@ def did_you_mean(value: object, names: Iterable[object], listed: str | None = No
         if close
         else f"; accepted: {listed}"
     )
+
+
+def _keys_at(title: str, loc: tuple[Any, ...]) -> list[str]:
+    """The keys a configuration accepts at ``loc`` below the root model named ``title`` (a ValidationError names
+    its model, not its class: guidelab's pydantic models of that name), followed through fields, lists, tuples,
+    dicts, optionals and unions; empty where the way cannot be followed (a discriminated union's tag, say)."""
+    from pydantic import BaseModel
+
+    roots, stack = [], [BaseModel]
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if cls.__name__ == title and cls.__module__.startswith("guidelab"):
+            roots.append(cls)
+    current: list[Any] = roots
+    for part in loc:
+        current = [t for tp in current for t in _step(tp, part, BaseModel)]
+    keys = [
+        field.alias or name
+        for tp in current
+        for m in _members(tp)
+        if isinstance(m, type) and issubclass(m, BaseModel)
+        for name, field in m.model_fields.items()
+    ]
+    return list(dict.fromkeys(keys))
+
+
+def _members(tp: Any) -> list[Any]:
+    """The types an annotation may hold: an optional's or union's members, an ``Annotated``'s base."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _members(get_args(tp)[0])
+    if origin is Union or origin is types.UnionType:
+        return [m for arg in get_args(tp) for m in _members(arg)]
+    return [tp]
+
+
+def _step(tp: Any, part: Any, base: type) -> list[Any]:
+    """The annotations one location part leads to from ``tp``: a model's field (by name or alias) or a union member
+    named by its class, a sequence's item, a mapping's value."""
+    out: list[Any] = []
+    for m in _members(tp):
+        origin = get_origin(m)
+        if isinstance(m, type) and issubclass(m, base):
+            if part == m.__name__:
+                out.append(m)
+            out += [f.annotation for name, f in m.model_fields.items() if part in (name, f.alias)]  # type: ignore[attr-defined]
+        elif isinstance(part, int) and isinstance(origin, type) and issubclass(origin, Sequence):
+            args = [a for a in get_args(m) if a is not Ellipsis]
+            out += args[part : part + 1] if origin is tuple and len(args) > 1 else args[:1]
+        elif isinstance(part, str) and isinstance(origin, type) and issubclass(origin, Mapping):
+            out += get_args(m)[1:2]
+    return out

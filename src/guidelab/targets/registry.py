@@ -223,8 +223,8 @@ def spec_from_dict(data: Any, source: str = "target spec") -> TargetSpec:
     try:
         return TargetSpec.model_validate(data)
     except ValidationError as err:
-        lines = error_lines(err)
-        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        lines = sorted(error_lines(err), key=lambda line: ": unknown key" not in line)  # a misspelt key first:
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""  # it is why a required one is missing
         raise ValueError(f"{source}: {lines[0]}{more}") from None
 
 
