@@ -237,7 +237,7 @@ def test_missing_and_malformed_files(tmp_path):
     listing.write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="expected a mapping"):
         get_target(str(listing))
-    with pytest.raises(ValueError, match="target 'gmm-highdim': bad parameters"):
+    with pytest.raises(ValueError, match=r"^target 'gmm-highdim': unknown parameter 'colour'; accepted: "):
         get_target("gmm-highdim", colour="red")
 
 

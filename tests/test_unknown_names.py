@@ -36,10 +36,10 @@ def test_the_suggestion_is_the_nearest_names_and_the_list_follows():
         assert did_you_mean(typo, names) == f"{expected}accepted: {', '.join(names)}"
 
 
-def _get_path(name):
+def _get_path(name, **params):
     from guidelab.paths import get_path
 
-    get_path(name)
+    get_path(name, **params)
 
 
 def _guider(name, **params):
@@ -55,10 +55,10 @@ def _grid(kind):
     make_grid(kind, 8, get_path("rf"))
 
 
-def _target(name):
+def _target(name, **params):
     from guidelab.targets import get_target
 
-    get_target(name)
+    get_target(name, **params)
 
 
 def _cond(name):
@@ -125,6 +125,8 @@ CASES = [
     (lambda: _space("velocty"), "space: unknown prediction space 'velocty'; did you mean 'velocity'?"),
     (lambda: _sweep_metric("energy_distanse"), "did you mean 'energy_distance'?"),
     (lambda: _sweep_metric("fdd"), "did you mean 'fd'?"),
+    (lambda: _get_path("vp-linear", beta_mn=0.1), "path 'vp-linear': unknown parameter 'beta_mn'; did you mean"),
+    (lambda: _target("gmm-highdim", dimm=8), "target 'gmm-highdim': unknown parameter 'dimm'; did you mean 'dim'?"),
     (lambda: _size("papr"), "size: unknown size 'papr' for reproduction 'cfg-overshoot'; did you mean 'paper'?"),
 ]
 

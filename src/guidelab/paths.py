@@ -17,6 +17,7 @@ For rectified flow (α = 1 − t, σ = t) these reduce to ``v = ε − x0``, ``x
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -505,6 +506,11 @@ def get_path(name: str | NoisePath, **params: float) -> NoisePath:
         return name
     if name not in PATHS:
         raise ValueError(f"path: unknown name {name!r}{did_you_mean(name, PATHS)}")
+    signature = inspect.signature(PATHS[name]).parameters
+    accepted = [p for p, v in signature.items() if v.kind is not inspect.Parameter.VAR_KEYWORD]
+    for key in params:
+        if key not in accepted and len(accepted) == len(signature):  # (a **kwargs path takes any)
+            raise ValueError(f"path {name!r}: unknown parameter {key!r}{did_you_mean(key, accepted)}")
     try:
         return PATHS[name](**params)
     except TypeError as err:

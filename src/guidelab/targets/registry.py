@@ -23,6 +23,7 @@ are normalized. Every error is a ValueError of one line naming the field, e.g.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from collections.abc import Callable
@@ -357,6 +358,11 @@ def get_target(name_or_path: str | Path | dict | Target, **params: Any) -> Targe
     name = str(name_or_path)
     if name in BUILTIN_TARGETS:
         builder, description = BUILTIN_TARGETS[name]
+        signature = inspect.signature(builder).parameters
+        accepted = [p for p, v in signature.items() if v.kind is not inspect.Parameter.VAR_KEYWORD]
+        for key in params:
+            if key not in accepted and len(accepted) == len(signature):  # (a **kwargs builder takes any)
+                raise ValueError(f"target {name!r}: unknown parameter {key!r}{did_you_mean(key, accepted)}")
         try:
             target = builder(**params)
         except TypeError as err:
