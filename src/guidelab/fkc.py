@@ -151,9 +151,10 @@ class FKCConfig:
             return cls()
         if isinstance(spec, FKCConfig):
             return spec
-        unknown = set(spec) - {"increment", "ess_threshold", "clamp"}
+        keys = ("increment", "ess_threshold", "clamp")
+        unknown = sorted(set(spec) - set(keys))
         if unknown:
-            raise ValueError(f"fkc: unknown keys {sorted(unknown)}; accepted: increment, ess_threshold, clamp")
+            raise ValueError(f"fkc.{unknown[0]}: unknown key{did_you_mean(unknown[0], keys)}")
         return cls(**spec)
 
     def start(self, guider: Guider | None, labels: Tensor, *, solver: str, stochastic: bool, seed: int) -> FKCorrector:
