@@ -296,3 +296,30 @@ def test_a_closed_pipe_ends_the_output_quietly():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0, err
     assert err == ""
+
+
+def test_learn_takes_the_config_files_values_unless_an_option_is_given(tmp_path, monkeypatch):
+    """Precedence: --set, then the options given on the command line, then the file, then LearnConfig's defaults
+    (an option left out no longer overwrites the file's value with its own default)."""
+    import guidelab.learn
+
+    seen = []
+
+    def capture(config, progress=False):
+        seen.append(config)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(guidelab.learn, "learn", capture)
+    file = tmp_path / "learn.yaml"
+    file.write_text("target: multimodal-2d\npath: ou\nsteps: 1\nseed: 3\ndenoiser: score-error\nresume: false\n")
+    base = ["learn", "--out", str(tmp_path / "o"), "--config", str(file)]
+    for argv in (base, [*base, "--steps", "5", "--path", "vp-cosine"], [*base, "--steps", "5", "--set", "steps=7"]):
+        runner.invoke(app, argv)
+    runner.invoke(app, ["learn", "--out", str(tmp_path / "o"), "--target", "multimodal-2d"])
+    got = [(c.path, c.steps, c.seed, c.denoiser, c.resume) for c in seen]
+    assert got == [
+        ("ou", 1, 3, "score-error", False),
+        ("vp-cosine", 5, 3, "score-error", False),
+        ("ou", 7, 3, "score-error", False),
+        ("rf", 1000, 0, "exact", True),  # no file: LearnConfig's defaults, which the help states
+    ]

@@ -731,17 +731,22 @@ _LEARN_FIELDS = (  # LearnConfig's fields, listed here so that --help needs no t
 def learn(
     out: Annotated[Path, typer.Option(help="output folder (checkpoint.pt, weights.pt)")],
     target: Annotated[str | None, typer.Option(help="target to learn on (not needed for an mlp denoiser)")] = None,
-    denoiser: Annotated[str, typer.Option(help="exact, score-error, mlp or image")] = "exact",
+    denoiser: Annotated[str | None, typer.Option(help="exact, score-error, mlp or image [default: exact]")] = None,
     model: Annotated[
         Path | None,
         typer.Option(help="the mlp denoiser checkpoint (from `guidelab train`); image: a shipped name or checkpoint"),
     ] = None,
-    score_error: Annotated[float, typer.Option(help="δ of the score-error denoiser")] = 0.5,
-    path: Annotated[str, typer.Option(help="noise path")] = "rf",
-    steps: Annotated[int, typer.Option(help="optimisation steps")] = 1000,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    resume: Annotated[bool, typer.Option(help="resume from OUT/checkpoint.pt when present")] = True,
-    config: Annotated[Path | None, typer.Option(help="YAML file of any LearnConfig fields")] = None,
+    score_error: Annotated[float | None, typer.Option(help="δ of the score-error denoiser [default: 0.5]")] = None,
+    path: Annotated[str | None, typer.Option(help="noise path [default: rf]")] = None,
+    steps: Annotated[int | None, typer.Option(help="optimisation steps [default: 1000]")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed [default: 0]")] = None,
+    resume: Annotated[
+        bool | None, typer.Option(help="resume from OUT/checkpoint.pt when present [default: resume]")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="YAML file of any LearnConfig fields (an option given on the command line overrides it)"),
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help=f"LearnConfig field KEY=VALUE; fields: {_LEARN_FIELDS}")
     ] = None,
@@ -764,17 +769,10 @@ def learn(
     if not isinstance(fields, dict):
         raise ValueError(f"config: {config} must hold a mapping of LearnConfig fields")
     writable_folder(out, "out")
-    fields.update(
-        target=target if target is not None else fields.get("target"),
-        denoiser=denoiser,
-        model=str(model) if model else fields.get("model"),
-        score_error=score_error,
-        path=path,
-        steps=steps,
-        seed=seed,
-        resume=resume,
-        out_dir=str(out),
-    )
+    # precedence: --set, then the options given, then the file, then LearnConfig's defaults
+    given = {"target": target, "denoiser": denoiser, "model": str(model) if model else None}
+    given |= {"score_error": score_error, "path": path, "steps": steps, "seed": seed, "resume": resume}
+    fields.update({key: value for key, value in given.items() if value is not None}, out_dir=str(out))
     fields.update(parse_params(set_, "--set"))
     result = run_learn(LearnConfig(**fields), progress=True)
     typer.echo(
