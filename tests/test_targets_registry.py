@@ -187,7 +187,8 @@ BAD_SPECS = [
     (("classes", 1, "prior"), _DELETE, r"classes\[1\]\.prior: give a prior for every class or for none"),
     (("classes", 1, "name"), "a", r"classes\[1\]\.name: duplicate class name 'a'"),
     (("classes", 1, "components"), [], r"classes\[1\]\.components: .*at least 1"),
-    (("kind",), "gauss", r"kind: Input should be 'gaussian-mixture' or 'box-mixture' \(got 'gauss'\)"),
+    (("kind",), "gauss", r"kind: unknown value 'gauss'; accepted: gaussian-mixture, box-mixture$"),
+    (("kind",), "box_mixture", r"kind: unknown value 'box_mixture'; did you mean 'box-mixture'\? accepted: "),
     (("dim",), 0, r"dim: .*greater than or equal to 1"),
 ]
 

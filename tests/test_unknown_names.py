@@ -175,6 +175,10 @@ SWEEP = {"targets": [{"target": "multimodal-2d"}], "guiders": [{"name": "cfg"}]}
             "models.weak.delt: unknown key; did you mean 'delta'? accepted: kind, delta,",
         ),
         ({"xyzzy": 1}, "xyzzy: unknown key; accepted: name, pipeline, targets,"),  # nothing close: the list alone
+        (
+            {"models": {"weak": {"kind": "score_error"}}},
+            "models.weak.kind: unknown value 'score_error'; did you mean 'score-error'? accepted: exact, score-error,",
+        ),
     ],
 )
 def test_a_misspelt_sweep_key_is_told_with_the_keys_of_its_place(change, line):
@@ -226,3 +230,25 @@ def test_the_command_tells_a_misspelt_sweep_key_on_one_line(tmp_path, capsys):
     assert code.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: seed: unknown key; did you mean 'seeds'?"), err
+
+
+@pytest.mark.parametrize(
+    ("change", "lines"),
+    [
+        ({"targets": [{"taget": "multimodal-2d"}]}, ["targets[0].taget: unknown key; did you mean 'target'?"]),
+        ({"guiders": [{"nmae": "cfg"}]}, ["guiders[0].nmae: unknown key; did you mean 'name'?"]),
+        ({"guider": [{"name": "cfg"}], "guiders": None}, ["guider: unknown key; did you mean 'guiders'?"]),
+    ],
+)
+def test_a_misspelt_required_key_is_one_line_not_also_missing(change, lines):
+    """The required key a misspelt one stands for is not reported missing as well: one mistake, one line."""
+    from pydantic import ValidationError
+
+    from guidelab.experiments.config import SweepConfig
+    from guidelab.validation import error_lines
+
+    data = {k: v for k, v in {**SWEEP, **change}.items() if v is not None}
+    with pytest.raises(ValidationError) as err:
+        SweepConfig.model_validate(data)
+    got = error_lines(err.value)
+    assert len(got) == len(lines) and all(g.startswith(w) for g, w in zip(got, lines, strict=True)), got

@@ -8,7 +8,7 @@ import difflib
 import re
 import types
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 if TYPE_CHECKING:
     import torch
@@ -42,25 +42,48 @@ def error_lines(err: ValidationError) -> list[str]:
     """One line per error: ``field.path: message (got value)``; the value is shown when it is a scalar.
 
     A check of the whole configuration (no location) whose message lines already start with the field they
-    are about (``solvers: ...``) is told as those lines, not under ``config``."""
+    are about (``solvers: ...``) is told as those lines, not under ``config``. A misspelt key (pydantic's
+    ``extra_forbidden``) or a value outside a fixed list (``literal_error``) is told with the names accepted at its
+    place, the nearest first (:func:`did_you_mean`); a required key reported missing beside a misspelt key that
+    it is the nearest name to is not told again."""
+    errors = err.errors(include_url=False)
+    misspelt: dict[tuple, set[str]] = {}  # parent location -> the names its misspelt keys are nearest to
+    keyed: dict[int, list[str]] = {}
+    for i, e in enumerate(errors):
+        if e["type"] == "extra_forbidden" and e["loc"]:
+            keys = keyed[i] = _accepted_at(err.title, tuple(e["loc"][:-1]), keys=True)
+            misspelt.setdefault(tuple(e["loc"][:-1]), set()).update(_close(e["loc"][-1], keys))
     lines = []
-    for e in err.errors(include_url=False):
+    for i, e in enumerate(errors):
         message = str(e["msg"]).removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden" and e["loc"]:  # a misspelt key: the keys it may be, the nearest first
-            keys = _keys_at(err.title, tuple(e["loc"][:-1]))
-            if keys:
-                lines.append(f"{location(tuple(e['loc']))}: unknown key{did_you_mean(e['loc'][-1], keys)}")
+        loc = tuple(e["loc"])
+        where = location(loc)
+        if e["type"] == "missing" and loc and loc[-1] in misspelt.get(loc[:-1], ()):
+            continue  # its misspelt key's line says so
+        if keyed.get(i):
+            lines.append(f"{where}: unknown key{did_you_mean(loc[-1], keyed[i])}")
+            continue
+        if e["type"] == "literal_error" and loc:
+            values = _accepted_at(err.title, loc, keys=False)
+            if values:
+                lines.append(f"{where}: unknown value {e.get('input')!r}{did_you_mean(e.get('input'), values)}")
                 continue
-        if not e["loc"] and all(_NAMED.match(line) for line in message.splitlines()):
+        if not loc and all(_NAMED.match(line) for line in message.splitlines()):
             lines += message.splitlines()
             continue
         got = e.get("input")
         scalar = got is not None and not isinstance(got, dict | list)
         shown = f" (got {got!r})" if scalar and repr(got) not in message else ""  # unless the message quotes it
-        where = location(tuple(e["loc"]))
         named = message.startswith((f"{where}: ", f"{where}.", f"{where}["))  # already names its field (or a part)
         lines.append(f"{message}{shown}" if named else f"{where}: {message}{shown}")
     return lines
+
+
+def _close(value: object, names: list[str]) -> list[str]:
+    """The one or two names nearest to ``value``, case aside (difflib's ratio ≥ 0.6), ``value`` itself left out."""
+    by_lower = {n.lower(): n for n in reversed(names)}
+    close = difflib.get_close_matches(str(value).lower(), list(by_lower), n=2, cutoff=0.6)
+    return [by_lower[c] for c in close if by_lower[c] != value]
 
 
 def did_you_mean(value: object, names: Iterable[object], listed: str | None = None) -> str:
@@ -69,9 +92,7 @@ def did_you_mean(value: object, names: Iterable[object], listed: str | None = No
     ``listed`` replaces the plain list after "accepted: " (e.g. grouped by kind). Used as
     ``f"guider: unknown name {name!r}{did_you_mean(name, GUIDERS)}"``."""
     names = list(dict.fromkeys(str(n) for n in names))
-    by_lower = {n.lower(): n for n in reversed(names)}
-    close = difflib.get_close_matches(str(value).lower(), list(by_lower), n=2, cutoff=0.6)
-    close = [by_lower[c] for c in close if by_lower[c] != value]
+    close = _close(value, names)
     listed = listed if listed is not None else ", ".join(names) or "none"
     return (
         f"; did you mean {' or '.join(repr(c) for c in close)}? accepted: {listed}"
@@ -80,10 +101,11 @@ def did_you_mean(value: object, names: Iterable[object], listed: str | None = No
     )
 
 
-def _keys_at(title: str, loc: tuple[Any, ...]) -> list[str]:
-    """The keys a configuration accepts at ``loc`` below the root model named ``title`` (a ValidationError names
-    its model, not its class: guidelab's pydantic models of that name), followed through fields, lists, tuples,
-    dicts, optionals and unions; empty where the way cannot be followed (a discriminated union's tag, say)."""
+def _accepted_at(title: str, loc: tuple[Any, ...], *, keys: bool) -> list[str]:
+    """What a configuration accepts at ``loc`` below the root model named ``title`` (a ValidationError names its
+    model, not its class: guidelab's pydantic models of that name), followed through fields, lists, tuples, dicts,
+    optionals and unions: the keys of the models there (``keys``), or the values of the ``Literal`` there; empty
+    where the way cannot be followed (a discriminated union's tag, say)."""
     from pydantic import BaseModel
 
     roots, stack = [], [BaseModel]
@@ -95,14 +117,17 @@ def _keys_at(title: str, loc: tuple[Any, ...]) -> list[str]:
     current: list[Any] = roots
     for part in loc:
         current = [t for tp in current for t in _step(tp, part, BaseModel)]
-    keys = [
-        field.alias or name
-        for tp in current
-        for m in _members(tp)
-        if isinstance(m, type) and issubclass(m, BaseModel)
-        for name, field in m.model_fields.items()
-    ]
-    return list(dict.fromkeys(keys))
+    members = [m for tp in current for m in _members(tp)]
+    if keys:
+        found = [
+            field.alias or name
+            for m in members
+            if isinstance(m, type) and issubclass(m, BaseModel)
+            for name, field in m.model_fields.items()
+        ]
+    else:
+        found = [str(v) for m in members if get_origin(m) is Literal for v in get_args(m)]
+    return list(dict.fromkeys(found))
 
 
 def _members(tp: Any) -> list[Any]:

@@ -34,6 +34,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from guidelab.progress import counted
 from guidelab.targets.base import Target
 from guidelab.targets.box_mixture import BoxMixture
 from guidelab.targets.gaussian_mixture import GaussianMixture
@@ -224,8 +225,8 @@ def spec_from_dict(data: Any, source: str = "target spec") -> TargetSpec:
     try:
         return TargetSpec.model_validate(data)
     except ValidationError as err:
-        lines = sorted(error_lines(err), key=lambda line: ": unknown key" not in line)  # a misspelt key first:
-        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""  # it is why a required one is missing
+        lines = sorted(error_lines(err), key=lambda line: ": unknown key" not in line)  # a misspelt key first
+        more = f" (and {counted(len(lines) - 1, 'more error')})" if len(lines) > 1 else ""
         raise ValueError(f"{source}: {lines[0]}{more}") from None
 
 
