@@ -365,6 +365,39 @@ CASES = [
     (["demo", "--workers", "0", "--out", "{root}/d"], "workers"),
     (["demo", "--workers", "x"], "--workers"),
     # generate on a saved diffusers pipeline (tiny random ones, built offline)
+    (
+        ["generate", "--pipeline", "{sd_pipe}", "--out", "{root}/g", "--prompt", "a", "--grid", "schedular"],
+        "grid: unknown grid 'schedular'; did you mean 'scheduler'?",
+    ),
+    (["generate", "--pipeline", "{sd_pipe}", "--out", "{root}/g", "--prompt", "a", "--device", "cuda0"], "device:"),
+    (
+        [
+            "generate",
+            "--pipeline",
+            "{sd_pipe}",
+            "--out",
+            "{root}/g",
+            "--prompt",
+            "a",
+            "--grid",
+            "edm",
+            "--grid-param",
+            "rhoo=7",
+        ],
+        "grid_params: the edm grid does not use 'rhoo'; did you mean 'rho'?",
+    ),
+    (
+        ["generate", "--pipeline", "{sd_pipe}", "--out", "{root}/g", "--prompt", "a", "--grid-param", "rho=7"],
+        "grid_params: the scheduler's grid takes none",
+    ),
+    (["smaple"], "smaple: no such command; did you mean 'sample'?"),
+    (S("--out", "{root}/x.npy", "--param", "scale", "3"), "3: unexpected argument; an option takes one value"),
+    (
+        ["reproduce", "adg-norm", "--size", "CI", "--out", "{root}/r"],
+        "size: unknown size 'CI'; did you mean 'ci'?",
+    ),
+    (S("--out", "{root}/x.npy", "--model", "digitz", "--target", "x"), "model"),
+    (S("--out", "{root}/x.npy", "-p", "schedule={nmae: interval}"), "unknown parameter 'nmae'; did you mean 'name'?"),
     (["generate", "--pipeline", "{root}/no-such", "--out", "{root}/g", "--prompt", "a"], "pipeline"),
     (["generate", "--pipeline", "{dir}", "--out", "{root}/g", "--prompt", "a"], "pipeline"),
     (["generate", "--pipeline", "{file}", "--out", "{root}/g", "--prompt", "a"], "pipeline"),
@@ -492,3 +525,19 @@ def test_a_corrupt_store_is_named_not_a_traceback(files):
     with pytest.raises(ValueError, match="store: .* is not a guidelab results store"):
         ResultStore(files["corrupt_store"])
     assert sqlite3.connect(":memory:")  # the error is the store's, not sqlite's
+
+
+def test_generate_checks_its_options_before_loading_the_pipeline(files, capsys, monkeypatch):
+    """A mistyped grid, grid parameter or device is told at once, not after the (possibly minutes-long) load."""
+    import guidelab.pipelines
+
+    def never(*args, **kwargs):
+        raise AssertionError("the pipeline was loaded")
+
+    monkeypatch.setattr(guidelab.pipelines, "load_pipeline", never)
+    base = ["generate", "--pipeline", str(files["sd_pipe"]), "--out", str(files["root"] / "g"), "--prompt", "a"]
+    for extra in (["--grid", "schedular"], ["--device", "cuda0"], ["--grid", "edm", "--grid-param", "rhoo=7"]):
+        with pytest.raises(SystemExit) as info:
+            main([*base, *extra])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and "loaded" not in err and err.startswith("error: "), err

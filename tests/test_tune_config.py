@@ -154,7 +154,12 @@ def test_the_interval_bounds_can_overlap():
         ({"search": {"scale": {"low": 1, "high": 2, "logg": True}}}, "search.scale.logg:"),
         ({"guider": {"name": "cfg", "params": {"scale": 2}}}, "search.scale: also fixed"),
         ({"guider": {"name": "cfg++"}, "search": {"scale": {"low": 0.1, "high": 2}}}, "search.scale: the value 2"),
-        ({"guider": {"name": "magic"}}, "search.scale:"),
+        ({"guider": {"name": "magic"}}, "guider: unknown name 'magic'; accepted: "),  # the guider's, not a value's
+        ({"guider": {"name": "apgg"}}, "guider: unknown name 'apgg'; did you mean 'apg'?"),
+        (
+            {"guider": {"name": "cfg", "params": {"scael": 2}}},
+            "guider: guider 'cfg': unknown parameter 'scael'; did you mean",
+        ),
         ({"search": {}}, "search: give at least one"),
         ({"search": None}, "search: give the guider's search space"),
         ({"objective": {"metric": "fid"}}, "objective.metric: unknown metric 'fid'"),
@@ -185,7 +190,9 @@ def test_the_interval_bounds_can_overlap():
         ),
         ({"grids": [{"kind": "uniform"}, {"kind": "edm"}]}, "grids: a tune scores each setting on one"),
         ({"targets": [{"target": "nope"}]}, "targets[0].target:"),
-        ({"bogus": 1}, "bogus: unknown field"),
+        ({"bogus": 1}, "bogus: unknown key; accepted: baseline, budget,"),
+        ({"serach": {"scale": {"low": 1, "high": 2}}, "search": None}, "serach: unknown key; did you mean 'search'?"),
+        ({"held_out_seeds": [5]}, "held_out_seeds: unknown key; did you mean 'heldout_seeds'?"),
         ({"guider": None, "search": None}, "guider: give the guider to tune"),
     ],
 )

@@ -7,6 +7,7 @@ import functools
 import gc
 import json
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable
@@ -279,10 +280,10 @@ def _model_spec(text: str) -> dict[str, str]:
         return {"kind": "checkpoint", "path": text}
     if ":" in text:
         return {"kind": "python", "factory": text}
-    raise ValueError(
-        f"model: {text!r} is not a shipped model ({', '.join(SHIPPED_DENOISERS)}), a .safetensors checkpoint or "
-        f"package.module:function"
-    )
+    from guidelab.validation import did_you_mean
+
+    listed = f"{', '.join(SHIPPED_DENOISERS)} (shipped), a .safetensors checkpoint or package.module:function"
+    raise ValueError(f"model: unknown model {text!r}{did_you_mean(text, SHIPPED_DENOISERS, listed)}")
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -349,7 +350,23 @@ def generate(
         from guidelab.validation import did_you_mean
 
         raise ValueError(f"solver: unknown name {solver!r}{did_you_mean(solver, SOLVERS)}")
-    # the guider and its parameters are checked before the (possibly long) load of the pipeline
+    # the grid, device, guider and their parameters are checked before the (possibly long) load of the pipeline
+    import torch
+
+    from guidelab.grids import GRIDS, check_grid_params
+
+    if grid not in ("scheduler", *GRIDS):
+        from guidelab.validation import did_you_mean
+
+        raise ValueError(f"grid: unknown grid {grid!r}{did_you_mean(grid, ('scheduler', *GRIDS))}")
+    grid_params = parse_params(grid_param, "--grid-param")
+    check_grid_params(grid, grid_params)
+    if grid == "scheduler" and grid_params:
+        raise ValueError("grid_params: the scheduler's grid takes none")
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device: {device!r} is not a device name (cpu, cuda, cuda:0, mps, …)") from None
     guider, params = _guider_choice(ctx, guider, param, guider_file)
     built = None if guider == "none" else build_guider(guider, **params)
     writable_folder(out, "out")
@@ -364,7 +381,7 @@ def generate(
         solver=solver,
         steps=steps,
         grid=grid,
-        grid_params=parse_params(grid_param, "--grid-param"),
+        grid_params=grid_params,
         eta=eta,
         n=n,
         seed=seed,
@@ -705,7 +722,9 @@ def reproduce(
 
         raise ValueError(f"name: unknown reproduction {name!r}{did_you_mean(name, REPRODUCTIONS)}")
     if size not in ("ci", "paper"):
-        raise ValueError(f"size: must be ci or paper, got {size!r}")
+        from guidelab.validation import did_you_mean
+
+        raise ValueError(f"size: unknown size {size!r}{did_you_mean(size, ('ci', 'paper'))}")
     writable_folder(out, "out")
     result = REPRODUCTIONS[name](size, out)
     claims = result.get("claims", {})
@@ -986,6 +1005,13 @@ def _usage_message(err: Exception) -> str:
         return f"{name}: no such option" + (f"; did you mean {' or '.join(guesses)}?" if guesses else "")
     if kind == "BadOptionUsage" and name and "requires an argument" in message:
         return f"{name}: needs a value"
+    command = re.fullmatch(r"No such command '(.+?)'\.(?: Did you mean '(.+?)'\?)?", message)
+    if command:
+        return f"{command[1]}: no such command" + (f"; did you mean '{command[2]}'?" if command[2] else "")
+    extra = re.fullmatch(r"Got unexpected extra argument(?:s|\(s\))? \((.+)\)", message)
+    if extra:  # e.g. ``--param scale 3``
+        what = "argument" if len(extra[1].split()) == 1 else "arguments"
+        return f"{extra[1]}: unexpected {what}; an option takes one value (--param scale=3; repeat it for more)"
     return " ".join(err.format_message().split())  # type: ignore[attr-defined]
 
 

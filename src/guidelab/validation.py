@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import torch
     from pydantic import ValidationError
 
-__all__ = ["DTYPE_NAMES", "did_you_mean", "error_lines", "location", "torch_dtype"]
+__all__ = ["DTYPE_NAMES", "did_you_mean", "error_lines", "location", "nearest", "torch_dtype"]
 
 DTYPE_NAMES = ("float32", "float64")  # the dtypes a sampling or learning configuration may name
 
@@ -52,7 +52,7 @@ def error_lines(err: ValidationError) -> list[str]:
     for i, e in enumerate(errors):
         if e["type"] == "extra_forbidden" and e["loc"]:
             keys = keyed[i] = _accepted_at(err.title, tuple(e["loc"][:-1]), keys=True)
-            misspelt.setdefault(tuple(e["loc"][:-1]), set()).update(_close(e["loc"][-1], keys))
+            misspelt.setdefault(tuple(e["loc"][:-1]), set()).update(nearest(e["loc"][-1], keys))
     lines = []
     for i, e in enumerate(errors):
         message = str(e["msg"]).removeprefix("Value error, ")
@@ -79,8 +79,9 @@ def error_lines(err: ValidationError) -> list[str]:
     return lines
 
 
-def _close(value: object, names: list[str]) -> list[str]:
+def nearest(value: object, names: Iterable[object]) -> list[str]:
     """The one or two names nearest to ``value``, case aside (difflib's ratio ≥ 0.6), ``value`` itself left out."""
+    names = [str(n) for n in names]
     by_lower = {n.lower(): n for n in reversed(names)}
     close = difflib.get_close_matches(str(value).lower(), list(by_lower), n=2, cutoff=0.6)
     return [by_lower[c] for c in close if by_lower[c] != value]
@@ -92,7 +93,7 @@ def did_you_mean(value: object, names: Iterable[object], listed: str | None = No
     ``listed`` replaces the plain list after "accepted: " (e.g. grouped by kind). Used as
     ``f"guider: unknown name {name!r}{did_you_mean(name, GUIDERS)}"``."""
     names = list(dict.fromkeys(str(n) for n in names))
-    close = _close(value, names)
+    close = nearest(value, names)
     listed = listed if listed is not None else ", ".join(names) or "none"
     return (
         f"; did you mean {' or '.join(repr(c) for c in close)}? accepted: {listed}"

@@ -64,13 +64,13 @@ def signature_params(cls: type) -> dict[str, inspect.Parameter]:
     return {k: p for k, p in params.items() if k != "self" and p.kind is not p.VAR_KEYWORD}
 
 
-def construct(cls: type, label: str, params: dict[str, Any]) -> Any:
+def construct(cls: type, label: str, params: dict[str, Any], also: tuple[str, ...] = ()) -> Any:
     """``cls(**params)``, with a ValueError naming ``label``, the parameter and what is accepted for an unknown or
-    missing parameter."""
+    missing parameter (``also``: the block's other keys, e.g. a schedule's ``name``, listed and suggested too)."""
     accepted = signature_params(cls)
     for key in params:
         if key not in accepted:
-            raise ValueError(f"{label}: unknown parameter {key!r}{did_you_mean(key, accepted)}")
+            raise ValueError(f"{label}: unknown parameter {key!r}{did_you_mean(key, [*also, *accepted])}")
     missing = [k for k, p in accepted.items() if p.default is inspect.Parameter.empty and k not in params]
     if missing:
         raise ValueError(f"{label}: missing required parameter {missing[0]!r}")

@@ -622,7 +622,7 @@ def build_schedule(spec: Mapping[str, Any], label: str = "schedule") -> Schedule
     name = params.pop("name", None) or "constant"
     if name not in SCHEDULES:
         raise ValueError(f"{label}: unknown name {name!r}{did_you_mean(name, sorted(SCHEDULES))}")
-    return construct(SCHEDULES[name], f"{label} {name!r}", params)
+    return construct(SCHEDULES[name], f"{label} {name!r}", params, also=("name",))
 
 
 def as_schedule(schedule: Schedule | Scale | Mapping[str, Any]) -> Schedule:

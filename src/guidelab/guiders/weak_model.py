@@ -17,6 +17,7 @@ from guidelab.guiders.context import as_batch, per_sample
 from guidelab.guiders.registry import register_guider
 from guidelab.guiders.schedules import Schedule, build_schedule
 from guidelab.paths import NoisePath
+from guidelab.validation import did_you_mean
 
 __all__ = ["GuideSpec", "WeakModelGuidance"]
 
@@ -97,8 +98,8 @@ class WeakModelGuidance(ScheduledGuider):
             if not isinstance(model, str):
                 raise ValueError(f"{label}: models are named by a string key of `models`, got {model!r}")
             if model not in self.models:
-                known = ", ".join(self.models) or "none given"
-                raise ValueError(f"{label}: model {model!r} is not in `models` ({known})")
+                tail = did_you_mean(model, self.models, ", ".join(self.models) or "none: give `models`")
+                raise ValueError(f"{label}: model {model!r} is not in `models`{tail}")
             if not isinstance(self.models[model], Denoiser):
                 raise ValueError(f"models[{model!r}]: not a Denoiser (needs path, prediction and __call__)")
         elif cond == "cond":

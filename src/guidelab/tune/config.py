@@ -56,7 +56,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from guidelab.experiments.config import SweepConfig, check_sweep, read_yaml_mapping
-from guidelab.validation import did_you_mean, error_lines
+from guidelab.validation import did_you_mean, error_lines, nearest
 
 __all__ = [
     "DIRECTIONS",
@@ -569,15 +569,15 @@ def check_tune(data: dict[str, Any], compare: list[str] | None = None) -> TunePl
     """
     own = set(TuneConfig.model_fields)
     unknown = [k for k in data if k not in own and k not in SWEEP_KEYS]
-    errors = [
-        f"{k}: unknown field; a tune file takes {', '.join(sorted(own))} and a sweep's {', '.join(SWEEP_KEYS)}"
-        for k in unknown
-    ]
-    config = None
+    listed = f"{', '.join(sorted(own))} (the tune) and {', '.join(SWEEP_KEYS)} (its runs, as in a sweep)"
+    errors = [f"{k}: unknown key{did_you_mean(k, [*sorted(own), *SWEEP_KEYS], listed)}" for k in unknown]
+    meant = {name for k in unknown for name in nearest(k, [*own, *SWEEP_KEYS])}  # a misspelt key's field: not
+    config = None  # also reported missing
     try:
         config = TuneConfig.model_validate({k: v for k, v in data.items() if k in own})
     except ValidationError as err:
-        errors += [_nested(line) for line in error_lines(err)]
+        lines = [_nested(line) for line in error_lines(err)]
+        errors += [line for line in lines if line.split(":", 1)[0].split(".")[0].split("[")[0] not in meant]
     if errors or config is None:
         raise ValueError("\n".join(dict.fromkeys(errors)))
     sweep_data = {k: v for k, v in data.items() if k in SWEEP_KEYS}
@@ -788,6 +788,12 @@ def _check_spaces(plan: TunePlan) -> list[str]:
             continue
         low = {k: p.grid(2)[0] for k, p in method.search.items()}
         high = {k: p.grid(2)[-1] for k, p in method.search.items()}
+        fixed = [check(method, end) for end in (low, high)]
+        said = (fixed[0] or "").split("; did you mean")[0].split("; accepted")[0]  # what fails, not what is offered
+        if all(fixed) and fixed[0] == fixed[1] and not any(repr(k.split(".")[-1]) in said for k in method.search):
+            # the guider or its fixed parameters fail whatever the searched values: told as theirs, not a value's
+            errors.append(fixed[0] if fixed[0].startswith(f"{method.where}: ") else f"{method.where}: {fixed[0]}")
+            continue
         for key, param in method.search.items():
             for value in param.grid(2):
                 messages = [check(method, {**end, key: value}) for end in (low, high)]
