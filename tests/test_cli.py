@@ -102,7 +102,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, field):
         (["methods", "--bogus"], "error: --bogus: no such option (see `guidelab methods --help`)"),
         (["sample", "--target", "multimodal-2d"], "error: --out: required (see `guidelab sample --help`)"),
         (["sample", "--target"], "error: --target: needs a value"),
-        (["nosuchcommand"], "error: No such command 'nosuchcommand'."),
+        (["nosuchcommand"], "error: nosuchcommand: no such command (see `guidelab --help`)"),
         (["sample", "--target", "multimodal-2d", "--solver", "rk4", "--out", "x.npy"], "error: solver: unknown solver"),
     ],
 )
