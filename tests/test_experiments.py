@@ -83,7 +83,7 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     ("patch", "expect"),
     [
         ("{name: cfg, params: {scale: [1.0, 3.0]}}", None),
-        ("{name: magic, params: {}}", "guiders[0]: guider: unknown name 'magic'"),
+        ("{name: magic, params: {}}", "guiders[0]: unknown name 'magic'"),
         ("{name: cfg, params: {scale: fast}}", "guiders[0]: scale: expected a number"),
         ("{name: cfg, params: {scale: 2, beta: 0.1}}", "guiders[0]: guider 'cfg': unknown parameter 'beta'"),
     ],

@@ -252,3 +252,50 @@ def test_a_misspelt_required_key_is_one_line_not_also_missing(change, lines):
         SweepConfig.model_validate(data)
     got = error_lines(err.value)
     assert len(got) == len(lines) and all(g.startswith(w) for g, w in zip(got, lines, strict=True)), got
+
+
+def test_a_nested_message_is_told_at_its_place_without_its_own_field_again():
+    from guidelab.validation import under
+
+    assert under("targets[0].target", "target: no built-in target") == "targets[0].target: no built-in target"
+    assert under("targets[0].conds", "cond: unknown class 'z'") == "targets[0].conds: unknown class 'z'"
+    assert under("guiders[2]", ValueError("guider: unknown name 'x'")) == "guiders[2]: unknown name 'x'"
+    assert under("paths[0]", "path: unknown name 'rff'") == "paths[0]: unknown name 'rff'"
+    # another field's message keeps its field; a message with no field is kept whole
+    assert under("grids[0]", "grid_params: the edm grid") == "grids[0]: grid_params: the edm grid"
+    assert under("guiders[1]", "schedule 'interval': unknown") == "guiders[1]: schedule 'interval': unknown"
+
+
+def test_one_mistake_in_the_shipped_sweep_example_is_one_line():
+    """A misspelt target in examples/sweep.yaml, whose guide model needs that target, is one line: the guide model
+    that cannot be built without it is not reported as missing from `models`."""
+    from pathlib import Path
+
+    import yaml
+
+    from guidelab.experiments.config import check_sweep
+
+    data = yaml.safe_load((Path(__file__).parents[1] / "examples" / "sweep.yaml").read_text())
+    data["targets"][0]["target"] = "multimodal2d"
+    with pytest.raises(ValueError) as err:  # noqa: PT011 - the message is checked line by line below
+        check_sweep(data)
+    lines = str(err.value).splitlines()
+    assert len(lines) == 1 and lines[0].startswith("targets[0].target: no built-in target or file named"), lines
+    assert "did you mean 'multimodal-2d'?" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("targets: [{target: multimodal-2d}\nguiders: [{name: cfg}]\n", "(line 2, column 1)"),
+        ("targets:\n  - target: multimodal-2d\n guiders: [{name: cfg}]\n", "(line 3, column 2)"),
+    ],
+)
+def test_a_yaml_syntax_error_says_where(text, where, tmp_path, capsys):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(text)
+    with pytest.raises(SystemExit) as code:
+        main(["run", str(sweep), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: config: {sweep} is not valid YAML: ") and err[0].endswith(where), err

@@ -783,8 +783,9 @@ def learn(
         try:
             fields = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"config: {config} is not valid YAML ({first})") from None
+            from guidelab.validation import yaml_problem
+
+            raise ValueError(f"config: {config} is not valid YAML ({yaml_problem(err)})") from None
     if not isinstance(fields, dict):
         raise ValueError(f"config: {config} must hold a mapping of LearnConfig fields")
     writable_folder(out, "out")

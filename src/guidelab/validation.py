@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import torch
     from pydantic import ValidationError
 
-__all__ = ["DTYPE_NAMES", "did_you_mean", "error_lines", "location", "nearest", "torch_dtype"]
+__all__ = ["DTYPE_NAMES", "did_you_mean", "error_lines", "location", "nearest", "torch_dtype", "under", "yaml_problem"]
 
 DTYPE_NAMES = ("float32", "float64")  # the dtypes a sampling or learning configuration may name
 
@@ -157,3 +157,24 @@ def _step(tp: Any, part: Any, base: type) -> list[Any]:
         elif isinstance(part, str) and isinstance(origin, type) and issubclass(origin, Mapping):
             out += get_args(m)[1:2]
     return out
+
+
+def yaml_problem(err: Exception) -> str:
+    """What is wrong in a file that does not parse, and where: a YAML error as ``what (line L, column C)`` (from its
+    problem mark, 1-based), any other error (JSON's says its line itself, a decoding error) as its first line."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or getattr(err, "context", None)
+    text = str(err).strip()
+    first = problem or (text.splitlines()[0] if text else type(err).__name__)
+    return f"{first} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None and problem else first
+
+
+def under(where: str, err: Exception | str) -> str:
+    """A nested check's message told at the place of a file it concerns: ``where: message``, without the message's
+    own leading field where that field is the place's own (``targets[0].target`` + ``target: no built-in …`` →
+    ``targets[0].target: no built-in …``; ``guiders[2]`` + ``guider: unknown name …`` → ``guiders[2]: unknown
+    name …``)."""
+    message = str(err)
+    head, sep, rest = message.partition(": ")
+    last = re.sub(r"\[\d+\]$", "", where.rsplit(".", 1)[-1])
+    return f"{where}: {rest}" if sep and head.isidentifier() and last.startswith(head) else f"{where}: {message}"

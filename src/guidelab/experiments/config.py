@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from guidelab.experiments.model_runs import ReferenceSpec
 from guidelab.grids import check_grid_params
 from guidelab.recipe import TRAINED_KINDS, ModelSpec, SampleConfig
-from guidelab.validation import did_you_mean, error_lines
+from guidelab.validation import did_you_mean, error_lines, under, yaml_problem
 
 __all__ = [
     "GridSpec",
@@ -527,7 +527,7 @@ def read_yaml_mapping(path: str | Path, what: str = "sweep file") -> dict[str, A
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ValueError(f"config: {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise ValueError(f"config: {path} is not valid YAML: {yaml_problem(err)}") from None
     except UnicodeDecodeError:
         raise ValueError(f"config: {path} is not a text file (not UTF-8); a {what} is YAML") from None
     if not isinstance(data, dict):
@@ -637,7 +637,7 @@ def _check_pipeline(data: dict[str, Any]) -> list[str]:
             try:
                 build_guider(sweep.name, **params)
             except ValueError as err:
-                errors.append(f"guiders[{i}]: {err}")
+                errors.append(under(f"guiders[{i}]", err))
                 break
     return errors
 
@@ -667,7 +667,7 @@ def _check_buildable(data: dict[str, Any]) -> list[str]:
         return _check_trained(data)
     from guidelab.grids import make_grid
     from guidelab.guiders import build_guider
-    from guidelab.guiders.registry import guider_accepts
+    from guidelab.guiders.registry import GUIDERS, guider_accepts
     from guidelab.paths import get_path
     from guidelab.recipe import build_run_guider
     from guidelab.sampling import SOLVERS
@@ -688,19 +688,19 @@ def _check_buildable(data: dict[str, Any]) -> list[str]:
             target = get_target(tgt["target"])
             first_target = first_target or target
         except ValueError as err:
-            errors.append(f"targets[{i}].target: {err}")
+            errors.append(under(f"targets[{i}].target", err))
             continue
         for cond in tgt.get("conds", ["0"]) if isinstance(tgt.get("conds", ["0"]), list) else []:
             try:
                 target.class_index(str(cond))
             except ValueError as err:
-                errors.append(f"targets[{i}].conds: {err}")
+                errors.append(under(f"targets[{i}].conds", err))
     paths = []
     for i, name in items("paths"):
         try:
             path = get_path(str(name))
         except ValueError as err:
-            errors.append(f"paths[{i}]: {err}")
+            errors.append(under(f"paths[{i}]", err))
             continue
         paths.append(path)
         for j, grid in items("grids"):
@@ -710,7 +710,7 @@ def _check_buildable(data: dict[str, Any]) -> list[str]:
             except ValidationError:
                 pass  # reported by the schema
             except (ValueError, TypeError) as err:
-                errors.append(f"grids[{j}]: {err}")
+                errors.append(under(f"grids[{j}]", err))
     for i, solver in items("solvers"):
         if solver not in SOLVERS:
             errors.append(f"solvers[{i}]: unknown solver {solver!r}{did_you_mean(solver, SOLVERS)}")
@@ -726,8 +726,9 @@ def _check_buildable(data: dict[str, Any]) -> list[str]:
             sweep = GuiderSweep.model_validate(guider)
         except ValidationError:
             continue  # reported by the schema
-        if not models_ok and guider_accepts(sweep.name, "models"):
-            continue
+        unbuildable = not models_ok or (specs and first_target is None)  # no target: reported already
+        if unbuildable and sweep.name in GUIDERS and guider_accepts(sweep.name, "models"):
+            continue  # its guide models cannot be built here, so they are not checked
         message = None
         for params, path in itertools.product(sweep.expand(), paths or [None]):
             try:
@@ -736,7 +737,7 @@ def _check_buildable(data: dict[str, Any]) -> list[str]:
                 else:
                     build_run_guider(sweep.name, params, specs, first_target, path)
             except ValueError as err:
-                message = f"guiders[{i}]: {err}"
+                message = under(f"guiders[{i}]", err)
                 break
         if message:
             errors.append(message)
@@ -788,7 +789,7 @@ def _check_trained(data: dict[str, Any]) -> list[str]:
         except ValidationError:
             pass
         except (ValueError, TypeError) as err:
-            errors.append(f"grids[{j}]: {err}")
+            errors.append(under(f"grids[{j}]", err))
     for i, solver in enumerate(data.get("solvers") or []):
         if solver not in SOLVERS:
             errors.append(f"solvers[{i}]: unknown solver {solver!r}{did_you_mean(solver, SOLVERS)}")
@@ -805,6 +806,6 @@ def _check_trained(data: dict[str, Any]) -> list[str]:
             try:
                 build_run_guider(sweep.name, params, specs, None, model.path)
             except ValueError as err:
-                errors.append(f"guiders[{i}]: {err}")
+                errors.append(under(f"guiders[{i}]", err))
                 break
     return errors

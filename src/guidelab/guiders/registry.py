@@ -28,7 +28,7 @@ from guidelab.guiders._checks import construct, signature_params
 from guidelab.guiders.diffusers_guiders import PREFIX as DIFFUSERS_PREFIX
 from guidelab.guiders.diffusers_guiders import diffusers_guider_class
 from guidelab.guiders.schedules import SCHEDULES, Schedule, build_schedule
-from guidelab.validation import did_you_mean
+from guidelab.validation import did_you_mean, yaml_problem
 
 if TYPE_CHECKING:
     from guidelab.guiders.base import Guider
@@ -149,8 +149,7 @@ def load_guider_file(path: str | Path, field: str = "guider_file") -> dict[str, 
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{field}: {str(file)!r} is not valid YAML ({first})") from None
+        raise ValueError(f"{field}: {str(file)!r} is not valid YAML ({yaml_problem(err)})") from None
     if not isinstance(data, Mapping) or not isinstance(data.get("name"), str):
         raise ValueError(
             f"{field}: {str(file)!r} must hold a mapping with a guider name: {{name: cfg, params: {{...}}}}"

@@ -38,7 +38,7 @@ from guidelab.progress import counted
 from guidelab.targets.base import Target
 from guidelab.targets.box_mixture import BoxMixture
 from guidelab.targets.gaussian_mixture import GaussianMixture
-from guidelab.validation import did_you_mean, error_lines
+from guidelab.validation import did_you_mean, error_lines, yaml_problem
 
 __all__ = ["BUILTIN_TARGETS", "TargetSpec", "get_target", "list_targets", "load_target_file"]
 
@@ -246,8 +246,7 @@ def load_target_file(path: str | Path) -> Target:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{source}: not valid {kind} ({first_line})") from None
+        raise ValueError(f"{source}: not valid {kind} ({yaml_problem(err)})") from None
     return spec_from_dict(data, source).build()
 
 
