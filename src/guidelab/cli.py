@@ -334,8 +334,8 @@ def generate(
     """Generate images with a guidelab guider and solver on a diffusers pipeline saved on disk."""
     from guidelab.guiders.registry import build_guider
     from guidelab.io import write_json_atomic
+    from guidelab.pipelines import check_grid_choice, load_pipeline, quiet_libraries, save_images
     from guidelab.pipelines import generate as run_generate
-    from guidelab.pipelines import load_pipeline, quiet_libraries, save_images
     from guidelab.sampling import SOLVERS
 
     positive(steps, "steps")
@@ -353,16 +353,8 @@ def generate(
     # the grid, device, guider and their parameters are checked before the (possibly long) load of the pipeline
     import torch
 
-    from guidelab.grids import GRIDS, check_grid_params
-
-    if grid not in ("scheduler", *GRIDS):
-        from guidelab.validation import did_you_mean
-
-        raise ValueError(f"grid: unknown grid {grid!r}{did_you_mean(grid, ('scheduler', *GRIDS))}")
     grid_params = parse_params(grid_param, "--grid-param")
-    check_grid_params(grid, grid_params)
-    if grid == "scheduler" and grid_params:
-        raise ValueError("grid_params: the scheduler's grid takes none")
+    check_grid_choice(grid, grid_params)
     try:
         torch.device(device)
     except RuntimeError:

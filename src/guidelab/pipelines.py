@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from guidelab.denoiser import Denoiser
-from guidelab.grids import check_grid_params, make_grid
+from guidelab.grids import GRIDS, check_grid_params, make_grid
 from guidelab.guiders.base import Guider
 from guidelab.guiders.channels import GuidedChannels
 from guidelab.guiders.registry import build_guider
@@ -51,6 +51,7 @@ __all__ = [
     "MATCHING_SOLVERS",
     "GenerateResult",
     "PipelineInfo",
+    "check_grid_choice",
     "current_grid",
     "family_of",
     "generate",
@@ -576,6 +577,16 @@ def _guider(guider: Guider | str | None, params: dict[str, Any] | None) -> Guide
     return guider
 
 
+def check_grid_choice(grid: str, params: dict | None) -> None:
+    """A ValueError naming ``grid`` or ``grid_params`` where a grid named for :func:`generate` is unknown (the
+    suggestion lists ``scheduler``), or given parameters it does not read: checkable before a pipeline is loaded."""
+    if grid not in ("scheduler", *GRIDS):
+        raise ValueError(f"grid: unknown grid {grid!r}{did_you_mean(grid, ('scheduler', *GRIDS))}")
+    if grid == "scheduler" and params:
+        raise ValueError("grid_params: the scheduler's grid takes none")
+    check_grid_params(grid, params or {})
+
+
 def _grid(
     pipe: Any, grid: str | Tensor, steps: int, path: NoisePath, shape: tuple[int, int, int], params: dict | None
 ) -> Tensor:
@@ -585,13 +596,11 @@ def _grid(
         times = grid.to(torch.float64)
         times.noise_path = path  # type: ignore[attr-defined]
         return times
+    check_grid_choice(grid, params)
     if grid == "scheduler":
-        if params:
-            raise ValueError("grid_params: the scheduler's grid takes none")
         seq = (shape[1] // 2) * (shape[2] // 2)  # Flux's packed token count
         return scheduler_grid(pipe.scheduler, steps, path, image_seq_len=seq)
     params = dict(params or {})
-    check_grid_params(grid, params)
     if isinstance(path, DiscreteVPPath) and "t_min" not in params:
         params["t_min"] = 1.0 / path.num_train_timesteps  # the first training timestep: the last evaluation
     return make_grid(grid, steps, path, **params)

@@ -777,7 +777,7 @@ def _check_trained(data: dict[str, Any]) -> list[str]:
             try:
                 class_of(class_names(model), cond)
             except ValueError as err:
-                errors.append(f"reference.conds: {str(err).removeprefix('cond: ')}")
+                errors.append(under("reference.conds", err))
     except ValidationError:
         pass  # reported by the schema
     except (ValueError, FileNotFoundError) as err:

@@ -330,8 +330,9 @@ def path_time(
     (default that of ``x_t``). ``full=False``: for one shared time, ``alpha``/``sigma`` are one value expanded over
     the batch (views, not to be written), for callers that read ``alpha0``/``sigma0`` only.
 
-    One time (a float, a one-element tensor, or a batch of equal times) is evaluated once, by
-    :func:`~guidelab.paths.path_scalars` (cached), the same float64 arithmetic as the per-sample evaluation.
+    One time (a float, a one-element tensor, or a batch of equal times) is evaluated once in float64, by
+    :func:`~guidelab.paths.path_scalars` (cached; t = ±0 and NaN uncached), the values of the earlier
+    evaluation of ``t[:1]`` bit for bit.
 
     Raises a ValueError naming ``t`` when its size matches neither 1 nor the batch.
 

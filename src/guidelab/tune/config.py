@@ -56,7 +56,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from guidelab.experiments.config import SweepConfig, check_sweep, read_yaml_mapping
-from guidelab.validation import did_you_mean, error_lines, nearest
+from guidelab.validation import did_you_mean, error_lines, nearest, under
 
 __all__ = [
     "DIRECTIONS",
@@ -712,7 +712,7 @@ def _methods(config: TuneConfig, compare: list[str] | None) -> tuple[list[Method
                 try:
                     found = ("--compare", MethodSpec(name=name, search=default_search(name)))
                 except ValueError as err:
-                    errors.append(f"compare: {str(err).removeprefix('compare: ')}")
+                    errors.append(under("compare", err))
                     continue
             chosen.append(found)
         blocks = chosen
