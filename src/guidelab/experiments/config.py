@@ -572,9 +572,8 @@ def _check_pipeline(data: dict[str, Any]) -> list[str]:
     conditions it takes (and a DiT's class ids), solvers, grid, metrics (imported) and guiders; one line per
     mistake."""
     from guidelab.experiments.image_measures import resolve_image_metrics
-    from guidelab.grids import GRIDS
     from guidelab.guiders import build_guider
-    from guidelab.pipelines import inspect_pipeline
+    from guidelab.pipelines import check_grid_choice, inspect_pipeline
     from guidelab.sampling import SOLVERS
 
     errors: list[str] = []
@@ -615,15 +614,10 @@ def _check_pipeline(data: dict[str, Any]) -> list[str]:
         for solver in spec.axis("solver"):
             if solver is not None and solver not in SOLVERS:
                 errors.append(f"pipeline.solver: unknown solver {solver!r}{did_you_mean(solver, SOLVERS)}")
-        if spec.grid != "scheduler" and spec.grid not in GRIDS:
-            errors.append(f"pipeline.grid: unknown grid {spec.grid!r}{did_you_mean(spec.grid, ['scheduler', *GRIDS])}")
-        elif spec.grid == "scheduler" and spec.grid_params:
-            errors.append("pipeline.grid_params: the scheduler's grid takes none")
-        else:
-            try:
-                check_grid_params(spec.grid, spec.grid_params)
-            except ValueError as err:
-                errors.append(f"pipeline.{err}")
+        try:
+            check_grid_choice(spec.grid, spec.grid_params)
+        except ValueError as err:
+            errors.append(f"pipeline.{err}")
         try:
             resolve_image_metrics(spec.metrics)
         except ValueError as err:
